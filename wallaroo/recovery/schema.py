@@ -1,0 +1,108 @@
+"""The resilience database's schema, as an append-only list of migrations.
+
+``PRAGMA user_version`` holds how many have been applied.  Never edit a
+migration that has shipped: add a new one.  The tables are plain so that
+``sqlite-utils tables DIR/initializer.db --counts`` and ``sqlite-utils rows``
+can read them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE progress (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        next_lsn INTEGER NOT NULL,
+        replay_from INTEGER NOT NULL,
+        commits INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    INSERT INTO progress VALUES (1, 0, 0, 0, 0.0);
+    CREATE TABLE partitions (
+        pid INTEGER PRIMARY KEY,
+        state TEXT NOT NULL,
+        key_repr TEXT NOT NULL,
+        created_lsn INTEGER NOT NULL,
+        checksum INTEGER NOT NULL,
+        key BLOB NOT NULL
+    );
+    CREATE TABLE snapshots (
+        pid INTEGER PRIMARY KEY REFERENCES partitions(pid),
+        lsn INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        pickler TEXT NOT NULL,
+        checksum INTEGER NOT NULL,
+        state BLOB NOT NULL
+    );
+    CREATE TABLE input_log (
+        first_lsn INTEGER PRIMARY KEY,
+        count INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        stream TEXT,
+        first_seq INTEGER,
+        failed TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        checksum INTEGER NOT NULL,
+        frames BLOB NOT NULL
+    );
+    CREATE TABLE outbox (
+        sink INTEGER NOT NULL,
+        first_seq INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        checksum INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (sink, first_seq)
+    );
+    CREATE TABLE streams (
+        source TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (source, stream)
+    );
+    CREATE TABLE sinks (
+        sink INTEGER PRIMARY KEY,
+        next_seq INTEGER NOT NULL,
+        delivered INTEGER NOT NULL
+    );
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations this database has not seen; returns the version."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this wallaroo "
+            f"understands ({len(MIGRATIONS)}); upgrade wallaroo")
+    for i in range(version, len(MIGRATIONS)):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _statements(MIGRATIONS[i]):
+                conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {i + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    out, buf = [], ""
+    for line in script.strip().splitlines():
+        buf += line + "\n"
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

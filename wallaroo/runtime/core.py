@@ -1,0 +1,360 @@
+"""One worker's engine without any I/O: recover, process a batch, build its
+commit record, and say what to release once the record is durable.
+
+The trio worker (``worker.py``) and the in-process test driver
+(``wallaroo.testing``) both drive this class, so what the tests crash is the
+code that runs in production.
+
+A batch goes:  chunks -> (decode, steps, encode) -> CommitRecord
+               -> store.commit(record) -> release outputs and stream counts.
+Nothing derived from a batch leaves before its commit (DESIGN.md §4.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .._spec import AppSpec
+from ..recovery import snapshots
+from ..recovery.errors import IncompatibleDirectory, StoreError
+from ..recovery.records import (CommitRecord, InputRow, OutputRow,
+                                PartitionRow, SnapshotRow)
+from ..recovery.store import Store
+from .dataflow import Context, compile_pipeline, make_runner
+from .failures import FailureLog
+from .framing import DEFAULT_MAX_FRAME, Framer
+from .states import DirtyTracker, StateSpace
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Complete frames that one connection delivered, in order."""
+
+    source: int  # pipeline index
+    payloads: list[bytes]
+    frames: bytes  # the same frames as received, headers included
+    stream: str | None = None  # resumable stream name
+    first_seq: int | None = None  # the stream's count before these frames
+    origin: str = ""  # for log messages: the connection / stream
+
+
+@dataclass(slots=True)
+class Batch:
+    record: CommitRecord
+    outputs: list[OutputRow]
+    streams: dict[tuple[str, str], int]
+    messages: int
+    failures: int
+    compute_seconds: float
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    fresh: bool
+    partitions: int
+    snapshots: int
+    replay_from: int
+    replayed_rows: int
+    replayed_messages: int
+    replay_mismatches: int
+    requeued: tuple[OutputRow, ...]
+    seconds: float
+
+    def summary(self) -> str:
+        if self.fresh:
+            return "fresh start: no previous state"
+        outs = sum(r.count for r in self.requeued)
+        return (f"recovered {self.partitions} partitions ({self.snapshots} from "
+                f"snapshots), replayed {self.replayed_messages} inputs from lsn "
+                f"{self.replay_from} ({self.replayed_rows} log rows), re-queued "
+                f"{outs} undelivered outputs, in {self.seconds:.3f}s")
+
+
+@dataclass
+class CoreStats:
+    batches: int = 0
+    messages: int = 0
+    outputs: int = 0
+    failures: int = 0
+    snapshots: int = 0
+    checkpoint_snapshots: int = 0
+    longest_batch_seconds: float = 0.0
+    failures_by_step: dict[str, int] = field(default_factory=dict)
+
+
+class WorkerCore:
+    def __init__(self, app: AppSpec, store: Store, *,
+                 log: logging.Logger | None = None,
+                 max_frame: int = DEFAULT_MAX_FRAME,
+                 checkpoint_interval: float = 1.0,
+                 checkpoint_max: int = 1000,
+                 clock: Callable[[], float] = time.monotonic):
+        self.app = app
+        self.store = store
+        self.durable = bool(store.durable)
+        self.log = log or logging.getLogger("wallaroo")
+        self.clock = clock
+        self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_max = checkpoint_max
+        self.spaces = {s.name: StateSpace(s) for s in app.states}
+        self.downstream = {name: [self.spaces[t] for t in sorted(ts)]
+                           for name, ts in app.downstream_states().items()}
+        self.framers = [Framer(p.source.decoder, max_frame) for p in app.pipelines]
+        self._pipeline_index = {p.name: p.index for p in app.pipelines}
+        self.out_lists: list[list[bytes]] = [[] for _ in app.sinks]
+        self.tracker = DirtyTracker()
+        self.next_lsn = 0
+        self.next_pid = 0
+        self.next_out_seq: dict[int, int] = {s.index: 0 for s in app.sinks}
+        self.delivered: dict[int, int] = {s.index: 0 for s in app.sinks}
+        self._delivered_pending: dict[int, int] = {}
+        self.stream_counts: dict[tuple[str, str], int] = {}
+        self.stats = CoreStats()
+        # live compilation
+        ctx = Context(fail=None)
+        self.failures = FailureLog(ctx.cell, self.log)
+        ctx.fail = self.failures.fail
+        self.runners = [
+            make_runner(p.source.decoder.decode, p.source.decoder.name,
+                        compile_pipeline(app, p, self.spaces, self.out_lists,
+                                         ctx, rebuild=False), ctx)
+            for p in app.pipelines]
+        self.recovered = False
+
+    # -- recovery ----------------------------------------------------------
+    def recover(self, on_row: Callable[[InputRow], None] | None = None) -> RecoveryReport:
+        """Load snapshots, replay the logged inputs they have not absorbed
+        (outputs dropped: the outbox has them) and collect the undelivered
+        outputs.  Sources must stay closed until this returns."""
+        t0 = self.clock()
+        rec = self.store.open(self.app.fingerprint())
+        for prow in rec.partitions:
+            space = self.spaces.get(prow.state)
+            if space is None:
+                raise IncompatibleDirectory(
+                    f"the resilience directory holds partitions of state "
+                    f"{prow.state!r}, which this application does not define")
+            key = snapshots.loads(prow.key)
+            snap = rec.snapshots.get(prow.pid)
+            if snap is not None:
+                try:
+                    state = snapshots.loads(snap.blob)
+                except Exception as e:
+                    raise StoreError(
+                        f"cannot load the snapshot of {space.describe_key(key)}: "
+                        f"{type(e).__name__}: {e} (was the state class renamed "
+                        f"or moved?)") from e
+                space.snap_lsn[key] = snap.lsn
+            else:
+                state = space.spec.factory()
+            space.parts[key] = state
+            space.pids[key] = prow.pid
+            self.next_pid = max(self.next_pid, prow.pid + 1)
+        for space in self.spaces.values():
+            space.build_declared()
+        self.next_lsn = rec.next_lsn
+        self.next_out_seq.update(rec.next_out_seq)
+        self.delivered.update(rec.delivered)
+        self.stream_counts.update(rec.streams)
+        rows, messages, mismatches = self._replay(rec.replay_from, on_row)
+        now = self.clock()
+        for space in self.spaces.values():
+            if space.touched:
+                self.tracker.mark(space, space.touched, rec.replay_from, now)
+            space.touched.clear()
+            space.to_save.clear()
+        requeued = tuple(self.store.undelivered_outputs(rec.delivered))
+        self.recovered = True
+        return RecoveryReport(
+            fresh=rec.fresh, partitions=len(rec.partitions),
+            snapshots=len(rec.snapshots), replay_from=rec.replay_from,
+            replayed_rows=rows, replayed_messages=messages,
+            replay_mismatches=mismatches, requeued=requeued,
+            seconds=self.clock() - t0)
+
+    def _replay(self, replay_from: int, on_row) -> tuple[int, int, int]:
+        ctx = Context(fail=None)
+        flog = FailureLog(ctx.cell, None)
+        ctx.fail = flog.fail
+        runners = [
+            make_runner(p.source.decoder.decode, p.source.decoder.name,
+                        compile_pipeline(self.app, p, self.spaces, [],
+                                         ctx, rebuild=True), ctx)
+            for p in self.app.pipelines]
+        rows = messages = mismatches = 0
+        for row in self.store.replay_inputs(replay_from):
+            idx = self._pipeline_index.get(row.source)
+            if idx is None:
+                raise IncompatibleDirectory(
+                    f"the input log holds input of pipeline {row.source!r}, "
+                    f"which this application does not define")
+            payloads = self.framers[idx].split_all(row.frames)
+            if len(payloads) != row.count:
+                raise StoreError(f"input-log row at lsn {row.first_lsn} holds "
+                                 f"{len(payloads)} frames, not {row.count}")
+            skip = max(0, replay_from - row.first_lsn)
+            flog.start_chunk(f"input-log row at lsn {row.first_lsn}")
+            runners[idx](payloads[skip:], row.first_lsn + skip)
+            failed = {i + skip for i in flog.indices}
+            expected = {i for i in row.failed if i >= skip}
+            if failed != expected:
+                mismatches += 1
+                self.log.error(
+                    "replay of lsn %d..%d from pipeline %r differs from the "
+                    "original run: failed on frames %s now, %s then. Is an "
+                    "application function non-deterministic, or was the "
+                    "application changed? State may differ from before the "
+                    "crash.", row.first_lsn, row.end_lsn - 1, row.source,
+                    sorted(failed), sorted(expected))
+            rows += 1
+            messages += row.count - skip
+            if on_row is not None:
+                on_row(row)
+        return rows, messages, mismatches
+
+    # -- the batch cycle ---------------------------------------------------
+    def process(self, chunks: Iterable[Chunk]) -> Batch:
+        """Run a batch through the pipelines (synchronously) and build its
+        commit record.  Snapshots are pickled here, on the caller's thread,
+        while no state can change."""
+        t0 = time.perf_counter()
+        first_lsn = lsn = self.next_lsn
+        inputs: list[InputRow] = []
+        streams: dict[tuple[str, str], int] = {}
+        flog = self.failures
+        fails_before = flog.total
+        pipelines = self.app.pipelines
+        durable = self.durable
+        for ch in chunks:
+            n = len(ch.payloads)
+            if not n:
+                continue
+            flog.start_chunk(ch.origin)
+            self.runners[ch.source](ch.payloads, lsn)
+            pname = pipelines[ch.source].name
+            if durable:
+                inputs.append(InputRow(lsn, pname, ch.stream, ch.first_seq, n,
+                                       ch.frames, tuple(flog.indices)))
+            if ch.stream is not None:
+                streams[(pname, ch.stream)] = ch.first_seq + n
+            lsn += n
+        self.next_lsn = lsn
+        self.stream_counts.update(streams)
+        outputs: list[OutputRow] = []
+        for i, lst in enumerate(self.out_lists):
+            if lst:
+                try:
+                    data = b"".join(lst)
+                except TypeError:  # pragma: no cover - sink stage coerces
+                    data = b"".join(bytes(x) for x in lst)
+                seq = self.next_out_seq[i]
+                outputs.append(OutputRow(i, seq, len(lst), data))
+                self.next_out_seq[i] = seq + len(lst)
+                lst.clear()
+        if durable:
+            partitions, snaps = self._bookkeeping(first_lsn, lsn)
+        else:
+            partitions, snaps = [], []
+            for space in self.spaces.values():
+                space.touched.clear()
+                space.to_save.clear()
+        oldest = self.tracker.oldest_lsn()
+        record = CommitRecord(
+            inputs=inputs, outputs=outputs, partitions=partitions,
+            snapshots=snaps, streams=streams,
+            delivered=self._delivered_pending,
+            next_out_seq={o.sink: self.next_out_seq[o.sink] for o in outputs},
+            next_lsn=lsn, replay_from=lsn if oldest is None else oldest)
+        self._delivered_pending = {}
+        elapsed = time.perf_counter() - t0
+        st = self.stats
+        st.batches += 1
+        st.messages += lsn - first_lsn
+        st.outputs += sum(o.count for o in outputs)
+        failures = flog.total - fails_before
+        st.failures += failures
+        st.snapshots += len(snaps)
+        if elapsed > st.longest_batch_seconds:
+            st.longest_batch_seconds = elapsed
+        return Batch(record=record, outputs=outputs, streams=streams,
+                     messages=lsn - first_lsn, failures=failures,
+                     compute_seconds=elapsed)
+
+    def _bookkeeping(self, first_lsn: int, end_lsn: int):
+        """New partition rows, dirty marks and the snapshots this commit
+        takes: partitions that asked save_state, the oldest dirty ones when a
+        checkpoint is due (at most ``checkpoint_max``), and every dirty
+        partition of a state downstream of one being snapshotted."""
+        now = self.clock()
+        tracker = self.tracker
+        new_rows: list[PartitionRow] = []
+        wanted: dict[StateSpace, set] = {}
+        for space in self.spaces.values():
+            touched = space.touched
+            if touched:
+                pids = space.pids
+                for key in touched:
+                    if key not in pids:
+                        new_rows.append(self._new_partition(space, key, first_lsn))
+                tracker.mark(space, touched, first_lsn, now)
+                touched.clear()
+            if space.to_save:
+                wanted[space] = set(space.to_save)
+                space.to_save.clear()
+        since = tracker.oldest_since()
+        checkpointed = 0
+        if since is not None and now - since >= self.checkpoint_interval:
+            for space, key in tracker.take_oldest(self.checkpoint_max):
+                keys = wanted.setdefault(space, set())
+                if key not in keys:
+                    keys.add(key)
+                    checkpointed += 1
+        for space in list(wanted):
+            for down in self.downstream[space.name]:
+                if down.dirty:
+                    wanted.setdefault(down, set()).update(down.dirty)
+        snaps: list[SnapshotRow] = []
+        lsn = end_lsn - 1
+        for space, keys in wanted.items():
+            parts, pids = space.parts, space.pids
+            for key in keys:
+                if key not in space.dirty:
+                    continue
+                blob, pickler = snapshots.dumps(parts[key], space.describe_key(key))
+                snaps.append(SnapshotRow(pids[key], lsn, blob, pickler))
+                tracker.clean(space, key)
+        self.stats.checkpoint_snapshots += checkpointed
+        return new_rows, snaps
+
+    def _new_partition(self, space: StateSpace, key, lsn: int) -> PartitionRow:
+        blob, _ = snapshots.dumps(key, f"partition key {key!r} of state {space.name!r}")
+        pid = self.next_pid
+        self.next_pid += 1
+        space.pids[key] = pid
+        return PartitionRow(pid, space.name, blob, _key_repr(key), lsn)
+
+    def idle_commit_due(self) -> bool:
+        """Whether a batch with no input is worth committing now: a
+        checkpoint is due, or delivery positions moved."""
+        if self._delivered_pending:
+            return True
+        since = self.tracker.oldest_since()
+        return since is not None and self.clock() - since >= self.checkpoint_interval
+
+    def note_delivered(self, sink: int, end_seq: int) -> None:
+        """A sink wrote outputs up to ``end_seq``; saved with the next commit."""
+        if end_seq > self.delivered.get(sink, 0):
+            self.delivered[sink] = end_seq
+            self._delivered_pending[sink] = end_seq
+
+    def state(self, state_name: str, key=None):
+        """The current state object of a partition (for tests and tools)."""
+        return self.spaces[state_name].parts[key]
+
+
+def _key_repr(key) -> str:
+    r = repr(key)
+    return r if len(r) <= 200 else r[:197] + "..."

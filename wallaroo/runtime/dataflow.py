@@ -1,0 +1,249 @@
+"""Pipelines compiled into chains of plain Python closures.
+
+Each step becomes one closure that calls the user's function and hands the
+result to the next closure; the source loop calls the first one per frame.
+No ``await``, no per-message allocation beyond what the user's functions
+make, and ``try`` blocks (free in CPython 3.11+ unless something raises)
+around each user call, so a failing step costs that message only
+(DESIGN.md contract 6).
+
+Two compilations of every pipeline exist:
+- ``live``: outputs go to the per-sink lists of the current batch;
+- ``rebuild`` (recovery replay): a state step applies a message only to a
+  partition whose snapshot is older than the message's lsn, and outputs are
+  dropped, since the outbox already holds them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .._spec import AppSpec, PipelineSpec, StepSpec
+from .states import MISSING, PartitionKeyError, StateSpace
+
+
+class StepError(Exception):
+    """A user function returned something the engine cannot use."""
+
+
+class Context:
+    """Per-message position shared by a pipeline's closures.
+
+    ``cell[0]`` is the index of the frame being processed in its chunk; the
+    source loop sets it.  ``base`` is the chunk's first lsn (used in rebuild
+    mode).  ``fail(step, exc)`` records a failure of the current frame.
+    """
+
+    __slots__ = ("cell", "base", "fail")
+
+    def __init__(self, fail: Callable[[str, BaseException], None]):
+        self.cell = [0]
+        self.base = 0
+        self.fail = fail
+
+
+Push = Callable[[Any], None]
+
+
+def _sink_stage(sinks: list[tuple[str, Callable, list]], ctx: Context) -> Push:
+    fail = ctx.fail
+    if len(sinks) == 1:
+        ((name, encode, out),) = sinks
+        append = out.append
+
+        def push(item):
+            try:
+                b = encode(item)
+            except Exception as e:
+                fail(name, e)
+                return
+            if type(b) is not bytes:
+                b = _coerce_bytes(name, b, fail)
+                if b is None:
+                    return
+            append(b)
+        return push
+
+    pairs = [(name, encode, out.append) for name, encode, out in sinks]
+
+    def push_many(item):
+        for name, encode, append in pairs:
+            try:
+                b = encode(item)
+            except Exception as e:
+                fail(name, e)
+                continue
+            if type(b) is not bytes:
+                b = _coerce_bytes(name, b, fail)
+                if b is None:
+                    continue
+            append(b)
+    return push_many
+
+
+def _coerce_bytes(name: str, b: Any, fail) -> bytes | None:
+    if isinstance(b, str):
+        return b.encode("utf-8")
+    if isinstance(b, (bytes, bytearray, memoryview)):
+        return bytes(b)
+    fail(name, StepError(f"encoder returned {type(b).__name__} {b!r:.80}, "
+                         f"not bytes"))
+    return None
+
+
+def _drop(item) -> None:
+    pass
+
+
+def _computation_stage(step: StepSpec, nxt: Push, ctx: Context) -> Push:
+    fn, name, fail = step.fn, step.name, ctx.fail
+    if not step.multi:
+        def push(item):
+            try:
+                r = fn(item)
+            except Exception as e:
+                fail(name, e)
+                return
+            if r is not None:
+                nxt(r)
+        return push
+
+    def push_multi(item):
+        try:
+            r = fn(item)
+        except Exception as e:
+            fail(name, e)
+            return
+        if r is None:
+            return
+        if isinstance(r, (str, bytes, dict)) or not hasattr(r, "__iter__"):
+            fail(name, StepError(f"compute_multi must return a list or None, "
+                                 f"got {type(r).__name__}"))
+            return
+        for x in r:
+            if x is not None:
+                nxt(x)
+    return push_multi
+
+
+def _emit(step: StepSpec, nxt: Push, fail) -> Callable[[Any], None]:
+    """What a state step does with its output."""
+    if not step.multi:
+        return nxt
+    name = step.name
+
+    def emit_multi(out):
+        if isinstance(out, (str, bytes, dict)) or not hasattr(out, "__iter__"):
+            fail(name, StepError(f"state_computation_multi must return "
+                                 f"(list or None, save_state); got output "
+                                 f"{type(out).__name__}"))
+            return
+        for x in out:
+            if x is not None:
+                nxt(x)
+    return emit_multi
+
+
+def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
+                 rebuild: bool) -> Push:
+    compute, name, fail = step.fn, step.name, ctx.fail
+    parts = space.parts
+    touched_add = space.touched.add
+    save_add = space.to_save.add
+    save_flag = step.save_flag
+    emit = _emit(step, nxt, fail)
+    part_fn = space.spec.partition_fn
+    part_name = f"partition function {space.spec.partition_name}"
+    create = space.create
+    snap_lsn = space.snap_lsn
+    cell = ctx.cell
+
+    def push(item):
+        if part_fn is None:
+            key = None
+        else:
+            try:
+                key = part_fn(item)
+            except Exception as e:
+                fail(part_name, e)
+                return
+        try:
+            st = parts[key]
+        except KeyError:
+            try:
+                st = create(key)
+            except Exception as e:
+                fail(part_name if isinstance(e, PartitionKeyError)
+                     else f"state {space.name!r} constructor", e)
+                return
+        except TypeError:
+            fail(part_name, PartitionKeyError(
+                f"returned unhashable key {key!r:.80} "
+                f"({type(key).__name__}); keys must support == and hash()"))
+            return
+        if rebuild and ctx.base + cell[0] <= snap_lsn.get(key, -1):
+            return  # the snapshot already absorbed this message
+        try:
+            r = compute(item, st)
+        except Exception as e:
+            touched_add(key)
+            fail(name, e)
+            return
+        touched_add(key)
+        if save_flag:
+            try:
+                out, save = r
+            except (TypeError, ValueError):
+                fail(name, StepError(f"a state computation must return "
+                                     f"(output, save_state), got {r!r:.80}"))
+                return
+            if save:
+                save_add(key)
+        else:
+            out = r
+        if out is not None:
+            emit(out)
+    return push
+
+
+def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
+                     spaces: dict[str, StateSpace], out_lists: list[list[bytes]],
+                     ctx: Context, rebuild: bool) -> Push:
+    """The closure for the first step after the decoder."""
+    if rebuild:
+        nxt: Push = _drop
+    elif pipeline.sinks:
+        nxt = _sink_stage([(f"encoder {app.sinks[i].encoder.name} of "
+                            f"{app.sinks[i].label}",
+                            app.sinks[i].encoder.encode, out_lists[i])
+                           for i in pipeline.sinks], ctx)
+    else:
+        nxt = _drop
+    for step in reversed(pipeline.steps):
+        if step.kind == "state":
+            nxt = _state_stage(step, spaces[step.state], nxt, ctx, rebuild)
+        else:
+            nxt = _computation_stage(step, nxt, ctx)
+    return nxt
+
+
+def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
+                ctx: Context) -> Callable[[list[bytes], int], None]:
+    """The per-chunk loop: decode each payload and push it down the chain."""
+    cell = ctx.cell
+    fail = ctx.fail
+    name = f"decoder {decoder_name}"
+
+    def run(payloads: list[bytes], base: int) -> None:
+        ctx.base = base
+        i = 0
+        for p in payloads:
+            cell[0] = i
+            i += 1
+            try:
+                d = decode(p)
+            except Exception as e:
+                fail(name, e)
+                continue
+            first(d)
+    return run

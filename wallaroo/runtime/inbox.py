@@ -1,0 +1,79 @@
+"""Where connections leave complete frames for the engine loop.
+
+Frames from one connection that arrive between two batches are merged into
+one chunk (one input-log row).  A byte budget bounds memory: when the engine
+falls behind, ``put`` waits, the connection stops reading, and TCP pushes back
+on the sender.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from .core import Chunk
+
+
+class _Pending:
+    __slots__ = ("source", "payloads", "frames", "stream", "first_seq", "origin")
+
+    def __init__(self, source, payloads, frames, stream, first_seq, origin):
+        self.source = source
+        self.payloads = payloads
+        self.frames = [frames]
+        self.stream = stream
+        self.first_seq = first_seq
+        self.origin = origin
+
+
+class Inbox:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._pending: dict[object, _Pending] = {}
+        self._arrived = trio.Event()
+        self._space = trio.Event()
+
+    async def put(self, conn: object, source: int, payloads: list[bytes],
+                  frames: bytes, stream: str | None, first_seq: int | None,
+                  origin: str) -> None:
+        """Queue frames; waits while the budget is spent.  Once it returns,
+        the frames are accepted: the engine will process and commit them."""
+        while self.bytes >= self.max_bytes:
+            await self._space.wait()
+        self.put_nowait(conn, source, payloads, frames, stream, first_seq, origin)
+
+    def put_nowait(self, conn, source, payloads, frames, stream, first_seq, origin):
+        p = self._pending.get(conn)
+        if p is None:
+            self._pending[conn] = _Pending(source, payloads, frames, stream,
+                                           first_seq, origin)
+        else:
+            p.payloads.extend(payloads)
+            p.frames.append(frames)
+        self.bytes += len(frames)
+        self._arrived.set()
+
+    def take_all(self) -> list[Chunk]:
+        chunks = [Chunk(p.source, p.payloads,
+                        p.frames[0] if len(p.frames) == 1 else b"".join(p.frames),
+                        p.stream, p.first_seq, p.origin)
+                  for p in self._pending.values()]
+        self._pending = {}
+        self.bytes = 0
+        self._arrived = trio.Event()
+        self._space.set()
+        self._space = trio.Event()
+        return chunks
+
+    async def wait(self, timeout: float) -> None:
+        """Return when something arrived, or after ``timeout`` seconds."""
+        if self._pending:
+            return
+        with trio.move_on_after(timeout):
+            await self._arrived.wait()
+
+    def wake(self) -> None:
+        self._arrived.set()
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)

@@ -1,0 +1,88 @@
+"""Loading an application: a ``.py`` file or an importable module, under a
+stable module name so that pickled references to its classes resolve after a
+restart, then ``application_setup(args)``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from types import ModuleType
+
+from .._errors import WallarooParameterError
+from .._spec import AppSpec
+
+
+class ApplicationLoadError(Exception):
+    """The application could not be found, imported or set up."""
+
+
+def load_module(app: str) -> ModuleType:
+    """``app`` is a path to a ``.py`` file (tried first) or a module name.
+
+    A file is imported as the module named after its stem, with its
+    directory on ``sys.path`` (as machida's ``--application-module`` did with
+    PYTHONPATH), so ``examples/alphabet/alphabet.py`` is module ``alphabet``
+    in every run: the name pickles refer to."""
+    if app.endswith(".py") or os.path.sep in app or os.path.isfile(app):
+        path = os.path.abspath(app)
+        if not os.path.isfile(path):
+            raise ApplicationLoadError(f"application file {app!r} does not exist")
+        directory, filename = os.path.split(path)
+        name = os.path.splitext(filename)[0]
+        if not name.isidentifier():
+            raise ApplicationLoadError(
+                f"application file {app!r}: {name!r} is not a valid module "
+                f"name; rename the file (letters, digits, underscores)")
+        existing = sys.modules.get(name)
+        if existing is not None:
+            if os.path.abspath(getattr(existing, "__file__", "") or "") == path:
+                return existing
+            raise ApplicationLoadError(
+                f"application file {app!r} would be imported as module "
+                f"{name!r}, but that name is already taken by "
+                f"{getattr(existing, '__file__', None) or existing!r}; rename "
+                f"the file")
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as e:
+            del sys.modules[name]
+            raise ApplicationLoadError(
+                f"importing application file {app!r} failed: "
+                f"{type(e).__name__}: {e}") from e
+        return module
+    try:
+        return importlib.import_module(app)
+    except ImportError as e:
+        raise ApplicationLoadError(
+            f"cannot import application module {app!r}: {e} (pass a path to "
+            f"a .py file, or put the module on PYTHONPATH)") from e
+
+
+def load_application(app: str, args: list[str]) -> AppSpec:
+    """Import ``app`` and return what its ``application_setup(args)``
+    builds."""
+    module = load_module(app)
+    setup = getattr(module, "application_setup", None)
+    if not callable(setup):
+        raise ApplicationLoadError(
+            f"application {app!r} has no application_setup(args) function")
+    try:
+        spec = setup(list(args))
+    except WallarooParameterError:
+        raise
+    except Exception as e:
+        raise ApplicationLoadError(
+            f"application_setup(args) of {app!r} raised {type(e).__name__}: "
+            f"{e}") from e
+    if not isinstance(spec, AppSpec):
+        raise ApplicationLoadError(
+            f"application_setup(args) of {app!r} returned {spec!r:.100}; it "
+            f"must return ApplicationBuilder(...).build()")
+    return spec

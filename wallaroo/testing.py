@@ -1,0 +1,198 @@
+"""Run an application in-process, deterministically: no sockets, no threads,
+no sleeps.  Feed frames, run a batch (compute -> commit -> release), read what
+the sinks received, and crash at a named point to test recovery.
+
+    from wallaroo.testing import Driver
+
+    d = Driver("examples/alphabet_partitioned/alphabet_partitioned.py",
+               args=["--in", "x:0", "--out", "x:0"], resilience_dir=tmp)
+    d.start()
+    d.feed("alphabet", [b"a\\x00\\x00\\x00\\x01"])
+    d.run_batch(crash_at="after_commit")   # committed, never released
+    d.start()                              # recovery re-sends the outputs
+    d.received(0)                          # bytes the sink got, resends included
+
+The driver runs the same ``WorkerCore`` as ``wallaroo run``; only the I/O
+around it is replaced.
+"""
+
+from __future__ import annotations
+
+import struct
+from types import ModuleType
+from typing import Any, Callable
+
+from ._spec import AppSpec
+from .recovery.records import InputRow, OutputRow
+from .recovery.sqlite_store import SQLiteStore
+from .recovery.store import MemoryStore
+from .runtime.core import Batch, Chunk, RecoveryReport, WorkerCore
+from .runtime.loader import load_application
+
+CRASH_POINTS = ("after_compute", "after_commit")
+
+
+class SimulatedCrash(Exception):
+    """Raised inside recovery by ``start(crash_after_replayed_rows=n)``."""
+
+
+class Driver:
+    def __init__(self, app: AppSpec | str | ModuleType, *, args: list[str] | None = None,
+                 resilience_dir: str | None = None, worker_name: str = "initializer",
+                 synchronous: str = "NORMAL", checkpoint_interval: float = 1.0,
+                 checkpoint_max: int = 1000, clock: Callable[[], float] | None = None,
+                 max_frame: int | None = None):
+        self.args = list(args or [])
+        if isinstance(app, AppSpec):
+            self.spec = app
+        elif isinstance(app, ModuleType):
+            self.spec = app.application_setup(["app"] + self.args)
+        else:
+            self.spec = load_application(app, [app] + self.args)
+        self.resilience_dir = resilience_dir
+        self.worker_name = worker_name
+        self.synchronous = synchronous
+        self.options = dict(checkpoint_interval=checkpoint_interval,
+                            checkpoint_max=checkpoint_max)
+        if max_frame is not None:
+            self.options["max_frame"] = max_frame
+        self._now = 0.0
+        self.clock = clock or (lambda: self._now)
+        self.core: WorkerCore | None = None
+        self.store = None
+        self.pending: list[Chunk] = []
+        self.delivered: dict[int, list[bytes]] = {s.index: [] for s in self.spec.sinks}
+        self.reports: list[RecoveryReport] = []
+        self.crashes = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self, crash_after_replayed_rows: int | None = None) -> RecoveryReport:
+        """(Re)start the worker: open the store, recover, deliver what was
+        committed but not delivered.  With ``crash_after_replayed_rows=n``
+        the worker dies after replaying n input-log rows (mid-replay)."""
+        if self.core is not None:
+            raise RuntimeError("already started")
+        self.store = (SQLiteStore(self.resilience_dir, self.worker_name,
+                                  self.synchronous)
+                      if self.resilience_dir else MemoryStore())
+        self.core = WorkerCore(self.spec, self.store, clock=self.clock, **self.options)
+        on_row = None
+        if crash_after_replayed_rows is not None:
+            seen = [0]
+
+            def on_row(row: InputRow) -> None:
+                seen[0] += 1
+                if seen[0] >= crash_after_replayed_rows:
+                    raise SimulatedCrash(f"crash after {seen[0]} replayed rows")
+        try:
+            report = self.core.recover(on_row)
+        except SimulatedCrash:
+            self.crash()
+            raise
+        self.reports.append(report)
+        self._deliver(report.requeued)
+        return report
+
+    def crash(self) -> None:
+        """Die like SIGKILL: everything not committed is gone."""
+        self.crashes += 1
+        self.pending = []
+        if self.store is not None:
+            self.store.close()
+        self.store = None
+        self.core = None
+
+    def stop(self) -> None:
+        """Commit delivery positions and close cleanly."""
+        if self.core is not None:
+            self.run_batch()
+        self.crash()
+        self.crashes -= 1
+
+    # -- input ---------------------------------------------------------------
+    def feed(self, pipeline: str | int, payloads: list[bytes] | None = None, *,
+             frames: bytes | None = None, stream: str | None = None) -> None:
+        """Queue messages for ``pipeline``: payloads (framed here with the
+        decoder's header format) or raw ``frames`` as a sender writes them.
+        ``stream`` makes them a resumable stream's next messages."""
+        core = self._core()
+        p = self.spec.pipeline(pipeline)
+        framer = core.framers[p.index]
+        if frames is None:
+            fmt = p.source.decoder.length_fmt
+            if fmt is None:
+                raise ValueError(f"pipeline {p.name!r} has a class-based decoder: "
+                                 f"pass frames=, not payloads")
+            pack = struct.Struct(fmt).pack
+            frames = b"".join(pack(len(x)) + x for x in payloads)
+        got = framer.split_all(frames)
+        first_seq = None
+        if stream is not None:
+            first_seq = core.stream_counts.get((p.name, stream), 0) + sum(
+                len(c.payloads) for c in self.pending
+                if c.source == p.index and c.stream == stream)
+        self.pending.append(Chunk(p.index, got, frames, stream, first_seq,
+                                  origin=f"driver feed to {p.name!r}"))
+
+    # -- the batch cycle ----------------------------------------------------
+    def run_batch(self, crash_at: str | None = None) -> Batch | None:
+        """Process everything fed so far as one batch.  ``crash_at``:
+        ``"after_compute"`` (computed, never committed) or ``"after_commit"``
+        (durable, never released).  Returns the batch, or None if it
+        crashed."""
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise ValueError(f"crash_at must be one of {CRASH_POINTS}")
+        core = self._core()
+        chunks, self.pending = self.pending, []
+        batch = core.process(chunks)
+        if crash_at == "after_compute":
+            self.crash()
+            return None
+        self.store.commit(batch.record)
+        if crash_at == "after_commit":
+            self.crash()
+            return None
+        self._deliver(batch.outputs)
+        return batch
+
+    def advance(self, seconds: float) -> None:
+        """Move the driver's clock (checkpoints are due by clock time)."""
+        self._now += seconds
+
+    # -- observation ---------------------------------------------------------
+    def received(self, sink: int = 0) -> bytes:
+        """Everything the sink received, resends included, in order."""
+        return b"".join(self.delivered[sink])
+
+    def state(self, state_name: str, key: Any = None) -> Any:
+        return self._core().state(state_name, key)
+
+    def durable_count(self, pipeline: str, stream: str) -> int:
+        return self._core().stream_counts.get((pipeline, stream), 0)
+
+    def _deliver(self, outputs) -> None:
+        for row in outputs:
+            self.delivered[row.sink].append(row.data)
+            self.core.note_delivered(row.sink, row.end_seq)
+
+    def _core(self) -> WorkerCore:
+        if self.core is None:
+            raise RuntimeError("the driver is not started (call start())")
+        return self.core
+
+
+def split_frames(data: bytes, fmt: str = ">I") -> list[bytes]:
+    """Split length-prefixed records (for reading what a sink received)."""
+    st = struct.Struct(fmt)
+    out, pos = [], 0
+    while pos + st.size <= len(data):
+        (n,) = st.unpack_from(data, pos)
+        start = pos + st.size
+        if start + n > len(data):
+            break
+        out.append(data[start:start + n])
+        pos = start + n
+    return out
+
+
+__all__ = ["CRASH_POINTS", "Driver", "OutputRow", "SimulatedCrash", "split_frames"]
