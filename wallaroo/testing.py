@@ -103,8 +103,10 @@ class Driver:
         self.core = None
 
     def stop(self) -> None:
-        """Commit delivery positions and close cleanly."""
+        """Process what was fed, then commit the delivery positions, and
+        close: what ``wallaroo run`` does on SIGTERM."""
         if self.core is not None:
+            self.run_batch()
             self.run_batch()
         self.crash()
         self.crashes -= 1

@@ -214,5 +214,5 @@ class Worker:
         if not self.store.durable:
             return
         batch = self.core.process(())
-        if not batch.record.is_empty() or batch.record.snapshots:
+        if not batch.record.is_empty():
             await self._commit(batch)
