@@ -120,7 +120,7 @@ class TCPSource:
         stream = conn.stream
         while b"\n" not in data[:MAX_LINE]:
             if len(data) >= MAX_LINE:
-                await self._refuse(conn, "handshake line too long")
+                await self._refuse(conn, "handshake line too long (stream names are 1-255 of A-Za-z0-9._:-)")
                 return
             more = await stream.receive_some(RECV_SIZE)
             if not more:

@@ -1,0 +1,291 @@
+"""The resumable-source handshake, byte for byte (DESIGN.md §5), and the
+plain-connection edge cases, against a real worker on trio in-process."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+
+import pytest
+import trio
+
+from wallaroo.recovery.sqlite_store import SQLiteStore
+from wallaroo.recovery.store import MemoryStore
+from wallaroo.runtime.loader import load_application
+from wallaroo.runtime.worker import Worker, WorkerOptions
+
+APP = os.path.join(os.path.dirname(__file__), "apps", "proto_app.py")
+LOG = logging.getLogger("wallaroo.test")
+
+
+def frames(values) -> bytes:
+    return b"".join(struct.pack(">IQ", 8, v) for v in values)
+
+
+class Harness:
+    """A worker plus a receiver for its sink, inside one trio nursery."""
+
+    def __init__(self, nursery, tmp=None, max_frame=1 << 20):
+        self.nursery = nursery
+        self.tmp = tmp
+        self.max_frame = max_frame
+        self.received = bytearray()
+        self.worker = None
+
+    async def start(self):
+        if not hasattr(self, "sink_port"):
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.sink_port = listeners[0].socket.getsockname()[1]
+            self.nursery.start_soon(trio.serve_listeners, self._receive, listeners)
+        spec = load_application(APP, [APP, "--in", "127.0.0.1:0", "--out",
+                                      f"127.0.0.1:{self.sink_port}"])
+        store = SQLiteStore(str(self.tmp), "w") if self.tmp else MemoryStore()
+        self.worker = Worker(spec, store, WorkerOptions(
+            handle_signals=False, max_frame=self.max_frame, drain_timeout=5),
+            LOG)
+        self._done = trio.Event()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            try:
+                await self.worker.run(task_status=task_status)
+            finally:
+                self._done.set()
+        bound = await self.nursery.start(run)
+        self.port = bound[0][1]
+        return self
+
+    async def stop(self):
+        self.worker.request_stop()
+        await self._done.wait()
+
+    async def _receive(self, stream):
+        async for data in stream:
+            self.received.extend(data)
+
+    async def connect(self):
+        return Client(await trio.open_tcp_stream("127.0.0.1", self.port))
+
+    async def outputs(self, n, timeout=10):
+        with trio.fail_after(timeout):
+            while self.received.count(b"\n") < n:
+                await trio.sleep(0.01)
+        return bytes(self.received).splitlines()
+
+
+class Client:
+    def __init__(self, stream):
+        self.stream = stream
+        self.buf = b""
+
+    async def send(self, data):
+        await self.stream.send_all(data)
+
+    async def line(self, timeout=10) -> bytes | None:
+        with trio.fail_after(timeout):
+            while b"\n" not in self.buf:
+                data = await self.stream.receive_some(4096)
+                if not data:
+                    return None
+                self.buf += data
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"
+
+    async def until_ack(self, n, timeout=10) -> list[bytes]:
+        seen = []
+        with trio.fail_after(timeout):
+            while True:
+                line = await self.line()
+                assert line is not None, f"closed before ACK {n}; got {seen}"
+                seen.append(line)
+                if line == b"ACK %d\n" % n:
+                    return seen
+
+    async def closed(self, timeout=10) -> bool:
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    data = await self.stream.receive_some(4096)
+                except trio.BrokenResourceError:
+                    return True
+                if not data:
+                    return True
+                self.buf += data
+
+    async def aclose(self):
+        await self.stream.aclose()
+
+
+def run(fn, *args):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await fn(nursery, *args)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
+def test_plain_connection_roundtrip():
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        c = await h.connect()
+        await c.send(frames([1, 2, 3, 4]))
+        out = await h.outputs(4)
+        assert out == [b"1 1", b"2 2", b"3 4", b"4 6"]
+        await h.stop()
+    run(t)
+
+
+def test_handshake_resume_then_acks_cumulative_and_growing():
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        c = await h.connect()
+        await c.send(b"WALLAROO-RESUME 1 s1\n")
+        assert await c.line() == b"RESUME 0\n"
+        for i in range(5):
+            await c.send(frames(range(i * 20 + 1, i * 20 + 21)))
+        acks = await c.until_ack(100)
+        ns = [int(x.split()[1]) for x in acks]
+        assert all(x.startswith(b"ACK ") for x in acks)
+        assert ns == sorted(set(ns)), "ACKs must only grow"
+        assert len(await h.outputs(100)) == 100
+        await h.stop()
+    run(t)
+
+
+def test_handshake_prefix_split_over_many_writes():
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        c = await h.connect()
+        for b in b"WALLAROO-RESUME 1 slow.stream:1-x\n":
+            await c.send(bytes([b]))
+            await trio.sleep(0)
+        assert await c.line() == b"RESUME 0\n"
+        await c.send(frames([7]))
+        await c.until_ack(1)
+        await h.stop()
+    run(t)
+
+
+def test_new_handshake_closes_old_connection_and_is_not_stale():
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        old = await h.connect()
+        await old.send(b"WALLAROO-RESUME 1 s1\n")
+        assert await old.line() == b"RESUME 0\n"
+        await old.send(frames(range(1, 51)))
+        await trio.sleep(0.05)
+        new = await h.connect()
+        await new.send(b"WALLAROO-RESUME 1 s1\n")
+        resume = await new.line()
+        assert await old.closed()
+        # everything the old connection delivered is committed before RESUME
+        assert resume == b"RESUME 50\n"
+        await new.send(frames(range(51, 61)))
+        await new.until_ack(60)
+        await h.stop()
+    run(t)
+
+
+@pytest.mark.parametrize("hello, reason", [
+    (b"WALLAROO-RESUME 2 s1\n", b"unsupported version"),
+    (b"WALLAROO-RESUME 1 bad/name\n", b"bad stream name"),
+    (b"WALLAROO-RESUME 1 " + b"x" * 256 + b"\n", b"too long"),
+    (b"WALLAROO-RESUME 1 \n", b"bad stream name"),
+])
+def test_bad_handshake_gets_error_and_close(hello, reason):
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        c = await h.connect()
+        await c.send(hello)
+        line = await c.line()
+        assert line.startswith(b"ERROR ") and reason in line, line
+        assert await c.closed()
+        ok = await h.connect()  # the worker carries on
+        await ok.send(frames([5]))
+        assert await h.outputs(1) == [b"5 5"]
+        await h.stop()
+    run(t)
+
+
+def test_oversized_frame_on_resumable_stream_is_refused_and_not_counted():
+    async def t(nursery):
+        h = await Harness(nursery, max_frame=64).start()
+        c = await h.connect()
+        await c.send(b"WALLAROO-RESUME 1 s1\n")
+        assert await c.line() == b"RESUME 0\n"
+        await c.send(frames([1, 2, 3]) + struct.pack(">I", 1000) + b"x" * 20)
+        lines = []
+        while True:
+            line = await c.line()
+            if line is None:
+                break
+            lines.append(line)
+        assert lines[-1].startswith(b"ERROR ") and b"maximum frame size" in lines[-1]
+        again = await h.connect()
+        await again.send(b"WALLAROO-RESUME 1 s1\n")
+        assert await again.line() == b"RESUME 3\n"
+        await h.stop()
+    run(t)
+
+
+def test_plain_torn_frame_closes_only_that_connection():
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        c = await h.connect()
+        await c.send(frames([1, 2]) + frames([3])[:7])
+        await c.aclose()
+        assert await h.outputs(2) == [b"1 1", b"2 2"]
+        other = await h.connect()
+        await other.send(frames([3]))
+        assert (await h.outputs(3))[-1] == b"3 4"
+        await h.stop()
+    run(t)
+
+
+def test_plain_connection_that_starts_like_the_prefix_is_plain():
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        c = await h.connect()
+        # "WALLAROO" as a 4-byte header would announce a huge frame: the
+        # connection is plain, the header is over the limit, and it closes.
+        await c.send(b"WALLAROO-RESUMX 1 s1\n")
+        assert await c.closed()
+        await h.stop()
+    run(t)
+
+
+def test_resume_count_is_durable_across_restart(tmp_path):
+    async def t(nursery):
+        h = await Harness(nursery, tmp=tmp_path).start()
+        c = await h.connect()
+        await c.send(b"WALLAROO-RESUME 1 s1\n")
+        assert await c.line() == b"RESUME 0\n"
+        await c.send(frames(range(1, 31)))
+        await c.until_ack(30)
+        await h.stop()
+        await h.start()
+        c = await h.connect()
+        await c.send(b"WALLAROO-RESUME 1 s1\n")
+        assert await c.line() == b"RESUME 30\n"
+        # state survived too: 31 is odd, odd total so far 1+3+...+29 = 225
+        await c.send(frames([31]))
+        out = await h.outputs(31)
+        assert out[-1] == b"31 256"
+        await h.stop()
+    run(t)
+
+
+def test_resume_without_resilience_counts_what_this_process_accepted():
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        c = await h.connect()
+        await c.send(b"WALLAROO-RESUME 1 s1\n")
+        assert await c.line() == b"RESUME 0\n"
+        await c.send(frames(range(1, 11)))
+        await c.until_ack(10)
+        await c.aclose()
+        c = await h.connect()
+        await c.send(b"WALLAROO-RESUME 1 s1\n")
+        assert await c.line() == b"RESUME 10\n"
+        await h.stop()
+    run(t)
