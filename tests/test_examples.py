@@ -1,0 +1,352 @@
+"""Every example, end to end, with real processes and sockets: the worker is
+``wallaroo run``, input comes from ``wallaroo send`` and output is caught by
+``wallaroo receive``; the output is compared byte for byte with what a plain
+Python fold of the input says it must be.
+
+No fixed sleeps: ports are 0, and the tests wait for the receiver's
+``listening on`` line, the worker's ``ready`` line, and the receiver's exit
+once it has the expected number of records (``--expect``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+WALLAROO = [sys.executable, "-m", "wallaroo.cli"]
+START_TIMEOUT = 20.0
+RUN_TIMEOUT = 30.0
+
+
+def example(*parts: str) -> str:
+    return os.path.join(EXAMPLES, *parts)
+
+
+def load_script(name: str, path: str):
+    """Import an example's helper script (make_votes.py, word_count.py)
+    without putting its directory on sys.path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Proc:
+    """A ``wallaroo`` subprocess; a thread reads its stderr line by line."""
+
+    def __init__(self, args: list[str], cwd: str | None = None):
+        self.args = args
+        self.proc = subprocess.Popen(WALLAROO + args, cwd=cwd,
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True,
+                                     errors="replace")
+        self.lines: list[str] = []
+        self._q: queue.Queue[str | None] = queue.Queue()
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._q.put(self.lines[-1])
+        self._q.put(None)
+
+    def wait_line(self, pred, what: str, timeout: float = START_TIMEOUT) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self._q.get(timeout=max(left, 0.001))
+            except queue.Empty:
+                pytest.fail(f"no {what} within {timeout}s from "
+                            f"{' '.join(self.args)}:\n{self.log()}")
+            if line is None:
+                pytest.fail(f"{' '.join(self.args)} exited "
+                            f"{self.proc.wait()} before {what}:\n{self.log()}")
+            if pred(line):
+                return line
+
+    def wait(self, timeout: float = RUN_TIMEOUT) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"{' '.join(self.args)} still running after "
+                        f"{timeout}s:\n{self.log()}")
+        self._t.join(5)
+        return code
+
+    def terminate(self, timeout: float = RUN_TIMEOUT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        self._t.join(1)
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def procs():
+    """Start ``wallaroo`` processes; whatever is still running at the end
+    of the test is killed."""
+    started: list[Proc] = []
+
+    def start(args, cwd=None) -> Proc:
+        p = Proc(args, cwd)
+        started.append(p)
+        return p
+    yield start
+    for p in started:
+        p.kill()
+
+
+def receiver(procs, output: str, framing: str,
+             expect: int | None) -> tuple[Proc, str]:
+    r = procs(["receive", "--listen", "127.0.0.1:0", "--framing", framing,
+               "--format", "raw", "--output", output, "--timeout",
+               str(RUN_TIMEOUT)]
+              + ([] if expect is None else ["--expect", str(expect)]))
+    first = r.wait_line(lambda line: True, "first line")
+    assert first.startswith("listening on "), first
+    return r, first.split()[-1]
+
+
+def worker(procs, app: str, sink_addr: str, *extra: str) -> tuple[Proc, str]:
+    w = procs(["run", app, "--in", "127.0.0.1:0", "--out", sink_addr, *extra])
+    ready = w.wait_line(lambda line: line.startswith("ready"), "ready line")
+    fields = dict(f.split("=", 1) for f in ready.split()[1:] if "=" in f)
+    return w, fields["sources"]
+
+
+def send(addr: str, *args: str) -> str:
+    done = subprocess.run(WALLAROO + ["send", addr, *args, "--quiet"],
+                          stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def run_example(procs, tmp_path, app: str, send_args: list[str], framing: str,
+                expect: int, *worker_args: str) -> tuple[bytes, Proc]:
+    """Receiver, worker, sender; wait for ``expect`` records, stop the
+    worker with SIGTERM (exit 0) -> (bytes received, worker)."""
+    out = str(tmp_path / "received.bin")
+    r, sink_addr = receiver(procs, out, framing, expect)
+    w, source = worker(procs, app, sink_addr, *worker_args)
+    send(source, *send_args)
+    assert r.wait() == 0, r.log()
+    assert w.terminate() == 0, w.log()
+    with open(out, "rb") as f:
+        return f.read(), w
+
+
+# -- the examples --------------------------------------------------------------
+
+def test_reverse(procs, tmp_path):
+    got, w = run_example(procs, tmp_path, example("reverse", "reverse.py"),
+                         ["--file", example("reverse", "words.txt")], "lines", 5)
+    assert got == "olleh\noorallaw\ngnissecorp maerts\nracecar\néfac evïan\n" \
+        .encode("utf-8")
+    assert "stopped: 5 messages in, 5 outputs, 0 failed messages" in w.log()
+
+
+def test_celsius_skips_the_bad_line_only(procs, tmp_path):
+    got, w = run_example(procs, tmp_path, example("celsius", "celsius.py"),
+                         ["--file", example("celsius", "temperatures.txt")],
+                         "lines", 6)
+    assert got == b"-40.00\n32.00\n70.70\n98.60\n212.00\n-459.67\n"
+    log = w.log()
+    assert "could not convert string to float: 'not a number'" in log
+    assert "stopped: 7 messages in, 6 outputs, 1 failed messages" in log
+
+
+def alphabet_expected(votes) -> bytes:
+    """The reference fold: each vote's running total, packed ``>IsQ``."""
+    totals: dict[bytes, int] = {}
+    out = []
+    for letter, n in votes:
+        totals[letter] = totals.get(letter, 0) + n
+        out.append(struct.pack(">IsQ", 9, letter, totals[letter]))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("name", ["alphabet", "alphabet_partitioned"])
+def test_alphabet(procs, tmp_path, name):
+    make_votes = load_script("make_votes_" + name,
+                             example(name, "make_votes.py"))
+    votes = make_votes.make_votes(500, seed=7)
+    votes_file = str(tmp_path / "votes.bin")
+    assert make_votes.main([votes_file, "--count", "500", "--seed", "7"]) == 0
+    with open(votes_file, "rb") as f:
+        assert f.read() == make_votes.frames(votes)
+    got, _ = run_example(procs, tmp_path, example(name, name + ".py"),
+                         ["--frames", votes_file], "length", 500)
+    assert got == alphabet_expected(votes)
+
+
+@pytest.mark.parametrize("name", ["alphabet", "alphabet_partitioned"])
+def test_alphabet_read_totals_agrees_with_make_votes(tmp_path, capsys, name):
+    make_votes = load_script("mv_" + name, example(name, "make_votes.py"))
+    read_totals = load_script("rt_" + name, example(name, "read_totals.py"))
+    votes = make_votes.make_votes(200, seed=3)
+    received = tmp_path / "out.bin"
+    received.write_bytes(alphabet_expected(votes))
+    assert read_totals.main([str(received)]) == 0
+    printed = capsys.readouterr().out
+    assert make_votes.main([str(tmp_path / "v.bin"), "--count", "200",
+                            "--seed", "3", "--totals"]) == 0
+    assert capsys.readouterr().out == printed
+
+
+def test_alphabet_helper_scripts_are_the_same_in_both_examples():
+    for script in ("make_votes.py", "read_totals.py"):
+        with open(example("alphabet", script)) as a, \
+                open(example("alphabet_partitioned", script)) as b:
+            assert a.read() == b.read(), script
+
+
+def read_or_empty(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def last_totals(data: bytes) -> dict[bytes, int]:
+    whole = len(data) - len(data) % 13
+    return {letter: total for _, letter, total in
+            (struct.unpack_from(">IsQ", data, i) for i in range(0, whole, 13))}
+
+
+def test_alphabet_keeps_its_totals_across_a_sigkill(procs, tmp_path):
+    # The README's promise: with --resilience-dir the totals carry on after
+    # the worker is killed and started again.
+    make_votes = load_script("mv_kill", example("alphabet", "make_votes.py"))
+    votes = make_votes.make_votes(300, seed=11)
+    votes_file = tmp_path / "votes.bin"
+    votes_file.write_bytes(make_votes.frames(votes))
+    state = str(tmp_path / "state")
+    out = tmp_path / "received.bin"
+    r, sink_addr = receiver(procs, str(out), "length", None)
+    app = example("alphabet", "alphabet.py")
+    w, source = worker(procs, app, sink_addr, "--resilience-dir", state)
+    # A resumable send returns once every vote is acknowledged, and
+    # acknowledged means durable: kill the worker the hard way right then.
+    send(source, "--frames", str(votes_file), "--resumable", "votes")
+    w.proc.send_signal(signal.SIGKILL)
+    assert w.wait() == -signal.SIGKILL
+    w2, source = worker(procs, app, sink_addr, "--resilience-dir", state)
+    send(source, "--frames", str(votes_file))
+    twice = {}
+    for letter, n in votes + votes:
+        twice[letter] = twice.get(letter, 0) + n
+    # Outputs are at least once (a resend after the kill may repeat some),
+    # so wait for the final totals rather than for a number of records.
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while last_totals(read_or_empty(out)) != twice:
+        if time.monotonic() > deadline:
+            pytest.fail(f"final totals never arrived: "
+                        f"{last_totals(read_or_empty(out))} != {twice}\n"
+                        f"{w2.log()}")
+        time.sleep(0.05)
+    assert w2.terminate() == 0, w2.log()
+    assert r.terminate() == 0, r.log()
+    got = out.read_bytes()
+    assert last_totals(got) == twice
+    assert len(got) % 13 == 0 and len(got) >= 600 * 13
+    # Every running total of the second send is there, in order, at the end.
+    assert got.endswith(alphabet_expected(votes + votes)[300 * 13:])
+
+
+def word_count_expected(sample: str) -> bytes:
+    """What word_count.py must send for ``sample`` sent with --file: one
+    ``word => count`` line per word occurrence, in order."""
+    wc = load_script("word_count_reference", example("word_count",
+                                                     "word_count.py"))
+    split = wc.Split()
+    counts: dict[str, int] = {}
+    out = []
+    with open(sample, encoding="utf-8") as f:
+        for line in f.read().splitlines():
+            for word in split.compute_multi(line):
+                counts[word] = counts.get(word, 0) + 1
+                out.append("%s => %d\n" % (word, counts[word]))
+    return "".join(out).encode("utf-8")
+
+
+def test_word_count(procs, tmp_path):
+    sample = example("word_count", "sample.txt")
+    expected = word_count_expected(sample)
+    n = expected.count(b"\n")
+    assert n > 1000
+    got, w = run_example(procs, tmp_path, example("word_count", "word_count.py"),
+                         ["--file", sample], "lines", n)
+    assert got == expected
+    assert "0 failed messages" in w.log()
+
+
+def test_word_count_demo(tmp_path):
+    done = subprocess.run([sys.executable, example("word_count", "demo.py"),
+                           "--top", "5"], cwd=str(tmp_path),
+                          stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "top 5 words:" in out
+    top = [line.split() for line in out.splitlines()
+           if line.strip()[:2] in ("1.", "2.", "3.", "4.", "5.")]
+    assert [(rank, word) for rank, word, *_ in top][:3] == [
+        ("1.", "the"), ("2.", "and"), ("3.", "a")]
+    assert top[0][2] == "545"
+    assert "stopped on SIGTERM, exit status 0" in out
+    assert "every final count matches the sample" in out
+
+
+def test_word_count_demo_fails_clearly(tmp_path):
+    missing = str(tmp_path / "no such file.txt")
+    done = subprocess.run([sys.executable, example("word_count", "demo.py"),
+                           "--sample", missing], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "FAILED" in done.stderr and "does not exist" in done.stderr
+
+
+def test_word_count_demo_reports_a_timeout_with_the_worker_log(tmp_path):
+    # An input that cannot all arrive in time: 0.001 s to send and count.
+    big = tmp_path / "big.txt"
+    big.write_text("lorem ipsum dolor sit amet\n" * 20000)
+    done = subprocess.run([sys.executable, example("word_count", "demo.py"),
+                           "--sample", str(big), "--timeout", "0.001"],
+                          stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1, done.stdout
+    assert "FAILED" in done.stdout
+    assert "--- worker stderr ---" in done.stdout
+    assert "ready worker=" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["reverse", "celsius", "alphabet",
+                                  "alphabet_partitioned", "word_count"])
+def test_each_example_has_a_readme_with_the_three_commands(name):
+    with open(example(name, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for command in ("wallaroo run", "wallaroo send", "wallaroo receive"):
+        assert command in readme, (name, command)
