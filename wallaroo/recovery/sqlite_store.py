@@ -109,26 +109,27 @@ class SQLiteStore:
             "SELECT next_lsn, replay_from, commits FROM progress").fetchone()
         rec = Recovered(fresh=(commits == 0), next_lsn=next_lsn,
                         replay_from=replay_from, commits=commits)
-        keys: dict[int, str] = {}
-        for pid, state, key_repr, created, cs, key in conn.execute(
-                "SELECT pid, state, key_repr, created_lsn, checksum, key "
-                "FROM partitions ORDER BY pid"):
-            if checksum(pid, created, key) != cs:
+        partitions = rec.partitions
+        snaps = rec.snapshots
+        for (pid, state, key_repr, created, key_cs, key, lsn, pickler, snap_cs,
+             blob) in conn.execute(
+                "SELECT p.pid, p.state, p.key_repr, p.created_lsn, p.checksum, "
+                "p.key, s.lsn, s.pickler, s.checksum, s.state FROM partitions p "
+                "LEFT JOIN snapshots s USING (pid) ORDER BY p.pid"):
+            if checksum(pid, created, key) != key_cs:
                 raise CorruptionError(
                     f"{self.path}: the key of partition {pid} (state {state!r}, "
                     f"key {key_repr}) failed its checksum; refusing to run on "
                     f"damaged state")
-            rec.partitions.append(PartitionRow(pid, state, key, key_repr, created))
-            keys[pid] = f"state {state!r}, key {key_repr}"
-        for pid, lsn, pickler, cs, blob in conn.execute(
-                "SELECT pid, lsn, pickler, checksum, state FROM snapshots"):
-            snap = SnapshotRow(pid, lsn, blob, pickler)
-            if snap.checksum() != cs:
-                raise CorruptionError(
-                    f"{self.path}: the snapshot of partition {pid} "
-                    f"({keys.get(pid, 'unknown partition')}) at lsn {lsn} "
-                    f"failed its checksum; refusing to run on damaged state")
-            rec.snapshots[pid] = snap
+            partitions.append(PartitionRow(pid, state, key, key_repr, created))
+            if lsn is not None:
+                snap = SnapshotRow(pid, lsn, blob, pickler)
+                if snap.checksum() != snap_cs:
+                    raise CorruptionError(
+                        f"{self.path}: the snapshot of partition {pid} (state "
+                        f"{state!r}, key {key_repr}) at lsn {lsn} failed its "
+                        f"checksum; refusing to run on damaged state")
+                snaps[pid] = snap
         for source, stream, count in conn.execute(
                 "SELECT source, stream, count FROM streams"):
             rec.streams[(source, stream)] = count
