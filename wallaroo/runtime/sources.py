@@ -141,8 +141,10 @@ class TCPSource:
             self.log.info("%s: resuming at message %d", conn.label, n)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.ack_writer, n)
-                await self._read_frames(conn, rest, key, n)
+                error = await self._read_frames(conn, rest, key, n)
                 nursery.cancel_scope.cancel()
+            if error is not None:  # the ACK writer is gone: the socket is ours
+                await self._refuse(conn, error)
         finally:
             self.registry.release(key, conn)
 
@@ -152,7 +154,8 @@ class TCPSource:
             await conn.stream.send_all(error_line(reason))
 
     async def _read_frames(self, conn: Connection, data: bytes,
-                           key: tuple[str, str] | None, seq: int | None) -> None:
+                           key: tuple[str, str] | None, seq: int | None) -> str | None:
+        """Read until EOF or a bad frame; returns the bad frame's error."""
         split = self.framer.split
         stream = conn.stream
         inbox = self.inbox
@@ -175,14 +178,12 @@ class TCPSource:
             if error is not None:
                 self.log.warning("%s: %s; closing the connection (the frames "
                                  "before it are kept)", conn.label, error)
-                if key is not None:
-                    await self._refuse(conn, str(error))
-                return
+                return str(error)
             more = await stream.receive_some(RECV_SIZE)
             if not more:
                 if data:
                     self.log.warning(
                         "%s: closed in the middle of a frame; %d bytes of an "
                         "incomplete frame discarded", conn.label, len(data))
-                return
+                return None
             data = data + more if data else more
