@@ -1,0 +1,451 @@
+"""Alphabet benchmark: the engine against a plain-Python loop doing the same
+work, with resilience off, NORMAL and FULL, plus a hand-written durable loop
+and (optionally) Bytewax.
+
+    python benchmarks/bench_alphabet.py --messages 1000000
+    python benchmarks/bench_alphabet.py --messages 200000 --repeat 3 \\
+        --bytewax --profile --json results.json
+
+Rows (see benchmarks/README.md for what each one measures):
+  plain loop               in-process: frame parsing, the example's decoder,
+                           partition function, state computation, encoder
+  engine (resilience off)  `wallaroo run`, sender -> worker -> receiver, three
+  engine (NORMAL)          processes over TCP; with --resilience-dir
+  engine (FULL)            (synchronous NORMAL / FULL)
+  logged loop              the plain loop + one SQLite transaction per 1000
+                           messages (inputs, outputs, dirty-state snapshots)
+  bytewax                  Bytewax 0.21 (TestingSource, stateful_map), run_main
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _engine import ENGINE_CONFIGS, engine_run  # noqa: E402
+from _loops import bytewax_run, load_app, logged_loop, plain_loop  # noqa: E402
+from _profile import analyse_profile, profile_note  # noqa: E402
+from _workload import FRAME_SIZE, make_input, validate  # noqa: E402
+
+
+# -- report -----------------------------------------------------------------
+
+def median_run(runs: list[dict]) -> dict:
+    """The median over repeats: msgs/s and each latency figure separately."""
+    ok = [r for r in runs if "msgs_per_s" in r]
+    if not ok:
+        return {"error": "; ".join(r.get("error", "?") for r in runs)}
+    out = {"msgs_per_s": statistics.median(r["msgs_per_s"] for r in ok),
+           "runs": len(runs), "ok_runs": len(ok)}
+    lat_keys = set().union(*(r.get("latency", {}).keys() for r in ok))
+    out["latency"] = {k: statistics.median(r["latency"][k] for r in ok
+                                           if k in r.get("latency", {}))
+                      for k in sorted(lat_keys)}
+    errors = [r["error"] for r in runs if r.get("error")]
+    if errors:
+        out["error"] = "; ".join(errors)
+    return out
+
+
+def machine_info() -> dict:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {"nproc": affinity or os.cpu_count(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "platform": platform.platform(), "machine": platform.machine(),
+            "sqlite": sqlite3.sqlite_version,
+            "loadavg_start": list(os.getloadavg())}
+
+
+def fmt_rate(x):
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def fmt_ratio(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def fmt_ms(x):
+    return "-" if x is None else (f"{x:.2f}" if x < 10 else f"{x:.0f}")
+
+
+def print_report(res: dict, console) -> None:
+    from rich.table import Table
+
+    a = res["args"]
+    m = res["machine"]
+    console.print(f"[bold]Alphabet benchmark[/bold]: {a['messages']:,} messages "
+                  f"(9-byte frames in, 13-byte records out), repeat {a['repeat']}")
+    console.print(f"command: {res['command']}")
+    console.print(f"machine: nproc={m['nproc']} python={m['implementation']} "
+                  f"{m['python']} sqlite={m['sqlite']} {m['platform']}; load "
+                  f"average {m['loadavg_start'][0]:.2f} at start, "
+                  f"{m['loadavg_end'][0]:.2f} at end")
+    console.print("Engine rows: three processes (sender, worker, receiver) share "
+                  "the cores; in-process rows use one.  A shared machine is noisy: "
+                  "use --repeat and compare ratios, not single numbers.")
+
+    rows = res["rows"]
+    plain = rows["plain_loop"]["msgs_per_s"]
+    paced_rate = a["paced_rate"]
+    t = Table(title="Throughput and latency (ms)", show_lines=False)
+    t.add_column("configuration")
+    t.add_column("msgs/s", justify="right")
+    t.add_column("x plain loop", justify="right")
+    t.add_column("p50 full speed", justify="right")
+    t.add_column("p99 full speed", justify="right")
+    if paced_rate:
+        t.add_column(f"p50 @{paced_rate:,.0f}/s", justify="right")
+        t.add_column(f"p99 @{paced_rate:,.0f}/s", justify="right")
+    t.add_column("output")
+    for key, row in rows.items():
+        rate = row.get("msgs_per_s")
+        lat = row.get("latency", {})
+        paced = row.get("paced", {}).get("latency", {}) if paced_rate else {}
+        cells = [row["name"], fmt_rate(rate),
+                 fmt_ratio(rate / plain if rate and plain else None),
+                 fmt_ms(lat.get("p50_ms")), fmt_ms(lat.get("p99_ms"))]
+        if paced_rate:
+            cells += [fmt_ms(paced.get("p50_ms")), fmt_ms(paced.get("p99_ms"))]
+        err = row.get("error") or row.get("paced", {}).get("error")
+        cells.append(f"[red]FAILED: {err}[/red]" if err else
+                     row.get("validated", "-"))
+        t.add_row(*cells)
+    console.print(t)
+
+    engine_keys = [c[1] for c in ENGINE_CONFIGS if c[1] in rows]
+    if engine_keys:
+        lt = Table(title="End-to-end latency of the engine runs (ms): sender's "
+                         "write -> receiver's read")
+        lt.add_column("configuration")
+        lt.add_column("run")
+        for c in ("p50", "p95", "p99", "max"):
+            lt.add_column(c, justify="right")
+        lt.add_column("msgs/s achieved", justify="right")
+        for key in engine_keys:
+            row = rows[key]
+            runs = [("full speed (queueing)", row)]
+            if paced_rate and "paced" in row:
+                runs.append((f"paced {paced_rate:,.0f}/s", row["paced"]))
+            for label, r in runs:
+                lat = r.get("latency", {})
+                lt.add_row(row["name"], label,
+                           *(fmt_ms(lat.get(f"{c}_ms")) for c in
+                             ("p50", "p95", "p99", "max")),
+                           fmt_rate(r.get("msgs_per_s")))
+        console.print(lt)
+        console.print("Full-speed latency is queueing: the sender writes "
+                      "everything as fast as TCP takes it, so a message waits "
+                      "behind all the input buffered ahead of it (socket buffers, "
+                      "the worker's inbox).  The paced runs send at a fixed rate "
+                      "below capacity; their latency is what a message costs.")
+
+    tt = Table(title="Ratios the project targets")
+    tt.add_column("ratio")
+    tt.add_column("value", justify="right")
+    tt.add_column("target", justify="right")
+    tt.add_column("")
+    for r in res["ratios"]:
+        v = r["value"]
+        status = "-" if v is None or r["target"] is None else (
+            "[green]met[/green]" if r["met"] else "[red]missed[/red]")
+        tt.add_row(r["name"], fmt_ratio(v), r["target_text"], status)
+    console.print(tt)
+
+    for key in engine_keys:
+        ws = rows[key].get("worker_stats")
+        if ws:
+            extra = ""
+            if "resilience_dir_bytes" in rows[key]:
+                extra = (f", resilience dir {rows[key]['resilience_dir_bytes'] / 1e6:.1f}"
+                         f" MB at exit")
+            console.print(f"{rows[key]['name']}: {ws['commits']} commits (batches), "
+                          f"{ws['messages_per_commit']} messages per batch{extra}")
+
+    prof = res.get("profile")
+    if prof:
+        console.print()
+        rate = prof.get("msgs_per_s")
+        console.print(f"[bold]Profile[/bold] of the {prof['config']} worker under "
+                      f"cProfile ({fmt_rate(rate)} msgs/s while profiled)")
+        if "error" in prof:
+            console.print(f"[red]profile run failed: {prof['error']}[/red]")
+        if "top" in prof:
+            console.print(prof["top"].strip(), markup=False, highlight=False)
+            console.print("[bold]Where the time goes[/bold] (tottime; a builtin is "
+                          "charged to the Python function that called it):")
+            for c in prof["by_category"]:
+                pct = "" if c["percent"] is None else f"{c['percent']:5.1f}%"
+                console.print(f"  {pct:>6}  {c['seconds']:7.2f} s  {c['category']}",
+                              markup=False)
+            console.print(prof["note"])
+
+    problems = res.get("problems", [])
+    if problems:
+        console.print("[bold red]Problems[/bold red]")
+        for p in problems:
+            console.print(f"  - {p}", markup=False)
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def build_ratios(rows: dict) -> list[dict]:
+    r = lambda k: rows.get(k, {}).get("msgs_per_s")  # noqa: E731
+    specs = [
+        ("engine (off) / plain loop", ratio(r("engine_off"), r("plain_loop")),
+         0.5, ">= 0.5", lambda v: v >= 0.5),
+        ("engine (NORMAL) / engine (off)", ratio(r("engine_normal"), r("engine_off")),
+         0.7, ">= 0.7", lambda v: v >= 0.7),
+        ("engine (NORMAL) / logged loop", ratio(r("engine_normal"), r("logged_loop")),
+         1.0, "> 1", lambda v: v > 1.0),
+        ("engine (FULL) / engine (off)", ratio(r("engine_full"), r("engine_off")),
+         None, "-", None),
+    ]
+    if "bytewax" in rows:
+        specs += [
+            ("engine (off) / bytewax", ratio(r("engine_off"), r("bytewax")),
+             None, "-", None),
+            ("engine (NORMAL) / bytewax", ratio(r("engine_normal"), r("bytewax")),
+             None, "-", None),
+        ]
+    out = []
+    for name, value, target, text, check in specs:
+        out.append({"name": name, "value": value, "target": target,
+                    "target_text": text,
+                    "met": (check(value) if check and value is not None else None)})
+    return out
+
+
+# -- main -------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Alphabet benchmark: the engine (resilience off / NORMAL / "
+                    "FULL) against a plain-Python loop, a hand-written durable "
+                    "loop and optionally Bytewax.",
+        epilog="Example: python benchmarks/bench_alphabet.py --messages 1000000 "
+               "--repeat 3 --json results.json")
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per configuration; the report gives the median")
+    ap.add_argument("--paced-rate", type=float, default=50_000,
+                    help="msgs/s of the paced latency runs (0: skip them)")
+    ap.add_argument("--paced-seconds", type=float, default=3.0,
+                    help="length of each paced run")
+    ap.add_argument("--chunk-bytes", type=int, default=64 * 1024,
+                    help="full speed: bytes per sender write")
+    ap.add_argument("--log-batch", type=int, default=1000,
+                    help="logged loop: messages per SQLite transaction")
+    ap.add_argument("--bytewax", action="store_true",
+                    help="add the Bytewax row (needs bytewax==0.21.1)")
+    ap.add_argument("--bytewax-batch", type=int, default=1000,
+                    help="TestingSource batch_size for the Bytewax row")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more run of the worker (--profile-config) under "
+                         "cProfile; print its top functions and where the "
+                         "time goes")
+    ap.add_argument("--profile-config", choices=["off", "normal", "full"],
+                    default="off", help="which engine configuration --profile "
+                    "runs (the commit thread of normal/full is not profiled)")
+    ap.add_argument("--profile-top", type=int, default=25)
+    ap.add_argument("--profile-out", metavar="PATH",
+                    help="keep the profile (pstats file) here")
+    ap.add_argument("--json", metavar="PATH", help="write all numbers here")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--timeout", type=float, default=120.0,
+                    help="seconds without progress before a run is declared failed")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directories (logs, stamps)")
+    a = ap.parse_args(argv)
+    if a.messages < 1 or a.repeat < 1:
+        ap.error("--messages and --repeat must be at least 1")
+
+    from rich.console import Console
+    console = Console(width=None if sys.stdout.isatty() else 150,
+                      stderr=False)
+    res: dict = {"command": shlex.join([sys.executable] + sys.argv
+                                       if argv is None else ["bench_alphabet.py", *argv]),
+                 "args": vars(a), "machine": machine_info(), "rows": {},
+                 "problems": []}
+    problems = res["problems"]
+    rows = res["rows"]
+    workdir = Path(tempfile.mkdtemp(prefix="wallaroo-bench-"))
+    try:
+        paced_n = int(a.paced_rate * a.paced_seconds) if a.paced_rate > 0 else 0
+        total_n = max(a.messages, paced_n)
+        console.print(f"generating {total_n:,} messages (seed {a.seed})...")
+        framed_all = make_input(total_n, a.seed)
+        input_path = workdir / "input.frames"
+        input_path.write_bytes(framed_all)
+        framed = framed_all[:a.messages * FRAME_SIZE]
+        app = load_app()
+
+        # 1. plain loop
+        console.print("plain loop...")
+        times = []
+        for _ in range(a.repeat):
+            secs, output = plain_loop(framed, app)
+            times.append(secs)
+        v = validate(framed, output)
+        rate = a.messages / statistics.median(times)
+        rows["plain_loop"] = {"name": "plain loop", "msgs_per_s": rate,
+                              "seconds": times, "validation": v,
+                              "validated": _validated(v)}
+        if not v["ok"]:
+            problems.append("plain loop output failed validation (workload bug?)")
+
+        # 2-4. the engine
+        for cfg in ENGINE_CONFIGS:
+            name, key = cfg[0], cfg[1]
+            runs, paced_runs = [], []
+            for i in range(a.repeat):
+                console.print(f"{name}: full speed, run {i + 1}/{a.repeat}...")
+                runs.append(engine_run(cfg, input_path, a.messages, workdir,
+                                       chunk_bytes=a.chunk_bytes, timeout=a.timeout,
+                                       keep=a.keep))
+                if paced_n:
+                    console.print(f"{name}: paced at {a.paced_rate:,.0f}/s for "
+                                  f"{a.paced_seconds:g} s, run {i + 1}/{a.repeat}...")
+                    paced_runs.append(engine_run(cfg, input_path, paced_n, workdir,
+                                                 rate=a.paced_rate,
+                                                 timeout=a.timeout, keep=a.keep))
+            row = {"name": name, **median_run(runs), "all_runs": runs}
+            last_ok = [r for r in runs if "validation" in r]
+            if last_ok:
+                row["worker_stats"] = last_ok[-1].get("worker_stats")
+                if "resilience_dir_bytes" in last_ok[-1]:
+                    row["resilience_dir_bytes"] = last_ok[-1]["resilience_dir_bytes"]
+            if paced_runs:
+                row["paced"] = {**median_run(paced_runs), "all_runs": paced_runs}
+            all_runs = runs + paced_runs
+            row["validated"] = _engine_validated(all_runs)
+            for r in all_runs:
+                tag = f"{name} ({r['mode']}, {r['messages']:,} messages)"
+                if r.get("error"):
+                    problems.append(f"{tag}: {r['error']}")
+                for ln in r.get("worker_problems", []):
+                    problems.append(f"{tag}: worker log: {ln}")
+                if "validation" in r and not r["validation"].get("order_ok"):
+                    problems.append(f"{tag}: output records not in input order "
+                                    f"(latency figures approximate)")
+                if r.get("receiver", {}).get("connections", 1) > 1:
+                    problems.append(f"{tag}: the sink connected "
+                                    f"{r['receiver']['connections']} times")
+            rows[key] = row
+
+        # 5. logged loop
+        console.print("logged loop...")
+        times = []
+        for _ in range(a.repeat):
+            ddir = Path(tempfile.mkdtemp(prefix="logged-", dir=workdir))
+            secs, output, size = logged_loop(framed, app, str(ddir / "loop.db"),
+                                             a.log_batch)
+            shutil.rmtree(ddir, ignore_errors=True)
+            times.append(secs)
+        v = validate(framed, output)
+        rows["logged_loop"] = {"name": f"logged loop (SQLite, {a.log_batch}/txn)",
+                               "msgs_per_s": a.messages / statistics.median(times),
+                               "seconds": times, "db_bytes": size, "validation": v,
+                               "validated": _validated(v)}
+        if not v["ok"]:
+            problems.append("logged loop output failed validation")
+
+        # 6. bytewax
+        if a.bytewax:
+            try:
+                import bytewax  # noqa: F401
+            except ImportError:
+                problems.append("--bytewax: bytewax is not installed (pip install "
+                                "'bytewax==0.21.1', the `bench` extra)")
+            else:
+                console.print("bytewax...")
+                times = []
+                for _ in range(a.repeat):
+                    secs, output = bytewax_run(framed, app, a.bytewax_batch)
+                    times.append(secs)
+                v = validate(framed, output)
+                rows["bytewax"] = {"name": "bytewax 0.21 (run_main)",
+                                   "msgs_per_s": a.messages / statistics.median(times),
+                                   "seconds": times, "validation": v,
+                                   "validated": _validated(v)}
+                if not v["ok"]:
+                    problems.append("bytewax output failed validation")
+
+        res["ratios"] = build_ratios(rows)
+
+        if a.profile:
+            pcfg = {c[1]: c for c in ENGINE_CONFIGS}[f"engine_{a.profile_config}"]
+            console.print(f"{pcfg[0]} under cProfile...")
+            prof_path = a.profile_out or str(workdir / "worker.prof")
+            r = engine_run(pcfg, input_path, a.messages, workdir,
+                           chunk_bytes=a.chunk_bytes, profile_path=prof_path,
+                           timeout=a.timeout, keep=a.keep)
+            prof = {"config": pcfg[0], "msgs_per_s": r.get("msgs_per_s"),
+                    "path": prof_path if a.profile_out else None,
+                    "worker_command": r.get("worker_command")}
+            if r.get("error"):
+                prof["error"] = r["error"]
+                problems.append(f"profile run: {r['error']}")
+            if os.path.exists(prof_path):
+                prof.update(analyse_profile(prof_path, a.profile_top))
+                prof["note"] = profile_note(prof)
+            elif "error" not in prof:
+                prof["error"] = "the worker wrote no profile (did it exit cleanly?)"
+                problems.append(f"profile run: {prof['error']}")
+            res["profile"] = prof
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True) if not a.keep else None
+    res["machine"]["loadavg_end"] = list(os.getloadavg())
+    print_report(res, console)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+        console.print(f"numbers written to {a.json}")
+    if a.keep:
+        console.print(f"temporary files kept in {workdir}")
+    failed = any(row.get("error") or row.get("paced", {}).get("error")
+                 or not _row_ok(row) for row in rows.values())
+    return 1 if failed else 0
+
+
+def _validated(v: dict) -> str:
+    if v["ok"]:
+        return "ok" if v["order_ok"] else "ok (per letter)"
+    return (f"INVALID: {v['records']:,} records, per letter "
+            f"{'ok' if v['per_letter_ok'] else 'WRONG'}")
+
+
+def _engine_validated(runs: list[dict]) -> str:
+    vs = [r["validation"] for r in runs if "validation" in r]
+    if not vs or len(vs) < len(runs):
+        return "FAILED"
+    bad = [v for v in vs if not v["ok"]]
+    if bad:
+        return _validated(bad[0])
+    return "ok" if len(vs) == 1 else f"ok ({len(vs)} runs)"
+
+
+def _row_ok(row: dict) -> bool:
+    if "validation" in row:
+        return row["validation"]["ok"]
+    runs = row.get("all_runs", []) + row.get("paced", {}).get("all_runs", [])
+    return bool(runs) and all(r.get("validation", {}).get("ok") for r in runs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
