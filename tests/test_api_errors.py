@@ -740,3 +740,44 @@ def test_failure_log_names_the_message_position(caplog):
     (msg,) = [r.getMessage() for r in caplog.records if r.name == "wallaroo"]
     assert re.search(r"message 2\b", msg), msg
     assert "skipped" in msg
+
+
+class _Unpicklable(object):
+    """A hashable key that pickle refuses (like a lock or a socket)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __eq__(self, other):
+        return isinstance(other, _Unpicklable) and other.name == self.name
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle %r" % self.name)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "with a resilience directory, WorkerCore._bookkeeping pickles each new "
+    "partition key after the batch ran (_new_partition -> snapshots.dumps); "
+    "a key that cannot be pickled raises UnpicklableState out of "
+    "WorkerCore.process, so the whole batch fails and `wallaroo run` stops "
+    "(and fails again on the resent message). DESIGN contract 6: bad input "
+    "costs one message, not the worker"))
+def test_an_unpicklable_partition_key_costs_one_message_with_resilience(
+        tmp_path, caplog):
+    from wallaroo.testing import Driver
+
+    @wallaroo.partition
+    def odd_key(data):
+        return _Unpicklable(data) if data == "bad" else data[0]
+
+    spec = one_step_app(lambda ab: ab.to_state_partition(
+        tally, Tally, "letters", odd_key, ["a", "b"]))
+    d = Driver(spec, resilience_dir=str(tmp_path))
+    d.start()
+    d.feed("p", frames=frames(MESSAGES))
+    batch = d.run_batch()
+    assert batch.failures == 1
+    assert lines(d) == ["a1 1", "b2 1", "a3 2"]
