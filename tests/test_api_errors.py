@@ -781,3 +781,28 @@ def test_an_unpicklable_partition_key_costs_one_message_with_resilience(
     batch = d.run_batch()
     assert batch.failures == 1
     assert lines(d) == ["a1 1", "b2 1", "a3 2"]
+
+
+# -- what `wallaroo run` says about such mistakes -------------------------------
+
+def _run_cli(*args):
+    import os
+    import subprocess
+    import sys
+    app = os.path.join(os.path.dirname(__file__), "apps", "api_bad_app.py")
+    return subprocess.run([sys.executable, "-m", "wallaroo.cli", "run", app,
+                           *args], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_wallaroo_run_refuses_an_invalid_application_naming_the_pipeline():
+    done = _run_cli("--in", "127.0.0.1:0")
+    assert done.returncode == 2, done.stderr
+    assert "pipeline 'forgetful pipeline' has no sink" in done.stderr
+    assert "ready" not in done.stderr
+
+
+def test_wallaroo_run_reports_a_missing_address_option():
+    done = _run_cli("--out", "127.0.0.1:0")
+    assert done.returncode == 2, done.stderr
+    assert "--in" in done.stderr and "HOST:PORT" in done.stderr

@@ -284,11 +284,13 @@ def word_count_expected(sample: str) -> bytes:
     split = wc.Split()
     counts: dict[str, int] = {}
     out = []
-    with open(sample, encoding="utf-8") as f:
-        for line in f.read().splitlines():
-            for word in split.compute_multi(line):
-                counts[word] = counts.get(word, 0) + 1
-                out.append("%s => %d\n" % (word, counts[word]))
+    with open(sample, encoding="utf-8", newline="") as f:
+        text = f.read()
+    # `wallaroo send --file`: one message per line, "\n" or "\r\n" stripped.
+    for line in text.removesuffix("\n").split("\n"):
+        for word in split.compute_multi(line.removesuffix("\r")):
+            counts[word] = counts.get(word, 0) + 1
+            out.append("%s => %d\n" % (word, counts[word]))
     return "".join(out).encode("utf-8")
 
 

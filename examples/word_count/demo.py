@@ -142,7 +142,12 @@ def parse_output(path: str) -> tuple[int, dict[str, int]]:
 
 
 def run_demo(args, out) -> int:
-    messages, expected = expected_counts(args.sample)
+    try:
+        messages, expected = expected_counts(args.sample)
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"FAILED: cannot read the sample {args.sample!r}: {e}",
+              file=sys.stderr)
+        return 1
     total = sum(expected.values())
     rel = os.path.relpath(args.sample)
     print(f"word count demo: {rel} ({messages} lines, {total} words, "
