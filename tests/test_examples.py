@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import queue
+import re
 import signal
 import struct
 import subprocess
@@ -40,6 +41,15 @@ def load_script(name: str, path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def readme_block(name: str, first_line: str) -> list[str]:
+    """The lines of the README's code block that follow ``first_line``."""
+    with open(example(name, "README.md"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    start = lines.index(first_line) + 1
+    end = lines.index("```", start)
+    return lines[start:end]
 
 
 class Proc:
@@ -165,6 +175,8 @@ def test_reverse(procs, tmp_path):
                          ["--file", example("reverse", "words.txt")], "lines", 5)
     assert got == "olleh\noorallaw\ngnissecorp maerts\nracecar\néfac evïan\n" \
         .encode("utf-8")
+    assert readme_block("reverse", "listening on 127.0.0.1:7002") == \
+        got.decode("utf-8").splitlines()
     assert "stopped: 5 messages in, 5 outputs, 0 failed messages" in w.log()
 
 
@@ -173,6 +185,8 @@ def test_celsius_skips_the_bad_line_only(procs, tmp_path):
                          ["--file", example("celsius", "temperatures.txt")],
                          "lines", 6)
     assert got == b"-40.00\n32.00\n70.70\n98.60\n212.00\n-459.67\n"
+    assert readme_block("celsius", "listening on 127.0.0.1:7002") == \
+        got.decode().splitlines()
     log = w.log()
     assert "could not convert string to float: 'not a number'" in log
     assert "stopped: 7 messages in, 6 outputs, 1 failed messages" in log
@@ -214,6 +228,20 @@ def test_alphabet_read_totals_agrees_with_make_votes(tmp_path, capsys, name):
     assert make_votes.main([str(tmp_path / "v.bin"), "--count", "200",
                             "--seed", "3", "--totals"]) == 0
     assert capsys.readouterr().out == printed
+
+
+@pytest.mark.parametrize("name", ["alphabet", "alphabet_partitioned"])
+def test_alphabet_readme_shows_what_its_votes_give(name):
+    # The README's small run: 10 votes for a, b, c with the default seed.
+    make_votes = load_script("mv_readme_" + name, example(name, "make_votes.py"))
+    votes = make_votes.make_votes(10, letters="abc")
+    data = alphabet_expected(votes)
+    shown = [repr(data[i + 4:i + 13]) for i in range(0, len(data), 13)]
+    assert readme_block(name, "listening on 127.0.0.1:7002") == shown
+    totals = ["%s %d" % (k.decode(), v)
+              for k, v in sorted(make_votes.totals(votes).items())]
+    assert readme_block(name, "wrote 10 messages (90 bytes) to votes.bin") \
+        == totals
 
 
 def test_alphabet_helper_scripts_are_the_same_in_both_examples():
@@ -306,18 +334,19 @@ def test_word_count(procs, tmp_path):
 
 
 def test_word_count_demo(tmp_path):
-    done = subprocess.run([sys.executable, example("word_count", "demo.py"),
-                           "--top", "5"], cwd=str(tmp_path),
+    done = subprocess.run([sys.executable, example("word_count", "demo.py")],
+                          cwd=str(tmp_path),
                           stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "top 5 words:" in out
-    top = [line.split() for line in out.splitlines()
-           if line.strip()[:2] in ("1.", "2.", "3.", "4.", "5.")]
-    assert [(rank, word) for rank, word, *_ in top][:3] == [
-        ("1.", "the"), ("2.", "and"), ("3.", "a")]
-    assert top[0][2] == "545"
+    assert "top 20 words:" in out
+    table = [line for line in out.splitlines()
+             if re.match(r"\s+\d+\. ", line)]
+    assert len(table) == 20
+    assert table[0].split()[:3] == ["1.", "the", "545"]
+    # The README shows this table as the demo's real output.
+    assert readme_block("word_count", "top 20 words:")[:20] == table
     assert "stopped on SIGTERM, exit status 0" in out
     assert "every final count matches the sample" in out
 
