@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
 
 import pytest
 
@@ -19,7 +18,7 @@ import wallaroo
 from wallaroo import WallarooParameterError
 
 from tests.apps.api_helpers import (frames, lines, one_step_app, run, sink,
-                                    source, start, text_decoder)
+                                    source, start)
 
 
 @wallaroo.computation("upper")
