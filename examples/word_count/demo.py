@@ -118,12 +118,25 @@ def expected_counts(sample: str):
     return len(lines), counts
 
 
-def count_lines(path: str) -> int:
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
+class LineCounter:
+    """Counts the lines of a file that another process is appending to,
+    reading only what was added since the last call."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+
+    def __call__(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        self.offset += len(data)
+        self.lines += data.count(b"\n")
+        return self.lines
 
 
 def parse_output(path: str) -> tuple[int, dict[str, int]]:
@@ -198,7 +211,8 @@ def run_demo(args, out) -> int:
             print(f"  sender    {summary[-1] if summary else 'done'}", file=out)
 
             deadline = t0 + args.timeout
-            got = count_lines(output)
+            count_lines = LineCounter(output)
+            got = count_lines()
             while got < total:
                 if worker.proc.poll() is not None:
                     raise DemoFailed(f"the worker exited (status "
@@ -208,7 +222,7 @@ def run_demo(args, out) -> int:
                     raise DemoFailed(f"timed out after {args.timeout:g}s with "
                                      f"{got} of {total} output lines")
                 time.sleep(0.02)
-                got = count_lines(output)
+                got = count_lines()
             elapsed = time.monotonic() - t0
             print(f"  receiver  {got} of {total} output lines", file=out)
 
