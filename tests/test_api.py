@@ -978,11 +978,6 @@ def test_public_classes_pickle_by_reference():
     assert type(err) is wallaroo.WallarooParameterError
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "wallaroo/_decorators.py sets __module__ = 'wallaroo' on the classes "
-    "Computation, StateComputation, Partition, Decoder and Encoder, which "
-    "wallaroo does not export: 'wallaroo.Computation' does not resolve, so "
-    "plain pickle cannot reference the type of a decorated step"))
 def test_types_of_decorated_objects_resolve_where_their_module_says():
     for obj in (upper, count_step, first_letter, text_decoder, line_encoder):
         cls = type(obj)
@@ -1012,14 +1007,6 @@ def test_driver_accepts_a_built_spec():
     assert d.received(0) == b"OK\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_configs._parse_addrs uses argparse with a '-i'/'-o' short option, and "
-    "argparse reads any single-dash token starting with that letter as the "
-    "option with an attached value: an application option '-iterations 5' "
-    "makes tcp_parse_input_addrs return/raise on 'terations', and "
-    "'-output-format csv' breaks tcp_parse_output_addrs ('utput-format' is "
-    "not HOST:PORT). The original API matched the tokens '-i'/'--in' and "
-    "'-o'/'--out' exactly, so such applications ran"))
 def test_tcp_parse_addrs_ignore_other_options_that_start_with_i_or_o():
     args = ["app", "--in", "127.0.0.1:7000", "--out", "127.0.0.1:7001",
             "-iterations", "5", "-output-format", "csv"]

@@ -315,11 +315,6 @@ def test_partition_function_must_be_one(part):
     assert "not a partition function" in msg
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_normalize.partition_function accepts any object with a callable "
-    "'partition' attribute, and str has one (str.partition(sep)): a string "
-    "passed as partition_function builds, and every message then goes to "
-    "the key ('<the string>', '', '')"))
 def test_a_string_is_not_a_partition_function():
     ab = wallaroo.ApplicationBuilder("app")
     ab.new_pipeline("p", source())
@@ -757,13 +752,6 @@ class _Unpicklable(object):
         raise TypeError("cannot pickle %r" % self.name)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with a resilience directory, WorkerCore._bookkeeping pickles each new "
-    "partition key after the batch ran (_new_partition -> snapshots.dumps); "
-    "a key that cannot be pickled raises UnpicklableState out of "
-    "WorkerCore.process, so the whole batch fails and `wallaroo run` stops "
-    "(and fails again on the resent message). DESIGN contract 6: bad input "
-    "costs one message, not the worker"))
 def test_an_unpicklable_partition_key_costs_one_message_with_resilience(
         tmp_path, caplog):
     from wallaroo.testing import Driver

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 from ._errors import WallarooParameterError
 
 
@@ -70,11 +68,23 @@ class KafkaSinkConfig:
                 self.max_produce_buffer_ms, self.max_message_size, self.encoder)
 
 
+def _option_value(args, short: str, long: str) -> str | None:
+    """The value of ``short``/``long`` (``-i X``, ``--in X``, ``--in=X``),
+    the last one winning.  Only these exact tokens count: an application's
+    own ``-iterations 5`` or ``--input-file f`` is left alone."""
+    value = None
+    args = list(args)
+    for i, a in enumerate(args):
+        if a in (short, long):
+            if i + 1 < len(args):
+                value = args[i + 1]
+        elif a.startswith(long + "="):
+            value = a[len(long) + 1:]
+    return value
+
+
 def _parse_addrs(args, short: str, long: str, what: str):
-    parser = argparse.ArgumentParser(prog="wallaroo", add_help=False,
-                                     allow_abbrev=False)
-    parser.add_argument(short, long, dest="addrs")
-    value = parser.parse_known_args(list(args))[0].addrs
+    value = _option_value(args, short, long)
     if not value:
         raise WallarooParameterError(
             f"no {what} address given: pass {long} HOST:PORT[,HOST:PORT...] "

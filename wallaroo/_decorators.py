@@ -231,8 +231,7 @@ def encoder(fn):
     return Encoder(fn)
 
 
-for _obj in (Computation, StateComputation, Partition, Decoder, Encoder,
-             computation, computation_multi, state_computation,
+for _obj in (computation, computation_multi, state_computation,
              state_computation_multi, partition, key_extractor, decoder,
              encoder):
     _obj.__module__ = "wallaroo"

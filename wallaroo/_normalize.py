@@ -147,7 +147,8 @@ def partition_function(obj: Any, where: str) -> tuple[Callable, str]:
         return obj, qualified_name(obj)
     inst = _instantiate(obj, where, "partition function")
     fn = getattr(inst, "partition", None)
-    if not callable(fn):
+    # str and bytes have a .partition() of their own: not what is meant
+    if not callable(fn) or type(inst).__module__ == "builtins":
         raise WallarooParameterError(
             f"{where}: {inst!r} is not a partition function: expected a "
             f"function decorated with @wallaroo.partition or an object with "

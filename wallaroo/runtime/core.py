@@ -100,7 +100,7 @@ class WorkerCore:
         self.clock = clock
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_max = checkpoint_max
-        self.spaces = {s.name: StateSpace(s) for s in app.states}
+        self.spaces = {s.name: StateSpace(s, self.durable) for s in app.states}
         self.downstream = {name: [self.spaces[t] for t in sorted(ts)]
                            for name, ts in app.downstream_states().items()}
         self.framers = [Framer(p.source.decoder, max_frame) for p in app.pipelines]
@@ -349,7 +349,9 @@ class WorkerCore:
         return new_rows, snaps
 
     def _new_partition(self, space: StateSpace, key, lsn: int) -> PartitionRow:
-        blob, _ = snapshots.dumps(key, f"partition key {key!r} of state {space.name!r}")
+        blob = space.key_blobs.pop(key, None)
+        if blob is None:
+            blob = snapshots.dumps(key, f"partition key {key!r} of state {space.name!r}")[0]
         pid = self.next_pid
         self.next_pid += 1
         space.pids[key] = pid

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._spec import StateSpec
+from ..recovery import snapshots
+from ..recovery.errors import UnpicklableState
 
 MISSING = object()
 _U64_MAX = 2 ** 64 - 1
@@ -25,9 +27,12 @@ class PartitionKeyError(Exception):
 class StateSpace:
     """All partitions of one state name on this worker."""
 
-    def __init__(self, spec: StateSpec):
+    def __init__(self, spec: StateSpec, durable: bool = False):
         self.spec = spec
         self.name = spec.name
+        self.durable = durable
+        # durable mode: key -> pickled key, for partitions not yet written
+        self.key_blobs: dict[Any, bytes] = {}
         self.parts: dict[Any, Any] = {}  # key -> state object
         self.pids: dict[Any, int] = {}  # key -> partition id, once durable
         self.snap_lsn: dict[Any, int] = {}  # key -> lsn its snapshot absorbed
@@ -40,18 +45,34 @@ class StateSpace:
         unpartitioned state) that recovery did not bring back."""
         for key in self.spec.keys:
             if key not in self.parts:
+                if self.durable and key not in self.pids:
+                    self.key_blobs[key] = snapshots.dumps(
+                        key, f"declared partition key {key!r} of state "
+                             f"{self.name!r}")[0]
                 self.parts[key] = self.spec.factory()
 
     def create(self, key: Any) -> Any:
         """A partition for a key seen for the first time; raises what the
-        state's constructor raises, or PartitionKeyError."""
+        state's constructor raises, or PartitionKeyError.  With resilience
+        the key is pickled here, once, so a key that cannot be made durable
+        costs the message that brought it, not the worker."""
         if self.spec.partitioning == "u64" and (
                 isinstance(key, bool) or not isinstance(key, int)
                 or not 0 <= key <= _U64_MAX):
             raise PartitionKeyError(
                 f"to_state_partition_u64 state {self.name!r}: the partition "
                 f"function returned {key!r}, not an int in 0..2**64-1")
+        if self.durable:
+            try:
+                blob = snapshots.dumps(key, f"partition key {key!r}")[0]
+            except UnpicklableState as e:
+                raise PartitionKeyError(
+                    f"returned key {key!r:.80} of state {self.name!r}, which "
+                    f"cannot be pickled, so its partition cannot be made "
+                    f"durable: {e.__cause__ or e}") from None
         state = self.spec.factory()
+        if self.durable:
+            self.key_blobs[key] = blob
         self.parts[key] = state
         return state
 
