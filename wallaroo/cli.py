@@ -105,6 +105,180 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     sys.exit(code)
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--file", "file_path", type=click.Path(exists=True, dir_okay=False),
+              help="Each line of this text file is one message (trailing \\n or "
+                   "\\r\\n stripped), framed with a length header.")
+@click.option("--frames", "frames_path", type=click.Path(exists=True, dir_okay=False),
+              help="A file of already-framed messages (split with --header-fmt), "
+                   "sent as they are.")
+@click.option("--u64", "u64_count", type=click.IntRange(min=0), metavar="N",
+              help="N messages with values --start .. --start+N-1, each payload "
+                   "an 8-byte big-endian unsigned integer.")
+@click.option("--start", type=click.IntRange(min=0), default=1, show_default=True,
+              metavar="S", help="First value for --u64.")
+@click.option("--header-fmt", default=">I", show_default=True, metavar="FMT",
+              help="struct format of the frame length header.")
+@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="K", help="Send the whole input K times.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), metavar="MSGS",
+              help="At most MSGS messages per second (default: unlimited).")
+@click.option("--batch", type=click.IntRange(min=1), default=1000, show_default=True,
+              metavar="N", help="Messages per socket write.")
+@click.option("--resumable", "stream", metavar="STREAM",
+              help="Use the resumable handshake with this stream name: resume "
+                   "where the worker left off after a restart, and exit only "
+                   "once every message is acknowledged (durable).")
+@click.option("--connect-timeout", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, metavar="SECONDS",
+              help="How long to keep retrying to (re)connect before giving up.")
+@click.option("--quiet", is_flag=True,
+              help="No progress bar or retry notices (the summary line and "
+                   "errors are still printed).")
+def send(address, file_path, frames_path, u64_count, start, header_fmt, repeat,
+         rate, batch, stream, connect_timeout, quiet):
+    """Send messages to a Wallaroo TCP source at HOST:PORT.
+
+    Give exactly one input: --file, --frames or --u64.  Messages are framed
+    ahead of time and written in batches.  With --resumable STREAM the sender
+    survives worker restarts: it reconnects, asks the worker how many
+    messages of STREAM it holds durably (RESUME n) and continues from there;
+    it exits 0 once every message is acknowledged.  Progress is shown on
+    stderr when it is a terminal; a summary line is always printed.  Exit 0
+    on success, 1 on an error (nothing listening within --connect-timeout, a
+    lost plain connection, an ERROR from the worker).
+
+    \b
+    Example:
+      wallaroo send 127.0.0.1:7010 --file examples/word_count/sample.txt
+      wallaroo send 127.0.0.1:7010 --u64 1000000 --resumable numbers --rate 50000
+    """
+    from .tools import ToolError
+    from .tools import messages as msgs
+    from .tools.common import header_struct, parse_address
+    from .tools.sender import SendOptions, batch_for_rate, check_stream_name
+    from .tools.sender import send as do_send
+    given = [o for o, v in (("--file", file_path), ("--frames", frames_path),
+                            ("--u64", u64_count)) if v is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one input: --file PATH, --frames PATH "
+                               "or --u64 N" + (f" (got {', '.join(given)})"
+                                               if given else ""))
+    try:
+        host, port = parse_address(address, "HOST:PORT")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="HOST:PORT") from None
+    if port == 0:
+        raise click.BadParameter(f"{address!r}: give the source's port (not 0)",
+                                 param_hint="HOST:PORT")
+    try:
+        header_struct(header_fmt)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--header-fmt") from None
+    if stream is not None:
+        try:
+            check_stream_name(stream)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--resumable") from None
+    size = batch_for_rate(batch, rate)
+    try:
+        if file_path is not None:
+            messages = msgs.from_lines(file_path, header_fmt, size, repeat)
+        elif frames_path is not None:
+            messages = msgs.from_frames(frames_path, header_fmt, size, repeat)
+        else:
+            messages = msgs.U64Messages(u64_count, start, header_fmt, size, repeat)
+        stats = do_send(messages, SendOptions(host, port, rate=rate, stream=stream,
+                                              connect_timeout=connect_timeout,
+                                              quiet=quiet))
+    except ToolError as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted") from None
+    click.echo(stats.summary(stream is not None), err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--listen", required=True, metavar="HOST:PORT",
+              help="Where sinks connect (port 0 picks a free port).  Any number "
+                   "of connections, one after another or at once.")
+@click.option("--output", "-o", default="-", show_default=True, metavar="PATH|-",
+              help="Where to write (- is stdout); flushed as data arrives.")
+@click.option("--framing", type=click.Choice(["raw", "length", "lines"]),
+              default="raw", show_default=True,
+              help="How to split what arrives into records: raw (a record is "
+                   "whatever one read returned), length (a --header-fmt length "
+                   "header, then the payload) or lines.")
+@click.option("--header-fmt", default=">I", show_default=True, metavar="FMT",
+              help="struct format of the length header for --framing length.")
+@click.option("--format", "fmt", type=click.Choice(["raw", "text", "hex", "repr"]),
+              default="raw", show_default=True,
+              help="What is written per record: raw (its bytes exactly as "
+                   "received, header or newline included), text (the payload "
+                   "or line as UTF-8, plus a newline), hex or repr (of the "
+                   "payload, one line per record).")
+@click.option("--expect", type=click.IntRange(min=0), metavar="N",
+              help="Exit once N records have been received (needs --framing "
+                   "length or lines).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS",
+              help="Exit once this long passes without data, after something "
+                   "arrived.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS", help="Exit after this long in all.")
+@click.option("--max-record-size", type=click.IntRange(min=0),
+              default=64 * 1024 * 1024, show_default=True, metavar="BYTES",
+              help="A length header announcing more closes that connection "
+                   "(its pending bytes count as dropped).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="A line on stderr per connection opened and closed.")
+@click.option("--quiet", is_flag=True, help="No summary.")
+def receive(listen, output, framing, header_fmt, fmt, expect, idle_timeout, timeout,
+            max_record_size, verbose, quiet):
+    """Listen where sinks connect and write what arrives.
+
+    The first line on stderr is `listening on HOST:PORT`, with the real
+    port.  Records are split per connection: a record still incomplete when
+    its connection ends is dropped and counted, never written (after a
+    worker restart the sink resends whole records on a new connection).
+    Runs until --expect, --idle-timeout or --timeout is reached, or SIGTERM /
+    SIGINT; then prints a summary on stderr (records, bytes, connections,
+    incomplete records dropped) and exits 0.
+
+    \b
+    Example:
+      wallaroo receive --listen 127.0.0.1:7002 --framing lines --format text
+      wallaroo receive --listen 127.0.0.1:0 --framing length --format hex \\
+          --expect 1000 --output out.txt
+    """
+    from .tools import ToolError
+    from .tools.common import header_struct, parse_address
+    from .tools.receiver import ReceiveOptions
+    from .tools.receiver import receive as do_receive
+    try:
+        host, port = parse_address(listen, "--listen")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--listen") from None
+    if framing == "length":
+        try:
+            header_struct(header_fmt)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--header-fmt") from None
+    if expect is not None and framing == "raw":
+        raise click.UsageError("--expect counts records, and --framing raw has "
+                               "none: give --framing length or --framing lines "
+                               "(or stop on --idle-timeout / --timeout)")
+    opts = ReceiveOptions(host, port, framing=framing, header_fmt=header_fmt,
+                          format=fmt, expect=expect, idle_timeout=idle_timeout,
+                          timeout=timeout, max_record=max_record_size,
+                          quiet=quiet, verbose=verbose)
+    try:
+        do_receive(opts, output)
+    except ToolError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def main() -> None:
     cli(prog_name="wallaroo")
 
