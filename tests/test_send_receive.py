@@ -498,6 +498,36 @@ def test_resumable_error_from_the_engine_is_fatal(procs):
     assert "ERROR unsupported version" in sender.stderr
 
 
+def test_resumable_error_after_frames_is_fatal_even_with_a_reset(procs):
+    def refuse(conn, f):
+        conn.sendall(b"RESUME 0\n")
+        f.read(1200)
+        conn.sendall(b"ERROR frame of 9999 bytes exceeds the maximum frame size\n")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    engine = FakeEngine(refuse)
+    sender = procs("send", f"127.0.0.1:{engine.port}", "--u64", "2000000",
+                   "--resumable", "s", "--quiet")
+    assert sender.wait() == 1, sender.stderr
+    engine.join()
+    assert "ERROR frame of 9999 bytes exceeds the maximum frame size" in sender.stderr
+
+
+def test_resumable_gives_up_when_nothing_is_ever_acknowledged(procs):
+    def drop(conn, f):
+        conn.sendall(b"RESUME 0\n")
+
+    engine = FakeEngine(*[drop] * 50)
+    t0 = time.monotonic()
+    sender = procs("send", f"127.0.0.1:{engine.port}", "--u64", "10", "--resumable", "s",
+                   "--connect-timeout", "1")
+    assert sender.wait() == 1, sender.stderr
+    assert time.monotonic() - t0 < 10
+    assert "keeps closing the connection of stream 's' without acknowledging" \
+        in sender.stderr
+    engine.listener.close()
+
+
 def test_progress_bar_on_a_terminal():
     from wallaroo.tools.sender import _Reporter
 
@@ -599,3 +629,33 @@ def test_resumable_send_survives_sigkill_of_the_worker(procs, tmp_path):
     bad = [(v, s) for v, s in sums if s != v * (v + 1) // 2]
     assert not bad, bad[:5]
     assert "on 2 connections" in summary(receiver, "received")
+
+
+# --- in-process: the message lists -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["u64", "file", "frames"])
+def test_chunks_resume_from_any_message_across_repeats(kind, tmp_path):
+    from wallaroo.tools import messages
+
+    values = list(range(3, 10))  # 7 messages; batches of 3; twice
+    if kind == "u64":
+        msgs = messages.U64Messages(7, start=3, batch=3, repeat=2)
+        frame = [struct.pack(">I", 8) + struct.pack(">Q", v) for v in values]
+    elif kind == "file":
+        path = tmp_path / "in.txt"
+        path.write_text("".join(f"{'x' * v}\n" for v in values))
+        msgs = messages.from_lines(str(path), batch=3, repeat=2)
+        frame = [struct.pack(">I", v) + b"x" * v for v in values]
+    else:
+        frame = [struct.pack(">I", v) + bytes(v) for v in values]
+        path = tmp_path / "in.frames"
+        path.write_bytes(b"".join(frame))
+        msgs = messages.from_frames(str(path), batch=3, repeat=2)
+    everything = frame * 2
+    assert msgs.total == 14
+    for start in range(15):
+        chunks = list(msgs.chunks(start))
+        assert b"".join(bytes(b) for b, _ in chunks) == b"".join(everything[start:])
+        assert sum(n for _, n in chunks) == 14 - start
+        assert all(0 < n <= 3 for _, n in chunks)

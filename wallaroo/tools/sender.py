@@ -34,6 +34,7 @@ HANDSHAKE_PREFIX = b"WALLAROO-RESUME 1 "
 STREAM_NAME = re.compile(r"[A-Za-z0-9._:-]{1,255}")
 MAX_LINE = 4096
 BACKOFF = (0.05, 1.0)
+LINGER = 1.0  # after a failed write, how long the ACK reader may still read
 HANDSHAKE_TIMEOUT = 10.0  # at least this long for RESUME (it waits for commits)
 PROGRESS_EVERY = 0.1  # seconds between progress bar updates
 RATE_TICK = 0.01  # with --rate, write at most this many seconds' worth at once
@@ -142,6 +143,7 @@ class Sender:
         self.stats = SendStats(total=messages.total)
         self.report = _Reporter(messages.total, opts.quiet, err or sys.stderr)
         self._progress = 0  # how far the bar shows (messages)
+        self._progressed = False  # this connection got an ACK beyond RESUME
 
     # -- entry point ---------------------------------------------------------
 
@@ -204,16 +206,20 @@ class Sender:
             return trio.SocketStream(sock)
         raise error or OSError(f"no address for {self.addr}")
 
-    async def _connect(self, lost: str | None = None) -> trio.SocketStream:
+    async def _connect(self, lost: str | None = None, since: float | None = None,
+                       pause: float = 0.0) -> trio.SocketStream:
         """Connect, retrying with backoff for up to ``connect_timeout``
-        seconds (counted from now: the start, or the loss of a connection)."""
+        seconds counted from ``since`` (default now: the start, or the loss
+        of a connection).  ``pause``: wait this long before the first try."""
         timeout = self.opts.connect_timeout
-        deadline = trio.current_time() + timeout
+        deadline = (trio.current_time() if since is None else since) + timeout
         delay = BACKOFF[0]
         attempts = 0
         if lost is not None:
             self.report.notice(f"connection to {self.addr} lost ({lost}); "
                                f"reconnecting for up to {timeout:g}s")
+        if pause:
+            await trio.sleep(pause)
         while True:
             attempts += 1
             try:
@@ -276,8 +282,11 @@ class Sender:
 
     async def _resumable(self) -> None:
         lost: str | None = None
+        since: float | None = None  # lost, and no ACK progress since then
+        pause = 0.0
         while True:
-            stream = await self._connect(lost)
+            stream = await self._connect(lost, since, pause)
+            self._progressed = False
             try:
                 if await self._session(stream):
                     return
@@ -289,6 +298,22 @@ class Sender:
             finally:
                 await trio.aclose_forcefully(stream)
             self.stats.reconnects += 1
+            if self._progressed:
+                since, pause = trio.current_time(), 0.0
+            else:
+                # Connected, yet nothing was acknowledged: count it as a
+                # failed attempt, so a worker that keeps dropping the
+                # connection cannot keep the sender spinning forever.
+                if since is None:
+                    since = trio.current_time()
+                pause = min(BACKOFF[1], max(BACKOFF[0], pause * 2))
+                if trio.current_time() - since >= self.opts.connect_timeout:
+                    raise ToolError(
+                        f"{self.addr} keeps closing the connection of stream "
+                        f"{self.opts.stream!r} without acknowledging anything "
+                        f"({lost}); gave up after {self.opts.connect_timeout:g}s "
+                        f"(--connect-timeout) at {self.stats.acked} of "
+                        f"{self.stats.total} acknowledged")
 
     async def _session(self, stream: trio.SocketStream) -> bool:
         """One connection: handshake, write, read ACKs.  True once every
@@ -314,6 +339,8 @@ class Sender:
                 f"warning: {self.addr} holds only {n} messages of stream "
                 f"{name!r} but had acknowledged {stats.acked} (was the worker "
                 f"restarted without --resilience-dir?); resending from {n}")
+        if n > stats.acked:
+            self._progressed = True  # the worker holds more than it had said
         if n > total:
             self.report.notice(
                 f"warning: {self.addr} already holds {n} messages of stream "
@@ -325,11 +352,17 @@ class Sender:
         outcome: list[str] = []  # the reason a task ended the session early
         fatal: list[ToolError] = []  # raised after the nursery, unwrapped
 
+        reader_done = trio.Event()
+
         async def writer(scope: trio.CancelScope) -> None:
             try:
                 await self._write_from(stream, n)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 outcome.append(_reason(e))
+                # The reader may still find an ERROR line the worker sent
+                # before closing: give it a moment to read to the end.
+                with trio.move_on_after(LINGER):
+                    await reader_done.wait()
                 scope.cancel()
 
         async with trio.open_nursery() as nursery:
@@ -342,6 +375,7 @@ class Sender:
                 outcome.append(_reason(e))
             except ToolError as e:
                 fatal.append(e)
+            reader_done.set()
             nursery.cancel_scope.cancel()
         if fatal:
             raise fatal[0]
@@ -374,6 +408,7 @@ class Sender:
                     n = -1
                 if n > stats.acked:
                     stats.acked = n
+                    self._progressed = True
                     self.report.update(self._progress, f"acked {n}")
                 continue
             if line.startswith(b"ERROR"):
