@@ -289,3 +289,22 @@ def test_resume_without_resilience_counts_what_this_process_accepted():
         assert await c.line() == b"RESUME 10\n"
         await h.stop()
     run(t)
+
+
+def test_half_closed_resumable_client_still_gets_its_final_ack():
+    async def t(nursery):
+        h = await Harness(nursery).start()
+        c = await h.connect()
+        await c.send(b"WALLAROO-RESUME 1 hc\n")
+        assert await c.line() == b"RESUME 0\n"
+        await c.send(frames(range(1, 101)))
+        await c.stream.send_eof()
+        lines = []
+        while (line := await c.line()) is not None:
+            lines.append(line)
+        assert lines and lines[-1] == b"ACK 100\n"
+        again = await h.connect()
+        await again.send(b"WALLAROO-RESUME 1 hc\n")
+        assert await again.line() == b"RESUME 100\n"
+        await h.stop()
+    run(t)

@@ -20,6 +20,9 @@ from .resume import (MAX_LINE, PREFIX, HandshakeError, StreamRegistry,
                      resume_line)
 
 RECV_SIZE = 256 * 1024
+# A resumable client that half-closes after its last frame still gets the
+# ACK covering it, if the commit comes within this long.
+FINAL_ACK_TIMEOUT = 30.0
 
 
 class Connection:
@@ -32,6 +35,8 @@ class Connection:
         self.closed = trio.Event()
         self._ack_target = 0
         self._ack_event = trio.Event()
+        self.ack_sent = 0
+        self._sent_event = trio.Event()
 
     def close(self) -> None:
         self.cancel_scope.cancel()
@@ -44,13 +49,20 @@ class Connection:
     async def ack_writer(self, sent: int) -> None:
         """Send ``ACK n`` whenever n grew; coalesced, so a client that never
         reads ACKs blocks only this task, never the worker."""
+        self.ack_sent = sent
         while True:
             await self._ack_event.wait()
             self._ack_event = trio.Event()
             n = self._ack_target
-            if n > sent:
+            if n > self.ack_sent:
                 await self.stream.send_all(ack_line(n))
-                sent = n
+                self.ack_sent = n
+                self._sent_event.set()
+                self._sent_event = trio.Event()
+
+    async def wait_acked(self, n: int) -> None:
+        while self.ack_sent < n:
+            await self._sent_event.wait()
 
 
 class TCPSource:
@@ -142,6 +154,11 @@ class TCPSource:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.ack_writer, n)
                 error = await self._read_frames(conn, rest, key, n)
+                if error is None:
+                    # the client half-closed: answer the frames it sent with
+                    # their ACK before closing
+                    with trio.move_on_after(FINAL_ACK_TIMEOUT):
+                        await conn.wait_acked(self.registry.get(key).accepted)
                 nursery.cancel_scope.cancel()
             if error is not None:  # the ACK writer is gone: the socket is ours
                 await self._refuse(conn, error)
