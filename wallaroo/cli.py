@@ -63,6 +63,10 @@ class _RawArgsCommand(click.Command):
               show_default=True, metavar="N",
               help="At most N checkpoint snapshots per commit (keeps the loop "
                    "from stalling on a large state).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=10000,
+              show_default=True, metavar="N",
+              help="At most N messages per batch (bounds how long one batch "
+                   "holds the loop; larger batches commit less often).")
 @click.option("--max-frame-size", type=click.IntRange(min=1), default=16 * 1024 * 1024,
               show_default=True, metavar="BYTES",
               help="A frame header announcing more closes that connection.")
@@ -76,7 +80,7 @@ class _RawArgsCommand(click.Command):
 @click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
-        synchronous, checkpoint_interval, checkpoint_max, max_frame_size,
+        synchronous, checkpoint_interval, checkpoint_max, max_batch, max_frame_size,
         drain_timeout, log_level, app_args):
     """Run the application APP (a .py file, or an importable module).
 
@@ -100,7 +104,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     code = run_worker(target, ctx.meta["raw_args"], name=name,
                       resilience_dir=resilience_dir, synchronous=synchronous,
                       checkpoint_interval=checkpoint_interval,
-                      checkpoint_max=checkpoint_max, max_frame=max_frame_size,
+                      checkpoint_max=checkpoint_max, max_batch=max_batch,
+                      max_frame=max_frame_size,
                       drain_timeout=drain_timeout, log_level=log_level)
     sys.exit(code)
 

@@ -103,11 +103,13 @@ class Driver:
         self.core = None
 
     def stop(self) -> None:
-        """Process what was fed, then commit the delivery positions, and
-        close: what ``wallaroo run`` does on SIGTERM."""
+        """Process what was fed, then commit the delivery positions and
+        checkpoint every dirty partition, and close: what ``wallaroo run``
+        does on SIGTERM."""
         if self.core is not None:
             self.run_batch()
-            self.run_batch()
+            while not self.run_batch(force_checkpoint=True).record.is_empty():
+                pass
         self.crash()
         self.crashes -= 1
 
@@ -137,7 +139,8 @@ class Driver:
                                   origin=f"driver feed to {p.name!r}"))
 
     # -- the batch cycle ----------------------------------------------------
-    def run_batch(self, crash_at: str | None = None) -> Batch | None:
+    def run_batch(self, crash_at: str | None = None,
+                  force_checkpoint: bool = False) -> Batch | None:
         """Process everything fed so far as one batch.  ``crash_at``:
         ``"after_compute"`` (computed, never committed) or ``"after_commit"``
         (durable, never released).  Returns the batch, or None if it
@@ -146,7 +149,7 @@ class Driver:
             raise ValueError(f"crash_at must be one of {CRASH_POINTS}")
         core = self._core()
         chunks, self.pending = self.pending, []
-        batch = core.process(chunks)
+        batch = core.process(chunks, force_checkpoint)
         if crash_at == "after_compute":
             self.crash()
             return None

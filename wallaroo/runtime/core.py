@@ -83,6 +83,8 @@ class CoreStats:
     snapshots: int = 0
     checkpoint_snapshots: int = 0
     longest_batch_seconds: float = 0.0
+    longest_batch_messages: int = 0
+    longest_snapshot_seconds: float = 0.0  # pickling snapshots in one commit
     failures_by_step: dict[str, int] = field(default_factory=dict)
 
 
@@ -235,7 +237,7 @@ class WorkerCore:
         return rows, messages, mismatches
 
     # -- the batch cycle ---------------------------------------------------
-    def process(self, chunks: Iterable[Chunk]) -> Batch:
+    def process(self, chunks: Iterable[Chunk], force_checkpoint: bool = False) -> Batch:
         """Run a batch through the pipelines (synchronously) and build its
         commit record.  Snapshots are pickled here, on the caller's thread,
         while no state can change."""
@@ -274,7 +276,7 @@ class WorkerCore:
                 self.next_out_seq[i] = seq + len(lst)
                 lst.clear()
         if durable:
-            partitions, snaps = self._bookkeeping(first_lsn, lsn)
+            partitions, snaps = self._bookkeeping(first_lsn, lsn, force_checkpoint)
         else:
             partitions, snaps = [], []
             for space in self.spaces.values():
@@ -298,11 +300,12 @@ class WorkerCore:
         st.snapshots += len(snaps)
         if elapsed > st.longest_batch_seconds:
             st.longest_batch_seconds = elapsed
+            st.longest_batch_messages = lsn - first_lsn
         return Batch(record=record, outputs=outputs, streams=streams,
                      messages=lsn - first_lsn, failures=failures,
                      compute_seconds=elapsed)
 
-    def _bookkeeping(self, first_lsn: int, end_lsn: int):
+    def _bookkeeping(self, first_lsn: int, end_lsn: int, force: bool = False):
         """New partition rows, dirty marks and the snapshots this commit
         takes: partitions that asked save_state, the oldest dirty ones when a
         checkpoint is due (at most ``checkpoint_max``), and every dirty
@@ -325,7 +328,7 @@ class WorkerCore:
                 space.to_save.clear()
         since = tracker.oldest_since()
         checkpointed = 0
-        if since is not None and now - since >= self.checkpoint_interval:
+        if since is not None and (force or now - since >= self.checkpoint_interval):
             for space, key in tracker.take_oldest(self.checkpoint_max):
                 keys = wanted.setdefault(space, set())
                 if key not in keys:
@@ -337,6 +340,7 @@ class WorkerCore:
                     wanted.setdefault(down, set()).update(down.dirty)
         snaps: list[SnapshotRow] = []
         lsn = end_lsn - 1
+        t0 = time.perf_counter()
         for space, keys in wanted.items():
             parts, pids = space.parts, space.pids
             for key in keys:
@@ -345,7 +349,11 @@ class WorkerCore:
                 blob, pickler = snapshots.dumps(parts[key], space.describe_key(key))
                 snaps.append(SnapshotRow(pids[key], lsn, blob, pickler))
                 tracker.clean(space, key)
-        self.stats.checkpoint_snapshots += checkpointed
+        st = self.stats
+        st.checkpoint_snapshots += checkpointed
+        elapsed = time.perf_counter() - t0
+        if elapsed > st.longest_snapshot_seconds:
+            st.longest_snapshot_seconds = elapsed
         return new_rows, snaps
 
     def _new_partition(self, space: StateSpace, key, lsn: int) -> PartitionRow:

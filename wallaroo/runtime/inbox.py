@@ -26,8 +26,9 @@ class _Pending:
 
 
 class Inbox:
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, header_lengths: list[int]):
         self.max_bytes = max_bytes
+        self.header_lengths = header_lengths  # per source, to split chunks
         self.bytes = 0
         self._pending: dict[object, _Pending] = {}
         self._arrived = trio.Event()
@@ -53,14 +54,42 @@ class Inbox:
         self.bytes += len(frames)
         self._arrived.set()
 
-    def take_all(self) -> list[Chunk]:
-        chunks = [Chunk(p.source, p.payloads,
-                        p.frames[0] if len(p.frames) == 1 else b"".join(p.frames),
-                        p.stream, p.first_seq, p.origin)
-                  for p in self._pending.values()]
-        self._pending = {}
-        self.bytes = 0
-        self._arrived = trio.Event()
+    def take(self, max_messages: int) -> list[Chunk]:
+        """Up to ``max_messages`` frames, oldest connections first.  A
+        connection with more waiting is split at a frame boundary and moves
+        to the back, so one busy connection cannot starve the others and one
+        batch cannot stall the loop for long."""
+        chunks: list[Chunk] = []
+        budget = max_messages
+        taken_bytes = 0
+        for conn in list(self._pending):
+            if budget <= 0:
+                break
+            p = self._pending[conn]
+            frames = p.frames[0] if len(p.frames) == 1 else b"".join(p.frames)
+            n = len(p.payloads)
+            if n <= budget:
+                del self._pending[conn]
+                chunks.append(Chunk(p.source, p.payloads, frames, p.stream,
+                                    p.first_seq, p.origin))
+                taken_bytes += len(frames)
+                budget -= n
+                continue
+            head = p.payloads[:budget]
+            cut = sum(map(len, head)) + budget * self.header_lengths[p.source]
+            chunks.append(Chunk(p.source, head, frames[:cut], p.stream,
+                                p.first_seq, p.origin))
+            taken_bytes += cut
+            del self._pending[conn]
+            p.payloads = p.payloads[budget:]
+            p.frames = [frames[cut:]]
+            if p.first_seq is not None:
+                p.first_seq += budget
+            self._pending[conn] = p  # to the back of the line
+            budget = 0
+        self.bytes -= taken_bytes
+        if not self._pending:
+            self._arrived = trio.Event()
         self._space.set()
         self._space = trio.Event()
         return chunks

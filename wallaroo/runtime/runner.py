@@ -21,7 +21,7 @@ EXIT_CONFIG = 2
 def run_worker(app: str, args: list[str], *, name: str = "initializer",
                resilience_dir: str | None = None, synchronous: str = "normal",
                checkpoint_interval: float = 1.0, checkpoint_max: int = 1000,
-               max_frame: int = 16 * 1024 * 1024, drain_timeout: float = 10.0,
+               max_batch: int = 10000, max_frame: int = 16 * 1024 * 1024, drain_timeout: float = 10.0,
                log_level: str = "info") -> int:
     log = logs.setup(name, log_level)
     try:
@@ -34,7 +34,7 @@ def run_worker(app: str, args: list[str], *, name: str = "initializer",
     opts = WorkerOptions(name=name, max_frame=max_frame,
                          drain_timeout=drain_timeout,
                          checkpoint_interval=checkpoint_interval,
-                         checkpoint_max=checkpoint_max)
+                         checkpoint_max=checkpoint_max, max_batch=max_batch)
     try:
         worker = Worker(spec, store, opts, log)
     except ValueError as e:

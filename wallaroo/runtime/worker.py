@@ -37,6 +37,7 @@ class WorkerOptions:
     checkpoint_interval: float = 1.0
     checkpoint_max: int = 1000
     inbox_bytes: int = 32 * 1024 * 1024
+    max_batch: int = 10000
     sink_queue_bytes: int = 64 * 1024 * 1024
     idle_tick: float = 0.2
     handle_signals: bool = True
@@ -66,7 +67,8 @@ class Worker:
                                max_frame=self.opts.max_frame,
                                checkpoint_interval=self.opts.checkpoint_interval,
                                checkpoint_max=self.opts.checkpoint_max)
-        self.inbox = Inbox(max(self.opts.inbox_bytes, self.opts.max_frame))
+        self.inbox = Inbox(max(self.opts.inbox_bytes, self.opts.max_frame),
+                           [p.source.decoder.header_length for p in app.pipelines])
         self.sinks = [TCPSink(s, self.core.note_delivered, self.log,
                               self.opts.sink_queue_bytes) for s in app.sinks]
         self.registry: StreamRegistry | None = None
@@ -137,7 +139,8 @@ class Worker:
             sources_scope.cancel()
             self._stopping = True
             self.inbox.wake()
-            with trio.move_on_after(self.opts.drain_timeout) as drain:
+            deadline = trio.current_time() + self.opts.drain_timeout
+            with trio.move_on_at(deadline) as drain:
                 await engine_done.wait()
                 await committed.wait()
                 for sink in self.sinks:
@@ -148,11 +151,15 @@ class Worker:
                             left, " (kept in the outbox for the next start)"
                             if self.store.durable else " (lost: no --resilience-dir)")
             elif engine_done.is_set():
-                await self._final_commit()
+                await self._final_commit(deadline)
             nursery.cancel_scope.cancel()
         st = self.core.stats
         log.info("stopped: %d messages in, %d outputs, %d failed messages, %d "
-                 "commits", st.messages, st.outputs, st.failures, self.commits)
+                 "commits; longest batch compute %.1f ms (%d messages), longest "
+                 "snapshot work in one commit %.1f ms, longest commit %.1f ms",
+                 st.messages, st.outputs, st.failures, self.commits,
+                 st.longest_batch_seconds * 1e3, st.longest_batch_messages,
+                 st.longest_snapshot_seconds * 1e3, self.longest_commit * 1e3)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -163,17 +170,19 @@ class Worker:
 
     async def _engine_loop(self, send_batches, done: trio.Event) -> None:
         core, inbox = self.core, self.inbox
+        durable = self.store.durable
         async with send_batches:
             while True:
                 if self._stopping and not inbox:
                     break
-                await inbox.wait(self.opts.idle_tick)
+                if not (durable and core.idle_commit_due()):
+                    await inbox.wait(self.opts.idle_tick)
                 for sink in self.sinks:
                     if not sink.has_room():
                         await sink.wait_room()
                 if inbox:
-                    batch = core.process(inbox.take_all())
-                elif core.idle_commit_due() and self.store.durable:
+                    batch = core.process(inbox.take(self.opts.max_batch))
+                elif durable and core.idle_commit_due():
                     batch = core.process(())
                 else:
                     continue
@@ -210,9 +219,14 @@ class Worker:
         if batch.streams:
             self.registry.committed(batch.streams)
 
-    async def _final_commit(self) -> None:
+    async def _final_commit(self, deadline: float) -> None:
+        """Save the delivery positions and, while time is left, checkpoint
+        every dirty partition, so the next start replays nothing."""
         if not self.store.durable:
             return
-        batch = self.core.process(())
-        if not batch.record.is_empty():
-            await self._commit(batch)
+        with trio.move_on_at(deadline):
+            while True:
+                batch = self.core.process((), force_checkpoint=True)
+                if batch.record.is_empty():
+                    break
+                await self._commit(batch)

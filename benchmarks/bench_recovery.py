@@ -1,0 +1,211 @@
+"""Recovery time after SIGKILL, against the size of the state.
+
+For each size K: a worker (`wallaroo run benchmarks/recovery_app.py
+--resilience-dir`) receives K messages with K distinct keys (K partitions),
+from `wallaroo send --resumable` (so all K are durable when it exits); then
+it is SIGKILLed and restarted, and we time the restart from process start to
+(a) its source port accepting a TCP connection and (b) its `ready` log line.
+Two situations per size:
+  checkpointed  the checkpoints have snapshotted every partition: recovery
+                loads K snapshots and replays nothing;
+  log only      checkpoints never ran (--checkpoint-interval 1e9): recovery
+                builds K partitions by replaying all K logged inputs.
+Also reported: the worker's own account of its recovery, and the longest
+batch compute time (the longest stall of the event loop) while it took the K
+messages and checkpointed them.
+
+    python benchmarks/bench_recovery.py --sizes 10000,100000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+APP = os.path.join(HERE, "recovery_app.py")
+
+
+def wallaroo(*args):
+    return [sys.executable, "-m", "wallaroo.cli", *args]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_line(proc, pattern, timeout, sink):
+    rx = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        sink.append(line)
+        m = rx.search(line)
+        if m:
+            return m
+    raise RuntimeError(f"no {pattern!r} line; got:\n{''.join(sink[-20:])}")
+
+
+def accepting(port) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.05):
+            return True
+    except OSError:
+        return False
+
+
+class Worker:
+    def __init__(self, port, out, state_dir, checkpoint_interval):
+        self.cmd = wallaroo("run", APP, "--in", f"127.0.0.1:{port}", "--out", out,
+                            "--resilience-dir", state_dir,
+                            "--checkpoint-interval", str(checkpoint_interval),
+                            "--checkpoint-max", "1000")
+        self.port = port
+        self.lines = []
+
+    def start(self):
+        """Start; return (seconds to port accepting, seconds to ready line)."""
+        t0 = time.perf_counter()
+        self.p = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL)
+        while not accepting(self.port):
+            if self.p.poll() is not None:
+                raise RuntimeError("worker died:\n" + self.p.stderr.read())
+            time.sleep(0.002)
+        t_port = time.perf_counter() - t0
+        wait_line(self.p, r"^ready", 60, self.lines)
+        return t_port, time.perf_counter() - t0
+
+    def kill(self):
+        self.p.kill()
+        self.p.wait()
+        self.lines.extend(self.p.stderr.readlines())
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        out = self.p.communicate(timeout=60)[1]
+        self.lines.extend(out.splitlines(True))
+        return self.p.returncode
+
+
+def one_size(k, mode, repeat, workdir):
+    state = os.path.join(workdir, f"state-{k}-{mode}")
+    recv = subprocess.Popen(wallaroo("receive", "--listen", "127.0.0.1:0", "--output",
+                                     os.devnull, "--quiet"),
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        out = wait_line(recv, r"^listening on (\S+)", 30, []).group(1)
+        interval = 0.2 if mode == "checkpointed" else 1e9
+        w = Worker(free_port(), out, state, interval)
+        w.start()
+        t0 = time.perf_counter()
+        send = subprocess.run(wallaroo("send", f"127.0.0.1:{w.port}", "--u64", str(k),
+                                       "--start", "0", "--resumable", "keys", "--quiet"),
+                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if send.returncode != 0:
+            raise RuntimeError(send.stderr)
+        feed_s = time.perf_counter() - t0
+        if mode == "checkpointed":
+            # let the incremental checkpoints snapshot every partition
+            time.sleep(0.5 + k / 1000 * 0.01)
+        w.stop()  # a clean stop first, to read its longest stall
+        stopped = "".join(w.lines)
+        stall = re.search(r"longest batch compute ([0-9.]+) ms", stopped)
+        results = []
+        w.start()
+        for _ in range(repeat):
+            w.kill()
+            t_port, t_ready = w.start()
+            results.append((t_port, t_ready))
+        w.stop()
+        log = "".join(w.lines)
+        inside = [float(x) for x in re.findall(r"recovered .* in ([0-9.]+)s", log)]
+        replayed = [int(x) for x in re.findall(r"replayed (\d+) inputs", log)]
+        parts = [int(x) for x in re.findall(r"recovered (\d+) partitions", log)]
+        return {
+            "keys": k, "mode": mode, "feed_seconds": feed_s,
+            "port_s": statistics.median(r[0] for r in results),
+            "ready_s": statistics.median(r[1] for r in results),
+            "port_all": [r[0] for r in results],
+            "worker_recovery_s": statistics.median(inside[-repeat:]) if inside else None,
+            "partitions": parts[-1] if parts else None,
+            "replayed": replayed[-1] if replayed else None,
+            "longest_stall_ms": float(stall.group(1)) if stall else None,
+        }
+    finally:
+        recv.kill()
+        recv.wait()
+
+
+def baseline_start(repeat):
+    """Python start-up and imports alone: `wallaroo --version`."""
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run(wallaroo("--version"), capture_output=True, cwd=ROOT, check=True)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--modes", default="checkpointed,log only")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    modes = [m.strip() for m in args.modes.split(",")]
+    print(f"command: python benchmarks/bench_recovery.py --sizes {args.sizes} "
+          f"--repeat {args.repeat}")
+    print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
+          f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
+    workdir = tempfile.mkdtemp(prefix="wallaroo-bench-recovery-")
+    rows = []
+    try:
+        base = baseline_start(args.repeat)
+        print(f"python start-up + imports (wallaroo --version): {base:.3f}s")
+        for k in sizes:
+            for mode in modes:
+                r = one_size(k, mode, args.repeat, workdir)
+                rows.append(r)
+                print(f"{k:>8} keys, {mode:<12}: port accepting after {r['port_s']:.3f}s "
+                      f"(runs {', '.join(f'{x:.3f}' for x in r['port_all'])}), ready line "
+                      f"{r['ready_s']:.3f}s; worker's recovery {r['worker_recovery_s']:.3f}s "
+                      f"({r['partitions']} partitions, {r['replayed']} inputs replayed); "
+                      f"longest batch compute while feeding {r['longest_stall_ms']} ms",
+                      flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if len(sizes) > 1:
+        for mode in modes:
+            a = next(r for r in rows if r["keys"] == sizes[0] and r["mode"] == mode)
+            b = next(r for r in rows if r["keys"] == sizes[-1] and r["mode"] == mode)
+            ka, kb = sizes[0], sizes[-1]
+            print(f"{mode}: worker recovery grows {b['worker_recovery_s'] / a['worker_recovery_s']:.1f}x "
+                  f"for {kb / ka:.0f}x the keys ({a['worker_recovery_s'] / ka * 1e6:.1f} vs "
+                  f"{b['worker_recovery_s'] / kb * 1e6:.1f} us per key)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"baseline_start_s": base, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

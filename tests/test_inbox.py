@@ -1,0 +1,37 @@
+"""The inbox splits a backlog into bounded batches at frame boundaries."""
+
+import struct
+
+import trio
+
+from wallaroo.runtime.inbox import Inbox
+
+
+def framed(values):
+    payloads = [struct.pack(">Q", v) for v in values]
+    return payloads, b"".join(struct.pack(">I", 8) + p for p in payloads)
+
+
+def test_take_splits_at_frame_boundaries_and_rotates_connections():
+    async def main():
+        inbox = Inbox(1 << 20, [4])
+        a1, fa1 = framed(range(0, 6))
+        a2, fa2 = framed(range(6, 9))
+        b, fb = framed(range(100, 103))
+        inbox.put_nowait("a", 0, list(a1), fa1, "sa", 10, "conn a")
+        inbox.put_nowait("b", 0, list(b), fb, None, None, "conn b")
+        inbox.put_nowait("a", 0, list(a2), fa2, "sa", 16, "conn a")
+        first = inbox.take(5)
+        assert len(first) == 1
+        c = first[0]
+        assert c.payloads == a1[:5] and c.frames == fa1[:5 * 12] and c.first_seq == 10
+        # "a" moved behind "b"
+        second = inbox.take(100)
+        assert [ch.origin for ch in second] == ["conn b", "conn a"]
+        assert second[0].payloads == b and second[0].frames == fb
+        rest = second[1]
+        assert rest.first_seq == 15
+        assert rest.payloads == a1[5:] + a2
+        assert rest.frames == fa1[5 * 12:] + fa2
+        assert not inbox and inbox.bytes == 0
+    trio.run(main)
