@@ -10,9 +10,10 @@ Two situations per size:
                 loads K snapshots and replays nothing;
   log only      checkpoints never ran (--checkpoint-interval 1e9): recovery
                 builds K partitions by replaying all K logged inputs.
-Also reported: the worker's own account of its recovery, and the longest
-batch compute time (the longest stall of the event loop) while it took the K
-messages and checkpointed them.
+Also reported: the worker's own account of its recovery, and (checkpointed
+runs) the longest batch compute time, i.e. the longest stall of the event
+loop, and the longest snapshot work in one commit while it took the K
+messages and checkpointed them (at most --checkpoint-max 1000 per commit).
 
     python benchmarks/bench_recovery.py --sizes 10000,100000 --repeat 3
 """
@@ -121,14 +122,27 @@ def one_size(k, mode, repeat, workdir):
         if send.returncode != 0:
             raise RuntimeError(send.stderr)
         feed_s = time.perf_counter() - t0
+        stall = snap = None
         if mode == "checkpointed":
-            # let the incremental checkpoints snapshot every partition
-            time.sleep(0.5 + k / 1000 * 0.01)
-        w.stop()  # a clean stop first, to read its longest stall
-        stopped = "".join(w.lines)
-        stall = re.search(r"longest batch compute ([0-9.]+) ms", stopped)
+            # wait until the incremental checkpoints have snapshotted every
+            # partition (replay_from reaches next_lsn), then stop cleanly to
+            # read the worker's longest stall
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                info = json.loads(subprocess.run(
+                    wallaroo("recovery", "inspect", state, "--json"), cwd=ROOT,
+                    capture_output=True, text=True, check=True).stdout)[0]
+                if info["replay_from"] >= info["next_lsn"] == k:
+                    break
+                time.sleep(0.1)
+            w.stop()
+            stopped = "".join(w.lines)
+            m = re.search(r"longest batch compute ([0-9.]+) ms \((\d+) messages\), "
+                          r"longest snapshot work in one commit ([0-9.]+) ms", stopped)
+            stall, snap = (float(m.group(1)), float(m.group(3))) if m else (None, None)
+            w.start()
+        # "log only": killed without a clean stop, so nothing was checkpointed
         results = []
-        w.start()
         for _ in range(repeat):
             w.kill()
             t_port, t_ready = w.start()
@@ -146,7 +160,8 @@ def one_size(k, mode, repeat, workdir):
             "worker_recovery_s": statistics.median(inside[-repeat:]) if inside else None,
             "partitions": parts[-1] if parts else None,
             "replayed": replayed[-1] if replayed else None,
-            "longest_stall_ms": float(stall.group(1)) if stall else None,
+            "longest_batch_ms": stall,
+            "longest_snapshot_work_ms": snap,
         }
     finally:
         recv.kill()
@@ -188,8 +203,11 @@ def main(argv=None):
                 print(f"{k:>8} keys, {mode:<12}: port accepting after {r['port_s']:.3f}s "
                       f"(runs {', '.join(f'{x:.3f}' for x in r['port_all'])}), ready line "
                       f"{r['ready_s']:.3f}s; worker's recovery {r['worker_recovery_s']:.3f}s "
-                      f"({r['partitions']} partitions, {r['replayed']} inputs replayed); "
-                      f"longest batch compute while feeding {r['longest_stall_ms']} ms",
+                      f"({r['partitions']} partitions, {r['replayed']} inputs replayed)"
+                      + (f"; while feeding and checkpointing: longest batch compute "
+                         f"{r['longest_batch_ms']} ms, longest snapshot work in one "
+                         f"commit {r['longest_snapshot_work_ms']} ms"
+                         if r["longest_batch_ms"] is not None else ""),
                       flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
