@@ -171,3 +171,22 @@ def test_one_crash_then_resume_is_exact(tmp_path, crash_at):
     resent = Counter(m.reference(a[:25], [])[2]) if crash_at == "after_compute" \
         else Counter()
     assert got - Counter(expected) == resent
+
+
+def test_a_missing_input_log_row_is_detected_not_replayed_around(tmp_path):
+    import sqlite3
+
+    from wallaroo.recovery.errors import CorruptionError
+    d = Driver(m, resilience_dir=str(tmp_path), checkpoint_interval=1e9)
+    d.start()
+    for i in range(3):  # three rows, none snapshotted (save flag 0)
+        d.feed("A", [m.payload_a(1, i + 1, 0, 0)], stream="a")
+        d.run_batch()
+    d.crash()
+    conn = sqlite3.connect(tmp_path / "initializer.db")
+    assert conn.execute("SELECT count(*) FROM input_log").fetchone()[0] == 3
+    conn.execute("DELETE FROM input_log WHERE first_lsn = 1")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptionError, match=r"lsn 1\.\.1 are missing"):
+        d.start()

@@ -647,23 +647,11 @@ def test_a_changed_position_of_an_outbox_row_is_detected(filled, sql):
         assert "sink 0 " in read_error(store, "outputs")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "snapshot rows are read through partitions LEFT JOIN snapshots, so a "
-    "snapshot whose pid is damaged (no longer matches its partition) is "
-    "silently dropped: the partition recovers from its factory state and "
-    "replay from replay_from cannot rebuild it"))
 def test_a_snapshot_whose_pid_was_damaged_is_detected(filled):
     corrupt(db(filled), "UPDATE snapshots SET pid=pid+1000 WHERE pid=1")
     expect_corrupt_open(filled, "partition")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a blob whose SQLite storage class turned into TEXT (one bit of the "
-    "record header) is not reported as a damaged row: valid UTF-8 comes back "
-    "as str and zlib.crc32 raises TypeError (input frames here; a snapshot "
-    "too, out of open()); invalid UTF-8 raises sqlite3.OperationalError, "
-    "unwrapped from undelivered_outputs/replay_inputs and at open() a "
-    "CorruptionError that names neither the partition nor the row"))
 @pytest.mark.parametrize("table, col, where, read", [
     ("snapshots", "state", "pid=1", "open"),
     ("partitions", "key", "pid=1", "open"),
@@ -688,12 +676,6 @@ def test_a_blob_turned_to_text_is_reported_as_corruption(filled, table, col,
             store.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "row checksums cover only (position, count, bytes): the input row's "
-    "failed indices, source and stream, an outbox row's sink and a "
-    "partition's state name can change undetected, though replay depends "
-    "on them (failed frames are skipped on replay; the state name picks "
-    "the state the partition is loaded into; the sink picks the receiver)"))
 @pytest.mark.parametrize("sql, read", [
     ("UPDATE input_log SET failed='' WHERE first_lsn=0", "inputs"),
     ("UPDATE input_log SET source='other' WHERE first_lsn=0", "inputs"),

@@ -86,7 +86,7 @@ class Driver:
                     raise SimulatedCrash(f"crash after {seen[0]} replayed rows")
         try:
             report = self.core.recover(on_row)
-        except SimulatedCrash:
+        except BaseException:
             self.crash()
             raise
         self.reports.append(report)

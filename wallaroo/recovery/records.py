@@ -7,17 +7,19 @@ sink per batch for outputs, so the store's cost follows bytes, not messages.
 
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass, field
 
-_ROW_HEAD = struct.Struct(">qq")
 
-
-def checksum(first: int, count: int, data: bytes) -> int:
-    """CRC32 over a row's position, count and bytes: a flipped bit anywhere
-    in what replay depends on is detected."""
-    return zlib.crc32(data, zlib.crc32(_ROW_HEAD.pack(first, count)))
+def checksum(data: bytes, *fields) -> int:
+    """CRC32 over a row's bytes and every other field recovery depends on
+    (positions, counts, names, failed indices): a flipped bit anywhere in
+    them is detected.  A value that is not bytes (SQLite handed back TEXT
+    for a damaged BLOB) never matches."""
+    if not isinstance(data, bytes):
+        return -1
+    head = "\x1f".join(map(repr, fields)).encode("utf-8", "surrogatepass")
+    return zlib.crc32(data, zlib.crc32(head))
 
 
 @dataclass(slots=True)
@@ -38,7 +40,8 @@ class InputRow:
         return self.first_lsn + self.count
 
     def checksum(self) -> int:
-        return checksum(self.first_lsn, self.count, self.frames)
+        return checksum(self.frames, self.first_lsn, self.count, self.source,
+                        self.stream, self.first_seq, self.failed)
 
 
 @dataclass(slots=True)
@@ -55,7 +58,7 @@ class OutputRow:
         return self.first_seq + self.count
 
     def checksum(self) -> int:
-        return checksum(self.first_seq, self.count, self.data)
+        return checksum(self.data, self.sink, self.first_seq, self.count)
 
 
 @dataclass(slots=True)
@@ -65,6 +68,9 @@ class PartitionRow:
     key: bytes  # pickled once, when the partition is created
     key_repr: str
     created_lsn: int
+
+    def checksum(self) -> int:
+        return checksum(self.key, self.pid, self.state, self.created_lsn)
 
 
 @dataclass(slots=True)
@@ -77,7 +83,7 @@ class SnapshotRow:
     pickler: str = "pickle"
 
     def checksum(self) -> int:
-        return checksum(self.pid, self.lsn, self.blob)
+        return checksum(self.blob, self.pid, self.lsn, self.pickler)
 
 
 @dataclass(slots=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from .errors import StoreError
+
 MIGRATIONS: list[str] = [
     # 1: the first schema.
     """
@@ -76,13 +78,17 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def migrate(conn: sqlite3.Connection) -> int:
+class SchemaTooNew(StoreError):
+    """Written by a newer wallaroo."""
+
+
+def migrate(conn: sqlite3.Connection, path: str = "database") -> int:
     """Apply the migrations this database has not seen; returns the version."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise RuntimeError(
-            f"database schema version {version} is newer than this wallaroo "
-            f"understands ({len(MIGRATIONS)}); upgrade wallaroo")
+        raise SchemaTooNew(
+            f"{path}: database schema version {version} is newer than this "
+            f"wallaroo understands ({len(MIGRATIONS)}); upgrade wallaroo")
     for i in range(version, len(MIGRATIONS)):
         conn.execute("BEGIN IMMEDIATE")
         try:

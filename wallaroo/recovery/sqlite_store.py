@@ -20,7 +20,7 @@ from . import schema
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
 from .lock import WorkerLock
 from .records import (CommitRecord, InputRow, OutputRow, PartitionRow,
-                      Recovered, SnapshotRow, checksum)
+                      Recovered, SnapshotRow)
 
 SYNCHRONOUS = ("NORMAL", "FULL")
 
@@ -63,12 +63,15 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None,
                                    check_same_thread=False)
+            # A damaged BLOB read back as TEXT must reach the checksum (and
+            # fail it, naming the row) rather than raise a decoding error.
+            conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("PRAGMA cache_size=-65536")
             self._conn = conn
-            schema.migrate(conn)
+            schema.migrate(conn, self.path)
             self._check_fingerprint(fingerprint)
             return self._load()
         except sqlite3.DatabaseError as e:
@@ -116,12 +119,13 @@ class SQLiteStore:
                 "SELECT p.pid, p.state, p.key_repr, p.created_lsn, p.checksum, "
                 "p.key, s.lsn, s.pickler, s.checksum, s.state FROM partitions p "
                 "LEFT JOIN snapshots s USING (pid) ORDER BY p.pid"):
-            if checksum(pid, created, key) != key_cs:
+            prow = PartitionRow(pid, state, key, key_repr, created)
+            if prow.checksum() != key_cs:
                 raise CorruptionError(
                     f"{self.path}: the key of partition {pid} (state {state!r}, "
                     f"key {key_repr}) failed its checksum; refusing to run on "
                     f"damaged state")
-            partitions.append(PartitionRow(pid, state, key, key_repr, created))
+            partitions.append(prow)
             if lsn is not None:
                 snap = SnapshotRow(pid, lsn, blob, pickler)
                 if snap.checksum() != snap_cs:
@@ -130,6 +134,13 @@ class SQLiteStore:
                         f"{state!r}, key {key_repr}) at lsn {lsn} failed its "
                         f"checksum; refusing to run on damaged state")
                 snaps[pid] = snap
+        orphans = [pid for (pid,) in conn.execute(
+            "SELECT pid FROM snapshots WHERE pid NOT IN (SELECT pid FROM partitions)")]
+        if orphans:
+            raise CorruptionError(
+                f"{self.path}: snapshots {orphans[:10]} belong to no known "
+                f"partition (a damaged partition id); refusing to run on "
+                f"damaged state")
         for source, stream, count in conn.execute(
                 "SELECT source, stream, count FROM streams"):
             rec.streams[(source, stream)] = count
@@ -144,13 +155,23 @@ class SQLiteStore:
 
     # -- reading the backlog --------------------------------------------
     def replay_inputs(self, from_lsn: int) -> Iterator[InputRow]:
+        try:
+            yield from self._replay_inputs(from_lsn)
+        except sqlite3.DatabaseError as e:
+            raise CorruptionError(f"{self.path}: cannot read the input log: "
+                                  f"{e}") from e
+
+    def _replay_inputs(self, from_lsn: int) -> Iterator[InputRow]:
         cur = self._conn.execute(
             "SELECT first_lsn, count, source, stream, first_seq, failed, "
             "checksum, frames FROM input_log WHERE first_lsn + count > ? "
             "ORDER BY first_lsn", (from_lsn,))
         for first, count, source, stream, seq, failed, cs, frames in cur:
-            row = InputRow(first, source, stream, seq, count, frames,
-                           tuple(int(x) for x in failed.split(",") if x))
+            try:
+                failed_idx = tuple(int(x) for x in failed.split(",") if x)
+            except (AttributeError, ValueError):
+                failed_idx = None  # damaged: the checksum will not match
+            row = InputRow(first, source, stream, seq, count, frames, failed_idx)
             if row.checksum() != cs:
                 raise CorruptionError(
                     f"{self.path}: input-log record at lsn {first} ({count} "
@@ -159,6 +180,12 @@ class SQLiteStore:
             yield row
 
     def undelivered_outputs(self, delivered: dict[int, int]) -> Iterator[OutputRow]:
+        try:
+            yield from self._undelivered_outputs(delivered)
+        except sqlite3.DatabaseError as e:
+            raise CorruptionError(f"{self.path}: cannot read the outbox: {e}") from e
+
+    def _undelivered_outputs(self, delivered: dict[int, int]) -> Iterator[OutputRow]:
         cur = self._conn.execute(
             "SELECT sink, first_seq, count, checksum, data FROM outbox "
             "ORDER BY sink, first_seq")
@@ -196,7 +223,7 @@ class SQLiteStore:
                 conn.executemany(
                     "INSERT INTO partitions VALUES (?,?,?,?,?,?)",
                     [(p.pid, p.state, p.key_repr, p.created_lsn,
-                      checksum(p.pid, p.created_lsn, p.key), p.key)
+                      p.checksum(), p.key)
                      for p in rec.partitions])
             if rec.snapshots:
                 conn.executemany(

@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 from .._spec import AppSpec
 from ..recovery import snapshots
-from ..recovery.errors import IncompatibleDirectory, StoreError
+from ..recovery.errors import CorruptionError, IncompatibleDirectory, StoreError
 from ..recovery.records import (CommitRecord, InputRow, OutputRow,
                                 PartitionRow, SnapshotRow)
 from ..recovery.store import Store
@@ -177,7 +177,7 @@ class WorkerCore:
         self.next_out_seq.update(rec.next_out_seq)
         self.delivered.update(rec.delivered)
         self.stream_counts.update(rec.streams)
-        rows, messages, mismatches = self._replay(rec.replay_from, on_row)
+        rows, messages, mismatches = self._replay(rec.replay_from, rec.next_lsn, on_row)
         now = self.clock()
         for space in self.spaces.values():
             if space.touched:
@@ -193,7 +193,7 @@ class WorkerCore:
             replay_mismatches=mismatches, requeued=requeued,
             seconds=time.perf_counter() - t0)
 
-    def _replay(self, replay_from: int, on_row) -> tuple[int, int, int]:
+    def _replay(self, replay_from: int, next_lsn: int, on_row) -> tuple[int, int, int]:
         ctx = Context(fail=None)
         flog = FailureLog(ctx.cell, None)
         ctx.fail = flog.fail
@@ -203,7 +203,16 @@ class WorkerCore:
                                          ctx, rebuild=True), ctx)
             for p in self.app.pipelines]
         rows = messages = mismatches = 0
+        # The log holds every input from replay_from to next_lsn, without
+        # holes: a missing row would silently leave state short.
+        expected = replay_from
         for row in self.store.replay_inputs(replay_from):
+            if row.first_lsn > expected:
+                raise CorruptionError(
+                    f"{getattr(self.store, 'path', 'the store')}: input-log rows "
+                    f"for lsn {expected}..{row.first_lsn - 1} are missing; "
+                    f"refusing to rebuild state without them")
+            expected = max(expected, row.end_lsn)
             idx = self._pipeline_index.get(row.source)
             if idx is None:
                 raise IncompatibleDirectory(
@@ -234,6 +243,11 @@ class WorkerCore:
             messages += row.count - skip
             if on_row is not None:
                 on_row(row)
+        if expected < next_lsn:
+            raise CorruptionError(
+                f"{getattr(self.store, 'path', 'the store')}: input-log rows for "
+                f"lsn {expected}..{next_lsn - 1} are missing; refusing to rebuild "
+                f"state without them")
         return rows, messages, mismatches
 
     # -- the batch cycle ---------------------------------------------------
