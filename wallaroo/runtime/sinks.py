@@ -2,10 +2,14 @@
 backoff when the receiver is away.
 
 Outputs arrive as whole rows (a batch's outputs for this sink).  A row leaves
-the queue only once ``send_all`` returned; if the connection breaks, the rows
-not yet written completely are sent again, whole, on the next connection, so
-a receiver sees byte-identical resends and an incomplete record at the end
-of a dead connection (DESIGN.md §5).  The queue is bounded in bytes: when it
+the queue only once ``send_all`` returned ("delivered": written to the
+socket, DESIGN.md §5); if the connection breaks, the rows not yet written
+completely are sent again, whole, on the next connection, so a receiver sees
+byte-identical resends and an incomplete record at the end of a dead
+connection.  The sink also watches for the receiver closing its end, so a
+receiver that goes away between writes loses nothing; one that dies while
+bytes are in flight can lose what its kernel held (exactly-once delivery
+needs a receiver that confirms what it holds: a later step).  The queue is bounded in bytes: when it
 is full the engine stops taking input (``has_room``), so memory never grows
 without limit while a receiver is away.
 """
@@ -82,7 +86,10 @@ class TCPSink:
             self.connects += 1
             self.connected = True
             try:
-                await self._write(stream)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch, stream, nursery.cancel_scope)
+                    await self._write(stream)
+                raise trio.BrokenResourceError("the receiver closed the connection")
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 self.log.warning("%s: connection lost: %s; reconnecting, %d "
                                  "bytes of output to resend", self.spec.label,
@@ -91,6 +98,18 @@ class TCPSink:
                 self.connected = False
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
+
+    async def _watch(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        """Receivers send nothing; an end of stream means the receiver went
+        away.  Noticing it here, before the next write, keeps that write's
+        rows queued for the next connection instead of lost in a socket
+        whose reader is gone."""
+        try:
+            while await stream.receive_some(4096):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        scope.cancel()
 
     async def _write(self, stream: trio.SocketStream) -> None:
         queue = self.queue
