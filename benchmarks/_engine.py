@@ -93,7 +93,7 @@ def _dir_bytes(path: Path) -> int:
 def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
                rate: float = 0.0, chunk_bytes: int = 64 * 1024,
                profile_path: str | None = None, timeout: float = 120.0,
-               keep: bool = False) -> dict:
+               keep: bool = False, worker_args: list[str] | None = None) -> dict:
     """One end-to-end run: receiver, worker, sender, each its own process.
     Throughput = messages / (sender's first write -> receiver's last
     needed record)."""
@@ -119,6 +119,7 @@ def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
         run_args = ["run", str(APP_FILE), "--in", "127.0.0.1:0", "--out", out_addr]
         if resilient:
             run_args += ["--resilience-dir", str(d / "state"), "--synchronous", sync]
+        run_args += worker_args or []
         if profile_path:
             cmd = [py, "-m", "cProfile", "-o", profile_path, "-m", "wallaroo.cli"]
         else:

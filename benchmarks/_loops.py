@@ -60,13 +60,15 @@ def plain_loop(framed: bytes, app) -> tuple[float, bytes]:
     return time.perf_counter() - t0, output
 
 
-def logged_loop(framed: bytes, app, db_path: str, batch: int = 1000
-                ) -> tuple[float, bytes, int]:
+def logged_loop(framed: bytes, app, db_path: str, batch: int = 1000,
+                row_per_message: bool = False) -> tuple[float, bytes, int]:
     """The plain loop, plus per ``batch`` messages one SQLite transaction
     (WAL, synchronous=NORMAL) holding the batch's input frames (one row),
     its encoded outputs (one row) and a pickled snapshot of every state the
-    batch touched (INSERT OR REPLACE, one row per dirty key).  Returns
-    (seconds, output, database bytes)."""
+    batch touched (INSERT OR REPLACE, one row per dirty key).  With
+    ``row_per_message`` the inputs and outputs are a row per message instead
+    (the straightforward hand-written log).  Returns (seconds, output,
+    database bytes)."""
     decode = app.decoder.fn
     partition = app.partition.fn
     compute = app.add_votes.fn
@@ -109,9 +111,21 @@ def logged_loop(framed: bytes, app, db_path: str, batch: int = 1000
             count += 1
         outputs = b"".join(out)
         execute("BEGIN")
-        execute("INSERT INTO inputs (count, frames) VALUES (?, ?)",
-                (count, framed[batch_start:pos]))
-        execute("INSERT INTO outputs (count, data) VALUES (?, ?)", (count, outputs))
+        if row_per_message:
+            frames, p = [], batch_start
+            while p < pos:
+                (ln,) = unpack_from(framed, p)
+                frames.append((1, framed[p:p + 4 + ln]))
+                p += 4 + ln
+            con.executemany("INSERT INTO inputs (count, frames) VALUES (?, ?)",
+                            frames)
+            con.executemany("INSERT INTO outputs (count, data) VALUES (?, ?)",
+                            [(1, o) for o in out])
+        else:
+            execute("INSERT INTO inputs (count, frames) VALUES (?, ?)",
+                    (count, framed[batch_start:pos]))
+            execute("INSERT INTO outputs (count, data) VALUES (?, ?)",
+                    (count, outputs))
         con.executemany("INSERT OR REPLACE INTO snapshots (key, state) VALUES (?, ?)",
                         [(k, dumps(states[k])) for k in dirty])
         execute("COMMIT")

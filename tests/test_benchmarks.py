@@ -88,14 +88,15 @@ def report(tmp_path_factory):
 def test_report_has_every_row_and_ratio(report):
     res, stdout = report
     expected_rows = ["plain_loop", "engine_off", "engine_normal", "engine_full",
-                     "logged_loop"] + (["bytewax"] if HAS_BYTEWAX else [])
+                     "logged_loop_rows", "logged_loop"] + (["bytewax"] if HAS_BYTEWAX else [])
     assert list(res["rows"]) == expected_rows
     for key in expected_rows:
         assert res["rows"][key]["msgs_per_s"] > 0, key
         assert res["rows"][key]["name"] in stdout
     names = [r["name"] for r in res["ratios"]]
-    assert names[:3] == ["engine (off) / plain loop", "engine (NORMAL) / engine (off)",
-                         "engine (NORMAL) / logged loop"]
+    assert names[:4] == ["engine (off) / plain loop", "engine (NORMAL) / engine (off)",
+                         "engine (NORMAL) / logged loop (row per message)",
+                         "engine (NORMAL) / logged loop (row per batch)"]
     assert all(r["value"] > 0 for r in res["ratios"])
     assert res["machine"]["nproc"] >= 1 and res["machine"]["python"]
     assert "bench_alphabet.py --messages 20000" in res["command"]
@@ -129,7 +130,8 @@ def test_engine_runs_delivered_exactly_the_input(report):
 
 def test_in_process_rows_validated(report):
     res, _ = report
-    for key in ("plain_loop", "logged_loop") + (("bytewax",) if HAS_BYTEWAX else ()):
+    for key in ("plain_loop", "logged_loop_rows", "logged_loop") + (
+            ("bytewax",) if HAS_BYTEWAX else ()):
         v = res["rows"][key]["validation"]
         assert v["ok"] and v["records"] == N, (key, v)
 

@@ -35,3 +35,37 @@ def test_take_splits_at_frame_boundaries_and_rotates_connections():
         assert rest.frames == fa1[5 * 12:] + fa2
         assert not inbox and inbox.bytes == 0
     trio.run(main)
+
+
+def test_random_puts_and_takes_keep_every_frame_once_in_order():
+    import random
+    rnd = random.Random(7)
+
+    async def main():
+        inbox = Inbox(1 << 30, [4])
+        sent = {c: [] for c in "abc"}
+        got = {c: [] for c in "abc"}
+        seqs = {c: 0 for c in "abc"}
+        next_v = 0
+        for _ in range(300):
+            if rnd.random() < 0.6:
+                c = rnd.choice("abc")
+                vals = list(range(next_v, next_v + rnd.randint(1, 50)))
+                next_v += len(vals)
+                payloads, fr = framed(vals)
+                inbox.put_nowait(c, 0, payloads, fr, c, len(sent[c]), c)
+                sent[c].extend(vals)
+            else:
+                for ch in inbox.take(rnd.randint(1, 80)):
+                    c = ch.origin
+                    assert ch.first_seq == len(got[c])  # contiguous per stream
+                    vals = [struct.unpack(">Q", p)[0] for p in ch.payloads]
+                    assert ch.frames == framed(vals)[1]
+                    got[c].extend(vals)
+        for ch in inbox.take(10 ** 9):
+            vals = [struct.unpack(">Q", p)[0] for p in ch.payloads]
+            assert ch.first_seq == len(got[ch.origin])
+            got[ch.origin].extend(vals)
+        assert got == sent
+        assert inbox.bytes == 0
+    trio.run(main)

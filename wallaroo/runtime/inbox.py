@@ -14,12 +14,19 @@ from .core import Chunk
 
 
 class _Pending:
-    __slots__ = ("source", "payloads", "frames", "stream", "first_seq", "origin")
+    """Frames one connection delivered since its last batch.  A batch may take
+    only the front of them; ``pos``/``fpos`` mark where the rest begins, so a
+    long backlog is never copied per batch."""
+
+    __slots__ = ("source", "payloads", "pos", "frames", "fpos", "stream",
+                 "first_seq", "origin")
 
     def __init__(self, source, payloads, frames, stream, first_seq, origin):
         self.source = source
         self.payloads = payloads
+        self.pos = 0
         self.frames = [frames]
+        self.fpos = 0
         self.stream = stream
         self.first_seq = first_seq
         self.origin = origin
@@ -66,25 +73,33 @@ class Inbox:
             if budget <= 0:
                 break
             p = self._pending[conn]
-            frames = p.frames[0] if len(p.frames) == 1 else b"".join(p.frames)
-            n = len(p.payloads)
+            if len(p.frames) > 1:
+                p.frames = [b"".join(p.frames)]
+            frames = p.frames[0]
+            n = len(p.payloads) - p.pos
             if n <= budget:
                 del self._pending[conn]
-                chunks.append(Chunk(p.source, p.payloads, frames, p.stream,
+                payloads = p.payloads if p.pos == 0 else p.payloads[p.pos:]
+                part = frames if p.fpos == 0 else frames[p.fpos:]
+                chunks.append(Chunk(p.source, payloads, part, p.stream,
                                     p.first_seq, p.origin))
-                taken_bytes += len(frames)
+                taken_bytes += len(part)
                 budget -= n
                 continue
-            head = p.payloads[:budget]
-            cut = sum(map(len, head)) + budget * self.header_lengths[p.source]
-            chunks.append(Chunk(p.source, head, frames[:cut], p.stream,
+            end = p.pos + budget
+            head = p.payloads[p.pos:end]
+            cut = p.fpos + sum(map(len, head)) + budget * self.header_lengths[p.source]
+            chunks.append(Chunk(p.source, head, frames[p.fpos:cut], p.stream,
                                 p.first_seq, p.origin))
-            taken_bytes += cut
-            del self._pending[conn]
-            p.payloads = p.payloads[budget:]
-            p.frames = [frames[cut:]]
+            taken_bytes += cut - p.fpos
+            p.pos, p.fpos = end, cut
+            if p.pos > len(p.payloads) // 2:  # drop the consumed front, amortised
+                del p.payloads[:p.pos]
+                p.frames = [frames[cut:]]
+                p.pos = p.fpos = 0
             if p.first_seq is not None:
                 p.first_seq += budget
+            del self._pending[conn]
             self._pending[conn] = p  # to the back of the line
             budget = 0
         self.bytes -= taken_bytes
