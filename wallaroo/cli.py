@@ -286,7 +286,8 @@ def receive(listen, output, framing, header_fmt, fmt, expect, idle_timeout, time
 
 @cli.group(context_settings=CONTEXT)
 def recovery():
-    """Look into resilience directories."""
+    """Look into resilience directories (what --resilience-dir keeps: one
+    SQLite database per worker)."""
 
 
 @recovery.command("inspect", context_settings=CONTEXT)

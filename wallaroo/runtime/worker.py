@@ -125,8 +125,8 @@ class Worker:
             nursery.start_soon(serve_sources)
             engine_done = trio.Event()
             nursery.start_soon(self._engine_loop, send_batches, engine_done)
-            if self.opts.handle_signals:
-                nursery.start_soon(self._signals)
+            if self.opts.handle_signals:  # before "ready": a SIGTERM right
+                await nursery.start(self._signals)  # after it must drain
             addrs = ",".join(f"{h}:{p}" for h, p in bound)
             sinks = ",".join(s.address for s in self.app.sinks) or "-"
             log.info("ready worker=%s sources=%s sinks=%s", self.opts.name,
@@ -161,8 +161,9 @@ class Worker:
                  st.longest_batch_seconds * 1e3, st.longest_batch_messages,
                  st.longest_snapshot_seconds * 1e3, self.longest_commit * 1e3)
 
-    async def _signals(self) -> None:
+    async def _signals(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            task_status.started()
             async for signum in signals:
                 self.log.info("received %s", signal.Signals(signum).name)
                 self._stop.set()
