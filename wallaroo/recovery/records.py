@@ -11,15 +11,11 @@ import zlib
 from dataclasses import dataclass, field
 
 
-def checksum(data: bytes, *fields) -> int:
-    """CRC32 over a row's bytes and every other field recovery depends on
-    (positions, counts, names, failed indices): a flipped bit anywhere in
-    them is detected.  A value that is not bytes (SQLite handed back TEXT
-    for a damaged BLOB) never matches."""
-    if not isinstance(data, bytes):
-        return -1
-    head = "\x1f".join(map(repr, fields)).encode("utf-8", "surrogatepass")
-    return zlib.crc32(data, zlib.crc32(head))
+def checksum(data: bytes, head: str) -> int:
+    """CRC32 over a row's bytes and ``head``, the row's other fields that
+    recovery depends on (positions, counts, names, failed indices): a
+    flipped bit anywhere in them is detected."""
+    return zlib.crc32(data, zlib.crc32(head.encode("utf-8", "surrogatepass")))
 
 
 @dataclass(slots=True)
@@ -40,8 +36,9 @@ class InputRow:
         return self.first_lsn + self.count
 
     def checksum(self) -> int:
-        return checksum(self.frames, self.first_lsn, self.count, self.source,
-                        self.stream, self.first_seq, self.failed)
+        return checksum(self.frames, f"{self.first_lsn}\x1f{self.count}\x1f"
+                        f"{self.source!r}\x1f{self.stream!r}\x1f{self.first_seq}"
+                        f"\x1f{self.failed}")
 
 
 @dataclass(slots=True)
@@ -58,7 +55,7 @@ class OutputRow:
         return self.first_seq + self.count
 
     def checksum(self) -> int:
-        return checksum(self.data, self.sink, self.first_seq, self.count)
+        return checksum(self.data, f"{self.sink}\x1f{self.first_seq}\x1f{self.count}")
 
 
 @dataclass(slots=True)
@@ -70,7 +67,7 @@ class PartitionRow:
     created_lsn: int
 
     def checksum(self) -> int:
-        return checksum(self.key, self.pid, self.state, self.created_lsn)
+        return checksum(self.key, f"{self.pid}\x1f{self.state!r}\x1f{self.created_lsn}")
 
 
 @dataclass(slots=True)
@@ -83,7 +80,7 @@ class SnapshotRow:
     pickler: str = "pickle"
 
     def checksum(self) -> int:
-        return checksum(self.blob, self.pid, self.lsn, self.pickler)
+        return checksum(self.blob, f"{self.pid}\x1f{self.lsn}\x1f{self.pickler!r}")
 
 
 @dataclass(slots=True)

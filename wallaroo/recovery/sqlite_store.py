@@ -63,9 +63,6 @@ class SQLiteStore:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None,
                                    check_same_thread=False)
-            # A damaged BLOB read back as TEXT must reach the checksum (and
-            # fail it, naming the row) rather than raise a decoding error.
-            conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
@@ -114,13 +111,16 @@ class SQLiteStore:
                         replay_from=replay_from, commits=commits)
         partitions = rec.partitions
         snaps = rec.snapshots
-        for (pid, state, key_repr, created, key_cs, key, lsn, pickler, snap_cs,
-             blob) in conn.execute(
+        # BLOBs are read with CAST and their storage class checked: a damaged
+        # one that SQLite would hand back as TEXT is reported naming its row.
+        for (pid, state, key_repr, created, key_cs, key, key_type, lsn, pickler,
+             snap_cs, blob, blob_type) in conn.execute(
                 "SELECT p.pid, p.state, p.key_repr, p.created_lsn, p.checksum, "
-                "p.key, s.lsn, s.pickler, s.checksum, s.state FROM partitions p "
+                "CAST(p.key AS BLOB), typeof(p.key), s.lsn, s.pickler, s.checksum, "
+                "CAST(s.state AS BLOB), typeof(s.state) FROM partitions p "
                 "LEFT JOIN snapshots s USING (pid) ORDER BY p.pid"):
             prow = PartitionRow(pid, state, key, key_repr, created)
-            if prow.checksum() != key_cs:
+            if key_type != "blob" or prow.checksum() != key_cs:
                 raise CorruptionError(
                     f"{self.path}: the key of partition {pid} (state {state!r}, "
                     f"key {key_repr}) failed its checksum; refusing to run on "
@@ -128,7 +128,7 @@ class SQLiteStore:
             partitions.append(prow)
             if lsn is not None:
                 snap = SnapshotRow(pid, lsn, blob, pickler)
-                if snap.checksum() != snap_cs:
+                if blob_type != "blob" or snap.checksum() != snap_cs:
                     raise CorruptionError(
                         f"{self.path}: the snapshot of partition {pid} (state "
                         f"{state!r}, key {key_repr}) at lsn {lsn} failed its "
@@ -164,15 +164,15 @@ class SQLiteStore:
     def _replay_inputs(self, from_lsn: int) -> Iterator[InputRow]:
         cur = self._conn.execute(
             "SELECT first_lsn, count, source, stream, first_seq, failed, "
-            "checksum, frames FROM input_log WHERE first_lsn + count > ? "
-            "ORDER BY first_lsn", (from_lsn,))
-        for first, count, source, stream, seq, failed, cs, frames in cur:
+            "checksum, CAST(frames AS BLOB), typeof(frames) FROM input_log "
+            "WHERE first_lsn + count > ? ORDER BY first_lsn", (from_lsn,))
+        for first, count, source, stream, seq, failed, cs, frames, ftype in cur:
             try:
                 failed_idx = tuple(int(x) for x in failed.split(",") if x)
             except (AttributeError, ValueError):
                 failed_idx = None  # damaged: the checksum will not match
             row = InputRow(first, source, stream, seq, count, frames, failed_idx)
-            if row.checksum() != cs:
+            if ftype != "blob" or row.checksum() != cs:
                 raise CorruptionError(
                     f"{self.path}: input-log record at lsn {first} ({count} "
                     f"messages from {source!r}) failed its checksum; refusing "
@@ -187,13 +187,13 @@ class SQLiteStore:
 
     def _undelivered_outputs(self, delivered: dict[int, int]) -> Iterator[OutputRow]:
         cur = self._conn.execute(
-            "SELECT sink, first_seq, count, checksum, data FROM outbox "
-            "ORDER BY sink, first_seq")
-        for sink, first, count, cs, data in cur:
+            "SELECT sink, first_seq, count, checksum, CAST(data AS BLOB), "
+            "typeof(data) FROM outbox ORDER BY sink, first_seq")
+        for sink, first, count, cs, data, dtype in cur:
             row = OutputRow(sink, first, count, data)
             if row.end_seq <= delivered.get(sink, 0):
                 continue
-            if row.checksum() != cs:
+            if dtype != "blob" or row.checksum() != cs:
                 raise CorruptionError(
                     f"{self.path}: outbox record for sink {sink} at output "
                     f"{first} ({count} outputs) failed its checksum")
