@@ -45,7 +45,6 @@ def test_random_puts_and_takes_keep_every_frame_once_in_order():
         inbox = Inbox(1 << 30, [4])
         sent = {c: [] for c in "abc"}
         got = {c: [] for c in "abc"}
-        seqs = {c: 0 for c in "abc"}
         next_v = 0
         for _ in range(300):
             if rnd.random() < 0.6:

@@ -1,7 +1,6 @@
 """`wallaroo recovery inspect` on a directory left by a crash."""
 
 import json
-import struct
 import subprocess
 import sys
 

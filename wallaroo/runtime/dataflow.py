@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .._spec import AppSpec, PipelineSpec, StepSpec
-from .states import MISSING, PartitionKeyError, StateSpace
+from .states import PartitionKeyError, StateSpace
 
 
 class StepError(Exception):

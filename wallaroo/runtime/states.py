@@ -16,7 +16,6 @@ from .._spec import StateSpec
 from ..recovery import snapshots
 from ..recovery.errors import UnpicklableState
 
-MISSING = object()
 _U64_MAX = 2 ** 64 - 1
 
 

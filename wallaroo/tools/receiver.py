@@ -31,7 +31,7 @@ from typing import BinaryIO, Callable, TextIO
 
 import trio
 
-from .common import ToolError, format_address, header_struct, plural
+from .common import BaseExceptionGroup, ToolError, format_address, header_struct, plural
 
 RECV_SIZE = 256 * 1024
 FRAMINGS = ("raw", "length", "lines")

@@ -27,7 +27,7 @@ from typing import TextIO
 
 import trio
 
-from .common import ToolError, format_address, plural
+from .common import BaseExceptionGroup, ToolError, format_address, plural
 from .messages import Messages
 
 HANDSHAKE_PREFIX = b"WALLAROO-RESUME 1 "
