@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .._spec import AppSpec
@@ -49,7 +49,6 @@ class Batch:
     streams: dict[tuple[str, str], int]
     messages: int
     failures: int
-    compute_seconds: float
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,6 @@ class CoreStats:
     longest_batch_seconds: float = 0.0
     longest_batch_messages: int = 0
     longest_snapshot_seconds: float = 0.0  # pickling snapshots in one commit
-    failures_by_step: dict[str, int] = field(default_factory=dict)
 
 
 class WorkerCore:
@@ -281,10 +279,7 @@ class WorkerCore:
         outputs: list[OutputRow] = []
         for i, lst in enumerate(self.out_lists):
             if lst:
-                try:
-                    data = b"".join(lst)
-                except TypeError:  # pragma: no cover - sink stage coerces
-                    data = b"".join(bytes(x) for x in lst)
+                data = b"".join(lst)  # the sink stage made every output bytes
                 seq = self.next_out_seq[i]
                 outputs.append(OutputRow(i, seq, len(lst), data))
                 self.next_out_seq[i] = seq + len(lst)
@@ -316,8 +311,7 @@ class WorkerCore:
             st.longest_batch_seconds = elapsed
             st.longest_batch_messages = lsn - first_lsn
         return Batch(record=record, outputs=outputs, streams=streams,
-                     messages=lsn - first_lsn, failures=failures,
-                     compute_seconds=elapsed)
+                     messages=lsn - first_lsn, failures=failures)
 
     def _bookkeeping(self, first_lsn: int, end_lsn: int, force: bool = False):
         """New partition rows, dirty marks and the snapshots this commit

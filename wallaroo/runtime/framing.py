@@ -102,8 +102,3 @@ class Framer:
             raise FrameError(f"{len(data) - consumed} trailing bytes are not "
                              f"a whole frame")
         return payloads
-
-
-def frame(payload: bytes, fmt: str = ">I") -> bytes:
-    """Frame one payload (for senders and tests)."""
-    return struct.pack(fmt, len(payload)) + payload

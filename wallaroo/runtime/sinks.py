@@ -39,9 +39,6 @@ class TCPSink:
         self.backoff = backoff
         self.queue: collections.deque[OutputRow] = collections.deque()
         self.queued_bytes = 0
-        self.delivered_rows = 0
-        self.connects = 0
-        self.connected = False
         self._more = trio.Event()
         self._room = trio.Event()
         self._empty = trio.Event()
@@ -83,8 +80,6 @@ class TCPSink:
                               self.spec.label, failures)
             failures = 0
             delay = self.backoff[0]
-            self.connects += 1
-            self.connected = True
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watch, stream, nursery.cancel_scope)
@@ -95,7 +90,6 @@ class TCPSink:
                                  "bytes of output to resend", self.spec.label,
                                  e, self.queued_bytes)
             finally:
-                self.connected = False
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
 
@@ -130,7 +124,6 @@ class TCPSink:
             for _ in rows:
                 queue.popleft()
             self.queued_bytes -= size
-            self.delivered_rows += len(rows)
             self.on_delivered(self.spec.index, rows[-1].end_seq)
             self._room.set()
             self._room = trio.Event()

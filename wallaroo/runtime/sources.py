@@ -28,8 +28,9 @@ FINAL_ACK_TIMEOUT = 30.0
 class Connection:
     """One accepted connection (plain or resumable)."""
 
-    def __init__(self, stream: trio.SocketStream, label: str):
+    def __init__(self, stream: trio.SocketStream, peer: str, label: str):
         self.stream = stream
+        self.peer = peer
         self.label = label
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
@@ -102,8 +103,8 @@ class TCPSource:
             label = f"{peer[0]}:{peer[1]}"
         except OSError:
             label = "unknown peer"
-        conn = Connection(stream, f"connection {label} to pipeline "
-                                  f"{self.spec.pipeline!r}")
+        conn = Connection(stream, label, f"connection {label} to pipeline "
+                                         f"{self.spec.pipeline!r}")
         self.connections += 1
         try:
             with conn.cancel_scope:
@@ -145,7 +146,7 @@ class TCPSource:
             await self._refuse(conn, str(e))
             return
         key = (self.spec.pipeline, name)
-        conn.label = (f"stream {name!r} ({conn.label.split(' to ')[0]}) of "
+        conn.label = (f"stream {name!r} (connection {conn.peer}) of "
                       f"pipeline {self.spec.pipeline!r}")
         try:
             n = await self.registry.claim(key, conn)

@@ -155,9 +155,11 @@ class Worker:
             nursery.cancel_scope.cancel()
         st = self.core.stats
         log.info("stopped: %d messages in, %d outputs, %d failed messages, %d "
-                 "commits; longest batch compute %.1f ms (%d messages), longest "
-                 "snapshot work in one commit %.1f ms, longest commit %.1f ms",
-                 st.messages, st.outputs, st.failures, self.commits,
+                 "commits, %d snapshots (%d by checkpoints); longest batch compute "
+                 "%.1f ms (%d messages), longest snapshot work in one commit %.1f "
+                 "ms, longest commit %.1f ms",
+                 st.messages, st.outputs, st.failures, self.commits, st.snapshots,
+                 st.checkpoint_snapshots,
                  st.longest_batch_seconds * 1e3, st.longest_batch_messages,
                  st.longest_snapshot_seconds * 1e3, self.longest_commit * 1e3)
 
