@@ -31,7 +31,7 @@ ENGINE_CONFIGS = [
 ]
 
 STOPPED_RE = re.compile(r"stopped: (\d+) messages in, (\d+) outputs, (\d+) failed "
-                        r"messages, (\d+) commits")
+                        r"messages, .*?(?:(\d+) commits|no resilience)")
 
 
 class RunFailed(Exception):
@@ -160,7 +160,7 @@ def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
                                      or "Traceback" in ln]
         m = STOPPED_RE.search(log_text)
         if m:
-            ins, outs, fails, commits = map(int, m.groups())
+            ins, outs, fails, commits = (int(g or 0) for g in m.groups())
             result["worker_stats"] = {
                 "messages_in": ins, "outputs": outs, "failed": fails,
                 "commits": commits,

@@ -18,9 +18,9 @@ def test_take_splits_at_frame_boundaries_and_rotates_connections():
         a1, fa1 = framed(range(0, 6))
         a2, fa2 = framed(range(6, 9))
         b, fb = framed(range(100, 103))
-        inbox.put_nowait("a", 0, list(a1), fa1, "sa", 10, "conn a")
-        inbox.put_nowait("b", 0, list(b), fb, None, None, "conn b")
-        inbox.put_nowait("a", 0, list(a2), fa2, "sa", 16, "conn a")
+        inbox.put_nowait(None, "a", 0, list(a1), fa1, "sa", 10, "conn a")
+        inbox.put_nowait(None, "b", 0, list(b), fb, None, None, "conn b")
+        inbox.put_nowait(None, "a", 0, list(a2), fa2, "sa", 16, "conn a")
         first = inbox.take(5)
         assert len(first) == 1
         c = first[0]
@@ -52,7 +52,7 @@ def test_random_puts_and_takes_keep_every_frame_once_in_order():
                 vals = list(range(next_v, next_v + rnd.randint(1, 50)))
                 next_v += len(vals)
                 payloads, fr = framed(vals)
-                inbox.put_nowait(c, 0, payloads, fr, c, len(sent[c]), c)
+                inbox.put_nowait(None, c, 0, payloads, fr, c, len(sent[c]), c)
                 sent[c].extend(vals)
             else:
                 for ch in inbox.take(rnd.randint(1, 80)):

@@ -171,7 +171,8 @@ def test_open_new_directory_is_fresh_and_private(tmp_path, no_umask):
         assert mode(directory) == 0o700
         names = sorted(os.listdir(directory))
         assert names == [f"{WORKER}.db", f"{WORKER}.db-shm", f"{WORKER}.db-wal",
-                         f"{WORKER}.db.lock"]
+                         f"{WORKER}.db.lock", f"{WORKER}.db.manifest",
+                         f"{WORKER}.db.position"]
         for name in names:
             assert mode(os.path.join(directory, name)) == 0o600, name
         with open(db(directory) + ".lock") as f:
@@ -254,8 +255,10 @@ def test_closing_the_connection_without_commit_keeps_only_what_committed(res_dir
 
 
 def read_image(path: str) -> dict[str, bytes]:
+    """The files a SIGKILL at this instant would leave: the database, its
+    WAL and the position file beside it."""
     out = {}
-    for suffix in ("", "-wal"):
+    for suffix in ("", "-wal", ".position"):
         if os.path.exists(path + suffix):
             with open(path + suffix, "rb") as f:
                 out[suffix] = f.read()
@@ -736,7 +739,7 @@ def test_a_second_store_in_the_same_process_is_locked_out(res_dir):
         other = SQLiteStore(res_dir, WORKER)
         with pytest.raises(StoreLocked) as err:
             other.open(FP)
-        assert db(res_dir) + ".lock" in str(err.value)
+        assert db(res_dir) + " is held by another process" in str(err.value)
         assert f"pid {os.getpid()}" in str(err.value)
         # another worker name in the same directory is another database
         with opened(res_dir, worker="worker-2") as (_, rec):

@@ -7,14 +7,22 @@ says the store must: rows below ``replay_from`` are never written or are
 deleted when it advances, outbox rows go when their sink's delivery position
 passes them, and everything else is the last committed value.
 
-Crashes are simulated the way SIGKILL leaves the files: the database and its
-``-wal`` are copied while the store's connection is still open (nothing is
-checkpointed, nothing is flushed beyond what ``write()`` already did), the
-store is then closed and the copy put back, ``-shm`` removed.  A torn WAL tail
-truncates that copied ``-wal`` at a random offset; SQLite must then recover
-the database as of *some* earlier commit, never a mix, and the model rolls
-back to that commit (the history is indexed by the commit counter, which the
-store keeps in the same transaction).
+Crashes are simulated the way SIGKILL leaves the files: the database, its
+``-wal`` and the position file are copied while the store's connection is
+still open (nothing is checkpointed, nothing is flushed beyond what
+``write()`` already did), the store is then closed and the copy put back,
+``-shm`` removed.  A torn WAL tail truncates that copied ``-wal`` at a random
+offset; SQLite then recovers the database as of *some* earlier commit, never
+a mix.  Since that silently drops acknowledged commits, the store must refuse
+to open it (the position file says how far the worker got) unless nothing
+was lost; after an explicit ``accept_rollback`` it opens as of that commit
+and the model rolls back to it (the history is indexed by the commit
+counter, which the store keeps in the same transaction).
+
+Every control value recovery trusts (progress, stream counts, sink
+positions, pending-input progress) carries a checksum: a flipped bit in any
+of them is refused naming the table.  Snapshots are split over rows at a
+tiny part size, so multi-part snapshots are exercised throughout.
 
 Run: ``/tmp/venv/bin/pytest tests/test_store_model.py -q``
 """
@@ -38,9 +46,12 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
 from wallaroo.recovery import (CommitRecord, CorruptionError, InputRow,
                                OutputRow, PartitionRow, Recovered,
                                SnapshotRow)
-from wallaroo.recovery.sqlite_store import SQLiteStore
+from wallaroo.recovery.errors import RollbackDetected
+from wallaroo.recovery.records import PendingRow
+from wallaroo.recovery.sqlite_store import SQLiteStore, accept_rollback
 
 WORKER = "worker-1"
+PART_BYTES = 16  # snapshots over 16 bytes are split over rows
 SINKS = 2
 STATES = ("counts", "totals", "état")
 SOURCES = ("words", "nümbers")
@@ -74,9 +85,19 @@ class Model:
     delivered: dict[int, int] = field(default_factory=dict)
     inputs: dict[int, InputRow] = field(default_factory=dict)
     outbox: dict[tuple[int, int], OutputRow] = field(default_factory=dict)
+    pending: dict[int, PendingRow] = field(default_factory=dict)
 
     def apply(self, rec: CommitRecord) -> None:
         rf = rec.replay_from
+        if rec.pending is not None:
+            self.pending = {p.id: copy.copy(p) for p in rec.pending}
+        for pid, consumed in rec.pending_consumed.items():
+            if consumed >= self.pending[pid].count:
+                del self.pending[pid]
+            else:
+                self.pending[pid].consumed = consumed
+        for k in rec.forget_streams:
+            self.streams.pop(k, None)
         for r in rec.inputs:
             if r.end_lsn > rf:  # rows wholly below replay_from: never written
                 self.inputs[r.first_lsn] = copy.copy(r)
@@ -111,7 +132,8 @@ class Model:
             partitions=[self.partitions[p] for p in sorted(self.partitions)],
             snapshots=dict(self.snapshots), streams=dict(self.streams),
             delivered=dict(self.delivered),
-            next_out_seq=dict(self.next_out_seq), commits=self.commits)
+            next_out_seq=dict(self.next_out_seq), commits=self.commits,
+            pending=[copy.copy(self.pending[k]) for k in sorted(self.pending)])
 
     def replay(self, from_lsn: int) -> list[InputRow]:
         return [self.inputs[k] for k in sorted(self.inputs)
@@ -186,6 +208,27 @@ def commit_records(draw, m: Model) -> CommitRecord:
             draw(st.binary(min_size=1, max_size=40)),
             draw(st.sampled_from(["pickle", "cloudpickle"]))))
     rec.replay_from = draw(st.integers(m.replay_from, rec.next_lsn))
+    # input read but not processed at a stop replaces the pending table;
+    # later commits consume it
+    if draw(st.integers(0, 5)) == 0:
+        first = max(m.pending, default=-1) + 1
+        rec.pending = []
+        for i in range(draw(st.integers(0, 3))):
+            count = draw(st.integers(1, 6))
+            stream = draw(st.one_of(st.none(), st.sampled_from(STREAMS)))
+            rec.pending.append(PendingRow(
+                first + i, draw(st.sampled_from(SOURCES)), stream,
+                None if stream is None else draw(st.integers(0, 50)), count,
+                draw(st.binary(max_size=24))))
+    elif m.pending:
+        for pid in draw(st.lists(st.sampled_from(sorted(m.pending)), unique=True,
+                                 max_size=2)):
+            p = m.pending[pid]
+            rec.pending_consumed[pid] = draw(st.integers(p.consumed + 1, p.count))
+    if m.streams and draw(st.integers(0, 7)) == 0:
+        rec.forget_streams = [draw(st.sampled_from(sorted(m.streams)))]
+        for k in rec.forget_streams:
+            rec.streams.pop(k, None)
     return rec
 
 
@@ -196,7 +239,9 @@ def describe(rec: CommitRecord) -> str:
             f"snapshots={[(s.pid, s.lsn) for s in rec.snapshots]} "
             f"streams={rec.streams} delivered={rec.delivered} "
             f"next_out_seq={rec.next_out_seq} next_lsn={rec.next_lsn} "
-            f"replay_from={rec.replay_from}")
+            f"replay_from={rec.replay_from} pending="
+            f"{None if rec.pending is None else [p.id for p in rec.pending]} "
+            f"consumed={rec.pending_consumed} forget={rec.forget_streams}")
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -218,7 +263,7 @@ class StoreMachine(RuleBasedStateMachine):
         return os.path.join(self.dir, f"{WORKER}.db")
 
     def open(self) -> Recovered:
-        self.store = SQLiteStore(self.dir, WORKER)
+        self.store = SQLiteStore(self.dir, WORKER, part_bytes=PART_BYTES)
         rec = self.store.open(FINGERPRINT)
         # A torn tail may only lose frames that were never checkpointed:
         # SQLite syncs the WAL before it backfills pages into the database,
@@ -237,7 +282,7 @@ class StoreMachine(RuleBasedStateMachine):
         """Leave the files as a SIGKILL would, optionally with the WAL cut
         to its first ``wal_keep`` bytes."""
         files = {}
-        for suffix in ("", "-wal"):
+        for suffix in ("", "-wal", ".position"):
             p = self.path + suffix
             if os.path.exists(p):
                 with open(p, "rb") as f:
@@ -307,7 +352,18 @@ class StoreMachine(RuleBasedStateMachine):
                 label="bytes of the next frame"))
         note(f"torn WAL: keep {keep} of {size} bytes")
         self.crash_image(wal_keep=keep)
-        self.recovered = rec = self.open()
+        try:
+            self.recovered = rec = self.open()
+        except RollbackDetected as e:
+            # acknowledged commits are gone: refused, naming what is missing,
+            # until the operator accepts the loss
+            note(f"refused: {e}")
+            assert self.path in str(e) and "commits" in str(e)
+            self.store.close()
+            old, new = accept_rollback(self.dir, WORKER)
+            assert new.commits < self.model.commits
+            self.recovered = rec = self.open()
+            event("torn WAL: rollback refused, then accepted")
         n = rec.commits
         note(f"recovered as of commit {n} (floor {self.floor}, "
              f"last {self.model.commits})")
@@ -319,6 +375,39 @@ class StoreMachine(RuleBasedStateMachine):
         del self.history[n + 1:]
         # the invariant now compares everything with the model as of commit
         # n: a mix of two commits fails it
+
+    @rule(data=st.data())
+    def corrupt_control_value(self, data):
+        """Flip a bit in a count, position, lsn or replay_from: the store
+        refuses to open, naming the table (and the row)."""
+        m = self.model
+        choices = [("progress", c, "id=1", ()) for c in
+                   ("next_lsn", "replay_from", "commits")]
+        choices += [("streams", c, "source=? AND stream=?", k) for k in m.streams
+                    for c in ("count", "last_seen")]
+        choices += [("sinks", c, "sink=?", (k,)) for k in m.next_out_seq
+                    for c in ("next_seq", "delivered")]
+        choices += [("pending_input", "consumed", "id=?", (k,)) for k in m.pending]
+        table, col, where, args = data.draw(st.sampled_from(choices), label="field")
+        bit = data.draw(st.integers(0, 20), label="bit")
+        self.close_clean()
+        conn = self.raw()
+        (value,) = conn.execute(f"SELECT {col} FROM {table} WHERE {where}",
+                                args).fetchone()
+        conn.execute(f"UPDATE {table} SET {col}=? WHERE {where}",
+                     (value ^ (1 << bit), *args))
+        conn.close()
+        with pytest.raises(CorruptionError) as err:
+            self.open()
+        msg = str(err.value)
+        note(f"flipped bit {bit} of {table}.{col} {args}: {msg}")
+        assert self.path in msg and f"table {table}" in msg
+        for a in args:
+            assert repr(a) in msg or str(a) in msg
+        conn = self.raw()
+        conn.execute(f"UPDATE {table} SET {col}=? WHERE {where}", (value, *args))
+        conn.close()
+        self.reopen()
 
     @precondition(lambda self: self.model.snapshots)
     @rule(data=st.data())

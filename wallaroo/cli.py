@@ -67,9 +67,31 @@ class _RawArgsCommand(click.Command):
               show_default=True, metavar="N",
               help="At most N messages per batch (bounds how long one batch "
                    "holds the loop; larger batches commit less often).")
-@click.option("--max-frame-size", type=click.IntRange(min=1), default=16 * 1024 * 1024,
-              show_default=True, metavar="BYTES",
+@click.option("--max-batch-time", type=click.FloatRange(min=0.001), default=0.025,
+              show_default=True, metavar="SECONDS",
+              help="A batch stops taking messages after this long, so a slow "
+                   "application never holds the worker (handshakes, ACKs, "
+                   "signals) for long.")
+@click.option("--max-frame-size", type=click.IntRange(min=1, max=512 * 1024 * 1024),
+              default=16 * 1024 * 1024, show_default=True, metavar="BYTES",
               help="A frame header announcing more closes that connection.")
+@click.option("--max-connections", type=click.IntRange(min=1), metavar="N",
+              help="Serve at most N source connections at once; more are "
+                   "closed (logged).  Default: 1000, or less when `ulimit -n` "
+                   "is lower.")
+@click.option("--handshake-timeout", type=click.FloatRange(min=0, min_open=True),
+              default=10.0, show_default=True, metavar="SECONDS",
+              help="A connection that has sent its first byte must complete "
+                   "the resumable handshake (or show it is plain) within this.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS",
+              help="Close source connections that send nothing for this long "
+                   "(default: never).")
+@click.option("--forget-streams-after", type=click.FloatRange(min=0, min_open=True),
+              metavar="SECONDS",
+              help="With --resilience-dir: forget resumable streams nobody has "
+                   "used for this long (a client coming back then starts at "
+                   "0).  Default: never.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0.0), default=10.0,
               show_default=True, metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long to finish and deliver what is "
@@ -80,8 +102,9 @@ class _RawArgsCommand(click.Command):
 @click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
-        synchronous, checkpoint_interval, checkpoint_max, max_batch, max_frame_size,
-        drain_timeout, log_level, app_args):
+        synchronous, checkpoint_interval, checkpoint_max, max_batch, max_batch_time,
+        max_frame_size, max_connections, handshake_timeout, idle_timeout,
+        forget_streams_after, drain_timeout, log_level, app_args):
     """Run the application APP (a .py file, or an importable module).
 
     Every argument after `run` is passed, in order, to the application's
@@ -89,7 +112,12 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     left to the application.  The worker listens on the addresses of the
     application's source configs, connects to those of its sink configs, and
     logs a line starting with `ready` once its sources accept connections.
-    SIGTERM or SIGINT: stop reading, deliver what is in flight, exit 0.
+    SIGTERM or SIGINT: stop reading, process and deliver what was read
+    (until --drain-timeout), then exit 0.  What is still unprocessed then is
+    logged for the next start with --resilience-dir; without it, it is
+    dropped, the stop line says how many, and the exit status is 3.  A second
+    signal ends the drain at once.  Exit 1: a runtime error (e.g. a damaged
+    or locked resilience directory); 2: a bad application or option.
 
     \b
     Example:
@@ -101,11 +129,19 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     if not target:
         raise click.UsageError("give the application: wallaroo run APP.py "
                                "[options] (or --application-module MODULE)")
+    if resilience_dir is not None and not resilience_dir.strip():
+        raise click.BadParameter("the directory name is empty (to run without "
+                                 "resilience, leave the option out)",
+                                 param_hint="--resilience-dir")
+    from .runtime.sources import default_max_connections
     code = run_worker(target, ctx.meta["raw_args"], name=name,
                       resilience_dir=resilience_dir, synchronous=synchronous,
                       checkpoint_interval=checkpoint_interval,
                       checkpoint_max=checkpoint_max, max_batch=max_batch,
-                      max_frame=max_frame_size,
+                      max_batch_time=max_batch_time, max_frame=max_frame_size,
+                      max_connections=max_connections or default_max_connections(),
+                      handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
+                      forget_streams_after=forget_streams_after,
                       drain_timeout=drain_timeout, log_level=log_level)
     sys.exit(code)
 

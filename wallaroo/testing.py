@@ -91,6 +91,14 @@ class Driver:
             raise
         self.reports.append(report)
         self._deliver(report.requeued)
+        for row in report.pending:  # read but not processed before a stop
+            idx = self.spec.pipeline(row.source).index
+            chunk = Chunk(idx, self.core.framers[idx].split_all(row.frames),
+                          row.frames, row.stream, row.first_seq,
+                          origin=f"pending row {row.id}", pending=row.id)
+            if row.consumed:
+                chunk = chunk.split(row.consumed, self.core.header_lengths[idx])[1]
+            self.pending.append(chunk)
         return report
 
     def crash(self) -> None:

@@ -23,3 +23,17 @@ class IncompatibleDirectory(StoreError):
 class UnpicklableState(StoreError):
     """A state (or a partition key) cannot be pickled, so it cannot be made
     durable."""
+
+
+class MissingDatabase(StoreError):
+    """A directory that has held a worker's state no longer holds its
+    database (deleted, emptied): refused, never taken for a fresh start."""
+
+
+class RollbackDetected(CorruptionError):
+    """The database is behind the worker's last committed position (a
+    deleted or damaged ``-wal``, a restored older copy)."""
+
+
+class DiskFull(StoreError):
+    """No room on the resilience directory's file system."""

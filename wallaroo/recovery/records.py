@@ -18,6 +18,13 @@ def checksum(data: bytes, head: str) -> int:
     return zlib.crc32(data, zlib.crc32(head.encode("utf-8", "surrogatepass")))
 
 
+def control_checksum(table: str, *fields) -> int:
+    """CRC32 over a control row's fields (counts, positions, lsns: values
+    recovery trusts) and its table's name, so a row cannot pass as another
+    table's either."""
+    return checksum(b"", "\x1f".join([table, *map(repr, fields)]))
+
+
 @dataclass(slots=True)
 class InputRow:
     """A run of ``count`` messages from one stream, frames as received
@@ -84,6 +91,28 @@ class SnapshotRow:
 
 
 @dataclass(slots=True)
+class PendingRow:
+    """Messages read from a connection but not processed when the worker
+    stopped: durable (their senders may have been told so), processed first
+    at the next start.  ``consumed`` of them have been processed since."""
+
+    id: int
+    source: str  # pipeline name
+    stream: str | None
+    first_seq: int | None
+    count: int
+    frames: bytes
+    consumed: int = 0
+
+    def checksum(self) -> int:
+        return checksum(self.frames, f"{self.id}\x1f{self.source!r}\x1f"
+                        f"{self.stream!r}\x1f{self.first_seq}\x1f{self.count}")
+
+    def consumed_checksum(self) -> int:
+        return control_checksum("pending_input.consumed", self.id, self.consumed)
+
+
+@dataclass(slots=True)
 class CommitRecord:
     """Everything one batch makes durable, in one transaction."""
 
@@ -100,10 +129,20 @@ class CommitRecord:
     next_lsn: int = 0
     # the lowest lsn replay must start at if the worker dies after this commit
     replay_from: int = 0
+    # when not None: the whole pending-input table after this commit (what
+    # the worker read but did not process before it stopped)
+    pending: list[PendingRow] | None = None
+    # pending row id -> how many of its messages are processed (a row whose
+    # messages are all processed goes)
+    pending_consumed: dict[int, int] = field(default_factory=dict)
+    # streams to forget (not seen for --forget-streams-after)
+    forget_streams: list[tuple[str, str]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (self.inputs or self.outputs or self.partitions
-                    or self.snapshots or self.streams or self.delivered)
+                    or self.snapshots or self.streams or self.delivered
+                    or self.pending is not None or self.pending_consumed
+                    or self.forget_streams)
 
 
 @dataclass
@@ -119,3 +158,15 @@ class Recovered:
     delivered: dict[int, int] = field(default_factory=dict)
     next_out_seq: dict[int, int] = field(default_factory=dict)
     commits: int = 0
+    pending: list[PendingRow] = field(default_factory=list)
+    # (source, stream) -> when its count last changed (unix seconds)
+    stream_seen: dict[tuple[str, str], int] = field(default_factory=dict,
+                                                    compare=False)
+
+
+# A batch's outputs for one sink are one outbox row unless they pass this
+# size; then they are split over rows of about this size.  One output larger
+# than MAX_OUTPUT_BYTES cannot be stored (SQLite's blob limit is 1e9 bytes):
+# it is a failure of the message that made it.
+MAX_ROW_BYTES = 64 * 1024 * 1024
+MAX_OUTPUT_BYTES = 512 * 1024 * 1024

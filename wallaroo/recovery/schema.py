@@ -9,10 +9,67 @@ can read them.
 from __future__ import annotations
 
 import sqlite3
+import time
+from typing import Callable, Union
 
 from .errors import StoreError
+from .records import control_checksum
 
-MIGRATIONS: list[str] = [
+Migration = Union[str, Callable[[sqlite3.Connection], None]]
+
+
+_V2_SQL = """
+    ALTER TABLE progress ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE streams ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE streams ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sinks ADD COLUMN checksum INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE snapshots ADD COLUMN parts INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE snapshot_parts (
+        pid INTEGER NOT NULL,
+        part INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (pid, part)
+    );
+    CREATE TABLE pending_input (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        stream TEXT,
+        first_seq INTEGER,
+        count INTEGER NOT NULL,
+        consumed INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        checksum INTEGER NOT NULL,
+        consumed_checksum INTEGER NOT NULL,
+        frames BLOB NOT NULL
+    );
+    """
+
+
+def _v2_hardening(conn: sqlite3.Connection) -> None:
+    """Migration 2, hardening: checksums over every control value recovery
+    trusts (those a version 1 database holds are trusted as they are when it
+    is migrated); input read but not processed when a worker stopped;
+    snapshots split over rows (a state of any size fits under SQLite's blob
+    limit); when each stream was last seen (so idle ones can be forgotten)."""
+    for stmt in _statements(_V2_SQL):
+        conn.execute(stmt)
+    now = int(time.time())
+    for next_lsn, replay_from, commits in conn.execute(
+            "SELECT next_lsn, replay_from, commits FROM progress").fetchall():
+        conn.execute("UPDATE progress SET checksum=?", (control_checksum(
+            "progress", next_lsn, replay_from, commits),))
+    for source, stream, count in conn.execute(
+            "SELECT source, stream, count FROM streams").fetchall():
+        conn.execute("UPDATE streams SET last_seen=?, checksum=? WHERE source=? "
+                     "AND stream=?", (now, control_checksum(
+                         "streams", source, stream, count, now), source, stream))
+    for sink, next_seq, delivered in conn.execute(
+            "SELECT sink, next_seq, delivered FROM sinks").fetchall():
+        conn.execute("UPDATE sinks SET checksum=? WHERE sink=?", (control_checksum(
+            "sinks", sink, next_seq, delivered), sink))
+
+
+MIGRATIONS: list[Migration] = [
     # 1: the first schema.
     """
     CREATE TABLE meta (
@@ -75,6 +132,8 @@ MIGRATIONS: list[str] = [
         delivered INTEGER NOT NULL
     );
     """,
+    # 2: hardening (see _v2_hardening).
+    _v2_hardening,
 ]
 
 
@@ -92,8 +151,12 @@ def migrate(conn: sqlite3.Connection, path: str = "database") -> int:
     for i in range(version, len(MIGRATIONS)):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in _statements(MIGRATIONS[i]):
-                conn.execute(stmt)
+            step = MIGRATIONS[i]
+            if callable(step):
+                step(conn)
+            else:
+                for stmt in _statements(step):
+                    conn.execute(stmt)
             conn.execute(f"PRAGMA user_version = {i + 1}")
             conn.execute("COMMIT")
         except BaseException:

@@ -1,28 +1,40 @@
 """The durable store: one SQLite database per worker, WAL journal mode.
 
-``<dir>/<worker>.db`` (0600 in a 0700 directory) with an exclusive lock file
-beside it.  One transaction per batch: its input rows, output rows, new
-partitions, snapshots, stream counts and delivery positions, and the
-``replay_from`` that recovery starts at.  Input-log rows below
-``replay_from`` and outbox rows below each sink's delivery position are
-deleted in the same transaction, so the files stay the size of the backlog.
+``<dir>/<worker>.db`` (0600 in a 0700 directory), locked by the process that
+runs on it, with a manifest and a position file beside it (``files.py``).
+One transaction per batch: its input rows, output rows, new partitions,
+snapshots, stream counts and delivery positions, and the ``replay_from``
+that recovery starts at.  Input-log rows below ``replay_from`` and outbox
+rows below each sink's delivery position are deleted in the same
+transaction, so the files stay the size of the backlog.
+
+Every value recovery trusts carries a checksum (``reading.py`` checks them);
+a database that is missing, emptied, truncated or behind the last committed
+position is refused before anything is served from it.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sqlite3
 import time
 from typing import Iterator
 
-from . import schema
+from . import reading, schema
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
-from .lock import WorkerLock
-from .records import (CommitRecord, InputRow, OutputRow, PartitionRow,
-                      Recovered, SnapshotRow)
+from .files import (MANIFEST_SUFFIX, DatabaseLock, Position, PositionFile,
+                    check_database_file, check_position, new_manifest,
+                    read_manifest, trial_write, write_manifest)
+from .records import (CommitRecord, InputRow, OutputRow, PendingRow, Recovered,
+                      control_checksum)
 
 SYNCHRONOUS = ("NORMAL", "FULL")
+# Snapshots larger than this are split over rows of ``snapshot_parts``, so a
+# state of any size stays under SQLite's blob limit (1e9 bytes by default).
+# The environment variable lowers it for tests of the split.
+PART_BYTES = int(os.environ.get("WALLAROO_SNAPSHOT_PART_BYTES", 64 * 1024 * 1024))
 
 
 def db_path(directory: str, worker: str) -> str:
@@ -32,7 +44,8 @@ def db_path(directory: str, worker: str) -> str:
 class SQLiteStore:
     durable = True
 
-    def __init__(self, directory: str, worker: str, synchronous: str = "NORMAL"):
+    def __init__(self, directory: str, worker: str, synchronous: str = "NORMAL",
+                 part_bytes: int | None = None):
         synchronous = synchronous.upper()
         if synchronous not in SYNCHRONOUS:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, "
@@ -41,39 +54,75 @@ class SQLiteStore:
         self.worker = worker
         self.synchronous = synchronous
         self.path = db_path(directory, worker)
-        self._lock = WorkerLock(self.path + ".lock")
+        self.part_bytes = part_bytes or PART_BYTES
+        self._lock = DatabaseLock(self.path)
+        self._position = PositionFile(self.path)
         self._conn: sqlite3.Connection | None = None
+        self._commits = 0
         self._replay_from = 0
         self._delivered: dict[int, int] = {}
         self._next_seq: dict[int, int] = {}
+        self._pending_counts: dict[int, int] = {}
+        self._parted: set[int] = set()  # pids whose snapshot has extra parts
+        self._last_next_lsn = 0
+        self.notes: list[str] = []  # warnings for the worker's log
 
     # -- opening ---------------------------------------------------------
     def open(self, fingerprint: dict) -> Recovered:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        self._lock.acquire()
+        _make_directory(self.directory)
         try:
             return self._open(fingerprint)
         except BaseException:
-            self.close()
+            self.close(update_position=False)
             raise
 
     def _open(self, fingerprint: dict) -> Recovered:
-        if not os.path.exists(self.path):
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        manifest = read_manifest(self.path)
+        existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        check_database_file(self.path, manifest)
+        if manifest is None and not existed:
+            self._note_other_workers()
+        self._lock.acquire()
+        db_size = self._lock.size()
+        position = self._position.read()
+        if existed:
+            commits, next_lsn = _progress_read_only(self.path)
+            check_position(self.path, position, manifest, db_size, commits, next_lsn)
+        elif position is not None and position.commits > 0:
+            check_position(self.path, position, manifest, db_size, 0, 0)
+        trial_write(self.path)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None,
                                    check_same_thread=False)
+            self._conn = conn
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("PRAGMA cache_size=-65536")
-            self._conn = conn
             schema.migrate(conn, self.path)
             self._check_fingerprint(fingerprint)
-            return self._load()
+            self._check_identity(manifest, fingerprint)
+            rec, self._parted = reading.load(conn, self.path)
         except sqlite3.DatabaseError as e:
             raise CorruptionError(f"{self.path}: cannot read the resilience "
                                   f"database: {e}") from e
+        self._commits = rec.commits
+        self._replay_from = rec.replay_from
+        self._delivered = dict(rec.delivered)
+        self._next_seq = dict(rec.next_out_seq)
+        self._pending_counts = {p.id: p.count for p in rec.pending}
+        self._position.open()
+        self._write_position(rec.next_lsn)
+        return rec
+
+    def _note_other_workers(self) -> None:
+        others = sorted(os.path.basename(p)[:-3] for p in
+                        glob.glob(os.path.join(glob.escape(self.directory), "*.db")))
+        if others:
+            self.notes.append(
+                f"{self.directory} holds no database for worker {self.worker!r} "
+                f"but holds worker(s) {', '.join(map(repr, others))}: starting "
+                f"{self.worker!r} fresh.  Was --name mistyped?")
 
     def _check_fingerprint(self, fp: dict) -> None:
         conn = self._conn
@@ -96,108 +145,58 @@ class SQLiteStore:
                 + "\nStarting on it would mix states or silently start empty. "
                   "Use another --resilience-dir (or --name), or remove this "
                   "worker's files if the old state is no longer wanted.")
-        added = sorted(set(fp["states"]) - set(old["states"]))
-        if added or old != fp:
+        if old != fp:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("UPDATE meta SET value=? WHERE key='fingerprint'",
                          (json.dumps(fp, sort_keys=True),))
             conn.execute("COMMIT")
 
-    def _load(self) -> Recovered:
+    def _check_identity(self, manifest, fp: dict) -> None:
+        """The database is the one this directory's manifest was written
+        for; a database without a manifest (new, or made before manifests
+        existed) gets one."""
         conn = self._conn
-        next_lsn, replay_from, commits = conn.execute(
-            "SELECT next_lsn, replay_from, commits FROM progress").fetchone()
-        rec = Recovered(fresh=(commits == 0), next_lsn=next_lsn,
-                        replay_from=replay_from, commits=commits)
-        partitions = rec.partitions
-        snaps = rec.snapshots
-        # BLOBs are read with CAST and their storage class checked: a damaged
-        # one that SQLite would hand back as TEXT is reported naming its row.
-        for (pid, state, key_repr, created, key_cs, key, key_type, lsn, pickler,
-             snap_cs, blob, blob_type) in conn.execute(
-                "SELECT p.pid, p.state, p.key_repr, p.created_lsn, p.checksum, "
-                "CAST(p.key AS BLOB), typeof(p.key), s.lsn, s.pickler, s.checksum, "
-                "CAST(s.state AS BLOB), typeof(s.state) FROM partitions p "
-                "LEFT JOIN snapshots s USING (pid) ORDER BY p.pid"):
-            prow = PartitionRow(pid, state, key, key_repr, created)
-            if key_type != "blob" or prow.checksum() != key_cs:
-                raise CorruptionError(
-                    f"{self.path}: the key of partition {pid} (state {state!r}, "
-                    f"key {key_repr}) failed its checksum; refusing to run on "
-                    f"damaged state")
-            partitions.append(prow)
-            if lsn is not None:
-                snap = SnapshotRow(pid, lsn, blob, pickler)
-                if blob_type != "blob" or snap.checksum() != snap_cs:
-                    raise CorruptionError(
-                        f"{self.path}: the snapshot of partition {pid} (state "
-                        f"{state!r}, key {key_repr}) at lsn {lsn} failed its "
-                        f"checksum; refusing to run on damaged state")
-                snaps[pid] = snap
-        orphans = [pid for (pid,) in conn.execute(
-            "SELECT pid FROM snapshots WHERE pid NOT IN (SELECT pid FROM partitions)")]
-        if orphans:
-            raise CorruptionError(
-                f"{self.path}: snapshots {orphans[:10]} belong to no known "
-                f"partition (a damaged partition id); refusing to run on "
-                f"damaged state")
-        for source, stream, count in conn.execute(
-                "SELECT source, stream, count FROM streams"):
-            rec.streams[(source, stream)] = count
-        for sink, next_seq, delivered in conn.execute(
-                "SELECT sink, next_seq, delivered FROM sinks"):
-            rec.next_out_seq[sink] = next_seq
-            rec.delivered[sink] = delivered
-        self._replay_from = replay_from
-        self._delivered = dict(rec.delivered)
-        self._next_seq = dict(rec.next_out_seq)
-        return rec
+        row = conn.execute("SELECT value FROM meta WHERE key='database_id'").fetchone()
+        (commits,) = conn.execute("SELECT commits FROM progress").fetchone()
+        if manifest is not None:
+            if row is None and commits == 0:
+                # killed between creating the database and its first commit
+                self._set_database_id(manifest.database_id)
+                return
+            if row is None or row[0] != manifest.database_id:
+                raise IncompatibleDirectory(
+                    f"{self.path} is not the database this directory was "
+                    f"created with ({self.path + MANIFEST_SUFFIX} names database "
+                    f"{manifest.database_id}, the file holds "
+                    f"{row[0] if row else 'none'}): a database copied from "
+                    f"elsewhere would serve another worker's state")
+            return
+        m = new_manifest(self.worker, fp.get("application", "?"))
+        if row is not None:  # the manifest was lost: the database says who it is
+            m = type(m)(self.worker, row[0], m.created_at, m.application)
+        else:
+            self._set_database_id(m.database_id)
+        write_manifest(self.path, m)
+
+    def _set_database_id(self, database_id: str) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES ('database_id', ?)",
+                           (database_id,))
+        self._conn.execute("COMMIT")
 
     # -- reading the backlog --------------------------------------------
     def replay_inputs(self, from_lsn: int) -> Iterator[InputRow]:
         try:
-            yield from self._replay_inputs(from_lsn)
+            yield from reading.input_rows(self._conn, self.path, from_lsn)
         except sqlite3.DatabaseError as e:
             raise CorruptionError(f"{self.path}: cannot read the input log: "
                                   f"{e}") from e
 
-    def _replay_inputs(self, from_lsn: int) -> Iterator[InputRow]:
-        cur = self._conn.execute(
-            "SELECT first_lsn, count, source, stream, first_seq, failed, "
-            "checksum, CAST(frames AS BLOB), typeof(frames) FROM input_log "
-            "WHERE first_lsn + count > ? ORDER BY first_lsn", (from_lsn,))
-        for first, count, source, stream, seq, failed, cs, frames, ftype in cur:
-            try:
-                failed_idx = tuple(int(x) for x in failed.split(",") if x)
-            except (AttributeError, ValueError):
-                failed_idx = None  # damaged: the checksum will not match
-            row = InputRow(first, source, stream, seq, count, frames, failed_idx)
-            if ftype != "blob" or row.checksum() != cs:
-                raise CorruptionError(
-                    f"{self.path}: input-log record at lsn {first} ({count} "
-                    f"messages from {source!r}) failed its checksum; refusing "
-                    f"to replay damaged input")
-            yield row
-
     def undelivered_outputs(self, delivered: dict[int, int]) -> Iterator[OutputRow]:
         try:
-            yield from self._undelivered_outputs(delivered)
+            yield from reading.output_rows(self._conn, self.path, delivered)
         except sqlite3.DatabaseError as e:
             raise CorruptionError(f"{self.path}: cannot read the outbox: {e}") from e
-
-    def _undelivered_outputs(self, delivered: dict[int, int]) -> Iterator[OutputRow]:
-        cur = self._conn.execute(
-            "SELECT sink, first_seq, count, checksum, CAST(data AS BLOB), "
-            "typeof(data) FROM outbox ORDER BY sink, first_seq")
-        for sink, first, count, cs, data, dtype in cur:
-            row = OutputRow(sink, first, count, data)
-            if row.end_seq <= delivered.get(sink, 0):
-                continue
-            if dtype != "blob" or row.checksum() != cs:
-                raise CorruptionError(
-                    f"{self.path}: outbox record for sink {sink} at output "
-                    f"{first} ({count} outputs) failed its checksum")
-            yield row
 
     # -- committing ------------------------------------------------------
     def commit(self, rec: CommitRecord) -> None:
@@ -205,56 +204,11 @@ class SQLiteStore:
         if conn is None:
             raise StoreError(f"{self.path}: commit on a closed store")
         rf = rec.replay_from
+        commits = self._commits + 1
         conn.execute("BEGIN")
         try:
-            inputs = [r for r in rec.inputs if r.end_lsn > rf]
-            if inputs:
-                conn.executemany(
-                    "INSERT INTO input_log VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(r.first_lsn, r.count, r.source, r.stream, r.first_seq,
-                      ",".join(map(str, r.failed)), len(r.frames),
-                      r.checksum(), r.frames) for r in inputs])
-            if rec.outputs:
-                conn.executemany(
-                    "INSERT INTO outbox VALUES (?,?,?,?,?,?)",
-                    [(o.sink, o.first_seq, o.count, len(o.data), o.checksum(),
-                      o.data) for o in rec.outputs])
-            if rec.partitions:
-                conn.executemany(
-                    "INSERT INTO partitions VALUES (?,?,?,?,?,?)",
-                    [(p.pid, p.state, p.key_repr, p.created_lsn,
-                      p.checksum(), p.key)
-                     for p in rec.partitions])
-            if rec.snapshots:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?,?,?)",
-                    [(s.pid, s.lsn, len(s.blob), s.pickler, s.checksum(), s.blob)
-                     for s in rec.snapshots])
-            if rec.streams:
-                conn.executemany(
-                    "INSERT INTO streams VALUES (?,?,?) ON CONFLICT(source, "
-                    "stream) DO UPDATE SET count=excluded.count",
-                    [(src, st, n) for (src, st), n in rec.streams.items()])
-            sinks = set(rec.next_out_seq) | set(rec.delivered)
-            if sinks:
-                next_seq = {**self._next_seq, **rec.next_out_seq}
-                delivered = {**self._delivered, **rec.delivered}
-                conn.executemany(
-                    "INSERT OR REPLACE INTO sinks VALUES (?,?,?)",
-                    [(s, next_seq.get(s, 0), delivered.get(s, 0)) for s in sinks])
-            conn.execute(
-                "UPDATE progress SET next_lsn=?, replay_from=?, "
-                "commits=commits+1, updated_at=?",
-                (rec.next_lsn, rf, time.time()))
-            if rf > self._replay_from:
-                conn.execute(
-                    "DELETE FROM input_log WHERE first_lsn < ? AND "
-                    "first_lsn + count <= ?", (rf, rf))
-            for s, d in rec.delivered.items():
-                if d > self._delivered.get(s, 0):
-                    conn.execute(
-                        "DELETE FROM outbox WHERE sink=? AND first_seq < ? "
-                        "AND first_seq + count <= ?", (s, d, d))
+            self._write_rows(conn, rec, rf)
+            self._write_control(conn, rec, rf, commits)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -262,19 +216,210 @@ class SQLiteStore:
             except sqlite3.Error:
                 pass
             raise
+        self._commits = commits
+        if rec.pending is not None:
+            self._pending_counts = {p.id: p.count for p in rec.pending}
+        for pid, consumed in rec.pending_consumed.items():
+            if consumed >= self._pending_counts.get(pid, 0):
+                self._pending_counts.pop(pid, None)
         self._replay_from = max(self._replay_from, rf)
         self._next_seq.update(rec.next_out_seq)
         for s, d in rec.delivered.items():
             if d > self._delivered.get(s, 0):
                 self._delivered[s] = d
+        self._write_position(rec.next_lsn)
 
-    def close(self) -> None:
+    def _write_rows(self, conn: sqlite3.Connection, rec: CommitRecord, rf: int) -> None:
+        inputs = [r for r in rec.inputs if r.end_lsn > rf]
+        if inputs:
+            conn.executemany(
+                "INSERT INTO input_log VALUES (?,?,?,?,?,?,?,?,?)",
+                [(r.first_lsn, r.count, r.source, r.stream, r.first_seq,
+                  ",".join(map(str, r.failed)), len(r.frames),
+                  r.checksum(), r.frames) for r in inputs])
+        if rec.outputs:
+            conn.executemany(
+                "INSERT INTO outbox VALUES (?,?,?,?,?,?)",
+                [(o.sink, o.first_seq, o.count, len(o.data), o.checksum(),
+                  o.data) for o in rec.outputs])
+        if rec.partitions:
+            conn.executemany(
+                "INSERT INTO partitions VALUES (?,?,?,?,?,?)",
+                [(p.pid, p.state, p.key_repr, p.created_lsn, p.checksum(), p.key)
+                 for p in rec.partitions])
+        if rec.snapshots:
+            self._write_snapshots(conn, rec)
+        if rec.pending is not None:
+            conn.execute("DELETE FROM pending_input")
+            conn.executemany(
+                "INSERT INTO pending_input VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(p.id, p.source, p.stream, p.first_seq, p.count, p.consumed,
+                  len(p.frames), p.checksum(), p.consumed_checksum(), p.frames)
+                 for p in rec.pending])
+        counts = self._pending_counts if rec.pending is None else {
+            p.id: p.count for p in rec.pending}
+        for pid, consumed in rec.pending_consumed.items():
+            count = counts.get(pid)
+            if count is None:
+                raise StoreError(f"{self.path}: pending input row {pid} is unknown")
+            if consumed >= count:
+                conn.execute("DELETE FROM pending_input WHERE id=?", (pid,))
+            else:
+                conn.execute(
+                    "UPDATE pending_input SET consumed=?, consumed_checksum=? "
+                    "WHERE id=?", (consumed, PendingRow(
+                        pid, "", None, None, count, b"", consumed).consumed_checksum(),
+                        pid))
+
+    def _write_snapshots(self, conn: sqlite3.Connection, rec: CommitRecord) -> None:
+        part = self.part_bytes
+        rows, split = [], []
+        for s in rec.snapshots:
+            blob = s.blob
+            if s.pid in self._parted:
+                conn.execute("DELETE FROM snapshot_parts WHERE pid=?", (s.pid,))
+                self._parted.discard(s.pid)
+            if len(blob) <= part:
+                rows.append((s.pid, s.lsn, len(blob), s.pickler, s.checksum(),
+                             blob, 0))
+                continue
+            pieces = [blob[i:i + part] for i in range(0, len(blob), part)]
+            rows.append((s.pid, s.lsn, len(blob), s.pickler, s.checksum(),
+                         pieces[0], len(pieces) - 1))
+            split.extend((s.pid, i, p) for i, p in enumerate(pieces[1:], 1))
+            self._parted.add(s.pid)
+        conn.executemany("INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?,?,?,?)",
+                         rows)
+        if split:
+            conn.executemany("INSERT INTO snapshot_parts VALUES (?,?,?)", split)
+
+    def _write_control(self, conn: sqlite3.Connection, rec: CommitRecord, rf: int,
+                       commits: int) -> None:
+        if rec.streams:
+            now = int(time.time())
+            conn.executemany(
+                "INSERT INTO streams VALUES (?,?,?,?,?) ON CONFLICT(source, "
+                "stream) DO UPDATE SET count=excluded.count, "
+                "last_seen=excluded.last_seen, checksum=excluded.checksum",
+                [(src, st, n, now, control_checksum("streams", src, st, n, now))
+                 for (src, st), n in rec.streams.items()])
+        if rec.forget_streams:
+            conn.executemany("DELETE FROM streams WHERE source=? AND stream=?",
+                             rec.forget_streams)
+        sinks = set(rec.next_out_seq) | set(rec.delivered)
+        if sinks:
+            next_seq = {**self._next_seq, **rec.next_out_seq}
+            delivered = {**self._delivered, **rec.delivered}
+            rows = []
+            for s in sinks:
+                n, d = next_seq.get(s, 0), delivered.get(s, 0)
+                rows.append((s, n, d, control_checksum("sinks", s, n, d)))
+            conn.executemany("INSERT OR REPLACE INTO sinks VALUES (?,?,?,?)", rows)
+        conn.execute(
+            "UPDATE progress SET next_lsn=?, replay_from=?, commits=?, "
+            "updated_at=?, checksum=?",
+            (rec.next_lsn, rf, commits, time.time(),
+             control_checksum("progress", rec.next_lsn, rf, commits)))
+        if rf > self._replay_from:
+            conn.execute("DELETE FROM input_log WHERE first_lsn < ? AND "
+                         "first_lsn + count <= ?", (rf, rf))
+        for s, d in rec.delivered.items():
+            if d > self._delivered.get(s, 0):
+                conn.execute("DELETE FROM outbox WHERE sink=? AND first_seq < ? "
+                             "AND first_seq + count <= ?", (s, d, d))
+
+    def _write_position(self, next_lsn: int) -> None:
+        self._last_next_lsn = next_lsn
+        self._position.write(Position(self._commits, next_lsn, self._lock.size()))
+
+    def close(self, update_position: bool = True) -> None:
         if self._conn is not None:
             try:
-                self._conn.close()
+                self._conn.close()  # checkpoints: the file may grow
             finally:
                 self._conn = None
+            if update_position and self._position.fd is not None:
+                self._write_position(self._last_next_lsn)
+        self._position.close()
         self._lock.release()
+
+
+def _make_directory(directory: str) -> None:
+    if directory == "":
+        raise StoreError("the resilience directory name is empty")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(f"resilience directory {directory!r} exists and is not a "
+                         f"directory; give --resilience-dir a directory") from None
+    except NotADirectoryError:
+        raise StoreError(f"resilience directory {directory!r}: a part of the path "
+                         f"is a file, not a directory; give --resilience-dir a "
+                         f"directory") from None
+    except PermissionError as e:
+        raise StoreError(f"resilience directory {directory!r}: permission denied "
+                         f"creating {e.filename!r}; choose a directory you can "
+                         f"write to") from None
+
+
+def _progress_read_only(path: str) -> tuple[int, int]:
+    """(commits, next_lsn) as the database holds them, read without writing
+    anything (a read-only connection never checkpoints), so a refused
+    database is left exactly as it was found."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise CorruptionError(f"{path}: cannot open the database: {e}") from e
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:  # killed while creating it: nothing committed yet
+            return 0, 0
+        if version >= 2:  # control checksums: a damaged row is named as such
+            row = conn.execute("SELECT next_lsn, replay_from, commits, checksum "
+                               "FROM progress").fetchone()
+        else:
+            row = conn.execute("SELECT next_lsn, replay_from, commits, NULL "
+                               "FROM progress").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise CorruptionError(f"{path}: cannot read the database: {e}") from e
+    finally:
+        conn.close()
+    if row is None:
+        raise CorruptionError(f"{path}: table progress has no row")
+    next_lsn, replay_from, commits, cs = row
+    if cs is not None and control_checksum("progress", next_lsn, replay_from,
+                                           commits) != cs:
+        raise reading.damaged(path, f"table progress (next_lsn {next_lsn}, "
+                                    f"replay_from {replay_from}, commits {commits})")
+    return commits, next_lsn
+
+
+def accept_rollback(directory: str, worker: str) -> tuple[Position | None, Position]:
+    """Record the database's own position as the last committed one: the
+    operator accepts that the commits after it are lost.  Returns (old,
+    new).  Refuses while a worker runs on the database."""
+    path = db_path(directory, worker)
+    if not os.path.exists(path):
+        raise StoreError(f"{path} does not exist")
+    lock = DatabaseLock(path)
+    lock.acquire()
+    try:
+        pfile = PositionFile(path)
+        try:
+            old = pfile.read()
+        except CorruptionError:
+            old = None
+        commits, next_lsn = _progress_read_only(path)
+        new = Position(commits, next_lsn, lock.size())
+        pfile.open()
+        try:
+            pfile.write(new)
+            os.fsync(pfile.fd)
+        finally:
+            pfile.close()
+        return old, new
+    finally:
+        lock.release()
 
 
 def fingerprint_problems(old: dict, new: dict) -> list[str]:

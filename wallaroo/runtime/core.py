@@ -15,16 +15,17 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .._spec import AppSpec
 from ..recovery import snapshots
 from ..recovery.errors import CorruptionError, IncompatibleDirectory, StoreError
-from ..recovery.records import (CommitRecord, InputRow, OutputRow,
-                                PartitionRow, SnapshotRow)
+from ..recovery.records import (MAX_ROW_BYTES, MAX_OUTPUT_BYTES, CommitRecord,
+                                InputRow, OutputRow, PartitionRow, PendingRow,
+                                SnapshotRow)
 from ..recovery.store import Store
-from .dataflow import Context, compile_pipeline, make_runner
+from .dataflow import Context, StepError, compile_pipeline, make_runner
 from .failures import FailureLog
 from .framing import DEFAULT_MAX_FRAME, Framer
 from .states import DirtyTracker, StateSpace
@@ -40,6 +41,24 @@ class Chunk:
     stream: str | None = None  # resumable stream name
     first_seq: int | None = None  # the stream's count before these frames
     origin: str = ""  # for log messages: the connection / stream
+    key: object = None  # the inbox queue it came from (a leftover goes back)
+    position: int | None = None  # the first frame's place in its connection
+    pending: int | None = None  # the pending-input row these frames are from
+    pending_offset: int = 0  # the first frame's index in that row
+
+    def split(self, k: int, header_length: int) -> tuple["Chunk", "Chunk"]:
+        """The first ``k`` frames and the rest."""
+        head = self.payloads[:k]
+        cut = sum(map(len, head)) + k * header_length
+        a = Chunk(self.source, head, self.frames[:cut], self.stream, self.first_seq,
+                  self.origin, self.key, self.position, self.pending,
+                  self.pending_offset)
+        b = Chunk(self.source, self.payloads[k:], self.frames[cut:], self.stream,
+                  None if self.first_seq is None else self.first_seq + k,
+                  self.origin, self.key,
+                  None if self.position is None else self.position + k,
+                  self.pending, self.pending_offset + k)
+        return a, b
 
 
 @dataclass(slots=True)
@@ -49,6 +68,9 @@ class Batch:
     streams: dict[tuple[str, str], int]
     messages: int
     failures: int
+    # chunks (or their tails) the batch's deadline left unprocessed: they go
+    # back to the front of their inbox queues
+    leftover: list[Chunk] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,15 +84,20 @@ class RecoveryReport:
     replay_mismatches: int
     requeued: tuple[OutputRow, ...]
     seconds: float
+    pending: tuple[PendingRow, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         if self.fresh:
             return "fresh start: no previous state"
         outs = sum(r.count for r in self.requeued)
+        waiting = sum(p.count - p.consumed for p in self.pending)
+        more = (f", {waiting} messages read before the last stop wait to be "
+                f"processed first" if waiting else "")
         return (f"recovered {self.partitions} partitions ({self.snapshots} from "
                 f"snapshots), replayed {self.replayed_messages} inputs from lsn "
                 f"{self.replay_from} ({self.replayed_rows} log rows), re-queued "
-                f"{outs} undelivered outputs, in {self.seconds:.3f}s")
+                f"{outs} undelivered outputs{more}, in {self.seconds:.3f}s")
 
 
 @dataclass
@@ -104,7 +131,7 @@ class WorkerCore:
         self.downstream = {name: [self.spaces[t] for t in sorted(ts)]
                            for name, ts in app.downstream_states().items()}
         self.framers = [Framer(p.source.decoder, max_frame) for p in app.pipelines]
-        self._pipeline_index = {p.name: p.index for p in app.pipelines}
+        self.pipeline_index = {p.name: p.index for p in app.pipelines}
         self.out_lists: list[list[bytes]] = [[] for _ in app.sinks]
         self.tracker = DirtyTracker()
         self.next_lsn = 0
@@ -113,6 +140,9 @@ class WorkerCore:
         self.delivered: dict[int, int] = {s.index: 0 for s in app.sinks}
         self._delivered_pending: dict[int, int] = {}
         self.stream_counts: dict[tuple[str, str], int] = {}
+        self.stream_seen: dict[tuple[str, str], int] = {}
+        self.next_pending_id = 0
+        self.header_lengths = [p.source.decoder.header_length for p in app.pipelines]
         self.stats = CoreStats()
         # live compilation
         ctx = Context(fail=None)
@@ -175,6 +205,8 @@ class WorkerCore:
         self.next_out_seq.update(rec.next_out_seq)
         self.delivered.update(rec.delivered)
         self.stream_counts.update(rec.streams)
+        self.stream_seen.update(rec.stream_seen)
+        self.next_pending_id = max((p.id for p in rec.pending), default=-1) + 1
         rows, messages, mismatches = self._replay(rec.replay_from, rec.next_lsn, on_row)
         now = self.clock()
         for space in self.spaces.values():
@@ -189,7 +221,8 @@ class WorkerCore:
             snapshots=len(rec.snapshots), replay_from=rec.replay_from,
             replayed_rows=rows, replayed_messages=messages,
             replay_mismatches=mismatches, requeued=requeued,
-            seconds=time.perf_counter() - t0)
+            seconds=time.perf_counter() - t0, pending=tuple(rec.pending),
+            notes=tuple(getattr(self.store, "notes", ())))
 
     def _replay(self, replay_from: int, next_lsn: int, on_row) -> tuple[int, int, int]:
         ctx = Context(fail=None)
@@ -211,7 +244,7 @@ class WorkerCore:
                     f"for lsn {expected}..{row.first_lsn - 1} are missing; "
                     f"refusing to rebuild state without them")
             expected = max(expected, row.end_lsn)
-            idx = self._pipeline_index.get(row.source)
+            idx = self.pipeline_index.get(row.source)
             if idx is None:
                 raise IncompatibleDirectory(
                     f"the input log holds input of pipeline {row.source!r}, "
@@ -249,41 +282,54 @@ class WorkerCore:
         return rows, messages, mismatches
 
     # -- the batch cycle ---------------------------------------------------
-    def process(self, chunks: Iterable[Chunk], force_checkpoint: bool = False) -> Batch:
+    def process(self, chunks: Iterable[Chunk], force_checkpoint: bool = False,
+                deadline: float | None = None) -> Batch:
         """Run a batch through the pipelines (synchronously) and build its
         commit record.  Snapshots are pickled here, on the caller's thread,
-        while no state can change."""
-        t0 = time.perf_counter()
+        while no state can change.  With a ``deadline`` (a
+        ``time.perf_counter()`` value) the batch stops taking messages once
+        it passes: at least one message is processed, and what is left is
+        returned in ``Batch.leftover``."""
+        c0 = time.thread_time()  # CPU time: a SIGSTOP is not compute
         first_lsn = lsn = self.next_lsn
         inputs: list[InputRow] = []
         streams: dict[tuple[str, str], int] = {}
+        consumed: dict[int, int] = {}
+        leftover: list[Chunk] = []
         flog = self.failures
         fails_before = flog.total
         pipelines = self.app.pipelines
         durable = self.durable
-        for ch in chunks:
+        counts = self.stream_counts
+        chunks = chunks if isinstance(chunks, list) else list(chunks)
+        for ci, ch in enumerate(chunks):
             n = len(ch.payloads)
             if not n:
                 continue
-            flog.start_chunk(ch.origin)
-            self.runners[ch.source](ch.payloads, lsn)
+            if deadline is not None and ci and time.perf_counter() >= deadline:
+                leftover = chunks[ci:]
+                break
+            flog.start_chunk(ch.origin, ch.position, ch.payloads)
+            done = self.runners[ch.source](ch.payloads, lsn, deadline)
+            if done < n:
+                ch, rest = ch.split(done, self.header_lengths[ch.source])
+                leftover = [rest, *chunks[ci + 1:]]
+                n = done
             pname = pipelines[ch.source].name
             if durable:
                 inputs.append(InputRow(lsn, pname, ch.stream, ch.first_seq, n,
                                        ch.frames, tuple(flog.indices)))
             if ch.stream is not None:
-                streams[(pname, ch.stream)] = ch.first_seq + n
+                key, end = (pname, ch.stream), ch.first_seq + n
+                if end > counts.get(key, 0):  # pending input was counted before
+                    streams[key] = counts[key] = end
+            if ch.pending is not None:
+                consumed[ch.pending] = ch.pending_offset + n
             lsn += n
+            if leftover:
+                break
         self.next_lsn = lsn
-        self.stream_counts.update(streams)
-        outputs: list[OutputRow] = []
-        for i, lst in enumerate(self.out_lists):
-            if lst:
-                data = b"".join(lst)  # the sink stage made every output bytes
-                seq = self.next_out_seq[i]
-                outputs.append(OutputRow(i, seq, len(lst), data))
-                self.next_out_seq[i] = seq + len(lst)
-                lst.clear()
+        outputs = self._output_rows()
         if durable:
             partitions, snaps = self._bookkeeping(first_lsn, lsn, force_checkpoint)
         else:
@@ -291,15 +337,11 @@ class WorkerCore:
             for space in self.spaces.values():
                 space.touched.clear()
                 space.to_save.clear()
-        oldest = self.tracker.oldest_lsn()
-        record = CommitRecord(
+        record = self._record(
             inputs=inputs, outputs=outputs, partitions=partitions,
-            snapshots=snaps, streams=streams,
-            delivered=self._delivered_pending,
-            next_out_seq={o.sink: self.next_out_seq[o.sink] for o in outputs},
-            next_lsn=lsn, replay_from=lsn if oldest is None else oldest)
-        self._delivered_pending = {}
-        elapsed = time.perf_counter() - t0
+            snapshots=snaps, streams=streams, pending_consumed=consumed,
+            next_out_seq={o.sink: self.next_out_seq[o.sink] for o in outputs})
+        elapsed = time.thread_time() - c0
         st = self.stats
         st.batches += 1
         st.messages += lsn - first_lsn
@@ -311,7 +353,90 @@ class WorkerCore:
             st.longest_batch_seconds = elapsed
             st.longest_batch_messages = lsn - first_lsn
         return Batch(record=record, outputs=outputs, streams=streams,
-                     messages=lsn - first_lsn, failures=failures)
+                     messages=lsn - first_lsn, failures=failures, leftover=leftover)
+
+    def _record(self, **rows) -> CommitRecord:
+        """A commit record carrying the control values every commit writes:
+        the next lsn, ``replay_from`` and the delivery positions noted since
+        the last one."""
+        oldest = self.tracker.oldest_lsn()
+        record = CommitRecord(delivered=self._delivered_pending,
+                              next_lsn=self.next_lsn,
+                              replay_from=self.next_lsn if oldest is None else oldest,
+                              **rows)
+        self._delivered_pending = {}
+        return record
+
+    def _output_rows(self) -> list[OutputRow]:
+        outputs: list[OutputRow] = []
+        for i, lst in enumerate(self.out_lists):
+            if not lst:
+                continue
+            data = b"".join(lst)  # the sink stage made every output bytes
+            if len(data) <= MAX_ROW_BYTES:
+                seq = self.next_out_seq[i]
+                outputs.append(OutputRow(i, seq, len(lst), data))
+                self.next_out_seq[i] = seq + len(lst)
+            else:
+                outputs.extend(self._split_outputs(i, lst))
+            lst.clear()
+        return outputs
+
+    def _split_outputs(self, sink: int, lst: list[bytes]) -> list[OutputRow]:
+        """A batch's outputs for one sink over several rows of at most about
+        ``MAX_ROW_BYTES``; an output too large to store at all is dropped and
+        counted as a failure of its message (it was already computed)."""
+        rows: list[OutputRow] = []
+        group: list[bytes] = []
+        size = 0
+        name = f"encoder of {self.app.sinks[sink].label}"
+
+        def flush():
+            nonlocal group, size
+            if group:
+                seq = self.next_out_seq[sink]
+                rows.append(OutputRow(sink, seq, len(group), b"".join(group)))
+                self.next_out_seq[sink] = seq + len(group)
+                group, size = [], 0
+        for out in lst:
+            if len(out) > MAX_OUTPUT_BYTES:
+                self.failures.fail(name, StepError(
+                    f"output of {len(out)} bytes exceeds the largest output the "
+                    f"outbox can store ({MAX_OUTPUT_BYTES} bytes); dropped"))
+                continue
+            if size and size + len(out) > MAX_ROW_BYTES:
+                flush()
+            group.append(out)
+            size += len(out)
+        flush()
+        return rows
+
+    def pending_record(self, chunks: list[Chunk]) -> CommitRecord:
+        """When the worker stops: what it read but did not process becomes
+        the pending-input table (replacing it), processed first at the next
+        start.  Stream counts include it: it is durable."""
+        rows: list[PendingRow] = []
+        streams: dict[tuple[str, str], int] = {}
+        for ch in chunks:
+            n = len(ch.payloads)
+            if not n:
+                continue
+            pname = self.app.pipelines[ch.source].name
+            rows.append(PendingRow(self.next_pending_id, pname, ch.stream,
+                                   ch.first_seq, n, ch.frames))
+            self.next_pending_id += 1
+            if ch.stream is not None:
+                key, end = (pname, ch.stream), ch.first_seq + n
+                if end > self.stream_counts.get(key, 0):
+                    streams[key] = self.stream_counts[key] = end
+        return self._record(pending=rows, streams=streams)
+
+    def forget_record(self, keys: list[tuple[str, str]]) -> CommitRecord:
+        """Forget streams (their counts) not seen for a long time."""
+        for k in keys:
+            self.stream_counts.pop(k, None)
+            self.stream_seen.pop(k, None)
+        return self._record(forget_streams=list(keys))
 
     def _bookkeeping(self, first_lsn: int, end_lsn: int, force: bool = False):
         """New partition rows, dirty marks and the snapshots this commit

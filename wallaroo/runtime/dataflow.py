@@ -16,6 +16,7 @@ Two compilations of every pipeline exist:
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any, Callable
 
 from .._spec import AppSpec, PipelineSpec, StepSpec
@@ -227,16 +228,27 @@ def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
     return nxt
 
 
+# A batch with a deadline runs its messages in slices and reads the clock
+# between slices only: the first slice is small, later ones are sized from
+# the measured time per message to end near the deadline.
+FIRST_SLICE = 8
+MAX_SLICE = 4096
+
+
 def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
-                ctx: Context) -> Callable[[list[bytes], int], None]:
-    """The per-chunk loop: decode each payload and push it down the chain."""
+                ctx: Context) -> Callable[..., int]:
+    """The per-chunk loop: decode each payload and push it down the chain.
+
+    ``run(payloads, base, deadline=None)`` returns how many payloads it
+    processed: all of them without a deadline, otherwise at least one, and
+    no more once ``time.perf_counter()`` passed ``deadline`` (so a slow
+    application cannot hold the loop for a whole batch)."""
     cell = ctx.cell
     fail = ctx.fail
     name = f"decoder {decoder_name}"
 
-    def run(payloads: list[bytes], base: int) -> None:
-        ctx.base = base
-        i = 0
+    def run_slice(payloads: list[bytes], start: int) -> None:
+        i = start
         for p in payloads:
             cell[0] = i
             i += 1
@@ -246,4 +258,24 @@ def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
                 fail(name, e)
                 continue
             first(d)
+
+    def run(payloads: list[bytes], base: int, deadline: float | None = None) -> int:
+        ctx.base = base
+        n = len(payloads)
+        if deadline is None:
+            run_slice(payloads, 0)
+            return n
+        i, size = 0, FIRST_SLICE
+        while i < n:
+            end = min(n, i + size)
+            t0 = perf_counter()
+            run_slice(payloads[i:end] if (i or end < n) else payloads, i)
+            t1 = perf_counter()
+            done, i = end - i, end
+            if t1 >= deadline:
+                break
+            per = (t1 - t0) / done
+            size = MAX_SLICE if per <= 0 else max(1, min(MAX_SLICE, int(
+                (deadline - t1) / per / 2) or 1))
+        return i
     return run

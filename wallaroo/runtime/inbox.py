@@ -1,9 +1,22 @@
 """Where connections leave complete frames for the engine loop.
 
-Frames from one connection that arrive between two batches are merged into
-one chunk (one input-log row).  A byte budget bounds memory: when the engine
-falls behind, ``put`` waits, the connection stops reading, and TCP pushes back
-on the sender.
+Frames are queued per *key*: a plain connection, or a resumable stream (so a
+stream's frames keep their order across reconnects and behind the input a
+previous run left pending).  Frames of one key that arrive between two
+batches are merged into one chunk (one input-log row).
+
+One byte budget bounds memory, and it counts everything read from sockets:
+complete frames waiting here *and* the partial frames connections hold.  A
+connection reserves before it reads (``reserve``); when the budget is spent
+it waits, stops reading, and TCP pushes back on its sender.  So that partial
+frames alone can never deadlock the budget, one connection at a time may read
+past it while no complete frame waits (the "overdraft"), until it completes a
+frame or closes.
+
+Input a previous run read but did not process (pending rows) is queued first,
+under the key its stream (or a key of its own) maps to; a chunk never mixes
+pending frames and new ones, so each batch can say how far a pending row has
+been consumed.
 """
 
 from __future__ import annotations
@@ -13,15 +26,17 @@ import trio
 from .core import Chunk
 
 
-class _Pending:
-    """Frames one connection delivered since its last batch.  A batch may take
-    only the front of them; ``pos``/``fpos`` mark where the rest begins, so a
-    long backlog is never copied per batch."""
+class _Queue:
+    """Frames one key delivered since its last batch.  A batch may take only
+    the front of them; ``pos``/``fpos`` mark where the rest begins, so a long
+    backlog is never copied per batch."""
 
     __slots__ = ("source", "payloads", "pos", "frames", "fpos", "stream",
-                 "first_seq", "origin")
+                 "first_seq", "origin", "position", "pending", "pending_offset",
+                 "pending_left")
 
-    def __init__(self, source, payloads, frames, stream, first_seq, origin):
+    def __init__(self, source, payloads, frames, stream, first_seq, origin,
+                 position=None):
         self.source = source
         self.payloads = payloads
         self.pos = 0
@@ -30,88 +45,192 @@ class _Pending:
         self.stream = stream
         self.first_seq = first_seq
         self.origin = origin
+        self.position = position
+        self.pending: int | None = None  # pending row at the front
+        self.pending_offset = 0
+        self.pending_left = 0  # frames at the front that belong to it
+
+    def joined(self) -> bytes:
+        if len(self.frames) > 1:
+            self.frames = [b"".join(self.frames)]
+        return self.frames[0]
 
 
 class Inbox:
     def __init__(self, max_bytes: int, header_lengths: list[int]):
         self.max_bytes = max_bytes
         self.header_lengths = header_lengths  # per source, to split chunks
-        self.bytes = 0
-        self._pending: dict[object, _Pending] = {}
+        self.bytes = 0  # queued frames + partial frames held by connections
+        self._queues: dict[object, _Queue] = {}
+        self._held: dict[object, int] = {}  # connection -> partial bytes
+        self._overdraft: object = None
         self._arrived = trio.Event()
         self._space = trio.Event()
 
-    async def put(self, conn: object, source: int, payloads: list[bytes],
-                  frames: bytes, stream: str | None, first_seq: int | None,
-                  origin: str) -> None:
-        """Queue frames; waits while the budget is spent.  Once it returns,
-        the frames are accepted: the engine will process and commit them."""
+    # -- the budget ------------------------------------------------------
+    async def reserve(self, conn: object) -> None:
+        """Wait until ``conn`` may read more bytes."""
         while self.bytes >= self.max_bytes:
+            if not self._queues and self._overdraft in (None, conn):
+                self._overdraft = conn  # nothing to free the budget but this
+                return
             await self._space.wait()
-        self.put_nowait(conn, source, payloads, frames, stream, first_seq, origin)
 
-    def put_nowait(self, conn, source, payloads, frames, stream, first_seq, origin):
-        p = self._pending.get(conn)
-        if p is None:
-            self._pending[conn] = _Pending(source, payloads, frames, stream,
-                                           first_seq, origin)
+    def hold(self, conn: object, n: int) -> None:
+        """``conn`` read ``n`` bytes (not yet complete frames)."""
+        if n:
+            self._held[conn] = self._held.get(conn, 0) + n
+            self.bytes += n
+
+    def release(self, conn: object) -> None:
+        """``conn`` is gone: what it held (a partial frame) is freed."""
+        n = self._held.pop(conn, 0)
+        self.bytes -= n
+        if self._overdraft is conn:
+            self._overdraft = None
+        if n or self._overdraft is None:
+            self._wake_space()
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(self._held.values())
+
+    # -- queueing ----------------------------------------------------------
+    def put_nowait(self, conn: object, key: object, source: int,
+                   payloads: list[bytes], frames: bytes, stream: str | None,
+                   first_seq: int | None, origin: str,
+                   position: int | None = None) -> None:
+        """Queue complete frames that ``conn`` read (its held bytes become
+        queued ones).  Once this returns the frames are accepted: the engine
+        will process and commit them, or log them when it stops."""
+        n = len(frames)
+        if conn is not None:
+            left = self._held.get(conn, 0) - n
+            if left > 0:
+                self._held[conn] = left
+            else:
+                self._held.pop(conn, None)
+            if self._overdraft is conn:
+                self._overdraft = None
         else:
-            p.payloads.extend(payloads)
-            p.frames.append(frames)
-        self.bytes += len(frames)
+            self.bytes += n
+        q = self._queues.get(key)
+        if q is None:
+            self._queues[key] = _Queue(source, payloads, frames, stream, first_seq,
+                                       origin, position)
+        else:
+            q.payloads.extend(payloads)
+            q.frames.append(frames)
         self._arrived.set()
 
+    def put_pending(self, key: object, chunk: Chunk) -> None:
+        """Queue frames of a pending row (read by a previous run) ahead of
+        anything new for ``key``."""
+        chunk.key = key
+        self.unget([chunk])
+
     def take(self, max_messages: int) -> list[Chunk]:
-        """Up to ``max_messages`` frames, oldest connections first.  A
-        connection with more waiting is split at a frame boundary and moves
-        to the back, so one busy connection cannot starve the others and one
-        batch cannot stall the loop for long."""
+        """Up to ``max_messages`` frames, oldest keys first.  A key with more
+        waiting is split at a frame boundary and moves to the back, so one
+        busy connection cannot starve the others."""
         chunks: list[Chunk] = []
         budget = max_messages
         taken_bytes = 0
-        for conn in list(self._pending):
+        for key in list(self._queues):
             if budget <= 0:
                 break
-            p = self._pending[conn]
-            if len(p.frames) > 1:
-                p.frames = [b"".join(p.frames)]
-            frames = p.frames[0]
-            n = len(p.payloads) - p.pos
-            if n <= budget:
-                del self._pending[conn]
-                payloads = p.payloads if p.pos == 0 else p.payloads[p.pos:]
-                part = frames if p.fpos == 0 else frames[p.fpos:]
-                chunks.append(Chunk(p.source, payloads, part, p.stream,
-                                    p.first_seq, p.origin))
+            q = self._queues[key]
+            frames = q.joined()
+            avail = len(q.payloads) - q.pos
+            n = min(avail, budget, q.pending_left or avail)
+            pending = q.pending if q.pending_left else None
+            if n == avail and pending is None:
+                del self._queues[key]
+                payloads = q.payloads if q.pos == 0 else q.payloads[q.pos:]
+                part = frames if q.fpos == 0 else frames[q.fpos:]
+                chunks.append(Chunk(q.source, payloads, part, q.stream,
+                                    q.first_seq, q.origin, key, q.position))
                 taken_bytes += len(part)
                 budget -= n
                 continue
-            end = p.pos + budget
-            head = p.payloads[p.pos:end]
-            cut = p.fpos + sum(map(len, head)) + budget * self.header_lengths[p.source]
-            chunks.append(Chunk(p.source, head, frames[p.fpos:cut], p.stream,
-                                p.first_seq, p.origin))
-            taken_bytes += cut - p.fpos
-            p.pos, p.fpos = end, cut
-            if p.pos > len(p.payloads) // 2:  # drop the consumed front, amortised
-                del p.payloads[:p.pos]
-                p.frames = [frames[cut:]]
-                p.pos = p.fpos = 0
-            if p.first_seq is not None:
-                p.first_seq += budget
-            del self._pending[conn]
-            self._pending[conn] = p  # to the back of the line
-            budget = 0
+            end = q.pos + n
+            head = q.payloads[q.pos:end]
+            cut = q.fpos + sum(map(len, head)) + n * self.header_lengths[q.source]
+            chunks.append(Chunk(q.source, head, frames[q.fpos:cut], q.stream,
+                                q.first_seq, q.origin, key, q.position, pending,
+                                q.pending_offset))
+            taken_bytes += cut - q.fpos
+            q.pos, q.fpos = end, cut
+            if q.first_seq is not None:
+                q.first_seq += n
+            if q.position is not None:
+                q.position += n
+            if pending is not None:
+                q.pending_left -= n
+                q.pending_offset += n
+                if not q.pending_left:
+                    q.pending = None
+            del self._queues[key]
+            if q.pos < len(q.payloads):
+                if q.pos > len(q.payloads) // 2:  # drop the consumed front
+                    del q.payloads[:q.pos]
+                    q.frames = [frames[cut:]]
+                    q.pos = q.fpos = 0
+                self._queues[key] = q  # to the back of the line
+            budget -= n
         self.bytes -= taken_bytes
-        if not self._pending:
+        if not self._queues:
             self._arrived = trio.Event()
-        self._space.set()
-        self._space = trio.Event()
+        self._wake_space()
         return chunks
+
+    def unget(self, chunks: list[Chunk]) -> None:
+        """Put chunks (a batch's leftover) back at the front of their keys'
+        queues, and those keys at the front of the line, in order."""
+        if not chunks:
+            return
+        front: dict[object, _Queue] = {}
+        for ch in reversed(chunks):
+            q = self._queues.pop(ch.key, None) or front.pop(ch.key, None)
+            if q is None:
+                q = _Queue(ch.source, list(ch.payloads), ch.frames, ch.stream,
+                           ch.first_seq, ch.origin, ch.position)
+            else:
+                rest = q.joined()[q.fpos:]
+                q.payloads = list(ch.payloads) + q.payloads[q.pos:]
+                q.frames = [ch.frames + rest]
+                q.pos = q.fpos = 0
+                q.first_seq, q.position = ch.first_seq, ch.position
+                q.pending_left = q.pending_left if q.pending == ch.pending else 0
+            if ch.pending is not None:
+                q.pending_left += len(ch.payloads)
+                q.pending, q.pending_offset = ch.pending, ch.pending_offset
+            front = {ch.key: q, **front}
+            self.bytes += len(ch.frames)
+        self._queues = {**front, **self._queues}
+        self._arrived.set()
+
+    def take_all(self) -> list[Chunk]:
+        """Everything queued, one chunk per key (pending and new frames
+        together): what a stopping worker logs, or drops and counts."""
+        chunks = []
+        for key, q in self._queues.items():
+            frames = q.joined()
+            chunks.append(Chunk(q.source, q.payloads[q.pos:], frames[q.fpos:],
+                                q.stream, q.first_seq, q.origin, key, q.position))
+        self.bytes -= sum(len(c.frames) for c in chunks)
+        self._queues = {}
+        self._arrived = trio.Event()
+        self._wake_space()
+        return chunks
+
+    @property
+    def messages(self) -> int:
+        return sum(len(q.payloads) - q.pos for q in self._queues.values())
 
     async def wait(self, timeout: float) -> None:
         """Return when something arrived, or after ``timeout`` seconds."""
-        if self._pending:
+        if self._queues:
             return
         with trio.move_on_after(timeout):
             await self._arrived.wait()
@@ -119,5 +238,9 @@ class Inbox:
     def wake(self) -> None:
         self._arrived.set()
 
+    def _wake_space(self) -> None:
+        self._space.set()
+        self._space = trio.Event()
+
     def __bool__(self) -> bool:
-        return bool(self._pending)
+        return bool(self._queues)

@@ -10,6 +10,7 @@ connection.
 from __future__ import annotations
 
 import re
+import time
 
 import trio
 
@@ -17,6 +18,7 @@ PREFIX = b"WALLAROO-RESUME "
 VERSION = b"1"
 MAX_LINE = len(PREFIX) + len(VERSION) + 1 + 255 + 1
 STREAM_NAME = re.compile(rb"[A-Za-z0-9._:-]{1,255}")
+PEER_PREFIX = b"peer:"
 
 
 class HandshakeError(Exception):
@@ -37,6 +39,9 @@ def parse_handshake(line: bytes) -> str:
                              f"this engine speaks version 1")
     if not sep or not STREAM_NAME.fullmatch(name):
         raise HandshakeError("bad stream name: 1-255 characters of A-Za-z0-9._:-")
+    if name.startswith(PEER_PREFIX):
+        raise HandshakeError("stream names starting with 'peer:' are reserved "
+                             "for the channels between workers")
     return name.decode("ascii")
 
 
@@ -53,21 +58,24 @@ def error_line(reason: str) -> bytes:
 
 
 class StreamState:
-    __slots__ = ("accepted", "durable", "conn")
+    __slots__ = ("accepted", "durable", "conn", "last_seen")
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, last_seen: float | None = None):
         self.accepted = count  # handed to the engine
         self.durable = count  # committed
         self.conn = None  # the live connection, if any
+        self.last_seen = time.time() if last_seen is None else last_seen
 
 
 class StreamRegistry:
     """Counts per (source, stream), the live connection of each stream, and
     the wait a new handshake makes for its predecessor's commits."""
 
-    def __init__(self, recovered: dict[tuple[str, str], int]):
+    def __init__(self, recovered: dict[tuple[str, str], int],
+                 seen: dict[tuple[str, str], float] | None = None):
+        seen = seen or {}
         self.streams: dict[tuple[str, str], StreamState] = {
-            k: StreamState(n) for k, n in recovered.items()}
+            k: StreamState(n, seen.get(k) or None) for k, n in recovered.items()}
         self._committed = trio.Event()
 
     def get(self, key: tuple[str, str]) -> StreamState:
@@ -81,10 +89,11 @@ class StreamRegistry:
         wait until everything it delivered is committed, and return the
         count to answer RESUME with."""
         st = self.get(key)
+        st.last_seen = time.time()
         old = st.conn
         st.conn = conn
         if old is not None and old is not conn:
-            old.close()
+            old.supersede()  # it gets "ERROR superseded" before its close
             await old.closed.wait()
         while st.durable < st.accepted:
             await self._committed.wait()
@@ -95,9 +104,24 @@ class StreamRegistry:
         if st is not None and st.conn is conn:
             st.conn = None
 
+    def idle(self, older_than: float) -> list[tuple[str, str]]:
+        """Streams nobody is connected to, with nothing in flight, whose
+        count last changed before ``older_than`` (unix time)."""
+        return [k for k, st in self.streams.items()
+                if st.conn is None and st.accepted == st.durable
+                and st.last_seen < older_than]
+
+    def forget(self, keys: list[tuple[str, str]]) -> None:
+        for k in keys:
+            st = self.streams.get(k)
+            if st is not None and st.conn is None:
+                del self.streams[k]
+
     def committed(self, counts: dict[tuple[str, str], int]) -> None:
+        now = time.time()
         for key, n in counts.items():
             st = self.get(key)
+            st.last_seen = now
             if n > st.durable:
                 st.durable = n
                 if st.conn is not None:

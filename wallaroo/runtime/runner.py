@@ -16,31 +16,30 @@ from .worker import CommitFailed, Worker, WorkerOptions
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+# stopped cleanly, but accepted messages or outputs were dropped (no
+# --resilience-dir and the drain timed out)
+EXIT_LOST = 3
 
 
 def run_worker(app: str, args: list[str], *, name: str = "initializer",
                resilience_dir: str | None = None, synchronous: str = "normal",
-               checkpoint_interval: float = 1.0, checkpoint_max: int = 1000,
-               max_batch: int = 10000, max_frame: int = 16 * 1024 * 1024, drain_timeout: float = 10.0,
-               log_level: str = "info") -> int:
+               log_level: str = "info", **options) -> int:
+    """``options``: fields of ``WorkerOptions``."""
     log = logs.setup(name, log_level)
     try:
         spec = load_application(app, args)
     except (ApplicationLoadError, WallarooParameterError) as e:
         log.error("%s", e)
         return EXIT_CONFIG
-    store = (SQLiteStore(resilience_dir, name, synchronous) if resilience_dir
-             else MemoryStore())
-    opts = WorkerOptions(name=name, max_frame=max_frame,
-                         drain_timeout=drain_timeout,
-                         checkpoint_interval=checkpoint_interval,
-                         checkpoint_max=checkpoint_max, max_batch=max_batch)
+    store = (SQLiteStore(resilience_dir, name, synchronous)
+             if resilience_dir is not None else MemoryStore())
+    opts = WorkerOptions(name=name, **options)
     try:
         worker = Worker(spec, store, opts, log)
     except ValueError as e:
         log.error("%s", e)
         return EXIT_CONFIG
-    where = f" with resilience in {store.path}" if resilience_dir else \
+    where = f" with resilience in {store.path}" if resilience_dir is not None else \
         " without resilience (state is lost when the process stops)"
     log.info("starting application %r%s", spec.name, where)
     try:
@@ -56,7 +55,7 @@ def run_worker(app: str, args: list[str], *, name: str = "initializer",
         log.exception("worker failed: %s: %s", type(leaf).__name__, leaf,
                       exc_info=leaf)
         return EXIT_RUNTIME
-    return EXIT_OK
+    return EXIT_LOST if worker.stop_report.lost and not store.durable else EXIT_OK
 
 
 def _leaf(e: BaseException) -> BaseException:

@@ -50,6 +50,10 @@ class TCPSink:
         self._empty = trio.Event() if self._empty.is_set() else self._empty
         self._more.set()
 
+    @property
+    def queued_outputs(self) -> int:
+        return sum(r.count for r in self.queue)
+
     def has_room(self) -> bool:
         return self.queued_bytes < self.max_queue_bytes
 

@@ -1,14 +1,27 @@
 """TCP sources: one listener per pipeline, one task per connection.
 
 A connection task reads, splits complete frames off the front of what it has
-(``Framer``) and queues them in the ``Inbox``.  It never runs user code.  A
-bad length header or a torn frame closes only that connection; the frames
-before it still count.
+(``Framer``) and queues them in the ``Inbox`` at once (no ``await`` between a
+read and its queueing, so a stopping worker never drops frames it has read).
+It never runs user code.  A bad length header or a torn frame closes only
+that connection; the frames before it still count.
+
+Hostile or broken clients stay bounded: partial frames count against the
+inbox budget, ``max_connections`` caps how many are served, a connection
+must finish its handshake (or show it is plain) within ``handshake_timeout``
+of its first byte, an optional ``idle_timeout`` closes silent connections,
+and running out of file descriptors is one rate-limited log line while the
+connections already open are served.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import resource
+import time
+from dataclasses import dataclass
 
 import trio
 
@@ -23,6 +36,46 @@ RECV_SIZE = 256 * 1024
 # A resumable client that half-closes after its last frame still gets the
 # ACK covering it, if the commit comes within this long.
 FINAL_ACK_TIMEOUT = 30.0
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_RETRY = 0.1
+# Descriptors kept free for the database, sinks and logs when the default
+# connection limit is derived from ``ulimit -n``.
+RESERVED_FDS = 64
+
+
+def default_max_connections() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1000
+    return max(1, min(1000, soft - RESERVED_FDS))
+
+
+@dataclass
+class ConnectionLimits:
+    max_connections: int = 1000
+    handshake_timeout: float = 10.0
+    idle_timeout: float | None = None
+
+
+class RateLimitedLog:
+    """One log line per ``interval`` seconds for a repeating condition, with
+    how many were left out."""
+
+    def __init__(self, log: logging.Logger, interval: float = 10.0):
+        self.log = log
+        self.interval = interval
+        self._last = -1e18
+        self._quiet = 0
+
+    def warning(self, msg: str, *args) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._quiet += 1
+            return
+        more = f" ({self._quiet} more like it in the last {self.interval:.0f}s)" \
+            if self._quiet else ""
+        self.log.warning(msg + more, *args)
+        self._last, self._quiet = now, 0
 
 
 class Connection:
@@ -34,6 +87,8 @@ class Connection:
         self.label = label
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
+        self.superseded = False
+        self.frames = 0  # complete frames read so far
         self._ack_target = 0
         self._ack_event = trio.Event()
         self.ack_sent = 0
@@ -41,6 +96,11 @@ class Connection:
 
     def close(self) -> None:
         self.cancel_scope.cancel()
+
+    def supersede(self) -> None:
+        """A new handshake for this connection's stream arrived."""
+        self.superseded = True
+        self.close()
 
     def ack(self, n: int) -> None:
         if n > self._ack_target:
@@ -68,16 +128,24 @@ class Connection:
 
 class TCPSource:
     def __init__(self, index: int, spec: SourceSpec, framer: Framer, inbox: Inbox,
-                 registry: StreamRegistry, log: logging.Logger):
+                 registry: StreamRegistry, log: logging.Logger,
+                 limits: ConnectionLimits | None = None,
+                 counter: "ConnectionCounter | None" = None):
         self.index = index
         self.spec = spec
         self.framer = framer
         self.inbox = inbox
         self.registry = registry
         self.log = log
+        self.limits = limits or ConnectionLimits()
+        self.counter = counter or ConnectionCounter()
         self.listeners: list[trio.SocketListener] = []
         self.connections = 0
+        self.bad_frames = 0  # length headers over the limit or invalid
+        self.torn_frames = 0  # connections closed in the middle of a frame
         self.bound: tuple[str, int] | None = None
+        self._fd_log = RateLimitedLog(log)
+        self._limit_log = RateLimitedLog(log)
 
     async def bind(self) -> tuple[str, int]:
         try:
@@ -95,7 +163,38 @@ class TCPSource:
         return self.bound
 
     async def serve(self) -> None:
-        await trio.serve_listeners(self._handle, self.listeners)
+        async with trio.open_nursery() as nursery:
+            for listener in self.listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery)
+
+    async def _accept_loop(self, listener: trio.SocketListener,
+                           nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as e:
+                    if e.errno not in ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    self._fd_log.warning(
+                        "pipeline %r: cannot accept connections on %s: %s (%d "
+                        "connections open; the limit of open files is %s, see "
+                        "`ulimit -n`); serving the open connections and "
+                        "retrying", self.spec.pipeline, self.spec.address,
+                        os.strerror(e.errno), self.counter.open,
+                        _nofile_limit())
+                    await trio.sleep(ACCEPT_RETRY)
+                    continue
+                if self.counter.open >= self.limits.max_connections:
+                    self._limit_log.warning(
+                        "pipeline %r: %d connections open, the limit "
+                        "(--max-connections %d); closing a new one",
+                        self.spec.pipeline, self.counter.open,
+                        self.limits.max_connections)
+                    await trio.aclose_forcefully(stream)
+                    continue
+                self.counter.open += 1
+                nursery.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         try:
@@ -112,33 +211,81 @@ class TCPSource:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self.log.info("%s: closed by error: %s", conn.label, e)
         finally:
+            self.inbox.release(conn)
+            self.counter.open -= 1
             conn.closed.set()
             with trio.CancelScope(shield=True):
+                if conn.superseded:
+                    with trio.move_on_after(1):
+                        try:
+                            await stream.send_all(error_line("superseded"))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError,
+                                OSError):
+                            pass
                 await trio.aclose_forcefully(stream)
 
-    async def _serve_connection(self, conn: Connection) -> None:
-        stream = conn.stream
-        data = b""
-        while len(data) < len(PREFIX) and could_be_handshake(data):
-            more = await stream.receive_some(RECV_SIZE)
-            if not more:
-                break
-            data += more
-        if data.startswith(PREFIX):
-            await self._resumable(conn, data)
+    async def _recv(self, conn: Connection) -> bytes:
+        """Read what the budget allows; the bytes count until queued."""
+        await self.inbox.reserve(conn)
+        idle = self.limits.idle_timeout
+        if idle is None:
+            more = await conn.stream.receive_some(RECV_SIZE)
         else:
-            await self._read_frames(conn, data, None, None)
+            more = None
+            with trio.move_on_after(idle):
+                more = await conn.stream.receive_some(RECV_SIZE)
+            if more is None:
+                raise _Idle()
+        self.inbox.hold(conn, len(more))
+        return more
 
-    async def _resumable(self, conn: Connection, data: bytes) -> None:
-        stream = conn.stream
+    async def _serve_connection(self, conn: Connection) -> None:
+        try:
+            data = await self._recv(conn)
+            if not data:
+                return
+            timeout = self.limits.handshake_timeout
+            with trio.move_on_after(timeout) as scope:
+                while len(data) < len(PREFIX) and could_be_handshake(data):
+                    more = await self._recv(conn)
+                    if not more:
+                        self.log.warning(
+                            "%s: closed after %d bytes that begin a resumable "
+                            "handshake (%r); nothing accepted", conn.label,
+                            len(data), data)
+                        return
+                    data += more
+                if data.startswith(PREFIX):
+                    data = await self._read_handshake_line(conn, data)
+                    if data is None:
+                        return
+            if scope.cancelled_caught:
+                await self._refuse(conn, f"no complete handshake within "
+                                         f"{timeout:g}s of the first byte")
+                return
+            if data.startswith(PREFIX):
+                await self._resumable(conn, data)
+            else:
+                await self._read_frames(conn, data, conn, None, None)
+        except _Idle:
+            self.log.info("%s: nothing received for %gs (--idle-timeout); "
+                          "closing", conn.label, self.limits.idle_timeout)
+
+    async def _read_handshake_line(self, conn: Connection, data: bytes) -> bytes | None:
         while b"\n" not in data[:MAX_LINE]:
             if len(data) >= MAX_LINE:
-                await self._refuse(conn, "handshake line too long (stream names are 1-255 of A-Za-z0-9._:-)")
-                return
-            more = await stream.receive_some(RECV_SIZE)
+                await self._refuse(conn, "handshake line too long (stream names "
+                                         "are 1-255 of A-Za-z0-9._:-)")
+                return None
+            more = await self._recv(conn)
             if not more:
-                return
+                self.log.warning("%s: closed in the middle of its resumable "
+                                 "handshake line; nothing accepted", conn.label)
+                return None
             data += more
+        return data
+
+    async def _resumable(self, conn: Connection, data: bytes) -> None:
         line, _, rest = data.partition(b"\n")
         try:
             name = parse_handshake(line)
@@ -150,11 +297,12 @@ class TCPSource:
                       f"pipeline {self.spec.pipeline!r}")
         try:
             n = await self.registry.claim(key, conn)
-            await stream.send_all(resume_line(n))
+            await conn.stream.send_all(resume_line(n))
             self.log.info("%s: resuming at message %d", conn.label, n)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.ack_writer, n)
-                error = await self._read_frames(conn, rest, key, n)
+                error = await self._read_frames(conn, rest, ("stream", self.index, name),
+                                                key, n)
                 if error is None:
                     # the client half-closed: answer the frames it sent with
                     # their ACK before closing
@@ -171,14 +319,15 @@ class TCPSource:
         with trio.move_on_after(1):
             await conn.stream.send_all(error_line(reason))
 
-    async def _read_frames(self, conn: Connection, data: bytes,
+    async def _read_frames(self, conn: Connection, data: bytes, qkey: object,
                            key: tuple[str, str] | None, seq: int | None) -> str | None:
         """Read until EOF or a bad frame; returns the bad frame's error."""
         split = self.framer.split
-        stream = conn.stream
         inbox = self.inbox
         state = self.registry.get(key) if key is not None else None
         name = key[1] if key is not None else None
+        origin = conn.label if key is None else \
+            f"stream {name!r} of pipeline {self.spec.pipeline!r}"
         while True:
             error = None
             try:
@@ -187,21 +336,47 @@ class TCPSource:
                 payloads, used, error = e.payloads, e.consumed, e
             if payloads:
                 frames = data if used == len(data) else data[:used]
-                await inbox.put(conn, self.index, payloads, frames, name, seq,
-                                conn.label)
+                position = seq if state is not None else conn.frames
+                inbox.put_nowait(conn, qkey, self.index, payloads, frames, name,
+                                 seq, origin, position)
+                conn.frames += len(payloads)
                 if state is not None:
                     seq += len(payloads)
                     state.accepted = seq
                 data = data[used:]
             if error is not None:
-                self.log.warning("%s: %s; closing the connection (the frames "
-                                 "before it are kept)", conn.label, error)
+                self.bad_frames += 1
+                hint = ""
+                if "exceeds" in str(error):
+                    hint = (" (sources expect each message as a length header "
+                            "then the payload; `wallaroo send --file` frames "
+                            "lines that way)")
+                self.log.warning("%s: %s%s; closing the connection (the frames "
+                                 "before it are kept)", conn.label, error, hint)
                 return str(error)
-            more = await stream.receive_some(RECV_SIZE)
+            more = await self._recv(conn)
             if not more:
                 if data:
+                    self.torn_frames += 1
                     self.log.warning(
                         "%s: closed in the middle of a frame; %d bytes of an "
                         "incomplete frame discarded", conn.label, len(data))
                 return None
             data = data + more if data else more
+
+
+class ConnectionCounter:
+    """Open source connections, shared by a worker's sources (the limit is
+    per worker)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
+class _Idle(Exception):
+    pass
+
+
+def _nofile_limit() -> str:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)

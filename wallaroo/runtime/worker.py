@@ -5,14 +5,24 @@ batch cycle until told to stop.
         --batch--> committer (store.commit in a thread) --> sinks, ACKs
 
 The engine loop computes batch N+1 while batch N commits in a thread
-(``CapacityLimiter(1)``), and releases happen in commit order.  A failed
-commit stops the worker with a non-zero exit: memory is then ahead of the
-log, and the restart recovers from disk.
+(``CapacityLimiter(1)``), and releases happen in commit order.  A batch is
+bounded by count (``max_batch``) and by time (``max_batch_time``), so a slow
+application never holds the loop (handshakes, ACKs, signals) for long.  A
+failed commit stops the worker with a non-zero exit: memory is then ahead of
+the log, and the restart recovers from disk.
+
+Stopping (SIGTERM/SIGINT): the sources close, and everything already read
+from a connection is accepted: the engine works through it and the sinks
+deliver until ``drain_timeout``; what is still unprocessed then is logged as
+pending input (with ``--resilience-dir``) and processed first at the next
+start, or (without) dropped and counted, and the exit status says so.  A
+second signal ends the drain at once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -20,13 +30,14 @@ from dataclasses import dataclass
 import trio
 
 from .._spec import AppSpec
+from ..recovery.errors import IncompatibleDirectory
 from ..recovery.store import MemoryStore, Store
-from .core import Batch, WorkerCore
+from .core import Batch, Chunk, WorkerCore
 from .framing import DEFAULT_MAX_FRAME
 from .inbox import Inbox
 from .resume import StreamRegistry
 from .sinks import TCPSink
-from .sources import TCPSource
+from .sources import ConnectionCounter, ConnectionLimits, TCPSource
 
 
 @dataclass
@@ -38,13 +49,32 @@ class WorkerOptions:
     checkpoint_max: int = 1000
     inbox_bytes: int = 32 * 1024 * 1024
     max_batch: int = 10000
+    max_batch_time: float = 0.025
     sink_queue_bytes: int = 64 * 1024 * 1024
     idle_tick: float = 0.2
     handle_signals: bool = True
+    max_connections: int = 1000
+    handshake_timeout: float = 10.0
+    idle_timeout: float | None = None
+    forget_streams_after: float | None = None
 
 
 class CommitFailed(Exception):
     """The store could not commit a batch; the worker must stop."""
+
+
+@dataclass
+class StopReport:
+    """What a stop left behind (the stop line, the exit status)."""
+
+    pending_messages: int = 0  # logged for the next start
+    dropped_messages: int = 0  # accepted, not processed, no resilience
+    undelivered_outputs: int = 0  # not delivered when the worker exited
+    at_once: bool = False  # a second signal cut the drain short
+
+    @property
+    def lost(self) -> bool:
+        return bool(self.dropped_messages or self.undelivered_outputs)
 
 
 class Worker:
@@ -73,8 +103,11 @@ class Worker:
                               self.opts.sink_queue_bytes) for s in app.sinks]
         self.registry: StreamRegistry | None = None
         self.sources: list[TCPSource] = []
+        self.stop_report = StopReport()
         self._stop: trio.Event | None = None
         self._stopping = False
+        self._deadline = math.inf  # the drain's, once stopping
+        self._wait_scope: trio.CancelScope | None = None
         self.recovery = None
         self.commits = 0
         self.longest_commit = 0.0
@@ -96,13 +129,16 @@ class Worker:
         log = self.log
         report = self.core.recover()
         self.recovery = report
+        for note in report.notes:
+            log.warning("%s", note)
         if report.replay_mismatches:
             log.error("replay differed from the original run %d times (see above)",
                       report.replay_mismatches)
         log.info("%s", report.summary())
-        self.registry = StreamRegistry(self.core.stream_counts)
+        self.registry = StreamRegistry(self.core.stream_counts, self.core.stream_seen)
         for row in report.requeued:
             self.sinks[row.sink].enqueue(row)
+        self._queue_pending(report.pending)
         send_batches, recv_batches = trio.open_memory_channel(1)
         async with trio.open_nursery() as nursery:
             for sink in self.sinks:
@@ -111,8 +147,12 @@ class Worker:
             nursery.start_soon(self._committer, recv_batches, committed)
             # Replay is done and undelivered outputs are queued: open the
             # sources, all together (DESIGN.md §4.5).
+            limits = ConnectionLimits(self.opts.max_connections,
+                                      self.opts.handshake_timeout,
+                                      self.opts.idle_timeout)
+            counter = ConnectionCounter()
             self.sources = [TCPSource(p.index, p.source, self.core.framers[p.index],
-                                      self.inbox, self.registry, log)
+                                      self.inbox, self.registry, log, limits, counter)
                             for p in self.app.pipelines]
             bound = [await s.bind() for s in self.sources]
             sources_scope = trio.CancelScope()
@@ -136,61 +176,123 @@ class Worker:
             await self._stop.wait()
             log.info("stopping: no new input; finishing what is in flight "
                      "(drain timeout %.1fs)", self.opts.drain_timeout)
-            sources_scope.cancel()
+            sources_scope.cancel()  # what the connections read is queued
             self._stopping = True
-            self.inbox.wake()
-            deadline = trio.current_time() + self.opts.drain_timeout
-            with trio.move_on_at(deadline) as drain:
-                await engine_done.wait()
-                await committed.wait()
+            self._set_deadline(trio.current_time() + self.opts.drain_timeout)
+            await engine_done.wait()
+            await committed.wait()
+            await self._log_or_drop(self.inbox.take_all())
+            with trio.move_on_at(self._deadline):
                 for sink in self.sinks:
                     await sink.wait_empty()
-            left = sum(s.queued_bytes for s in self.sinks)
-            if drain.cancelled_caught:
-                log.warning("drain timeout: %d bytes of output not delivered%s",
-                            left, " (kept in the outbox for the next start)"
-                            if self.store.durable else " (lost: no --resilience-dir)")
-            elif engine_done.is_set():
-                await self._final_commit(deadline)
+            self.stop_report.undelivered_outputs = sum(s.queued_outputs
+                                                       for s in self.sinks)
+            await self._final_commit()
             nursery.cancel_scope.cancel()
-        st = self.core.stats
-        log.info("stopped: %d messages in, %d outputs, %d failed messages, %d "
-                 "commits, %d snapshots (%d by checkpoints); longest batch compute "
-                 "%.1f ms (%d messages), longest snapshot work in one commit %.1f "
-                 "ms, longest commit %.1f ms",
-                 st.messages, st.outputs, st.failures, self.commits, st.snapshots,
-                 st.checkpoint_snapshots,
-                 st.longest_batch_seconds * 1e3, st.longest_batch_messages,
-                 st.longest_snapshot_seconds * 1e3, self.longest_commit * 1e3)
+        self._log_stopped()
+
+    def _queue_pending(self, rows) -> None:
+        """Input a previous run read but did not process goes first, ahead
+        of anything new on its stream."""
+        for row in rows:
+            idx = self.core.pipeline_index.get(row.source)
+            if idx is None:
+                raise IncompatibleDirectory(
+                    f"the resilience directory holds {row.count - row.consumed} "
+                    f"unprocessed messages of pipeline {row.source!r}, which "
+                    f"this application does not define")
+            head = Chunk(idx, self.core.framers[idx].split_all(row.frames), row.frames)
+            if row.consumed:
+                head = head.split(row.consumed, self.core.header_lengths[idx])[1]
+            stream = row.stream
+            first = None if stream is None else row.first_seq + row.consumed
+            chunk = Chunk(idx, head.payloads, head.frames, stream, first,
+                          f"input read before the last stop (pending row {row.id}"
+                          + (f", stream {stream!r})" if stream else ")"),
+                          position=first if stream else row.consumed,
+                          pending=row.id, pending_offset=row.consumed)
+            key = ("stream", idx, stream) if stream else ("pending", row.id)
+            self.inbox.put_pending(key, chunk)
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = min(self._deadline, deadline)
+        if self._wait_scope is not None:
+            self._wait_scope.deadline = self._deadline
+        self.inbox.wake()
+
+    def _past_deadline(self) -> bool:
+        return trio.current_time() >= self._deadline
 
     async def _signals(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             task_status.started()
             async for signum in signals:
-                self.log.info("received %s", signal.Signals(signum).name)
-                self._stop.set()
-                return
+                name = signal.Signals(signum).name
+                if not self._stop.is_set():
+                    self.log.info("received %s", name)
+                    self._stop.set()
+                    continue
+                self.log.warning("received %s again: ending the drain now%s", name,
+                                 " (what is unprocessed is logged for the next "
+                                 "start)" if self.store.durable else
+                                 " (what is unprocessed is dropped)")
+                self.stop_report.at_once = True
+                self._set_deadline(trio.current_time())
 
     async def _engine_loop(self, send_batches, done: trio.Event) -> None:
-        core, inbox = self.core, self.inbox
+        core, inbox, opts = self.core, self.inbox, self.opts
         durable = self.store.durable
+        forget_every = None
+        if durable and opts.forget_streams_after:
+            forget_every = min(opts.forget_streams_after, 60.0)
+        next_forget = trio.current_time() + (forget_every or 0)
         async with send_batches:
             while True:
-                if self._stopping and not inbox:
+                if self._stopping and (not inbox or self._past_deadline()):
                     break
-                if not (durable and core.idle_commit_due()):
-                    await inbox.wait(self.opts.idle_tick)
-                for sink in self.sinks:
-                    if not sink.has_room():
-                        await sink.wait_room()
+                with trio.CancelScope(deadline=self._deadline) as scope:
+                    self._wait_scope = scope
+                    if not (durable and core.idle_commit_due()):
+                        await inbox.wait(opts.idle_tick)
+                    for sink in self.sinks:
+                        if not sink.has_room():
+                            await sink.wait_room()
+                self._wait_scope = None
+                if self._stopping and self._past_deadline():
+                    break
                 if inbox:
-                    batch = core.process(inbox.take(self.opts.max_batch))
+                    batch = core.process(inbox.take(opts.max_batch),
+                                         deadline=time.perf_counter()
+                                         + opts.max_batch_time)
+                    inbox.unget(batch.leftover)
                 elif durable and core.idle_commit_due():
                     batch = core.process(())
+                elif forget_every and trio.current_time() >= next_forget:
+                    next_forget = trio.current_time() + forget_every
+                    batch = self._forget_streams()
+                    if batch is None:
+                        continue
                 else:
                     continue
                 await send_batches.send(batch)
         done.set()
+
+    def _forget_streams(self) -> Batch | None:
+        ttl = self.opts.forget_streams_after
+        keys = [k for k in self.registry.idle(time.time() - ttl)
+                if not self._queued(k)]
+        if not keys:
+            return None
+        self.registry.forget(keys)
+        shown = ", ".join(repr(k[1]) for k in keys[:5])
+        self.log.info("forgetting %d streams not seen for %gs (--forget-streams-"
+                      "after): %s%s; a client coming back starts again at 0",
+                      len(keys), ttl, shown, ", ..." if len(keys) > 5 else "")
+        return Batch(self.core.forget_record(keys), [], {}, 0, 0)
+
+    def _queued(self, key: tuple[str, str]) -> bool:
+        idx = self.core.pipeline_index.get(key[0])
+        return ("stream", idx, key[1]) in self.inbox._queues
 
     async def _committer(self, recv_batches, done: trio.Event) -> None:
         async with recv_batches:
@@ -222,14 +324,62 @@ class Worker:
         if batch.streams:
             self.registry.committed(batch.streams)
 
-    async def _final_commit(self, deadline: float) -> None:
-        """Save the delivery positions and, while time is left, checkpoint
-        every dirty partition, so the next start replays nothing."""
+    async def _log_or_drop(self, left: list[Chunk]) -> None:
+        """What was read but not processed when the drain ended: logged as
+        pending input (processed first at the next start), or dropped."""
+        n = sum(len(c.payloads) for c in left)
+        if not n:
+            return
+        if not self.store.durable:
+            self.stop_report.dropped_messages = n
+            return
+        record = self.core.pending_record(left)
+        await self._commit(Batch(record, [], record.streams, 0, 0))
+        self.registry.committed(record.streams)
+        self.stop_report.pending_messages = n
+
+    async def _final_commit(self) -> None:
+        """Save the delivery positions and, while the drain has time left,
+        checkpoint every dirty partition, so the next start replays
+        nothing."""
         if not self.store.durable:
             return
-        with trio.move_on_at(deadline):
-            while True:
+        batch = self.core.process(())
+        if not batch.record.is_empty():
+            await self._commit(batch)
+        with trio.move_on_at(self._deadline):
+            while not self._past_deadline():
                 batch = self.core.process((), force_checkpoint=True)
                 if batch.record.is_empty():
                     break
                 await self._commit(batch)
+
+    def _log_stopped(self) -> None:
+        st = self.core.stats
+        rep = self.stop_report
+        bad = sum(s.bad_frames for s in self.sources)
+        torn = sum(s.torn_frames for s in self.sources)
+        if self.store.durable:
+            what = (f"{self.commits} commits, {st.snapshots} snapshots "
+                    f"({st.checkpoint_snapshots} by checkpoints)")
+        else:
+            what = "no resilience"
+        line = (f"stopped: {st.messages} messages in, {st.outputs} outputs, "
+                f"{st.failures} failed messages, {bad} oversized and {torn} torn "
+                f"frames, {what}; longest batch compute "
+                f"{st.longest_batch_seconds * 1e3:.1f} ms ({st.longest_batch_messages} "
+                f"messages), longest snapshot work in one commit "
+                f"{st.longest_snapshot_seconds * 1e3:.1f} ms, longest commit "
+                f"{self.longest_commit * 1e3:.1f} ms")
+        if rep.pending_messages:
+            line += (f"; {rep.pending_messages} messages read but not processed "
+                     f"are logged and wait for the next start")
+        if rep.undelivered_outputs:
+            line += (f"; {rep.undelivered_outputs} outputs not delivered"
+                     + (" are kept in the outbox for the next start"
+                        if self.store.durable else " are LOST (no --resilience-dir)"))
+        if rep.dropped_messages:
+            line += (f"; {rep.dropped_messages} accepted messages were not "
+                     f"processed and are DROPPED (no --resilience-dir)")
+        (self.log.warning if rep.lost and not self.store.durable
+         else self.log.info)("%s", line)
