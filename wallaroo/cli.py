@@ -332,8 +332,12 @@ def recovery():
 @click.option("--all", "show_all", is_flag=True, help="List every partition.")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
               help="Partitions listed per worker (without --all).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def recovery_inspect(directory, worker, show_all, limit, as_json):
+@click.option("--streams", "all_streams", is_flag=True,
+              help="List every resumable stream (by default: how many, and the "
+                   "ten seen last).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output (every partition and stream).")
+def recovery_inspect(directory, worker, show_all, limit, all_streams, as_json):
     """What DIRECTORY (a --resilience-dir) holds, per worker: partitions with
     their snapshot positions and sizes, the input-log and outbox backlog, and
     the resumable streams with their durable counts.
@@ -359,7 +363,44 @@ def recovery_inspect(directory, worker, show_all, limit, as_json):
         return
     from rich.console import Console
     from .tools.inspect_view import render
-    render(infos, Console(), None if show_all else limit)
+    render(infos, Console(), None if show_all else limit, all_streams)
+
+
+@recovery.command("accept-rollback", context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--worker", required=True, metavar="NAME",
+              help="The worker whose database is behind its position file.")
+def recovery_accept_rollback(directory, worker):
+    """Accept that a worker's database lost its last commits, and let the
+    worker start from what the database holds.
+
+    A worker refuses to start when its database is behind the position it
+    last committed (its -wal file deleted or damaged, an older copy
+    restored): acknowledged input would otherwise be lost without a word.
+    Restore the files if you can.  If you cannot, this command records the
+    database's own position as the last one; the lost commits stay lost
+    (their inputs, if resumable, are not resent: the senders were told they
+    were durable).  Refused while a worker runs on the database.
+
+    \b
+    Example:
+      wallaroo recovery accept-rollback ./state --worker initializer
+    """
+    from .recovery.errors import StoreError
+    from .recovery.sqlite_store import accept_rollback
+    try:
+        old, new = accept_rollback(directory, worker)
+    except (StoreError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    if old is None:
+        click.echo(f"recorded worker {worker!r}'s position: commit {new.commits}, "
+                   f"next lsn {new.next_lsn}")
+    else:
+        lost = max(0, old.commits - new.commits)
+        click.echo(f"worker {worker!r}: the position now says commit {new.commits} "
+                   f"(next lsn {new.next_lsn}); it said commit {old.commits} (next "
+                   f"lsn {old.next_lsn}): {lost} commits and "
+                   f"{max(0, old.next_lsn - new.next_lsn)} messages accepted as lost")
 
 
 def main() -> None:

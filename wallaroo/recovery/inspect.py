@@ -11,6 +11,9 @@ import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 
+from .errors import CorruptionError
+from .files import POSITION_SUFFIX, PositionFile, holder_status
+
 
 @dataclass
 class PartitionInfo:
@@ -43,6 +46,9 @@ class WorkerInfo:
     input_lsns: tuple[int, int] | None = None
     outbox: list[dict] = field(default_factory=list)
     streams: list[dict] = field(default_factory=list)
+    pending_rows: int = 0
+    pending_messages: int = 0  # read before a stop, not yet processed
+    position: str = ""  # the position file against the database
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -54,17 +60,6 @@ def _connect(path: str) -> sqlite3.Connection:
         # a WAL database without its -shm file: a plain connection can read
         # it (it may create the -shm file; it writes nothing else)
         return sqlite3.connect(path)
-
-
-def _lock_status(path: str) -> str:
-    try:
-        with open(path + ".lock") as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return "no lock file"
-    if pid and os.path.exists(f"/proc/{pid}"):
-        return f"held by pid {pid} (running)"
-    return f"free (last held by pid {pid}, not running)" if pid else "free"
 
 
 def inspect_db(path: str) -> WorkerInfo:
@@ -81,7 +76,8 @@ def inspect_db(path: str) -> WorkerInfo:
             schema_version=conn.execute("PRAGMA user_version").fetchone()[0],
             application=fp.get("application", "?"),
             created_at=meta.get("created_at", "?"), commits=commits,
-            next_lsn=next_lsn, replay_from=replay_from, lock=_lock_status(path))
+            next_lsn=next_lsn, replay_from=replay_from, lock=holder_status(path),
+            position=_position_status(path, commits))
         for pid, state, key, created, lsn, size, pickler in conn.execute(
                 "SELECT p.pid, p.state, p.key_repr, p.created_lsn, s.lsn, s.size, "
                 "s.pickler FROM partitions p LEFT JOIN snapshots s USING (pid) "
@@ -113,12 +109,32 @@ def inspect_db(path: str) -> WorkerInfo:
                                 "delivered": delivered.get(sink, 0),
                                 "next_seq": next_seq.get(sink, 0)})
         info.outbox.sort(key=lambda o: o["sink"])
-        info.streams = [{"source": s, "stream": n, "durable": c} for s, n, c in
-                        conn.execute("SELECT source, stream, count FROM streams "
-                                     "ORDER BY source, stream")]
+        v2 = info.schema_version >= 2
+        seen = "last_seen" if v2 else "NULL"
+        info.streams = [{"source": s, "stream": n, "durable": c, "last_seen": t}
+                        for s, n, c, t in conn.execute(
+                            f"SELECT source, stream, count, {seen} FROM streams "
+                            f"ORDER BY source, stream")]
+        if v2:
+            info.pending_rows, info.pending_messages = conn.execute(
+                "SELECT count(*), coalesce(sum(count - consumed), 0) "
+                "FROM pending_input").fetchone()
         return info
     finally:
         conn.close()
+
+
+def _position_status(path: str, commits: int) -> str:
+    try:
+        pos = PositionFile(path).read()
+    except CorruptionError as e:
+        return f"DAMAGED: {e}"
+    if pos is None:
+        return f"no {os.path.basename(path)}{POSITION_SUFFIX} (made before it existed)"
+    if pos.commits > commits:
+        return (f"BEHIND: the database holds {commits} commits, the worker "
+                f"made {pos.commits} (the next start refuses it)")
+    return f"ok (commit {pos.commits})"
 
 
 def inspect_dir(directory: str, worker: str | None = None) -> list[WorkerInfo]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.table import Table
 
@@ -19,12 +21,16 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def render(infos: list[WorkerInfo], console: Console, limit: int | None) -> None:
+STREAMS_SHOWN = 10
+
+
+def render(infos: list[WorkerInfo], console: Console, limit: int | None,
+           all_streams: bool = False) -> None:
     for info in infos:
         console.rule(f"worker [bold]{info.worker}[/bold]")
         console.print(
             f"{info.path} ({_size(info.file_bytes)}, schema v{info.schema_version}); "
-            f"lock: {info.lock}")
+            f"lock: {info.lock}; position: {info.position}")
         console.print(
             f"application {info.application!r}, created {info.created_at}, "
             f"{info.commits} commits; next lsn {info.next_lsn}, replay from "
@@ -56,6 +62,10 @@ def render(infos: list[WorkerInfo], console: Console, limit: int | None) -> None
                           f"(lsn {lo}..{hi})")
         else:
             console.print("input log backlog: empty")
+        if info.pending_messages:
+            console.print(f"pending input: {info.pending_messages} messages read "
+                          f"before the last stop, processed first at the next "
+                          f"start ({info.pending_rows} rows)")
         out = Table(title="outbox (sinks)", title_justify="left")
         for col in ("sink", "undelivered outputs", "rows", "bytes", "delivered",
                     "next output"):
@@ -64,9 +74,26 @@ def render(infos: list[WorkerInfo], console: Console, limit: int | None) -> None
             out.add_row(str(o["sink"]), str(o["outputs"] or 0), str(o["rows"]),
                         _size(o["bytes"] or 0), str(o["delivered"]), str(o["next_seq"]))
         console.print(out)
-        streams = Table(title="resumable streams", title_justify="left")
-        for col in ("source (pipeline)", "stream", "durable messages"):
-            streams.add_column(col)
-        for s in info.streams:
-            streams.add_row(s["source"], s["stream"], str(s["durable"]))
-        console.print(streams if info.streams else "resumable streams: none")
+        _render_streams(info, console, all_streams)
+
+
+def _render_streams(info: WorkerInfo, console: Console, all_streams: bool) -> None:
+    if not info.streams:
+        console.print("resumable streams: none")
+        return
+    rows = info.streams
+    if not all_streams and len(rows) > STREAMS_SHOWN:
+        rows = sorted(rows, key=lambda s: -(s["last_seen"] or 0))[:STREAMS_SHOWN]
+        title = (f"resumable streams: {len(info.streams)}, "
+                 f"{sum(s['durable'] for s in info.streams)} durable messages in "
+                 f"all; the {STREAMS_SHOWN} seen last (--streams for every one)")
+    else:
+        title = f"resumable streams ({len(rows)})"
+    table = Table(title=title, title_justify="left")
+    for col in ("source (pipeline)", "stream", "durable messages", "last seen"):
+        table.add_column(col)
+    for s in rows:
+        t = s["last_seen"]
+        table.add_row(s["source"], s["stream"], str(s["durable"]),
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-")
+    console.print(table)

@@ -335,10 +335,13 @@ class Sender:
         if stats.resumed_at is None:
             stats.resumed_at = n
         elif n < stats.acked:
-            self.report.notice(
-                f"warning: {self.addr} holds only {n} messages of stream "
-                f"{name!r} but had acknowledged {stats.acked} (was the worker "
-                f"restarted without --resilience-dir?); resending from {n}")
+            raise ToolError(
+                f"{self.addr} answered RESUME {n} for stream {name!r}, but had "
+                f"acknowledged {stats.acked} messages as durable: the worker "
+                f"lost {stats.acked - n} acknowledged messages (restarted "
+                f"without --resilience-dir, or its resilience directory was "
+                f"damaged or replaced).  Refusing to resend over that loss; "
+                f"check the worker's log")
         if n > stats.acked:
             self._progressed = True  # the worker holds more than it had said
         if n > total:
