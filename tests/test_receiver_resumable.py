@@ -1,7 +1,8 @@
 """The resumable sink protocol, receiver side (DESIGN.md §5), byte for byte:
-``wallaroo.receiver`` in-process against a fake worker written here, the
-file store behind ``wallaroo receive --resumable``, and the command itself
-in real processes, SIGKILL included.
+``wallaroo.receiver`` in-process against a fake worker written here, then
+``wallaroo receive --resumable`` in real processes (SIGKILL included) and
+the SQLite example.  The file store's own tests are in
+``test_receiver_file_store.py``.
 
 The fake worker is the worker's side of the protocol on raw trio streams:
 ``WALLAROO-OUT 1 <stream>\\n``, frames of a 4-byte big-endian length and
@@ -12,7 +13,6 @@ and "after the fsync" deterministic moments, without sleeps.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -29,10 +29,12 @@ import pytest
 import trio
 
 from wallaroo.receiver import MemoryStore, OutputsRejected, ResumableReceiver
-from wallaroo.tools.common import ToolError
-from wallaroo.tools.file_store import INDEX_SUFFIX, FileStore
+from wallaroo.tools.file_store import FileStore
 
-from .test_send_receive import WAIT, free_port, procs, summary, wait_for  # noqa: F401
+from . import test_send_receive
+from .test_send_receive import WAIT, free_port, summary
+
+procs = test_send_receive.procs  # the fixture: wallaroo subprocesses, killed at teardown
 
 REPO = Path(__file__).resolve().parent.parent
 SQLITE_EXAMPLE = REPO / "examples" / "receiver" / "sqlite_receiver.py"
@@ -44,6 +46,11 @@ def frame(output: bytes) -> bytes:
 
 def frames(outputs) -> bytes:
     return b"".join(frame(o) for o in outputs)
+
+
+def records(*payloads: bytes) -> bytes:
+    """Records as an encoder writes them for --framing length: header, payload."""
+    return b"".join(struct.pack(">I", len(p)) + p for p in payloads)
 
 
 def outs(stream: str, first: int, last: int) -> list[bytes]:
@@ -423,154 +430,6 @@ def test_stop_syncs_and_acks_what_arrived_then_closes():
     trio.run(main)
 
 
-# --- the file store behind wallaroo receive --resumable ------------------------
-
-
-def records(*payloads: bytes) -> bytes:
-    """Records as an encoder writes them for --framing length: header, payload."""
-    return b"".join(struct.pack(">I", len(p)) + p for p in payloads)
-
-
-def test_file_store_is_durable_only_after_sync_and_reopens_with_its_counts(tmp_path):
-    path = tmp_path / "out.txt"
-    store = FileStore(str(path), "length", "hex")
-    store.append("a", 0, [records(b"one"), records(b"two")])
-    store.append("b", 0, [records(b"x", b"y")])  # one output, two records
-    assert (store.have("a"), store.have("b")) == (0, 0)
-    store.sync()
-    assert (store.have("a"), store.have("b")) == (2, 1)
-    store.close()
-    store = FileStore(str(path), "length", "hex")
-    assert (store.have("a"), store.have("b"), store.have("c")) == (2, 1, 0)
-    assert store.synced_records == 4 and store.notes == []
-    store.append("a", 2, [records(b"three")])
-    store.sync()
-    store.close()
-    assert path.read_text() == "6f6e65\n74776f\n78\n79\n7468726565\n"
-
-
-def test_file_store_truncates_a_torn_tail_and_drops_a_torn_index_record(tmp_path):
-    path = tmp_path / "out.bin"
-    index = Path(str(path) + INDEX_SUFFIX)
-    store = FileStore(str(path), "length", "raw")
-    store.append("s", 0, [records(b"a"), records(b"b")])
-    store.sync()
-    store.append("s", 2, [records(b"c")])  # written, never synced: a crash now
-    store.close()
-    torn_at = index.stat().st_size
-    with open(index, "ab") as f:
-        f.write(b"\x00\x00\x00\x30\x12")  # a torn index record
-    durable = records(b"a", b"b")
-    assert path.stat().st_size == len(durable) + 5
-    store = FileStore(str(path), "length", "raw")
-    assert store.have("s") == 2
-    assert path.read_bytes() == durable
-    assert store.notes == [
-        f"{index}: dropped a torn last record at byte {torn_at} (5 bytes: a commit "
-        f"never acknowledged)",
-        f"{path}: truncated a torn tail of 5 bytes (written, never acknowledged)"]
-    store.close()
-    assert FileStore(str(path), "length", "raw").notes == []  # repaired for good
-
-
-def test_file_store_refuses_a_file_shorter_than_its_index_says(tmp_path):
-    path = tmp_path / "out.bin"
-    store = FileStore(str(path))
-    store.append("s", 0, [b"0123456789"])
-    store.sync()
-    store.close()
-    os.truncate(path, 4)
-    with pytest.raises(ToolError, match=r"out\.bin is 4 bytes, but its index .* says "
-                                         r"10 bytes are durable"):
-        FileStore(str(path))
-
-
-def test_file_store_refuses_an_index_that_fails_its_checksum(tmp_path):
-    path = tmp_path / "out.bin"
-    store = FileStore(str(path))
-    store.append("s", 0, [b"x"])
-    store.sync()
-    store.close()
-    index = Path(str(path) + INDEX_SUFFIX)
-    data = bytearray(index.read_bytes())
-    at = data.index(b'"streams"') + 2  # inside the first, full record
-    data[at] ^= 0x01
-    index.write_bytes(bytes(data))
-    with pytest.raises(ToolError, match="the record at byte 26 fails its checksum; "
-                                        "the index is damaged"):
-        FileStore(str(path))
-
-
-def test_file_store_refuses_foreign_files_other_options_and_a_second_receiver(tmp_path):
-    foreign = tmp_path / "plain.txt"
-    foreign.write_text("written by a plain wallaroo receive\n")
-    with pytest.raises(ToolError, match="has no index"):
-        FileStore(str(foreign))
-    path = tmp_path / "out.txt"
-    FileStore(str(path), "length", "hex").close()
-    with pytest.raises(ToolError, match="was written with --framing length --format hex "
-                                        "--header-fmt '>I', this run asks for "
-                                        "--framing lines --format hex"):
-        FileStore(str(path), "lines", "hex")
-    first = FileStore(str(path), "length", "hex")
-    with pytest.raises(ToolError, match="in use by another wallaroo receive"):
-        FileStore(str(path), "length", "hex")
-    first.close()
-
-
-def test_file_store_writes_only_whole_records_and_counts_only_outputs_ending_one(tmp_path):
-    path = tmp_path / "out.txt"
-    store = FileStore(str(path), "length", "text")
-    whole = records(b"abc")
-    store.append("s", 0, [whole[:3]])  # a record cut across two outputs
-    store.sync()
-    assert store.have("s") == 0 and path.read_bytes() == b""
-    store.append("s", 1, [whole[3:] + records(b"d")[:2]])
-    store.sync()
-    assert store.have("s") == 0 and path.read_bytes() == b""
-    # The worker reconnects and resends from HAVE 0: nothing twice.
-    store.append("s", 0, [whole[:3], whole[3:] + records(b"d")[:2], records(b"d")[2:]])
-    store.sync()
-    assert store.have("s") == 3 and path.read_bytes() == b"abc\nd\n"
-    store.close()
-
-
-@pytest.mark.parametrize("framing, outputs, reason", [
-    ("lines", [b"no newline " * 10], r"output 0 of stream s leaves 110 bytes that end "
-                                       r"no record \(over --max-record-size 100"),
-    ("length", [records(b"ok"), struct.pack(">I", 500)],
-     r"output 1 of stream s: a header at byte 0 of what is pending announces 500"),
-])
-def test_file_store_rejects_outputs_that_break_the_framing(tmp_path, framing, outputs,
-                                                            reason):
-    store = FileStore(str(tmp_path / "out.bin"), framing, "raw", max_record=100)
-    with pytest.raises(OutputsRejected, match=reason):
-        store.append("s", 0, outputs)
-    store.sync()
-    assert store.have("s") == (1 if framing == "length" else 0)
-    store.append("s", store.have("s"), [records(b"z") if framing == "length" else b"z\n"])
-    store.close()
-
-
-def test_file_store_index_is_compacted_as_it_grows(tmp_path, monkeypatch):
-    from wallaroo.tools import file_store
-    monkeypatch.setattr(file_store, "COMPACT_AT", 2000)
-    path = tmp_path / "out.bin"
-    index = Path(str(path) + INDEX_SUFFIX)
-    store = FileStore(str(path))
-    sizes = []
-    for i in range(200):
-        store.append(f"s{i % 7}", i // 7, [b"%d" % i])
-        store.sync()
-        sizes.append(index.stat().st_size)
-    store.close()
-    assert max(sizes) < 2000 + 200 and sizes != sorted(sizes)  # rewritten, not grown
-    store = FileStore(str(path))
-    assert {f"s{k}": store.have(f"s{k}") for k in range(7)} == \
-        {f"s{k}": len(range(k, 200, 7)) for k in range(7)}
-    store.close()
-
-
 # --- wallaroo receive --resumable, real processes ----------------------------------
 
 
@@ -745,3 +604,60 @@ def test_resumable_refuses_a_file_shorter_than_its_index(procs, tmp_path):
     assert proc.wait() == 1
     assert "is 3 bytes, but its index" in proc.stderr
     assert "listening on" not in proc.stderr
+
+
+# --- examples/receiver: the library under a SQLite store --------------------------
+
+
+def test_sqlite_receiver_example_keeps_each_output_once_across_a_restart(tmp_path):
+    db = tmp_path / "outputs.db"
+    example = SQLITE_EXAMPLE.parent
+
+    def start():
+        proc = subprocess.Popen([sys.executable, example / "sqlite_receiver.py",
+                                 "--listen", "127.0.0.1:0", "--db", db],
+                                stderr=subprocess.PIPE, text=True)
+        first = proc.stderr.readline()
+        m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", first)
+        assert m, first + proc.stderr.read()
+        return proc, int(m.group(1))
+
+    def fake_worker(port, stream, count):
+        done = subprocess.run([sys.executable, example / "fake_worker.py",
+                               f"127.0.0.1:{port}", "--stream", stream, "--count",
+                               str(count)], capture_output=True, text=True, timeout=WAIT)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    proc, port = start()
+    try:
+        assert fake_worker(port, "demo.p.0.initializer", 300).startswith(
+            "demo.p.0.initializer: HAVE 0, sent 300 outputs")
+        assert fake_worker(port, "demo.p.0.worker-1", 100).startswith(
+            "demo.p.0.worker-1: HAVE 0, sent 100 outputs")
+        proc.kill()  # SIGKILL: the table keeps what was acknowledged
+        proc.wait(WAIT)
+        proc, port = start()
+        assert fake_worker(port, "demo.p.0.initializer", 500).startswith(
+            "demo.p.0.initializer: HAVE 300, sent 200 outputs")
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=WAIT)[1]
+        assert proc.returncode == 0, err
+        assert "received 200 outputs on 1 connection in 1 commit;" in err
+    finally:
+        proc.kill()
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT stream, n, data FROM outputs ORDER BY stream, n")
+        got = [(s, n, bytes(d)) for s, n, d in rows]
+    assert got == [("demo.p.0.initializer", i, b"demo.p.0.initializer %d" % i)
+                   for i in range(500)] + \
+                  [("demo.p.0.worker-1", i, b"demo.p.0.worker-1 %d" % i) for i in range(100)]
+
+
+def test_receiver_benchmark_runs_and_checks_its_file():
+    done = subprocess.run([sys.executable, REPO / "benchmarks" / "bench_receiver.py",
+                           "--outputs", "20000", "--streams", "2"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "group commits, file checked)" in done.stdout
+    assert re.search(r"median: resumable [\d,]+ outputs/s", done.stdout)

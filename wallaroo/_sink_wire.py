@@ -60,11 +60,6 @@ def error_line(reason: str) -> bytes:
     return b"ERROR " + reason.replace("\n", " ").encode("utf-8", "replace") + b"\n"
 
 
-def frame(output: bytes) -> bytes:
-    """One output as the worker sends it (for fakes and tests)."""
-    return FRAME_HEADER.pack(len(output)) + output
-
-
 class FrameTooLarge(Exception):
     """A frame header announces more than the limit.  ``outputs`` holds the
     whole frames before it, which are good."""

@@ -199,8 +199,9 @@ class ResumableReceiver:
 
     ``max_output_size``: a frame announcing more gets ``ERROR``.
     ``group_delay``: seconds a commit waits for more outputs to gather.
-    ``max_pending``: bytes received but not yet taken by the store above
-    which connections stop reading.  ``handshake_timeout``: seconds a new
+    ``max_pending``: bytes received and not yet synced above which
+    connections stop reading (bounds memory and how much one commit
+    takes).  ``handshake_timeout``: seconds a new
     connection has to send its handshake line.  ``drain_timeout``: seconds
     ``stop()`` gives connections to be synced and acknowledged.
     ``on_durable(counts)``: called in the event loop after each commit with
@@ -209,7 +210,7 @@ class ResumableReceiver:
     """
 
     def __init__(self, store: Store, *, max_output_size: int = DEFAULT_MAX_OUTPUT,
-                 group_delay: float = 0.002, max_pending: int = 64 * 1024 * 1024,
+                 group_delay: float = 0.002, max_pending: int = 8 * 1024 * 1024,
                  handshake_timeout: float = 30.0, drain_timeout: float = 5.0,
                  on_durable: Callable[[dict[str, int]], None] | None = None):
         self.store = store

@@ -40,6 +40,7 @@ import fcntl
 import json
 import os
 import struct
+import time
 import zlib
 
 from ..receiver import OutputsRejected
@@ -83,6 +84,7 @@ class FileStore:
         self._split_args = (framing, fmt, header_fmt, max_record)
         self.max_record = max_record
         self.notes: list[str] = []  # what opening repaired, for the user
+        self.first_append: float | None = None  # time.perf_counter(), for rates
         self.fd = self.index_fd = -1
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -210,6 +212,8 @@ class FileStore:
         return 0 if s is None else s.durable
 
     def append(self, stream: str, first: int, outputs: list[bytes]) -> None:
+        if self.first_append is None:
+            self.first_append = time.perf_counter()
         s = self.streams.get(stream)
         if s is None:
             s = self.streams[stream] = _Stream(0, RecordSplitter(*self._split_args))

@@ -161,10 +161,9 @@ class ResumableFileReceiver:
         self._finish(f"timeout of {seconds:g}s")
 
     def _durable(self, counts: dict[str, int]) -> None:
-        now = trio.current_time()
-        if self.stats.first_data is None:
-            self.stats.first_data = now
-        self.stats.last_data = now
+        # From the first output the store took to the last commit.
+        self.stats.first_data = self.store.first_append
+        self.stats.last_data = time.perf_counter()
         self._data.set()
         expect = self.opts.expect
         if expect is not None and self.store.synced_records >= expect:
