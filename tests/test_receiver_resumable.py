@@ -180,14 +180,32 @@ def test_fresh_receiver_answers_have_0_then_acks_what_it_synced():
         await w.send(frames(outs("a", 0, 10)))
         await store.entered()  # appended, not yet durable
         assert store.outputs["alphabet.alphabet.0.initializer"] == outs("a", 0, 10)
+        await w.stream.send_eof()  # a worker done with its outputs
         store.release()
         # The first line after HAVE is the ACK that follows the sync:
-        # nothing was acknowledged before it.
+        # nothing was acknowledged before it, and the half-closed
+        # connection got it before it was closed.
         assert await w.line() == b"ACK 10\n"
-        await w.stream.send_eof()  # a worker done with its outputs
         assert await w.closed()
         assert w.buf == b""
     serve(t, GatedStore())
+
+
+def test_handshake_and_frames_split_over_many_writes():
+    async def t(receiver, port, store):
+        w = await FakeWorker.connect(port)
+        data = b"WALLAROO-OUT 1 slow.stream:1-x\n"
+        for i in range(len(data)):
+            await w.send(data[i:i + 1])
+            await trio.sleep(0)  # let the receiver read each piece alone
+        assert await w.have() == 0
+        data = frames([b"", b"a" * 300, b"b"])
+        for i in range(0, len(data), 7):
+            await w.send(data[i:i + 7])
+            await trio.sleep(0)
+        assert (await w.acks_until(3))[-1] == 3
+        assert store.outputs == {"slow.stream:1-x": [b"", b"a" * 300, b"b"]}
+    serve(t)
 
 
 def test_acks_are_coalesced_and_only_grow():
@@ -379,10 +397,18 @@ def test_outputs_the_store_rejects_get_error_and_the_stream_resumes_from_have():
     assert store.outputs == {"s": [b"a", b"b"]}
 
 
-def test_a_failing_store_stops_serve_and_nothing_is_acknowledged():
+@pytest.mark.parametrize("fails_in", ["sync", "have"])
+def test_a_failing_store_stops_serve_and_nothing_is_acknowledged(fails_in):
     class Broken(MemoryStore):
         def sync(self):
-            raise OSError(28, "No space left on device")
+            if fails_in == "sync":
+                raise OSError(28, "No space left on device")
+            super().sync()
+
+        def have(self, stream):  # at the handshake
+            if fails_in == "have":
+                raise OSError(28, "No space left on device")
+            return super().have(stream)
 
     failures = []
 
@@ -397,6 +423,9 @@ def test_a_failing_store_stops_serve_and_nothing_is_acknowledged():
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_until_it_fails, receiver)
             w = await FakeWorker.connect(port, "s")
+            if fails_in == "have":
+                assert await w.line() is None  # no HAVE, just closed
+                return
             assert await w.have() == 0
             await w.send(frames([b"a"]))
             assert await w.closed() and w.buf == b""  # no ACK, just closed
@@ -591,6 +620,32 @@ def test_resumable_receiver_survives_sigkill_every_output_exactly_once(procs, tm
     line = summary(receiver, "received")
     assert f"holds {3 * n} records from 3 streams (" in line, line
     assert all(f"{name}: {n}" in line for name in streams), line
+
+
+def test_resumable_cli_names_stream_and_peer_in_what_it_logs(procs, tmp_path):
+    path = tmp_path / "out.txt"
+    receiver, port = start_resumable(procs, path, "--verbose", "--max-record-size", "10",
+                                     "--idle-timeout", "0.2")
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
+        s.sendall(b"WALLAROO-OUT 2 s\n")
+        peer = "127.0.0.1:%d" % s.getsockname()[1]
+        assert s.makefile("rb").readline().startswith(b"ERROR unsupported version")
+    with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as s:
+        s.sendall(b"WALLAROO-OUT 1 app.p.0.w1\n" + frames([b"ok", b"x" * 11]))
+        lines = s.makefile("rb")
+        assert [lines.readline() for _ in range(3)] == [
+            b"HAVE 0\n", b"ACK 1\n", b"ERROR output 1 of stream app.p.0.w1: a frame of "
+            b"11 bytes is over this receiver's limit of 10 bytes\n"]
+    assert receiver.wait() == 0, receiver.stderr
+    assert (f"connection from {peer}: refused: unsupported version '2'; this receiver "
+            f"speaks version 1") in receiver.stderr
+    assert re.search(r"stream 'app\.p\.0\.w1' from 127\.0\.0\.1:\d+: HAVE 0",
+                     receiver.stderr)
+    line = summary(receiver, "received")
+    assert line.startswith("received 1 output (2 bytes) on 2 connections in ")
+    assert "holds 1 record from 1 stream (app.p.0.w1: 1)" in line
+    assert "; 2 connections refused; stopped: no data for 0.2s" in line
+    assert path.read_bytes() == b"ok"
 
 
 def test_resumable_refuses_a_file_shorter_than_its_index(procs, tmp_path):

@@ -229,6 +229,7 @@ class ResumableReceiver:
         self._stop_event: trio.Event | None = None
         self._stop_asked = False
         self._failure: BaseException | None = None  # the store's, raised by serve()
+        self._outer: trio.CancelScope | None = None  # serve()'s, cancelled on failure
         self._limiter = trio.CapacityLimiter(1)
         self._pending_bytes = 0
         self._counts = dict(connections=0, refused=0, outputs=0, bytes=0, commits=0,
@@ -342,7 +343,12 @@ class ResumableReceiver:
                 if st is None:
                     st = self._streams[name] = _Stream(name)
                 await self._claim(st, conn)
-                n = await trio.to_thread.run_sync(self._have, name, limiter=self._limiter)
+                try:
+                    n = await trio.to_thread.run_sync(self._have, name,
+                                                      limiter=self._limiter)
+                except Exception as e:  # the store failed: serve() raises it
+                    self._fail(e)
+                    return
                 st.held = st.acked = conn.next = conn.ack_sent = conn.ack_target = n
                 st.active = conn
                 conn.framing = True
@@ -484,12 +490,19 @@ class ResumableReceiver:
     # -- group commit ----------------------------------------------------------
 
     async def _commit_loop(self, outer: trio.CancelScope) -> None:
+        self._outer = outer
         try:
             await self._commits()
-        except Exception as e:  # the store failed: acknowledge nothing more
+        except Exception as e:
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        """The store failed: acknowledge nothing more, close everything, and
+        let serve() raise ``e``."""
+        if self._failure is None:
             log.error("the store failed: %s: %s", type(e).__name__, e)
             self._failure = e
-            outer.cancel()
+        self._outer.cancel()
 
     async def _commits(self) -> None:
         while True:
