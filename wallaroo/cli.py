@@ -245,12 +245,19 @@ def send(address, file_path, frames_path, u64_count, start, header_fmt, repeat,
               help="Where sinks connect (port 0 picks a free port).  Any number "
                    "of connections, one after another or at once.")
 @click.option("--output", "-o", default="-", show_default=True, metavar="PATH|-",
-              help="Where to write (- is stdout); flushed as data arrives.")
+              help="Where to write (- is stdout); flushed as data arrives.  With "
+                   "--resumable: a file, kept and continued across runs.")
+@click.option("--resumable", is_flag=True,
+              help="Speak the resumable sink protocol (workers run with "
+                   "--resumable-sinks): keep every output exactly once in --output "
+                   "FILE, fsynced before it is acknowledged, across crashes of "
+                   "either side.")
 @click.option("--framing", type=click.Choice(["raw", "length", "lines"]),
               default="raw", show_default=True,
               help="How to split what arrives into records: raw (a record is "
-                   "whatever one read returned), length (a --header-fmt length "
-                   "header, then the payload) or lines.")
+                   "whatever one read returned; with --resumable, one output), "
+                   "length (a --header-fmt length header, then the payload) or "
+                   "lines.")
 @click.option("--header-fmt", default=">I", show_default=True, metavar="FMT",
               help="struct format of the length header for --framing length.")
 @click.option("--format", "fmt", type=click.Choice(["raw", "text", "hex", "repr"]),
@@ -261,7 +268,8 @@ def send(address, file_path, frames_path, u64_count, start, header_fmt, repeat,
                    "payload, one line per record).")
 @click.option("--expect", type=click.IntRange(min=0), metavar="N",
               help="Exit once N records have been received (needs --framing "
-                   "length or lines).")
+                   "length or lines, or --resumable, where it counts the records "
+                   "FILE holds, from all streams and earlier runs).")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True),
               metavar="SECONDS",
               help="Exit once this long passes without data, after something "
@@ -271,12 +279,13 @@ def send(address, file_path, frames_path, u64_count, start, header_fmt, repeat,
 @click.option("--max-record-size", type=click.IntRange(min=0),
               default=64 * 1024 * 1024, show_default=True, metavar="BYTES",
               help="A length header announcing more closes that connection "
-                   "(its pending bytes count as dropped).")
+                   "(its pending bytes count as dropped); with --resumable, an "
+                   "output over it too, answered with ERROR.")
 @click.option("--verbose", "-v", is_flag=True,
               help="A line on stderr per connection opened and closed.")
 @click.option("--quiet", is_flag=True, help="No summary.")
-def receive(listen, output, framing, header_fmt, fmt, expect, idle_timeout, timeout,
-            max_record_size, verbose, quiet):
+def receive(listen, output, resumable, framing, header_fmt, fmt, expect, idle_timeout,
+            timeout, max_record_size, verbose, quiet):
     """Listen where sinks connect and write what arrives.
 
     The first line on stderr is `listening on HOST:PORT`, with the real
@@ -287,11 +296,25 @@ def receive(listen, output, framing, header_fmt, fmt, expect, idle_timeout, time
     SIGINT; then prints a summary on stderr (records, bytes, connections,
     incomplete records dropped) and exits 0.
 
+    With --resumable (needs --output FILE) each worker sink connection says
+    which stream it is; the receiver answers how many outputs of it FILE
+    holds, gets the rest, and acknowledges them once FILE and its index
+    (FILE.wallaroo-index: per-stream counts and FILE's durable length, with
+    checksums) are fsynced, a group commit for all streams every few ms.
+    Each output goes through --framing and --format as a plain sink's bytes
+    would.  Restarted on the same FILE (after SIGKILL too), it truncates the
+    torn tail and carries on: every output exactly once.  A FILE shorter
+    than its index says, a damaged index, or other --framing/--format than
+    FILE was written with are refused.  The summary adds the records FILE
+    holds and the outputs per stream.
+
     \b
     Example:
       wallaroo receive --listen 127.0.0.1:7002 --framing lines --format text
       wallaroo receive --listen 127.0.0.1:0 --framing length --format hex \\
           --expect 1000 --output out.txt
+      wallaroo receive --listen 127.0.0.1:7002 --resumable --output out.txt \\
+          --framing length --format hex
     """
     from .tools import ToolError
     from .tools.common import header_struct, parse_address
@@ -306,7 +329,11 @@ def receive(listen, output, framing, header_fmt, fmt, expect, idle_timeout, time
             header_struct(header_fmt)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--header-fmt") from None
-    if expect is not None and framing == "raw":
+    if resumable and output == "-":
+        raise click.UsageError("--resumable needs --output FILE (not stdout): the "
+                               "file is truncated back to what was acknowledged after "
+                               "a crash, which stdout cannot do")
+    if expect is not None and framing == "raw" and not resumable:
         raise click.UsageError("--expect counts records, and --framing raw has "
                                "none: give --framing length or --framing lines "
                                "(or stop on --idle-timeout / --timeout)")
@@ -315,7 +342,11 @@ def receive(listen, output, framing, header_fmt, fmt, expect, idle_timeout, time
                           timeout=timeout, max_record=max_record_size,
                           quiet=quiet, verbose=verbose)
     try:
-        do_receive(opts, output)
+        if resumable:
+            from .tools.receive_resumable import receive_resumable
+            receive_resumable(opts, output)
+        else:
+            do_receive(opts, output)
     except ToolError as e:
         raise click.ClickException(str(e)) from None
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 import sys
+
+import trio
+
+from .._net import format_address as format_address
+from .._net import open_listeners
 
 if sys.version_info < (3, 11):  # pragma: no cover - trio's dependency on 3.10
     from exceptiongroup import BaseExceptionGroup as BaseExceptionGroup
@@ -33,8 +39,19 @@ def parse_address(text: str, what: str = "address") -> tuple[str, int]:
     return host, n
 
 
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+async def listen_or_explain(host: str, port: int) -> list[trio.SocketListener]:
+    """``open_listeners``, its failures turned into a ``ToolError`` that says
+    what to do."""
+    addr = format_address(host, port)
+    try:
+        return await open_listeners(host, port)
+    except socket.gaierror as e:
+        raise ToolError(f"cannot resolve {host!r} (in {addr}): "
+                        f"{e.strerror or e}; check the host name") from None
+    except OSError as e:
+        hint = (" (is another receiver running there? pick another port, or "
+                "port 0 for a free one)" if e.errno in (98, 48, 10048) else "")
+        raise ToolError(f"cannot listen on {addr}: {e.strerror or e}{hint}") from None
 
 
 def header_struct(fmt: str) -> struct.Struct:

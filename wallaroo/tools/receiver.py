@@ -6,16 +6,7 @@ incomplete when its connection ends is dropped and counted, never written:
 after a restart the sink resends whole records on a new connection
 (DESIGN.md §5).
 
-Framing (how bytes become records):
-  raw     a record is whatever one read returned; bytes pass straight through
-  length  a ``header_fmt`` length header, then that many payload bytes
-  lines   a line, up to and including its ``\\n``
-
-Format (what is written per record):
-  raw     the record's bytes exactly as received (header / newline included)
-  text    the payload (or line) as UTF-8, errors replaced, plus ``\\n``
-  hex     the payload in hex, one line per record
-  repr    the payload as a Python bytes literal, one line per record
+Framing and format: see ``records.py`` (one definition for both receivers).
 """
 
 from __future__ import annotations
@@ -23,20 +14,17 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, TextIO
+from typing import BinaryIO, TextIO
 
 import trio
 
-from .common import BaseExceptionGroup, ToolError, format_address, header_struct, plural
+from .common import BaseExceptionGroup, ToolError, format_address, listen_or_explain, plural
+from .records import DEFAULT_MAX_RECORD, BadHeader, RecordSplitter
 
 RECV_SIZE = 256 * 1024
-FRAMINGS = ("raw", "length", "lines")
-FORMATS = ("raw", "text", "hex", "repr")
-DEFAULT_MAX_RECORD = 64 * 1024 * 1024
 
 
 @dataclass
@@ -84,37 +72,19 @@ class ReceiveStats:
         return line
 
 
-class _BadHeader(Exception):
-    pass
-
-
 class _OutputFailed(Exception):
     """Writing to ``--output`` failed (stops the receiver)."""
 
 
 class _Conn:
-    """Bytes of one connection not yet part of a complete record."""
+    """One connection: its label, its records, its incomplete record."""
 
-    __slots__ = ("label", "pieces", "pending", "need", "records")
+    __slots__ = ("label", "split", "records")
 
-    def __init__(self, label: str, need: int):
+    def __init__(self, label: str, split: RecordSplitter):
         self.label = label
-        self.pieces: list[bytes] = []
-        self.pending = 0  # bytes in pieces
-        self.need = need  # pending must reach this before a record can end
+        self.split = split
         self.records = 0
-
-    def take(self) -> bytes:
-        data = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
-        self.pieces = []
-        self.pending = 0
-        return data
-
-    def keep(self, rest: bytes, need: int) -> None:
-        if rest:
-            self.pieces.append(rest)
-            self.pending = len(rest)
-        self.need = need
 
 
 class Receiver:
@@ -123,10 +93,6 @@ class Receiver:
         self.out = out
         self.err = err or sys.stderr
         self.stats = ReceiveStats(expect=opts.expect)
-        self.header = header_struct(opts.header_fmt) if opts.framing == "length" else None
-        self._split = {"raw": self._split_raw, "length": self._split_length,
-                       "lines": self._split_lines}[opts.framing]
-        self._render = _renderer(opts.framing, opts.format)
         self._stop: trio.Event | None = None
         self._data = None  # trio.Event set by every arrival (idle timeout)
         self.output_error: str | None = None
@@ -174,31 +140,7 @@ class Receiver:
             nursery.cancel_scope.cancel()
 
     async def _listen(self) -> list[trio.SocketListener]:
-        host, port = self.opts.host, self.opts.port
-        addr = format_address(host, port)
-        try:
-            if port != 0:
-                return await trio.open_tcp_listeners(port, host=host)
-            # Port 0: one socket (several would each get their own port).
-            infos = await trio.socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM,
-                                                  flags=socket.AI_PASSIVE)
-            infos.sort(key=lambda i: i[0] != socket.AF_INET)
-            family, type_, proto, _, sockaddr = infos[0]
-            sock = trio.socket.socket(family, type_, proto)
-            try:
-                await sock.bind(sockaddr)
-                sock.listen(128)
-            except BaseException:
-                sock.close()
-                raise
-            return [trio.SocketListener(sock)]
-        except socket.gaierror as e:
-            raise ToolError(f"cannot resolve {host!r} (in {addr}): "
-                            f"{e.strerror or e}; check the host name") from None
-        except OSError as e:
-            hint = (" (is another receiver running there? pick another port, or "
-                    "port 0 for a free one)" if e.errno in (98, 48, 10048) else "")
-            raise ToolError(f"cannot listen on {addr}: {e.strerror or e}{hint}") from None
+        return await listen_or_explain(self.opts.host, self.opts.port)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -238,7 +180,8 @@ class Receiver:
             label = f"connection {stats.connections} from {format_address(*peer[:2])}"
         except OSError:
             label = f"connection {stats.connections}"
-        conn = _Conn(label, self.header.size if self.header else 1)
+        conn = _Conn(label, RecordSplitter(self.opts.framing, self.opts.format,
+                                           self.opts.header_fmt, self.opts.max_record))
         if self.opts.verbose:
             self.note(label)
         how = "closed by the peer"
@@ -253,11 +196,13 @@ class Receiver:
                 stats.last_data = now
                 self._data.set()
                 try:
-                    self._split(conn, data)
-                except _BadHeader as e:
-                    how = str(e)
-                    self.note(f"{label}: {e}; closing it")
-                    break
+                    try:
+                        self._emit(conn, *conn.split.feed(data))
+                    except BadHeader as e:
+                        self._emit(conn, *e.done)
+                        how = str(e)
+                        self.note(f"{label}: {e}; closing it")
+                        break
                 except _OutputFailed as e:
                     self._output_failed(e.args[0])
                     break
@@ -267,12 +212,13 @@ class Receiver:
             cause = e.__cause__ or e
             how = f"lost: {getattr(cause, 'strerror', None) or cause}"
         finally:
-            if conn.pending:
+            pending = conn.split.pending
+            if pending:
                 stats.dropped_records += 1
-                stats.dropped_bytes += conn.pending
+                stats.dropped_bytes += pending
             if self.opts.verbose:
-                dropped = (f", dropped an incomplete record of {conn.pending} bytes"
-                           if conn.pending else "")
+                dropped = (f", dropped an incomplete record of {pending} bytes"
+                           if pending else "")
                 self.note(f"{label}: {how}: {plural(conn.records, 'record')}{dropped}")
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
@@ -288,76 +234,13 @@ class Receiver:
             except OSError as e:
                 raise _OutputFailed(e) from None
 
-    def _split_raw(self, conn: _Conn, data: bytes) -> None:
-        self._emit(conn, 1, len(data), self._render(data, [data]))
 
-    def _split_lines(self, conn: _Conn, data: bytes) -> None:
-        i = data.rfind(b"\n")
-        conn.pieces.append(data)
-        conn.pending += len(data)
-        if i < 0:
-            return
-        buf = conn.take()
-        cut = len(buf) - (len(data) - i - 1)
-        block = buf[:cut] if cut < len(buf) else buf
-        conn.keep(buf[cut:], 1)
-        lines = None if self.opts.format in ("raw", "text") else block.split(b"\n")[:-1]
-        self._emit(conn, block.count(b"\n"), len(block), self._render(block, lines))
-
-    def _split_length(self, conn: _Conn, data: bytes) -> None:
-        conn.pieces.append(data)
-        conn.pending += len(data)
-        if conn.pending < conn.need:
-            return
-        buf = conn.take()
-        unpack_from, hl = self.header.unpack_from, self.header.size
-        max_record = self.opts.max_record
-        payloads = None if self.opts.format == "raw" else []
-        n = len(buf)
-        pos = count = 0
-        need = hl
-        while n - pos >= hl:
-            (ln,) = unpack_from(buf, pos)
-            if ln < 0 or ln > max_record:
-                if count:
-                    self._emit(conn, count, pos, self._render(buf[:pos], payloads))
-                conn.keep(buf[pos:], hl)
-                raise _BadHeader(f"a header at byte {pos} of what is pending "
-                                 f"announces {ln} bytes (over --max-record-size "
-                                 f"{max_record}; is --header-fmt "
-                                 f"{self.opts.header_fmt!r} right?)")
-            end = pos + hl + ln
-            if end > n:
-                need = hl + ln
-                break
-            if payloads is not None:
-                payloads.append(buf[pos + hl:end])
-            pos = end
-            count += 1
-        conn.keep(buf[pos:] if pos < n else b"", need)
-        if count:
-            self._emit(conn, count, pos, self._render(
-                buf if pos == n else buf[:pos], payloads))
-
-
-def _renderer(framing: str, fmt: str) -> Callable[[bytes, list | None], bytes]:
-    """``render(block, records)``: the bytes to write for a block of whole
-    records (``records`` holds their payloads when the format needs them)."""
-    if fmt == "raw":
-        return lambda block, records: block
-    if fmt == "text":
-        if framing == "lines":
-            return lambda block, records: block.decode("utf-8", "replace") \
-                .replace("\r\n", "\n").encode("utf-8")
-        return lambda block, records: "".join(
-            [r.decode("utf-8", "replace") + "\n" for r in records]).encode("utf-8")
-    if fmt == "hex":
-        return lambda block, records: "".join(
-            [r.hex() + "\n" for r in records]).encode("ascii")
-    if fmt == "repr":
-        return lambda block, records: "".join(
-            [repr(r) + "\n" for r in records]).encode("ascii")
-    raise ValueError(f"unknown format {fmt!r}")
+def check_options(opts: ReceiveOptions) -> None:
+    """Framing, format and header format, or a ``ToolError``."""
+    try:
+        RecordSplitter(opts.framing, opts.format, opts.header_fmt, opts.max_record)
+    except ValueError as e:
+        raise ToolError(str(e)) from None
 
 
 def open_output(path: str) -> tuple[BinaryIO, bool]:
@@ -373,15 +256,7 @@ def open_output(path: str) -> tuple[BinaryIO, bool]:
 def receive(opts: ReceiveOptions, output: str = "-",
             err: TextIO | None = None) -> ReceiveStats:
     """Run the receiver until it stops; print the summary unless quiet."""
-    if opts.framing not in FRAMINGS:
-        raise ToolError(f"framing {opts.framing!r}: use one of {', '.join(FRAMINGS)}")
-    if opts.format not in FORMATS:
-        raise ToolError(f"format {opts.format!r}: use one of {', '.join(FORMATS)}")
-    try:
-        if opts.framing == "length":
-            header_struct(opts.header_fmt)
-    except ValueError as e:
-        raise ToolError(str(e)) from None
+    check_options(opts)
     out, close = open_output(output)
     err = err or sys.stderr
     receiver = Receiver(opts, out, err)
