@@ -43,7 +43,8 @@ def test_json_reports_partitions_backlog_and_streams(tmp_path):
     assert w["input_messages"] >= 1 and w["replay_from"] < w["next_lsn"]
     # the second batch was committed but never released
     assert sum(o["outputs"] for o in w["outbox"]) > 0
-    assert {"source": "A", "stream": "a1", "durable": 7} in w["streams"]
+    (a1,) = [s for s in w["streams"] if s["stream"] == "a1"]
+    assert a1["source"] == "A" and a1["durable"] == 7 and a1["last_seen"] > 0
 
 
 def test_text_output_and_sqlite_utils_read_the_same_directory(tmp_path):
