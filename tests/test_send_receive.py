@@ -482,6 +482,28 @@ def test_resumable_resumes_where_the_engine_says(procs):
     assert "connection to 127.0.0.1:" in sender.stderr  # the reconnect notice
 
 
+def test_resumable_refuses_a_resume_below_an_ack_it_received(procs):
+    """The worker lost messages it had acknowledged as durable (restarted
+    without its resilience directory, or a damaged one): the sender says so
+    and exits 1 instead of resending over the loss."""
+    def first(conn, f):
+        conn.sendall(b"RESUME 0\n")
+        read_values(f, 100)
+        conn.sendall(b"ACK 100\n")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def second(conn, f):
+        conn.sendall(b"RESUME 40\n")
+
+    engine = FakeEngine(first, second)
+    sender = procs("send", f"127.0.0.1:{engine.port}", "--u64", "1000",
+                   "--resumable", "s", "--batch", "100", "--rate", "2000")
+    assert sender.wait() == 1, sender.stderr
+    engine.join()
+    assert "answered RESUME 40 for stream 's', but had acknowledged 100" in sender.stderr
+    assert "lost 60 acknowledged messages" in sender.stderr
+
+
 def test_resumable_with_everything_durable_sends_nothing(procs):
     engine = FakeEngine(lambda conn, f: conn.sendall(b"RESUME 10\n"))
     sender = procs("send", f"127.0.0.1:{engine.port}", "--u64", "10", "--resumable", "s")

@@ -41,3 +41,27 @@ async def open_listeners(host: str, port: int) -> list[trio.SocketListener]:
         sock.close()
         raise
     return [trio.SocketListener(sock)]
+
+
+def os_error_reason(e: BaseException) -> str:
+    """The operating system's words for why a socket call failed, found
+    through trio's wrappers (``all attempts to connect ... failed`` hides
+    the per-attempt errors in its cause): e.g. "Connection refused", "Too
+    many open files"."""
+    seen = set()
+    todo = [e]
+    while todo:
+        x = todo.pop(0)
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno:
+            import os
+            return os.strerror(x.errno)
+        todo.extend(getattr(x, "exceptions", ()) or ())
+        for nxt in (x.__cause__, x.__context__):
+            if nxt is not None:
+                todo.append(nxt)
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__

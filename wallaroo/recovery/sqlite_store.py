@@ -83,6 +83,7 @@ class SQLiteStore:
         if manifest is None and not existed:
             self._note_other_workers()
         self._lock.acquire()
+        trial_write(self.path)
         db_size = self._lock.size()
         position = self._position.read()
         if existed:
@@ -90,7 +91,6 @@ class SQLiteStore:
             check_position(self.path, position, manifest, db_size, commits, next_lsn)
         elif position is not None and position.commits > 0:
             check_position(self.path, position, manifest, db_size, 0, 0)
-        trial_write(self.path)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None,
                                    check_same_thread=False)
@@ -272,7 +272,7 @@ class SQLiteStore:
                         pid))
 
     def _write_snapshots(self, conn: sqlite3.Connection, rec: CommitRecord) -> None:
-        part = self.part_bytes
+        part = min(self.part_bytes, _blob_limit(conn) // 2)
         rows, split = [], []
         for s in rec.snapshots:
             blob = s.blob
@@ -344,6 +344,13 @@ class SQLiteStore:
         self._lock.release()
 
 
+def _blob_limit(conn: sqlite3.Connection) -> int:
+    """The largest string or blob this connection takes (SQLite's
+    SQLITE_LIMIT_LENGTH, 1e9 unless lowered; readable from Python 3.11)."""
+    getlimit = getattr(conn, "getlimit", None)
+    return getlimit(sqlite3.SQLITE_LIMIT_LENGTH) if getlimit else 1_000_000_000
+
+
 def _make_directory(directory: str) -> None:
     if directory == "":
         raise StoreError("the resilience directory name is empty")
@@ -374,6 +381,10 @@ def _progress_read_only(path: str) -> tuple[int, int]:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:  # killed while creating it: nothing committed yet
             return 0, 0
+        if version > len(schema.MIGRATIONS):
+            raise schema.SchemaTooNew(
+                f"{path}: database schema version {version} is newer than this "
+                f"wallaroo understands ({len(schema.MIGRATIONS)}); upgrade wallaroo")
         if version >= 2:  # control checksums: a damaged row is named as such
             row = conn.execute("SELECT next_lsn, replay_from, commits, checksum "
                                "FROM progress").fetchone()

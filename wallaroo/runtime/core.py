@@ -71,6 +71,7 @@ class Batch:
     # chunks (or their tails) the batch's deadline left unprocessed: they go
     # back to the front of their inbox queues
     leftover: list[Chunk] = field(default_factory=list)
+    cut: bool = False  # leftover[0] is the tail of a chunk the batch began
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,7 @@ class WorkerCore:
         streams: dict[tuple[str, str], int] = {}
         consumed: dict[int, int] = {}
         leftover: list[Chunk] = []
+        cut = False
         flog = self.failures
         fails_before = flog.total
         pipelines = self.app.pipelines
@@ -314,6 +316,7 @@ class WorkerCore:
             if done < n:
                 ch, rest = ch.split(done, self.header_lengths[ch.source])
                 leftover = [rest, *chunks[ci + 1:]]
+                cut = True
                 n = done
             pname = pipelines[ch.source].name
             if durable:
@@ -353,7 +356,8 @@ class WorkerCore:
             st.longest_batch_seconds = elapsed
             st.longest_batch_messages = lsn - first_lsn
         return Batch(record=record, outputs=outputs, streams=streams,
-                     messages=lsn - first_lsn, failures=failures, leftover=leftover)
+                     messages=lsn - first_lsn, failures=failures, leftover=leftover,
+                     cut=cut)
 
     def _record(self, **rows) -> CommitRecord:
         """A commit record carrying the control values every commit writes:

@@ -61,6 +61,7 @@ class Inbox:
         self.max_bytes = max_bytes
         self.header_lengths = header_lengths  # per source, to split chunks
         self.bytes = 0  # queued frames + partial frames held by connections
+        self.pledged = 0  # sizes of reads in progress (see sources._recv)
         self._queues: dict[object, _Queue] = {}
         self._held: dict[object, int] = {}  # connection -> partial bytes
         self._overdraft: object = None
@@ -76,6 +77,9 @@ class Inbox:
                 return
             await self._space.wait()
 
+    def holds_overdraft(self, conn: object) -> bool:
+        return self._overdraft is conn
+
     def hold(self, conn: object, n: int) -> None:
         """``conn`` read ``n`` bytes (not yet complete frames)."""
         if n:
@@ -90,6 +94,10 @@ class Inbox:
             self._overdraft = None
         if n or self._overdraft is None:
             self._wake_space()
+
+    def room(self) -> int:
+        """How many bytes may be read before the budget is spent."""
+        return self.max_bytes - self.bytes
 
     @property
     def held_bytes(self) -> int:
@@ -184,9 +192,12 @@ class Inbox:
         self._wake_space()
         return chunks
 
-    def unget(self, chunks: list[Chunk]) -> None:
+    def unget(self, chunks: list[Chunk], cut: bool = False) -> None:
         """Put chunks (a batch's leftover) back at the front of their keys'
-        queues, and those keys at the front of the line, in order."""
+        queues, and those keys at the front of the line, in order.  With
+        ``cut``, the first chunk is the tail of one the batch was working on
+        when its time ran out: its key goes to the back of the line, so a
+        busy connection cannot starve the others."""
         if not chunks:
             return
         front: dict[object, _Queue] = {}
@@ -207,7 +218,12 @@ class Inbox:
                 q.pending, q.pending_offset = ch.pending, ch.pending_offset
             front = {ch.key: q, **front}
             self.bytes += len(ch.frames)
-        self._queues = {**front, **self._queues}
+        if cut:
+            key = chunks[0].key
+            last = front.pop(key)
+            self._queues = {**front, **self._queues, key: last}
+        else:
+            self._queues = {**front, **self._queues}
         self._arrived.set()
 
     def take_all(self) -> list[Chunk]:

@@ -22,6 +22,7 @@ from typing import Callable
 
 import trio
 
+from .._net import os_error_reason
 from .._spec import SinkSpec
 from ..recovery.records import OutputRow
 
@@ -67,15 +68,18 @@ class TCPSink:
     async def run(self) -> None:
         delay, max_delay = self.backoff
         failures = 0
+        last_reason = None
         while True:
             try:
                 stream = await trio.open_tcp_stream(self.spec.host, int(self.spec.port))
             except OSError as e:
                 failures += 1
-                if failures == 1 or failures % 20 == 0:
+                reason = os_error_reason(e)
+                if failures == 1 or failures % 20 == 0 or reason != last_reason:
                     self.log.warning("%s: cannot connect: %s; retrying (attempt %d), "
                                      "%d bytes of output waiting", self.spec.label,
-                                     e.strerror or e, failures, self.queued_bytes)
+                                     reason, failures, self.queued_bytes)
+                last_reason = reason
                 await trio.sleep(delay)
                 delay = min(max_delay, delay * 2)
                 continue

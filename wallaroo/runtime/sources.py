@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import resource
 import time
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .._compat import BaseExceptionGroup
 from .._spec import SourceSpec
 from .framing import Framer, PartialFrames
 from .inbox import Inbox
@@ -33,6 +35,10 @@ from .resume import (MAX_LINE, PREFIX, HandshakeError, StreamRegistry,
                      resume_line)
 
 RECV_SIZE = 256 * 1024
+# Reads in progress pledge their size against the room left in the inbox
+# budget, down to reads of this size: however many connections receive at
+# once, together they overshoot the budget by at most this much each.
+MIN_RECV = 4096
 # A resumable client that half-closes after its last frame still gets the
 # ACK covering it, if the commit comes within this long.
 FINAL_ACK_TIMEOUT = 30.0
@@ -55,6 +61,10 @@ class ConnectionLimits:
     max_connections: int = 1000
     handshake_timeout: float = 10.0
     idle_timeout: float | None = None
+    # A connection allowed past a budget spent by partial frames (the inbox's
+    # overdraft) must complete its frame within this, or it is closed: one
+    # stalled sender cannot hold everyone's input.
+    overdraft_timeout: float = 10.0
 
 
 class RateLimitedLog:
@@ -180,7 +190,7 @@ class TCPSource:
                         "pipeline %r: cannot accept connections on %s: %s (%d "
                         "connections open; the limit of open files is %s, see "
                         "`ulimit -n`); serving the open connections and "
-                        "retrying", self.spec.pipeline, self.spec.address,
+                        "retrying", self.spec.pipeline, _address(self.bound),
                         os.strerror(e.errno), self.counter.open,
                         _nofile_limit())
                     await trio.sleep(ACCEPT_RETRY)
@@ -210,6 +220,13 @@ class TCPSource:
                 await self._serve_connection(conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self.log.info("%s: closed by error: %s", conn.label, e)
+        except BaseExceptionGroup as eg:  # from the resumable connection's tasks
+            broken, rest = eg.split(_CONNECTION_ERRORS)
+            if broken is not None:
+                self.log.info("%s: closed by error: %s", conn.label,
+                              _first_leaf(broken))
+            if rest is not None:
+                raise rest from None  # e.g. the cancellation of a stopping worker
         finally:
             self.inbox.release(conn)
             self.counter.open -= 1
@@ -226,16 +243,26 @@ class TCPSource:
 
     async def _recv(self, conn: Connection) -> bytes:
         """Read what the budget allows; the bytes count until queued."""
-        await self.inbox.reserve(conn)
+        inbox = self.inbox
+        await inbox.reserve(conn)
+        overdraft = inbox.holds_overdraft(conn)
+        size = RECV_SIZE if overdraft else max(MIN_RECV, min(
+            RECV_SIZE, inbox.room() - inbox.pledged))
         idle = self.limits.idle_timeout
-        if idle is None:
-            more = await conn.stream.receive_some(RECV_SIZE)
-        else:
-            more = None
-            with trio.move_on_after(idle):
-                more = await conn.stream.receive_some(RECV_SIZE)
-            if more is None:
-                raise _Idle()
+        more = None
+        wait = math.inf if idle is None else idle
+        if overdraft:
+            wait = min(wait, self.limits.overdraft_timeout)
+        inbox.pledged += size
+        try:
+            with trio.move_on_after(wait):
+                more = await conn.stream.receive_some(size)
+        finally:
+            inbox.pledged -= size
+        if more is None:
+            if overdraft and (idle is None or self.limits.overdraft_timeout < idle):
+                raise _Stalled()
+            raise _Idle()
         self.inbox.hold(conn, len(more))
         return more
 
@@ -270,6 +297,12 @@ class TCPSource:
         except _Idle:
             self.log.info("%s: nothing received for %gs (--idle-timeout); "
                           "closing", conn.label, self.limits.idle_timeout)
+        except _Stalled:
+            self.log.warning(
+                "%s: stalled for %gs in the middle of a frame while partial "
+                "frames fill the input budget; closing it so the others can "
+                "go on (its incomplete frame is discarded)", conn.label,
+                self.limits.overdraft_timeout)
 
     async def _read_handshake_line(self, conn: Connection, data: bytes) -> bytes | None:
         while b"\n" not in data[:MAX_LINE]:
@@ -365,6 +398,15 @@ class TCPSource:
             data = data + more if data else more
 
 
+_CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+def _first_leaf(e: BaseException) -> BaseException:
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
+
+
 class ConnectionCounter:
     """Open source connections, shared by a worker's sources (the limit is
     per worker)."""
@@ -375,6 +417,14 @@ class ConnectionCounter:
 
 class _Idle(Exception):
     pass
+
+
+class _Stalled(Exception):
+    pass
+
+
+def _address(bound) -> str:
+    return "?" if bound is None else f"{bound[0]}:{bound[1]}"
 
 
 def _nofile_limit() -> str:

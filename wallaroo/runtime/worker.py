@@ -56,6 +56,7 @@ class WorkerOptions:
     max_connections: int = 1000
     handshake_timeout: float = 10.0
     idle_timeout: float | None = None
+    overdraft_timeout: float = 10.0
     forget_streams_after: float | None = None
 
 
@@ -149,7 +150,8 @@ class Worker:
             # sources, all together (DESIGN.md §4.5).
             limits = ConnectionLimits(self.opts.max_connections,
                                       self.opts.handshake_timeout,
-                                      self.opts.idle_timeout)
+                                      self.opts.idle_timeout,
+                                      self.opts.overdraft_timeout)
             counter = ConnectionCounter()
             self.sources = [TCPSource(p.index, p.source, self.core.framers[p.index],
                                       self.inbox, self.registry, log, limits, counter)
@@ -264,7 +266,7 @@ class Worker:
                     batch = core.process(inbox.take(opts.max_batch),
                                          deadline=time.perf_counter()
                                          + opts.max_batch_time)
-                    inbox.unget(batch.leftover)
+                    inbox.unget(batch.leftover, batch.cut)
                 elif durable and core.idle_commit_due():
                     batch = core.process(())
                 elif forget_every and trio.current_time() >= next_forget:

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 
 import trio
 
 from .._net import format_address as format_address
 from .._net import open_listeners
 
-if sys.version_info < (3, 11):  # pragma: no cover - trio's dependency on 3.10
-    from exceptiongroup import BaseExceptionGroup as BaseExceptionGroup
-else:
-    import builtins
-    BaseExceptionGroup = builtins.BaseExceptionGroup
+from .._compat import BaseExceptionGroup as BaseExceptionGroup
 
 
 class ToolError(Exception):

@@ -89,6 +89,14 @@ def _render_streams(info: WorkerInfo, console: Console, all_streams: bool) -> No
                  f"all; the {STREAMS_SHOWN} seen last (--streams for every one)")
     else:
         title = f"resumable streams ({len(rows)})"
+    if len(rows) > 1000:  # a table of that many rows is slow to lay out
+        console.print(title + "; source, stream, durable messages, last seen:")
+        out = console.file
+        for s in rows:
+            t = s["last_seen"]
+            out.write(f"{s['source']}\t{s['stream']}\t{s['durable']}\t"
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t)) if t else '-'}\n")
+        return
     table = Table(title=title, title_justify="left")
     for col in ("source (pipeline)", "stream", "durable messages", "last seen"):
         table.add_column(col)
