@@ -14,9 +14,9 @@ past it while no complete frame waits (the "overdraft"), until it completes a
 frame or closes.
 
 Input a previous run read but did not process (pending rows) is queued first,
-under the key its stream (or a key of its own) maps to; a chunk never mixes
-pending frames and new ones, so each batch can say how far a pending row has
-been consumed.
+under the key its stream (or a key of its own) maps to, as whole chunks that
+are never merged with new frames, so each batch can say how far a pending row
+has been consumed.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from .core import Chunk
 
 
 class _Queue:
-    """Frames one key delivered since its last batch.  A batch may take only
-    the front of them; ``pos``/``fpos`` mark where the rest begins, so a long
-    backlog is never copied per batch."""
+    """Frames one key delivered since its last batch.  ``front`` holds whole
+    chunks served first: a batch's leftover put back, or input a previous run
+    left pending; then the frames that arrived, of which a batch may take
+    only the front (``pos``/``fpos`` mark where the rest begins, so a long
+    backlog is never copied per batch)."""
 
     __slots__ = ("source", "payloads", "pos", "frames", "fpos", "stream",
-                 "first_seq", "origin", "position", "pending", "pending_offset",
-                 "pending_left")
+                 "first_seq", "origin", "position", "front")
 
     def __init__(self, source, payloads, frames, stream, first_seq, origin,
                  position=None):
@@ -43,17 +44,22 @@ class _Queue:
         self.frames = [frames]
         self.fpos = 0
         self.stream = stream
-        self.first_seq = first_seq
+        self.first_seq = first_seq  # of the first frame not yet taken
         self.origin = origin
         self.position = position
-        self.pending: int | None = None  # pending row at the front
-        self.pending_offset = 0
-        self.pending_left = 0  # frames at the front that belong to it
+        self.front: list[Chunk] = []
 
     def joined(self) -> bytes:
         if len(self.frames) > 1:
             self.frames = [b"".join(self.frames)]
         return self.frames[0]
+
+    @property
+    def arrived(self) -> int:
+        return len(self.payloads) - self.pos
+
+    def __bool__(self) -> bool:
+        return bool(self.front) or self.pos < len(self.payloads)
 
 
 class Inbox:
@@ -126,6 +132,9 @@ class Inbox:
         if q is None:
             self._queues[key] = _Queue(source, payloads, frames, stream, first_seq,
                                        origin, position)
+        elif not q.arrived:  # only front chunks wait: these start the rest
+            q.payloads, q.pos, q.frames, q.fpos = payloads, 0, [frames], 0
+            q.first_seq, q.origin, q.position = first_seq, origin, position
         else:
             q.payloads.extend(payloads)
             q.frames.append(frames)
@@ -133,14 +142,21 @@ class Inbox:
 
     def put_pending(self, key: object, chunk: Chunk) -> None:
         """Queue frames of a pending row (read by a previous run) ahead of
-        anything new for ``key``."""
+        anything new for ``key``; rows of one key in the order given."""
         chunk.key = key
-        self.unget([chunk])
+        q = self._queues.get(key)
+        if q is None:
+            end = None if chunk.first_seq is None else chunk.first_seq + len(chunk.payloads)
+            q = self._queues[key] = _Queue(chunk.source, [], b"", chunk.stream,
+                                           end, chunk.origin)
+        q.front.append(chunk)
+        self.bytes += len(chunk.frames)
+        self._arrived.set()
 
     def take(self, max_messages: int) -> list[Chunk]:
-        """Up to ``max_messages`` frames, oldest keys first.  A key with more
-        waiting is split at a frame boundary and moves to the back, so one
-        busy connection cannot starve the others."""
+        """Up to ``max_messages`` frames, oldest keys first, one chunk per
+        key.  A key with more waiting is split at a frame boundary and moves
+        to the back, so one busy connection cannot starve the others."""
         chunks: list[Chunk] = []
         budget = max_messages
         taken_bytes = 0
@@ -148,74 +164,70 @@ class Inbox:
             if budget <= 0:
                 break
             q = self._queues[key]
-            frames = q.joined()
-            avail = len(q.payloads) - q.pos
-            n = min(avail, budget, q.pending_left or avail)
-            pending = q.pending if q.pending_left else None
-            if n == avail and pending is None:
-                del self._queues[key]
-                payloads = q.payloads if q.pos == 0 else q.payloads[q.pos:]
-                part = frames if q.fpos == 0 else frames[q.fpos:]
-                chunks.append(Chunk(q.source, payloads, part, q.stream,
-                                    q.first_seq, q.origin, key, q.position))
-                taken_bytes += len(part)
-                budget -= n
-                continue
-            end = q.pos + n
-            head = q.payloads[q.pos:end]
-            cut = q.fpos + sum(map(len, head)) + n * self.header_lengths[q.source]
-            chunks.append(Chunk(q.source, head, frames[q.fpos:cut], q.stream,
-                                q.first_seq, q.origin, key, q.position, pending,
-                                q.pending_offset))
-            taken_bytes += cut - q.fpos
-            q.pos, q.fpos = end, cut
-            if q.first_seq is not None:
-                q.first_seq += n
-            if q.position is not None:
-                q.position += n
-            if pending is not None:
-                q.pending_left -= n
-                q.pending_offset += n
-                if not q.pending_left:
-                    q.pending = None
+            if q.front:
+                ch = q.front[0]
+                if len(ch.payloads) <= budget:
+                    del q.front[0]
+                else:
+                    ch, q.front[0] = ch.split(budget, self.header_lengths[ch.source])
+                chunks.append(ch)
+                taken_bytes += len(ch.frames)
+                budget -= len(ch.payloads)
+            else:
+                ch = self._take_arrived(key, q, budget)
+                chunks.append(ch)
+                taken_bytes += len(ch.frames)
+                budget -= len(ch.payloads)
             del self._queues[key]
-            if q.pos < len(q.payloads):
-                if q.pos > len(q.payloads) // 2:  # drop the consumed front
-                    del q.payloads[:q.pos]
-                    q.frames = [frames[cut:]]
-                    q.pos = q.fpos = 0
+            if q:
                 self._queues[key] = q  # to the back of the line
-            budget -= n
         self.bytes -= taken_bytes
         if not self._queues:
             self._arrived = trio.Event()
         self._wake_space()
         return chunks
 
+    def _take_arrived(self, key: object, q: _Queue, budget: int) -> Chunk:
+        frames = q.joined()
+        n = min(q.arrived, budget)
+        if n == q.arrived:
+            payloads = q.payloads if q.pos == 0 else q.payloads[q.pos:]
+            part = frames if q.fpos == 0 else frames[q.fpos:]
+            ch = Chunk(q.source, payloads, part, q.stream, q.first_seq, q.origin,
+                       key, q.position)
+            q.payloads, q.frames, q.pos, q.fpos = [], [b""], 0, 0
+        else:
+            end = q.pos + n
+            head = q.payloads[q.pos:end]
+            cut = q.fpos + sum(map(len, head)) + n * self.header_lengths[q.source]
+            ch = Chunk(q.source, head, frames[q.fpos:cut], q.stream, q.first_seq,
+                       q.origin, key, q.position)
+            q.pos, q.fpos = end, cut
+            if q.pos > len(q.payloads) // 2:  # drop the consumed front
+                del q.payloads[:q.pos]
+                q.frames = [frames[cut:]]
+                q.pos = q.fpos = 0
+        if q.first_seq is not None:
+            q.first_seq += n
+        if q.position is not None:
+            q.position += n
+        return ch
+
     def unget(self, chunks: list[Chunk], cut: bool = False) -> None:
         """Put chunks (a batch's leftover) back at the front of their keys'
         queues, and those keys at the front of the line, in order.  With
         ``cut``, the first chunk is the tail of one the batch was working on
         when its time ran out: its key goes to the back of the line, so a
-        busy connection cannot starve the others."""
+        busy connection cannot starve the others.  Costs the chunks, never
+        the backlog behind them."""
         if not chunks:
             return
         front: dict[object, _Queue] = {}
         for ch in reversed(chunks):
             q = self._queues.pop(ch.key, None) or front.pop(ch.key, None)
             if q is None:
-                q = _Queue(ch.source, list(ch.payloads), ch.frames, ch.stream,
-                           ch.first_seq, ch.origin, ch.position)
-            else:
-                rest = q.joined()[q.fpos:]
-                q.payloads = list(ch.payloads) + q.payloads[q.pos:]
-                q.frames = [ch.frames + rest]
-                q.pos = q.fpos = 0
-                q.first_seq, q.position = ch.first_seq, ch.position
-                q.pending_left = q.pending_left if q.pending == ch.pending else 0
-            if ch.pending is not None:
-                q.pending_left += len(ch.payloads)
-                q.pending, q.pending_offset = ch.pending, ch.pending_offset
+                q = _Queue(ch.source, [], b"", ch.stream, None, ch.origin)
+            q.front.insert(0, ch)
             front = {ch.key: q, **front}
             self.bytes += len(ch.frames)
         if cut:
@@ -227,13 +239,13 @@ class Inbox:
         self._arrived.set()
 
     def take_all(self) -> list[Chunk]:
-        """Everything queued, one chunk per key (pending and new frames
-        together): what a stopping worker logs, or drops and counts."""
+        """Everything queued, in order per key: what a stopping worker logs,
+        or drops and counts."""
         chunks = []
         for key, q in self._queues.items():
-            frames = q.joined()
-            chunks.append(Chunk(q.source, q.payloads[q.pos:], frames[q.fpos:],
-                                q.stream, q.first_seq, q.origin, key, q.position))
+            chunks.extend(q.front)
+            if q.arrived:
+                chunks.append(self._take_arrived(key, q, q.arrived))
         self.bytes -= sum(len(c.frames) for c in chunks)
         self._queues = {}
         self._arrived = trio.Event()
@@ -242,7 +254,8 @@ class Inbox:
 
     @property
     def messages(self) -> int:
-        return sum(len(q.payloads) - q.pos for q in self._queues.values())
+        return sum(q.arrived + sum(len(c.payloads) for c in q.front)
+                   for q in self._queues.values())
 
     async def wait(self, timeout: float) -> None:
         """Return when something arrived, or after ``timeout`` seconds."""
