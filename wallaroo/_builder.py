@@ -173,9 +173,9 @@ class ApplicationBuilder:
                     f"{where} has no sink and no state step, so everything it "
                     f"computes would be discarded: add to_sink(config)")
         else:
-            for cfg in p.sinks:
+            for position, cfg in enumerate(p.sinks):
                 sink_indices.append(len(sinks))
-                sinks.append(self._sink(cfg, len(sinks), p, where))
+                sinks.append(self._sink(cfg, len(sinks), p, where, position))
         return PipelineSpec(index=p.index, name=p.name, source=source,
                             steps=tuple(steps), sinks=tuple(sink_indices))
 
@@ -193,17 +193,18 @@ class ApplicationBuilder:
             f"{where}: new_pipeline() needs a source config such as "
             f"wallaroo.TCPSourceConfig(host, port, decoder), got {cfg!r}")
 
-    def _sink(self, cfg, index: int, p: _Pipeline, where: str) -> SinkSpec:
+    def _sink(self, cfg, index: int, p: _Pipeline, where: str,
+              position: int) -> SinkSpec:
         if isinstance(cfg, TCPSinkConfig):
             enc = norm.encoder(cfg.encoder, f"{where} sink {index}")
             return SinkSpec(index=index, pipeline=p.name, kind="tcp",
                             host=cfg.host, port=cfg.port, encoder=enc,
-                            config=cfg)
+                            config=cfg, position=position)
         if isinstance(cfg, KafkaSinkConfig):
             enc = norm.encoder(cfg.encoder, f"{where} sink {index}")
             return SinkSpec(index=index, pipeline=p.name, kind="kafka",
                             host=str(cfg.topic), port="", encoder=enc,
-                            config=cfg)
+                            config=cfg, position=position)
         raise WallarooParameterError(
             f"{where}: to_sink() needs a sink config such as "
             f"wallaroo.TCPSinkConfig(host, port, encoder), got {cfg!r}")

@@ -46,13 +46,21 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class SinkSpec:
-    index: int
+    index: int  # in AppSpec.sinks (the application's order: not an identity)
     pipeline: str
     kind: str  # "tcp" | "kafka"
     host: str
     port: str
     encoder: EncoderSpec
     config: Any = field(compare=False, repr=False)
+    position: int = 0  # in its pipeline's to_sink / to_sinks
+
+    @property
+    def identity(self) -> tuple[str, int]:
+        """What the sink is, whatever else the application holds: its
+        pipeline and its place among that pipeline's sinks.  Outputs,
+        delivery positions and output streams are tied to it."""
+        return (self.pipeline, self.position)
 
     @property
     def address(self) -> str:
@@ -60,7 +68,8 @@ class SinkSpec:
 
     @property
     def label(self) -> str:
-        return f"sink {self.index} ({self.address}, pipeline {self.pipeline!r})"
+        return (f"sink {self.position} of pipeline {self.pipeline!r} "
+                f"({self.address})")
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,7 @@ class AppSpec:
             "states": {s.name: s.fingerprint() for s in self.states},
             "pipelines": [p.name for p in self.pipelines],
             "sinks": len(self.sinks),
+            "sink_identities": [list(s.identity) for s in self.sinks],
         }
 
     def downstream_states(self) -> dict[str, frozenset[str]]:

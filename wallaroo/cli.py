@@ -87,6 +87,16 @@ class _RawArgsCommand(click.Command):
               metavar="SECONDS",
               help="Close source connections that send nothing for this long "
                    "(default: never).")
+@click.option("--resumable-sinks", is_flag=True,
+              help="Every TCP sink speaks the resumable sink protocol "
+                   "(WALLAROO-OUT / HAVE / ACK): outputs stay in the outbox "
+                   "until the receiver acknowledges them, and each arrives "
+                   "exactly once across crashes of either side.  The receiver "
+                   "must speak it too (wallaroo receive --resumable).")
+@click.option("--sink-outbox-max", type=click.IntRange(min=1), default=1 << 30,
+              show_default=True, metavar="BYTES",
+              help="With --resilience-dir: undelivered outputs one sink may "
+                   "hold (on disk) before the sources stop reading.")
 @click.option("--forget-streams-after", type=click.FloatRange(min=0, min_open=True),
               metavar="SECONDS",
               help="With --resilience-dir: forget resumable streams nobody has "
@@ -104,7 +114,8 @@ class _RawArgsCommand(click.Command):
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         synchronous, checkpoint_interval, checkpoint_max, max_batch, max_batch_time,
         max_frame_size, max_connections, handshake_timeout, idle_timeout,
-        forget_streams_after, drain_timeout, log_level, app_args):
+        resumable_sinks, sink_outbox_max, forget_streams_after, drain_timeout,
+        log_level, app_args):
     """Run the application APP (a .py file, or an importable module).
 
     Every argument after `run` is passed, in order, to the application's
@@ -142,6 +153,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                       max_connections=max_connections or default_max_connections(),
                       handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
                       forget_streams_after=forget_streams_after,
+                      resumable_sinks=resumable_sinks,
+                      sink_outbox_max=sink_outbox_max,
                       drain_timeout=drain_timeout, log_level=log_level)
     sys.exit(code)
 
@@ -395,6 +408,35 @@ def recovery_inspect(directory, worker, show_all, limit, all_streams, as_json):
     from rich.console import Console
     from .tools.inspect_view import render
     render(infos, Console(), None if show_all else limit, all_streams)
+
+
+@recovery.command("discard-outputs", context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--worker", default="initializer", show_default=True, metavar="NAME")
+@click.option("--sink", required=True, metavar="PIPELINE:POSITION|#ID",
+              help="The sink whose undelivered outputs to drop: its pipeline "
+                   "and its place among that pipeline's sinks (0 for the "
+                   "first to_sink), as the refusal names it.")
+def recovery_discard_outputs(directory, worker, sink):
+    """Drop the undelivered outputs of one sink, on purpose.
+
+    A worker refuses to start when its outbox holds outputs for a sink the
+    application no longer has (a pipeline renamed or removed, a to_sinks
+    list shortened): they would never be delivered.  Restore the sink, or
+    deliver them with the application that has it, or discard them with
+    this command.  Refused while a worker runs on the database.
+
+    \b
+    Example:
+      wallaroo recovery discard-outputs ./state --sink 'alphabet:0'
+    """
+    from .recovery.errors import StoreError
+    from .recovery.sqlite_store import discard_outputs
+    try:
+        what, n = discard_outputs(directory, worker, sink)
+    except (StoreError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"worker {worker!r}: discarded {n} undelivered outputs of {what}")
 
 
 @recovery.command("accept-rollback", context_settings=CONTEXT)

@@ -132,13 +132,18 @@ def input_rows(conn: sqlite3.Connection, path: str, from_lsn: int) -> Iterator[I
         yield row
 
 
-def output_rows(conn: sqlite3.Connection, path: str,
-                delivered: dict[int, int]) -> Iterator[OutputRow]:
+def output_rows(conn: sqlite3.Connection, path: str, delivered: dict[int, int],
+                sink: int | None = None) -> Iterator[OutputRow]:
+    """Outbox rows past each sink's delivery position (of one ``sink``
+    only, when given)."""
     cur = conn.execute(
         "SELECT sink, first_seq, count, checksum, CAST(data AS BLOB), "
-        "typeof(data) FROM outbox ORDER BY sink, first_seq")
-    for sink, first, count, cs, data, dtype in cur:
-        row = OutputRow(sink, first, count, data)
+        "typeof(data), lengths, framed FROM outbox "
+        + ("" if sink is None else "WHERE sink=? AND first_seq + count > ? ")
+        + "ORDER BY sink, first_seq",
+        () if sink is None else (sink, delivered.get(sink, 0)))
+    for sink, first, count, cs, data, dtype, lengths, framed in cur:
+        row = OutputRow(sink, first, count, data, lengths, bool(framed))
         if row.end_seq <= delivered.get(sink, 0):
             continue
         if dtype != "blob" or row.checksum() != cs:

@@ -7,6 +7,9 @@ sink per batch for outputs, so the store's cost follows bytes, not messages.
 
 from __future__ import annotations
 
+import array
+import struct
+import sys
 import zlib
 from dataclasses import dataclass, field
 
@@ -50,19 +53,101 @@ class InputRow:
 
 @dataclass(slots=True)
 class OutputRow:
-    """``count`` encoded outputs for one sink, numbered ``first_seq ..``."""
+    """``count`` encoded outputs for one sink, numbered ``first_seq ..``.
+
+    ``data`` holds them one after another.  Where each ends is known one of
+    two ways: ``framed`` rows hold each output behind a 4-byte big-endian
+    length (the resumable sink protocol's frame, DESIGN.md §5: sent as they
+    are); other rows may carry ``lengths``, a little-endian uint32 per
+    output.  Rows written before releases recorded either (schema < 3) have
+    neither: they can be sent whole, never split."""
 
     sink: int
     first_seq: int
     count: int
     data: bytes
+    lengths: bytes | None = None
+    framed: bool = False
 
     @property
     def end_seq(self) -> int:
         return self.first_seq + self.count
 
+    @property
+    def splittable(self) -> bool:
+        return self.framed or self.lengths is not None or self.count == 1
+
     def checksum(self) -> int:
-        return checksum(self.data, f"{self.sink}\x1f{self.first_seq}\x1f{self.count}")
+        head = f"{self.sink}\x1f{self.first_seq}\x1f{self.count}"
+        if self.framed:
+            head += "\x1fframed"
+        cs = checksum(self.data, head)
+        return cs if self.lengths is None else zlib.crc32(self.lengths, cs)
+
+    def output_lengths(self) -> list[int]:
+        """The length of each output (of a splittable row)."""
+        if self.framed:
+            out, pos, data = [], 0, self.data
+            for _ in range(self.count):
+                (n,) = _FRAME.unpack_from(data, pos)
+                out.append(n)
+                pos += 4 + n
+            return out
+        if self.lengths is not None:
+            a = array.array("I")
+            a.frombytes(self.lengths)
+            if sys.byteorder == "big":
+                a.byteswap()
+            return a.tolist()
+        if self.count == 1:
+            return [len(self.data)]
+        raise ValueError("the row does not record its outputs' lengths")
+
+    def frames_from(self, k: int) -> bytes:
+        """Outputs ``k..`` of the row (0-based in the row) as protocol
+        frames: a 4-byte big-endian length, then the output."""
+        if self.framed:
+            return self.data[self._framed_offset(k):]
+        lens = self.output_lengths()
+        pos = sum(lens[:k])
+        data = self.data
+        parts = []
+        for n in lens[k:]:
+            parts.append(_FRAME.pack(n))
+            parts.append(data[pos:pos + n])
+            pos += n
+        return b"".join(parts)
+
+    def raw_from(self, k: int) -> bytes:
+        """Outputs ``k..`` of the row as the encoder made them."""
+        if not self.framed:
+            if k == 0:
+                return self.data
+            return self.data[sum(self.output_lengths()[:k]):]
+        data, pos, parts = self.data, self._framed_offset(k), []
+        while pos < len(data):
+            (n,) = _FRAME.unpack_from(data, pos)
+            parts.append(data[pos + 4:pos + 4 + n])
+            pos += 4 + n
+        return b"".join(parts)
+
+    def _framed_offset(self, k: int) -> int:
+        pos, data = 0, self.data
+        for _ in range(k):
+            (n,) = _FRAME.unpack_from(data, pos)
+            pos += 4 + n
+        return pos
+
+
+_FRAME = struct.Struct(">I")
+
+
+def pack_lengths(outputs: list[bytes]) -> bytes:
+    """``OutputRow.lengths`` of these outputs."""
+    a = array.array("I", map(len, outputs))
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tobytes()
 
 
 @dataclass(slots=True)

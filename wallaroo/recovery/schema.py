@@ -69,6 +69,31 @@ def _v2_hardening(conn: sqlite3.Connection) -> None:
             "sinks", sink, next_seq, delivered), sink))
 
 
+_V3_SQL = """
+    ALTER TABLE outbox ADD COLUMN lengths BLOB;
+    ALTER TABLE outbox ADD COLUMN framed INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE sink_identities (
+        sink INTEGER PRIMARY KEY,
+        pipeline TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        checksum INTEGER NOT NULL,
+        UNIQUE (pipeline, position)
+    );
+    """
+
+
+def _v3_outputs(conn: sqlite3.Connection) -> None:
+    """Migration 3, exactly-once outputs: each outbox row records where its
+    outputs end (``lengths``, or ``framed`` rows holding protocol frames),
+    so a resumable sink can resend from any output; sinks get identities
+    (pipeline, place among its sinks), so outputs can never reach another
+    sink when the application changes.  Rows of earlier versions keep
+    neither: the store maps their sink numbers to identities when it first
+    opens them with the application (``SQLiteStore._map_sinks``)."""
+    for stmt in _statements(_V3_SQL):
+        conn.execute(stmt)
+
+
 MIGRATIONS: list[Migration] = [
     # 1: the first schema.
     """
@@ -134,6 +159,8 @@ MIGRATIONS: list[Migration] = [
     """,
     # 2: hardening (see _v2_hardening).
     _v2_hardening,
+    # 3: exactly-once outputs (see _v3_outputs).
+    _v3_outputs,
 ]
 
 

@@ -15,6 +15,7 @@ position is refused before anything is served from it.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -22,7 +23,7 @@ import sqlite3
 import time
 from typing import Iterator
 
-from . import reading, schema
+from . import reading, schema, sink_identities
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
 from .files import (MANIFEST_SUFFIX, DatabaseLock, Position, PositionFile,
                     check_database_file, check_position, new_manifest,
@@ -63,6 +64,8 @@ class SQLiteStore:
         self._delivered: dict[int, int] = {}
         self._next_seq: dict[int, int] = {}
         self._pending_counts: dict[int, int] = {}
+        self._sink_ids: list[int] = []  # the application's sink i -> store id
+        self._sink_index: dict[int, int] = {}  # store id -> application's i
         self._parted: set[int] = set()  # pids whose snapshot has extra parts
         self._last_next_lsn = 0
         self.notes: list[str] = []  # warnings for the worker's log
@@ -100,9 +103,14 @@ class SQLiteStore:
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("PRAGMA cache_size=-65536")
             schema.migrate(conn, self.path)
-            self._check_fingerprint(fingerprint)
+            old_fp = self._check_fingerprint(fingerprint)
             self._check_identity(manifest, fingerprint)
+            self._sink_ids = sink_identities.map_sinks(conn, self.path, old_fp,
+                                                       fingerprint)
+            self._sink_index = {sid: i for i, sid in enumerate(self._sink_ids)}
             rec, self._parted = reading.load(conn, self.path)
+            rec.next_out_seq = self._by_app(rec.next_out_seq)
+            rec.delivered = self._by_app(rec.delivered)
         except sqlite3.DatabaseError as e:
             raise CorruptionError(f"{self.path}: cannot read the resilience "
                                   f"database: {e}") from e
@@ -124,7 +132,13 @@ class SQLiteStore:
                 f"but holds worker(s) {', '.join(map(repr, others))}: starting "
                 f"{self.worker!r} fresh.  Was --name mistyped?")
 
-    def _check_fingerprint(self, fp: dict) -> None:
+    def _by_app(self, by_id: dict[int, int]) -> dict[int, int]:
+        index = self._sink_index
+        return {index[sid]: v for sid, v in by_id.items() if sid in index}
+
+    def _check_fingerprint(self, fp: dict) -> dict | None:
+        """Refuses another application's directory; returns the
+        fingerprint the directory had (None when new)."""
         conn = self._conn
         row = conn.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
         if row is None:
@@ -135,7 +149,7 @@ class SQLiteStore:
                 ("created_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             ])
             conn.execute("COMMIT")
-            return
+            return None
         old = json.loads(row[0])
         problems = fingerprint_problems(old, fp)
         if problems:
@@ -150,6 +164,7 @@ class SQLiteStore:
             conn.execute("UPDATE meta SET value=? WHERE key='fingerprint'",
                          (json.dumps(fp, sort_keys=True),))
             conn.execute("COMMIT")
+        return old
 
     def _check_identity(self, manifest, fp: dict) -> None:
         """The database is the one this directory's manifest was written
@@ -193,10 +208,38 @@ class SQLiteStore:
                                   f"{e}") from e
 
     def undelivered_outputs(self, delivered: dict[int, int]) -> Iterator[OutputRow]:
+        ids, index = self._sink_ids, self._sink_index
+        by_id = {ids[i]: d for i, d in delivered.items() if i < len(ids)}
         try:
-            yield from reading.output_rows(self._conn, self.path, delivered)
+            for row in reading.output_rows(self._conn, self.path, by_id):
+                i = index.get(row.sink)
+                if i is not None:  # (others were refused when opening)
+                    row.sink = i
+                    yield row
         except sqlite3.DatabaseError as e:
             raise CorruptionError(f"{self.path}: cannot read the outbox: {e}") from e
+
+    def output_reader(self):
+        """A function ``(sink, from_seq, max_bytes) -> [OutputRow]`` reading
+        undelivered outputs back (a sink whose outputs did not fit in
+        memory), on a connection of its own: call it from one thread at a
+        time, while commits go on in another."""
+        path, ids, index = self.path, list(self._sink_ids), dict(self._sink_index)
+        conn: list[sqlite3.Connection] = []
+
+        def read(sink: int, from_seq: int, max_bytes: int) -> list[OutputRow]:
+            if not conn:
+                conn.append(sqlite3.connect(path, check_same_thread=False))
+            rows, size = [], 0
+            for row in reading.output_rows(conn[0], path, {ids[sink]: from_seq},
+                                           sink=ids[sink]):
+                row.sink = index[row.sink]
+                rows.append(row)
+                size += len(row.data)
+                if size >= max_bytes:
+                    break
+            return rows
+        return read
 
     # -- committing ------------------------------------------------------
     def commit(self, rec: CommitRecord) -> None:
@@ -238,10 +281,12 @@ class SQLiteStore:
                   ",".join(map(str, r.failed)), len(r.frames),
                   r.checksum(), r.frames) for r in inputs])
         if rec.outputs:
-            conn.executemany(
-                "INSERT INTO outbox VALUES (?,?,?,?,?,?)",
-                [(o.sink, o.first_seq, o.count, len(o.data), o.checksum(),
-                  o.data) for o in rec.outputs])
+            rows = []
+            for o in rec.outputs:
+                o = dataclasses.replace(o, sink=self._sink_ids[o.sink])
+                rows.append((o.sink, o.first_seq, o.count, len(o.data),
+                             o.checksum(), o.data, o.lengths, int(o.framed)))
+            conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?,?)", rows)
         if rec.partitions:
             conn.executemany(
                 "INSERT INTO partitions VALUES (?,?,?,?,?,?)",
@@ -312,8 +357,8 @@ class SQLiteStore:
             delivered = {**self._delivered, **rec.delivered}
             rows = []
             for s in sinks:
-                n, d = next_seq.get(s, 0), delivered.get(s, 0)
-                rows.append((s, n, d, control_checksum("sinks", s, n, d)))
+                n, d, sid = next_seq.get(s, 0), delivered.get(s, 0), self._sink_ids[s]
+                rows.append((sid, n, d, control_checksum("sinks", sid, n, d)))
             conn.executemany("INSERT OR REPLACE INTO sinks VALUES (?,?,?,?)", rows)
         conn.execute(
             "UPDATE progress SET next_lsn=?, replay_from=?, commits=?, "
@@ -326,7 +371,7 @@ class SQLiteStore:
         for s, d in rec.delivered.items():
             if d > self._delivered.get(s, 0):
                 conn.execute("DELETE FROM outbox WHERE sink=? AND first_seq < ? "
-                             "AND first_seq + count <= ?", (s, d, d))
+                             "AND first_seq + count <= ?", (self._sink_ids[s], d, d))
 
     def _write_position(self, next_lsn: int) -> None:
         self._last_next_lsn = next_lsn
@@ -433,6 +478,43 @@ def accept_rollback(directory: str, worker: str) -> tuple[Position | None, Posit
         lock.release()
 
 
+def discard_outputs(directory: str, worker: str, sink: str) -> tuple[str, int]:
+    """Drop the undelivered outputs of one sink (``PIPELINE:POSITION`` or
+    ``#ID``), on purpose: the operator's way out of a refusal for outputs
+    whose sink the application no longer has.  Returns (the sink, how many
+    outputs were discarded).  Refused while a worker runs on the
+    database."""
+    path = db_path(directory, worker)
+    if not os.path.exists(path):
+        raise StoreError(f"{path} does not exist")
+    lock = DatabaseLock(path)
+    lock.acquire()
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < 3:
+                raise StoreError(f"{path} was written by an earlier release "
+                                 f"(schema {version}); start this release on it "
+                                 f"once, then discard")
+            sid = sink_identities.find(conn, path, sink)
+            idents = sink_identities.read(conn, path)
+            row = conn.execute("SELECT next_seq, delivered FROM sinks WHERE sink=?",
+                               (sid,)).fetchone()
+            n, d = row if row else (0, 0)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM outbox WHERE sink=?", (sid,))
+            if row:
+                conn.execute("UPDATE sinks SET delivered=?, checksum=? WHERE sink=?",
+                             (n, control_checksum("sinks", sid, n, n), sid))
+            conn.execute("COMMIT")
+            return sink_identities.describe(idents.get(sid), sid), n - d
+        finally:
+            conn.close()
+    finally:
+        lock.release()
+
+
 def fingerprint_problems(old: dict, new: dict) -> list[str]:
     """Why a directory written by ``old`` cannot be used by ``new``."""
     problems = []
@@ -452,11 +534,7 @@ def fingerprint_problems(old: dict, new: dict) -> list[str]:
                 problems.append(
                     f"state {name!r}: {field.replace('_', ' ')} was "
                     f"{_short(was.get(field))}, now {_short(now.get(field))}")
-    if old.get("sinks") != new.get("sinks"):
-        problems.append(f"the application had {old.get('sinks')} sinks, now "
-                        f"{new.get('sinks')}: undelivered outputs would go to "
-                        f"the wrong sink")
-    return problems
+    return problems  # sinks: by identity (sink_identities.map_sinks)
 
 
 def _short(v) -> str:

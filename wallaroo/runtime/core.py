@@ -21,9 +21,9 @@ from typing import Callable, Iterable
 from .._spec import AppSpec
 from ..recovery import snapshots
 from ..recovery.errors import CorruptionError, IncompatibleDirectory, StoreError
-from ..recovery.records import (MAX_ROW_BYTES, MAX_OUTPUT_BYTES, CommitRecord,
+from ..recovery.records import (MAX_OUTPUT_BYTES, MAX_ROW_BYTES, CommitRecord,
                                 InputRow, OutputRow, PartitionRow, PendingRow,
-                                SnapshotRow)
+                                SnapshotRow, pack_lengths)
 from ..recovery.store import Store
 from .dataflow import Context, StepError, compile_pipeline, make_runner
 from .failures import FailureLog
@@ -87,11 +87,12 @@ class RecoveryReport:
     seconds: float
     pending: tuple[PendingRow, ...] = ()
     notes: tuple[str, ...] = ()
+    undelivered: int = 0  # outputs committed and not yet delivered
 
     def summary(self) -> str:
         if self.fresh:
             return "fresh start: no previous state"
-        outs = sum(r.count for r in self.requeued)
+        outs = self.undelivered
         waiting = sum(p.count - p.consumed for p in self.pending)
         more = (f", {waiting} messages read before the last stop wait to be "
                 f"processed first" if waiting else "")
@@ -120,7 +121,8 @@ class WorkerCore:
                  max_frame: int = DEFAULT_MAX_FRAME,
                  checkpoint_interval: float = 1.0,
                  checkpoint_max: int = 1000,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 framed_sinks: frozenset[int] = frozenset()):
         self.app = app
         self.store = store
         self.durable = bool(store.durable)
@@ -128,6 +130,8 @@ class WorkerCore:
         self.clock = clock
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_max = checkpoint_max
+        # sinks speaking the resumable protocol: outputs kept as its frames
+        self.framed_sinks = frozenset(framed_sinks)
         self.spaces = {s.name: StateSpace(s, self.durable) for s in app.states}
         self.downstream = {name: [self.spaces[t] for t in sorted(ts)]
                            for name, ts in app.downstream_states().items()}
@@ -152,12 +156,14 @@ class WorkerCore:
         self.runners = [
             make_runner(p.source.decoder.decode, p.source.decoder.name,
                         compile_pipeline(app, p, self.spaces, self.out_lists,
-                                         ctx, rebuild=False), ctx)
+                                         ctx, rebuild=False,
+                                         framed=self.framed_sinks), ctx)
             for p in app.pipelines]
         self.recovered = False
 
     # -- recovery ----------------------------------------------------------
-    def recover(self, on_row: Callable[[InputRow], None] | None = None) -> RecoveryReport:
+    def recover(self, on_row: Callable[[InputRow], None] | None = None,
+                requeue: bool = True) -> RecoveryReport:
         """Load snapshots, replay the logged inputs they have not absorbed
         (outputs dropped: the outbox has them) and collect the undelivered
         outputs.  Sources must stay closed until this returns.
@@ -169,13 +175,13 @@ class WorkerCore:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._recover(on_row)
+            return self._recover(on_row, requeue)
         finally:
             if gc_was_enabled:
                 gc.freeze()
                 gc.enable()
 
-    def _recover(self, on_row) -> RecoveryReport:
+    def _recover(self, on_row, requeue: bool) -> RecoveryReport:
         t0 = time.perf_counter()
         rec = self.store.open(self.app.fingerprint())
         for prow in rec.partitions:
@@ -215,7 +221,12 @@ class WorkerCore:
                 self.tracker.mark(space, space.touched, rec.replay_from, now)
             space.touched.clear()
             space.to_save.clear()
-        requeued = tuple(self.store.undelivered_outputs(rec.delivered))
+        # the undelivered outputs, read here, or (requeue=False: a worker
+        # whose sinks read them back from the store as they drain) counted
+        requeued = tuple(self.store.undelivered_outputs(rec.delivered)) \
+            if requeue else ()
+        undelivered = sum(max(0, n - rec.delivered.get(i, 0))
+                          for i, n in rec.next_out_seq.items())
         self.recovered = True
         return RecoveryReport(
             fresh=rec.fresh, partitions=len(rec.partitions),
@@ -223,6 +234,7 @@ class WorkerCore:
             replayed_rows=rows, replayed_messages=messages,
             replay_mismatches=mismatches, requeued=requeued,
             seconds=time.perf_counter() - t0, pending=tuple(rec.pending),
+            undelivered=undelivered,
             notes=tuple(getattr(self.store, "notes", ())))
 
     def _replay(self, replay_from: int, next_lsn: int, on_row) -> tuple[int, int, int]:
@@ -372,21 +384,31 @@ class WorkerCore:
         return record
 
     def _output_rows(self) -> list[OutputRow]:
+        """One outbox row per sink with outputs in this batch.  Framed
+        sinks' lists alternate frame header and output; other rows record
+        their outputs' lengths when durable (a resumable sink switched on
+        later can then resend from any of them)."""
         outputs: list[OutputRow] = []
+        durable = self.durable
         for i, lst in enumerate(self.out_lists):
             if not lst:
                 continue
-            data = b"".join(lst)  # the sink stage made every output bytes
+            framed = i in self.framed_sinks
+            data = b"".join(lst)
             if len(data) <= MAX_ROW_BYTES:
+                n = len(lst) // 2 if framed else len(lst)
                 seq = self.next_out_seq[i]
-                outputs.append(OutputRow(i, seq, len(lst), data))
-                self.next_out_seq[i] = seq + len(lst)
+                outputs.append(OutputRow(
+                    i, seq, n, data,
+                    pack_lengths(lst) if durable and not framed else None, framed))
+                self.next_out_seq[i] = seq + n
             else:
-                outputs.extend(self._split_outputs(i, lst))
+                outputs.extend(self._split_outputs(i, lst, framed))
             lst.clear()
         return outputs
 
-    def _split_outputs(self, sink: int, lst: list[bytes]) -> list[OutputRow]:
+    def _split_outputs(self, sink: int, lst: list[bytes],
+                       framed: bool) -> list[OutputRow]:
         """A batch's outputs for one sink over several rows of at most about
         ``MAX_ROW_BYTES``; an output too large to store at all is dropped and
         counted as a failure of its message (it was already computed)."""
@@ -394,19 +416,26 @@ class WorkerCore:
         group: list[bytes] = []
         size = 0
         name = f"encoder of {self.app.sinks[sink].label}"
+        items = ([lst[k] + lst[k + 1] for k in range(0, len(lst), 2)] if framed
+                 else lst)
+        extra = 4 if framed else 0
 
         def flush():
             nonlocal group, size
             if group:
                 seq = self.next_out_seq[sink]
-                rows.append(OutputRow(sink, seq, len(group), b"".join(group)))
+                rows.append(OutputRow(
+                    sink, seq, len(group), b"".join(group),
+                    pack_lengths(group) if self.durable and not framed else None,
+                    framed))
                 self.next_out_seq[sink] = seq + len(group)
                 group, size = [], 0
-        for out in lst:
-            if len(out) > MAX_OUTPUT_BYTES:
+        for out in items:
+            if len(out) - extra > MAX_OUTPUT_BYTES:
                 self.failures.fail(name, StepError(
-                    f"output of {len(out)} bytes exceeds the largest output the "
-                    f"outbox can store ({MAX_OUTPUT_BYTES} bytes); dropped"))
+                    f"output of {len(out) - extra} bytes exceeds the largest "
+                    f"output the outbox can store ({MAX_OUTPUT_BYTES} bytes); "
+                    f"dropped"))
                 continue
             if size and size + len(out) > MAX_ROW_BYTES:
                 flush()

@@ -16,6 +16,7 @@ Two compilations of every pipeline exist:
 
 from __future__ import annotations
 
+import struct
 from time import perf_counter
 from typing import Any, Callable
 
@@ -46,10 +47,14 @@ class Context:
 Push = Callable[[Any], None]
 
 
-def _sink_stage(sinks: list[tuple[str, Callable, list]], ctx: Context) -> Push:
+def _sink_stage(sinks: list[tuple[str, Callable, list, bool]], ctx: Context) -> Push:
+    """Encode for each sink and append to its list of the batch.  A framed
+    sink (one speaking the resumable protocol) gets each output behind its
+    4-byte big-endian length, made here once: the outbox keeps the frames
+    and a resend never re-frames them."""
     fail = ctx.fail
-    if len(sinks) == 1:
-        ((name, encode, out),) = sinks
+    if len(sinks) == 1 and not sinks[0][3]:
+        ((name, encode, out, _),) = sinks
         append = out.append
 
         def push(item):
@@ -65,10 +70,11 @@ def _sink_stage(sinks: list[tuple[str, Callable, list]], ctx: Context) -> Push:
             append(b)
         return push
 
-    pairs = [(name, encode, out.append) for name, encode, out in sinks]
+    pairs = [(name, encode, out.append, _FRAME.pack if framed else None)
+             for name, encode, out, framed in sinks]
 
     def push_many(item):
-        for name, encode, append in pairs:
+        for name, encode, append, header in pairs:
             try:
                 b = encode(item)
             except Exception as e:
@@ -78,8 +84,13 @@ def _sink_stage(sinks: list[tuple[str, Callable, list]], ctx: Context) -> Push:
                 b = _coerce_bytes(name, b, fail)
                 if b is None:
                     continue
+            if header is not None:
+                append(header(len(b)))
             append(b)
     return push_many
+
+
+_FRAME = struct.Struct(">I")
 
 
 def _coerce_bytes(name: str, b: Any, fail) -> bytes | None:
@@ -209,14 +220,17 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
 
 def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
                      spaces: dict[str, StateSpace], out_lists: list[list[bytes]],
-                     ctx: Context, rebuild: bool) -> Push:
-    """The closure for the first step after the decoder."""
+                     ctx: Context, rebuild: bool,
+                     framed: frozenset[int] = frozenset()) -> Push:
+    """The closure for the first step after the decoder.  ``framed``: the
+    sinks whose outputs are kept as protocol frames."""
     if rebuild:
         nxt: Push = _drop
     elif pipeline.sinks:
         nxt = _sink_stage([(f"encoder {app.sinks[i].encoder.name} of "
                             f"{app.sinks[i].label}",
-                            app.sinks[i].encoder.encode, out_lists[i])
+                            app.sinks[i].encoder.encode, out_lists[i],
+                            i in framed)
                            for i in pipeline.sinks], ctx)
     else:
         nxt = _drop

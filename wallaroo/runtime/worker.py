@@ -36,7 +36,8 @@ from .core import Batch, Chunk, WorkerCore
 from .framing import DEFAULT_MAX_FRAME
 from .inbox import Inbox
 from .resume import StreamRegistry
-from .sinks import TCPSink
+from .sink_resumable import ResumableTCPSink, stream_name
+from .sinks import OutboxQueue, TCPSink
 from .sources import ConnectionCounter, ConnectionLimits, TCPSource
 
 
@@ -53,6 +54,8 @@ class WorkerOptions:
     sink_queue_bytes: int = 64 * 1024 * 1024
     idle_tick: float = 0.2
     handle_signals: bool = True
+    resumable_sinks: bool = False
+    sink_outbox_max: int = 1 << 30
     max_connections: int = 1000
     handshake_timeout: float = 10.0
     idle_timeout: float | None = None
@@ -94,14 +97,16 @@ class Worker:
             if s.kind != "tcp":
                 raise ValueError(f"{s.label}: {s.kind} sinks are not supported "
                                  f"by this engine yet (TCP only)")
+        framed = frozenset(s.index for s in app.sinks
+                           if self.opts.resumable_sinks and s.kind == "tcp")
         self.core = WorkerCore(app, self.store, log=self.log,
                                max_frame=self.opts.max_frame,
                                checkpoint_interval=self.opts.checkpoint_interval,
-                               checkpoint_max=self.opts.checkpoint_max)
+                               checkpoint_max=self.opts.checkpoint_max,
+                               framed_sinks=framed)
         self.inbox = Inbox(max(self.opts.inbox_bytes, self.opts.max_frame),
                            [p.source.decoder.header_length for p in app.pipelines])
-        self.sinks = [TCPSink(s, self.core.note_delivered, self.log,
-                              self.opts.sink_queue_bytes) for s in app.sinks]
+        self.sinks: list[TCPSink] = []  # made once recovery knows positions
         self.registry: StreamRegistry | None = None
         self.sources: list[TCPSource] = []
         self.stop_report = StopReport()
@@ -128,7 +133,7 @@ class Worker:
 
     async def _run(self, task_status) -> None:
         log = self.log
-        report = self.core.recover()
+        report = self.core.recover(requeue=not self.store.durable)
         self.recovery = report
         for note in report.notes:
             log.warning("%s", note)
@@ -137,6 +142,7 @@ class Worker:
                       report.replay_mismatches)
         log.info("%s", report.summary())
         self.registry = StreamRegistry(self.core.stream_counts, self.core.stream_seen)
+        self.sinks = self._make_sinks()
         for row in report.requeued:
             self.sinks[row.sink].enqueue(row)
         self._queue_pending(report.pending)
@@ -171,6 +177,9 @@ class Worker:
                 await nursery.start(self._signals)  # after it must drain
             addrs = ",".join(f"{h}:{p}" for h, p in bound)
             sinks = ",".join(s.address for s in self.app.sinks) or "-"
+            for sink in self.sinks:
+                if isinstance(sink, ResumableTCPSink):
+                    log.info("%s: resumable, stream %r", sink.spec.label, sink.stream)
             log.info("ready worker=%s sources=%s sinks=%s", self.opts.name,
                      addrs, sinks, extra={"bare": True})
             task_status.started(bound)
@@ -192,6 +201,30 @@ class Worker:
             await self._final_commit()
             nursery.cancel_scope.cancel()
         self._log_stopped()
+
+    def _make_sinks(self) -> list[TCPSink]:
+        """One sink per sink of the application, its queue starting at the
+        recovered delivery position: with a durable store, the undelivered
+        outputs are read back from it as the queue drains."""
+        core, opts = self.core, self.opts
+        reader = self.store.output_reader() if self.store.durable else None
+        limiter = trio.CapacityLimiter(1)
+        sinks = []
+        for spec in self.app.sinks:
+            queue = OutboxQueue(spec.index, opts.sink_queue_bytes,
+                                opts.sink_outbox_max, reader,
+                                core.delivered.get(spec.index, 0))
+            queue.produced = core.next_out_seq.get(spec.index, 0)
+            if reader is not None and queue.produced > queue.delivered:
+                queue.spilled_from = queue.delivered
+            if spec.index in core.framed_sinks:
+                sinks.append(ResumableTCPSink(
+                    spec, queue, core.note_delivered, self.log,
+                    stream_name(self.app.name, spec, opts.name), limiter=limiter))
+            else:
+                sinks.append(TCPSink(spec, queue, core.note_delivered, self.log,
+                                     limiter=limiter))
+        return sinks
 
     def _queue_pending(self, rows) -> None:
         """Input a previous run read but did not process goes first, ahead
