@@ -80,3 +80,47 @@ def test_an_older_engine_is_refused_by_a_newer_directory(tmp_path):
     with pytest.raises(schema.SchemaTooNew, match="newer than this wallaroo"):
         store.open({"application": "sequence window"})
     assert os.path.exists(state / "initializer.db")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_resumable_sinks_on_an_earlier_release_outbox(procs, tmp_path, version):
+    """Outputs an earlier release left in the outbox do not record where
+    each ends: with --resumable-sinks they are refused with the way out; a
+    run without the flag delivers them; then the flag works, and with a
+    resumable receiver every later output arrives exactly once."""
+    fixture = FIXTURES / version
+    state = tmp_path / "state"
+    shutil.copytree(fixture / "state", state)
+    w = procs("run", APP, "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
+              "--resilience-dir", state, "--resumable-sinks")
+    assert w.wait() == 1
+    assert "500 undelivered outputs were written by an earlier release" in w.stderr
+    assert "Run once without --resumable-sinks" in w.stderr
+    plain = tmp_path / "plain.bin"
+    recv, sink = start_receiver(procs, "--framing", "length", "--output", plain,
+                                "--expect", "500")
+    w, port = start_worker(procs, APP, "--resilience-dir", state, out_port=sink)
+    assert recv.wait() == 0
+    assert w.terminate() == 0
+    exact = tmp_path / "exact.bin"
+    recv, sink = start_receiver(procs, "--framing", "length", "--output", exact,
+                                "--resumable")
+    w, port = start_worker(procs, APP, "--resilience-dir", state, "--resumable-sinks",
+                           out_port=sink)
+    frames = tmp_path / "more.frames"
+    frames.write_bytes(u64_frames(range(1, 1201)))
+    done = subprocess.run(WALLAROO + ["send", f"127.0.0.1:{port}", "--frames",
+                                      str(frames), "--resumable", "up-1", "--quiet"],
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    deadline = time.monotonic() + WAIT
+    while len(read_frames(exact.read_bytes() if exact.exists() else b"")) < 200:
+        assert time.monotonic() < deadline, w.stderr
+        time.sleep(0.05)
+    assert w.terminate() == 0
+    recv.terminate()
+    later = read_frames(exact.read_bytes())
+    assert len(later) == 200 and len(set(later)) == 200  # exactly once
+    before = read_frames((fixture / "received-before.bin").read_bytes())
+    report = validate(before + read_frames(plain.read_bytes()) + later, 1200)
+    assert report.ok, report.summary()

@@ -4,6 +4,10 @@ random moments and restarted.  Then every output is validated.
 
     python -m tests.chaos.run_chaos --messages 100000 --kills 8 --rate 20000
 
+With ``--exactly-once`` the worker runs ``--resumable-sinks`` and its outputs
+go to ``wallaroo receive --resumable``, which is SIGKILLed too
+(``--receiver-kills``): every output must arrive exactly once (0 duplicates).
+
 Prints the figures (lost outputs, bad windows, duplicates, recovery times)
 and exits non-zero if any output was lost or wrong.
 """
@@ -115,12 +119,15 @@ class ChaosResult:
     replayed_inputs: list[int] = field(default_factory=list)
     seconds: float = 0.0
     workdir: str = ""
+    exactly_once: bool = False
+    receiver_kills: int = 0
 
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.bad_windows == 0 and self.final_windows_ok
                 and self.sender_exit == 0 and self.worker_exit == 0
-                and self.replay_mismatch_lines == 0)
+                and self.replay_mismatch_lines == 0
+                and (self.duplicates == 0 or not self.exactly_once))
 
     def summary(self) -> str:
         def stats(xs):
@@ -129,8 +136,10 @@ class ChaosResult:
             return (f"min {min(xs):.3f}s median {statistics.median(xs):.3f}s "
                     f"max {max(xs):.3f}s")
         return "\n".join([
-            f"messages {self.messages}, SIGKILLs {self.kills}, SIGSTOP pauses {self.pauses}, "
-            f"wall time {self.seconds:.1f}s",
+            f"messages {self.messages}, SIGKILLs {self.kills} of the worker"
+            + (f" and {self.receiver_kills} of the resumable receiver (exactly "
+               f"once)" if self.exactly_once else "")
+            + f", SIGSTOP pauses {self.pauses}, wall time {self.seconds:.1f}s",
             f"lost outputs {self.lost}, bad windows {self.bad_windows}, final windows "
             f"{'ok' if self.final_windows_ok else 'WRONG'}",
             f"outputs {self.outputs}, duplicate outputs {self.duplicates}",
@@ -144,20 +153,25 @@ class ChaosResult:
 
 
 def run(messages: int = 20000, kills: int = 5, rate: int = 5000, seed: int | None = None,
-        pauses: int = 0, workdir: str | None = None, say=print) -> ChaosResult:
+        pauses: int = 0, workdir: str | None = None, say=print,
+        exactly_once: bool = False, receiver_kills: int = 0) -> ChaosResult:
     rnd = random.Random(seed)
     workdir = workdir or tempfile.mkdtemp(prefix="wallaroo-chaos-")
     state_dir = os.path.join(workdir, "state")
     out_path = os.path.join(workdir, "received.bin")
     t_start = time.perf_counter()
-    receiver = Proc(wallaroo("receive", "--listen", "127.0.0.1:0", "--framing", "length",
-                             "--output", out_path), os.path.join(workdir, "receiver.log"))
+    receiver_cmd = wallaroo("receive", "--listen", f"127.0.0.1:{free_port()}"
+                            if exactly_once else "127.0.0.1:0", "--framing", "length",
+                            "--output", out_path, *(["--resumable"] if exactly_once else []))
+    receiver_log = os.path.join(workdir, "receiver.log")
+    receiver = Proc(receiver_cmd, receiver_log)
     worker = sender = None
     try:
         out_addr = receiver.wait_for(r"^listening on (\S+)", 30).group(1)
         port = free_port()
         worker_cmd = wallaroo("run", APP, "--in", f"127.0.0.1:{port}", "--out", out_addr,
-                              "--resilience-dir", state_dir, "--checkpoint-interval", "0.5")
+                              "--resilience-dir", state_dir, "--checkpoint-interval", "0.5",
+                              *(["--resumable-sinks"] if exactly_once else []))
         worker_log = os.path.join(workdir, "worker.log")
         worker = Proc(worker_cmd, worker_log)
         worker.wait_for(r"^ready", 60)
@@ -167,11 +181,20 @@ def run(messages: int = 20000, kills: int = 5, rate: int = 5000, seed: int | Non
                       os.path.join(workdir, "sender.log"))
         flow = messages / rate
         restarts: list[float] = []
-        done_kills = done_pauses = 0
-        events = ["kill"] * kills + ["pause"] * pauses
+        done_kills = done_pauses = done_rkills = 0
+        events = ["kill"] * kills + ["pause"] * pauses + ["rkill"] * receiver_kills
         rnd.shuffle(events)
         for ev in events:
             time.sleep(rnd.uniform(0.3, 1.7) * flow / (len(events) + 1))
+            if ev == "rkill":
+                receiver.kill(signal.SIGKILL)
+                receiver.p.wait()
+                done_rkills += 1
+                say(f"SIGKILL of the receiver {done_rkills} at "
+                    f"{time.perf_counter() - t_start:.2f}s")
+                receiver = Proc(receiver_cmd, receiver_log)
+                receiver.wait_for(r"^listening on", 30)
+                continue
             if ev == "pause":
                 worker.kill(signal.SIGSTOP)
                 time.sleep(rnd.uniform(0.1, 0.6))
@@ -213,7 +236,8 @@ def run(messages: int = 20000, kills: int = 5, rate: int = 5000, seed: int | Non
                            worker_exit=worker_exit, replay_mismatch_lines=mismatches,
                            restart_to_ready_s=restarts, recovery_s=recov,
                            replayed_inputs=replayed,
-                           seconds=time.perf_counter() - t_start, workdir=workdir)
+                           seconds=time.perf_counter() - t_start, workdir=workdir,
+                           exactly_once=exactly_once, receiver_kills=done_rkills)
     finally:
         for p in (sender, worker, receiver):
             if p is not None:
@@ -227,13 +251,20 @@ def main(argv=None) -> int:
     ap.add_argument("--pauses", type=int, default=0, help="SIGSTOP/SIGCONT pauses too")
     ap.add_argument("--rate", type=int, default=20000, help="sender messages/s")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--exactly-once", action="store_true",
+                    help="--resumable-sinks into `wallaroo receive --resumable`")
+    ap.add_argument("--receiver-kills", type=int, default=0,
+                    help="SIGKILLs of the resumable receiver (with --exactly-once)")
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    extra = (f" --exactly-once --receiver-kills {args.receiver_kills}"
+             if args.exactly_once else "")
     print(f"chaos run: seed {seed}; command: python -m tests.chaos.run_chaos "
           f"--messages {args.messages} --kills {args.kills} --pauses {args.pauses} "
-          f"--rate {args.rate} --seed {seed}")
-    res = run(args.messages, args.kills, args.rate, seed, args.pauses)
+          f"--rate {args.rate} --seed {seed}{extra}")
+    res = run(args.messages, args.kills, args.rate, seed, args.pauses,
+              exactly_once=args.exactly_once, receiver_kills=args.receiver_kills)
     print(res.summary())
     if args.json:
         with open(args.json, "w") as f:

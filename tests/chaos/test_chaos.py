@@ -25,3 +25,25 @@ def test_long_chaos_run(tmp_path):
     res = run(messages=200000, kills=12, rate=20000, pauses=3, workdir=str(tmp_path))
     print(res.summary())
     assert res.ok, res.summary()
+
+
+def test_exactly_once_outputs_across_sigkills_of_worker_and_receiver(tmp_path):
+    """--resumable-sinks into `wallaroo receive --resumable`: both are
+    SIGKILLed at random moments, five times each; every output arrives
+    exactly once."""
+    res = run(messages=20000, kills=5, rate=4000, seed=4321, pauses=1,
+              workdir=str(tmp_path), exactly_once=True, receiver_kills=5)
+    print(res.summary())
+    assert res.kills == 5 and res.receiver_kills == 5
+    assert res.lost == 0 and res.bad_windows == 0, res.summary()
+    assert res.duplicates == 0, res.summary()
+    assert res.outputs == 20000
+    assert res.ok, res.summary()
+
+
+@pytest.mark.slow
+def test_long_exactly_once_chaos_run(tmp_path):
+    res = run(messages=200000, kills=12, rate=20000, pauses=3, workdir=str(tmp_path),
+              exactly_once=True, receiver_kills=12)
+    print(res.summary())
+    assert res.ok and res.duplicates == 0, res.summary()

@@ -9,7 +9,7 @@ from typing import Iterator
 
 from .errors import CorruptionError
 from .records import (InputRow, OutputRow, PartitionRow, PendingRow, Recovered,
-                      SnapshotRow, control_checksum)
+                      SnapshotRow, control_checksum, sinks_checksum)
 
 
 def damaged(path: str, what: str) -> CorruptionError:
@@ -41,9 +41,9 @@ def load(conn: sqlite3.Connection, path: str) -> tuple[Recovered, set[int]]:
                                  f"{stream!r}, count {count})")
         rec.streams[(source, stream)] = count
         rec.stream_seen[(source, stream)] = seen
-    for sink, next_seq, delivered, cs in conn.execute(
-            "SELECT sink, next_seq, delivered, checksum FROM sinks"):
-        if control_checksum("sinks", sink, next_seq, delivered) != cs:
+    for sink, next_seq, delivered, base, cs in conn.execute(
+            "SELECT sink, next_seq, delivered, base, checksum FROM sinks"):
+        if sinks_checksum(sink, next_seq, delivered, base) != cs:
             raise damaged(path, f"table sinks row (sink {sink}, next_seq "
                                  f"{next_seq}, delivered {delivered})")
         if not 0 <= delivered <= next_seq:
@@ -51,6 +51,8 @@ def load(conn: sqlite3.Connection, path: str) -> tuple[Recovered, set[int]]:
                                   f"{delivered} is not within 0..{next_seq}")
         rec.next_out_seq[sink] = next_seq
         rec.delivered[sink] = delivered
+        if base:
+            rec.sink_bases[sink] = base
     for (pid, source, stream, first_seq, count, consumed, cs, ccs, frames,
          ftype) in conn.execute(
             "SELECT id, source, stream, first_seq, count, consumed, checksum, "

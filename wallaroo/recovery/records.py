@@ -21,6 +21,14 @@ def checksum(data: bytes, head: str) -> int:
     return zlib.crc32(data, zlib.crc32(head.encode("utf-8", "surrogatepass")))
 
 
+def sinks_checksum(sink: int, next_seq: int, delivered: int, base: int = 0) -> int:
+    """A ``sinks`` row's checksum (``base`` counts only when set, so rows of
+    schema 2 keep theirs)."""
+    if base:
+        return control_checksum("sinks", sink, next_seq, delivered, base)
+    return control_checksum("sinks", sink, next_seq, delivered)
+
+
 def control_checksum(table: str, *fields) -> int:
     """CRC32 over a control row's fields (counts, positions, lsns: values
     recovery trusts) and its table's name, so a row cannot pass as another
@@ -222,12 +230,15 @@ class CommitRecord:
     pending_consumed: dict[int, int] = field(default_factory=dict)
     # streams to forget (not seen for --forget-streams-after)
     forget_streams: list[tuple[str, str]] = field(default_factory=list)
+    # sink -> its resumable stream's base: the receiver's output n is this
+    # sink's output n + base (non-zero once a receiver lost what it held)
+    sink_bases: dict[int, int] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not (self.inputs or self.outputs or self.partitions
                     or self.snapshots or self.streams or self.delivered
                     or self.pending is not None or self.pending_consumed
-                    or self.forget_streams)
+                    or self.forget_streams or self.sink_bases)
 
 
 @dataclass
@@ -244,6 +255,10 @@ class Recovered:
     next_out_seq: dict[int, int] = field(default_factory=dict)
     commits: int = 0
     pending: list[PendingRow] = field(default_factory=list)
+    # sink -> undelivered outputs in rows that do not record where each
+    # output ends (written before schema 3): they can be sent whole only
+    unsplittable: dict[int, int] = field(default_factory=dict, compare=False)
+    sink_bases: dict[int, int] = field(default_factory=dict)  # see CommitRecord
     # (source, stream) -> when its count last changed (unix seconds)
     stream_seen: dict[tuple[str, str], int] = field(default_factory=dict,
                                                     compare=False)

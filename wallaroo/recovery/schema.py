@@ -72,6 +72,7 @@ def _v2_hardening(conn: sqlite3.Connection) -> None:
 _V3_SQL = """
     ALTER TABLE outbox ADD COLUMN lengths BLOB;
     ALTER TABLE outbox ADD COLUMN framed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sinks ADD COLUMN base INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE sink_identities (
         sink INTEGER PRIMARY KEY,
         pipeline TEXT NOT NULL,

@@ -29,7 +29,7 @@ from .files import (MANIFEST_SUFFIX, DatabaseLock, Position, PositionFile,
                     check_database_file, check_position, new_manifest,
                     read_manifest, trial_write, write_manifest)
 from .records import (CommitRecord, InputRow, OutputRow, PendingRow, Recovered,
-                      control_checksum)
+                      control_checksum, sinks_checksum)
 
 SYNCHRONOUS = ("NORMAL", "FULL")
 # Snapshots larger than this are split over rows of ``snapshot_parts``, so a
@@ -63,6 +63,7 @@ class SQLiteStore:
         self._replay_from = 0
         self._delivered: dict[int, int] = {}
         self._next_seq: dict[int, int] = {}
+        self._bases: dict[int, int] = {}
         self._pending_counts: dict[int, int] = {}
         self._sink_ids: list[int] = []  # the application's sink i -> store id
         self._sink_index: dict[int, int] = {}  # store id -> application's i
@@ -111,12 +112,17 @@ class SQLiteStore:
             rec, self._parted = reading.load(conn, self.path)
             rec.next_out_seq = self._by_app(rec.next_out_seq)
             rec.delivered = self._by_app(rec.delivered)
+            rec.sink_bases = self._by_app(rec.sink_bases)
+            rec.unsplittable = self._by_app(dict(conn.execute(
+                "SELECT sink, sum(count) FROM outbox WHERE lengths IS NULL AND "
+                "framed = 0 AND count > 1 GROUP BY sink")))
         except sqlite3.DatabaseError as e:
             raise CorruptionError(f"{self.path}: cannot read the resilience "
                                   f"database: {e}") from e
         self._commits = rec.commits
         self._replay_from = rec.replay_from
         self._delivered = dict(rec.delivered)
+        self._bases = dict(rec.sink_bases)
         self._next_seq = dict(rec.next_out_seq)
         self._pending_counts = {p.id: p.count for p in rec.pending}
         self._position.open()
@@ -267,6 +273,7 @@ class SQLiteStore:
                 self._pending_counts.pop(pid, None)
         self._replay_from = max(self._replay_from, rf)
         self._next_seq.update(rec.next_out_seq)
+        self._bases.update(rec.sink_bases)
         for s, d in rec.delivered.items():
             if d > self._delivered.get(s, 0):
                 self._delivered[s] = d
@@ -351,15 +358,18 @@ class SQLiteStore:
         if rec.forget_streams:
             conn.executemany("DELETE FROM streams WHERE source=? AND stream=?",
                              rec.forget_streams)
-        sinks = set(rec.next_out_seq) | set(rec.delivered)
+        sinks = set(rec.next_out_seq) | set(rec.delivered) | set(rec.sink_bases)
         if sinks:
             next_seq = {**self._next_seq, **rec.next_out_seq}
             delivered = {**self._delivered, **rec.delivered}
+            bases = {**self._bases, **rec.sink_bases}
             rows = []
             for s in sinks:
                 n, d, sid = next_seq.get(s, 0), delivered.get(s, 0), self._sink_ids[s]
-                rows.append((sid, n, d, control_checksum("sinks", sid, n, d)))
-            conn.executemany("INSERT OR REPLACE INTO sinks VALUES (?,?,?,?)", rows)
+                b = bases.get(s, 0)
+                rows.append((sid, n, d, sinks_checksum(sid, n, d, b), b))
+            conn.executemany("INSERT OR REPLACE INTO sinks (sink, next_seq, "
+                             "delivered, checksum, base) VALUES (?,?,?,?,?)", rows)
         conn.execute(
             "UPDATE progress SET next_lsn=?, replay_from=?, commits=?, "
             "updated_at=?, checksum=?",
@@ -499,14 +509,14 @@ def discard_outputs(directory: str, worker: str, sink: str) -> tuple[str, int]:
                                  f"once, then discard")
             sid = sink_identities.find(conn, path, sink)
             idents = sink_identities.read(conn, path)
-            row = conn.execute("SELECT next_seq, delivered FROM sinks WHERE sink=?",
-                               (sid,)).fetchone()
-            n, d = row if row else (0, 0)
+            row = conn.execute("SELECT next_seq, delivered, base FROM sinks "
+                               "WHERE sink=?", (sid,)).fetchone()
+            n, d, b = row if row else (0, 0, 0)
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM outbox WHERE sink=?", (sid,))
             if row:
                 conn.execute("UPDATE sinks SET delivered=?, checksum=? WHERE sink=?",
-                             (n, control_checksum("sinks", sid, n, n), sid))
+                             (n, sinks_checksum(sid, n, n, b), sid))
             conn.execute("COMMIT")
             return sink_identities.describe(idents.get(sid), sid), n - d
         finally:

@@ -88,6 +88,7 @@ class RecoveryReport:
     pending: tuple[PendingRow, ...] = ()
     notes: tuple[str, ...] = ()
     undelivered: int = 0  # outputs committed and not yet delivered
+    unsplittable: dict = field(default_factory=dict)  # see Recovered
 
     def summary(self) -> str:
         if self.fresh:
@@ -144,6 +145,8 @@ class WorkerCore:
         self.next_out_seq: dict[int, int] = {s.index: 0 for s in app.sinks}
         self.delivered: dict[int, int] = {s.index: 0 for s in app.sinks}
         self._delivered_pending: dict[int, int] = {}
+        self.sink_bases: dict[int, int] = {}
+        self._bases_pending: dict[int, int] = {}
         self.stream_counts: dict[tuple[str, str], int] = {}
         self.stream_seen: dict[tuple[str, str], int] = {}
         self.next_pending_id = 0
@@ -211,6 +214,7 @@ class WorkerCore:
         self.next_lsn = rec.next_lsn
         self.next_out_seq.update(rec.next_out_seq)
         self.delivered.update(rec.delivered)
+        self.sink_bases.update(rec.sink_bases)
         self.stream_counts.update(rec.streams)
         self.stream_seen.update(rec.stream_seen)
         self.next_pending_id = max((p.id for p in rec.pending), default=-1) + 1
@@ -234,7 +238,7 @@ class WorkerCore:
             replayed_rows=rows, replayed_messages=messages,
             replay_mismatches=mismatches, requeued=requeued,
             seconds=time.perf_counter() - t0, pending=tuple(rec.pending),
-            undelivered=undelivered,
+            undelivered=undelivered, unsplittable=dict(rec.unsplittable),
             notes=tuple(getattr(self.store, "notes", ())))
 
     def _replay(self, replay_from: int, next_lsn: int, on_row) -> tuple[int, int, int]:
@@ -377,10 +381,12 @@ class WorkerCore:
         the last one."""
         oldest = self.tracker.oldest_lsn()
         record = CommitRecord(delivered=self._delivered_pending,
+                              sink_bases=self._bases_pending,
                               next_lsn=self.next_lsn,
                               replay_from=self.next_lsn if oldest is None else oldest,
                               **rows)
         self._delivered_pending = {}
+        self._bases_pending = {}
         return record
 
     def _output_rows(self) -> list[OutputRow]:
@@ -531,10 +537,15 @@ class WorkerCore:
         space.pids[key] = pid
         return PartitionRow(pid, space.name, blob, _key_repr(key), lsn)
 
+    def note_base(self, sink: int, base: int) -> None:
+        """A resumable sink's receiver numbers its outputs from ``base``
+        (it lost what it held); saved with the next commit."""
+        self.sink_bases[sink] = self._bases_pending[sink] = base
+
     def idle_commit_due(self) -> bool:
         """Whether a batch with no input is worth committing now: a
         checkpoint is due, or delivery positions moved."""
-        if self._delivered_pending:
+        if self._delivered_pending or self._bases_pending:
             return True
         since = self.tracker.oldest_since()
         return since is not None and self.clock() - since >= self.checkpoint_interval

@@ -59,9 +59,11 @@ class ResumableTCPSink(TCPSink):
     def __init__(self, spec: SinkSpec, queue: OutboxQueue,
                  on_delivered: Callable[[int, int], None], log: logging.Logger,
                  stream: str, backoff: tuple[float, float] = (0.05, 2.0),
-                 limiter: trio.CapacityLimiter | None = None):
+                 limiter: trio.CapacityLimiter | None = None,
+                 on_base: Callable[[int, int], None] | None = None):
         super().__init__(spec, queue, on_delivered, log, backoff, limiter)
         self.stream = stream
+        self.on_base = on_base
         self.connections = 0
         self.errors = 0
 
@@ -114,22 +116,28 @@ class ResumableTCPSink(TCPSink):
         if m is None:
             raise ProtocolError(f"expected 'HAVE <n>', the receiver said {line[:100]!r}")
         have = int(m.group(1))
-        if have > q.produced:
+        seq = have + q.base  # the receiver counts from where it began
+        if seq > q.produced:
             raise ProtocolError(
-                f"HAVE {have} is more than the {q.produced} outputs this worker "
-                f"has produced for stream {self.stream}")
-        if have < q.delivered:
+                f"HAVE {have} is more than the {q.produced - q.base} outputs this "
+                f"worker has produced for stream {self.stream}")
+        if seq < q.delivered:
             self.log.warning(
                 "%s (stream %r): the receiver holds %d outputs but %d were "
                 "acknowledged or delivered before (it lost what it had, or "
-                "resumable sinks were just switched on); sending from output "
-                "%d, the oldest still held", self.spec.label, self.stream, have,
-                q.delivered, q.delivered)
-        elif have > q.delivered:
-            self._acknowledged(have)
-        self.log.info("%s (stream %r): receiver holds %d outputs; sending from %d",
-                      self.spec.label, self.stream, have, max(have, q.delivered))
-        cursor = max(have, q.delivered)
+                "resumable sinks were just switched on); sending from the "
+                "oldest output still held, which it will count as its output "
+                "%d", self.spec.label, self.stream, have, q.delivered - q.base,
+                have)
+            q.base = q.delivered - have
+            if self.on_base is not None:
+                self.on_base(self.spec.index, q.base)
+            seq = q.delivered
+        elif seq > q.delivered:
+            self._acknowledged(seq)
+        self.log.info("%s (stream %r): receiver holds %d outputs; sending from "
+                      "there", self.spec.label, self.stream, have)
+        cursor = seq
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._read_acks, lines, nursery.cancel_scope)
@@ -169,9 +177,10 @@ class ResumableTCPSink(TCPSink):
                     raise ProtocolError(f"the receiver refused: {line[:200]!r}")
                 raise ProtocolError(f"expected 'ACK <n>', the receiver said "
                                     f"{line[:100]!r}")
-            n = int(m.group(1))
+            n = int(m.group(1)) + self.queue.base
             if n > self.queue.produced:
-                raise ProtocolError(f"ACK {n} is more than the {self.queue.produced} "
+                raise ProtocolError(f"ACK {n - self.queue.base} is more than the "
+                                    f"{self.queue.produced - self.queue.base} "
                                     f"outputs sent")
             self._acknowledged(n)
 

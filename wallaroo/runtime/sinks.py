@@ -49,6 +49,7 @@ class OutboxQueue:
         self.spilled_from: int | None = None  # first output only on disk
         self.produced = delivered  # outputs committed (end of the newest row)
         self.delivered = delivered  # the delivery position
+        self.base = 0  # resumable: the receiver's output n is our n + base
         self._sizes: collections.deque[tuple[int, int]] = collections.deque()
         self.outbox_bytes = 0  # every undelivered row, in memory or not
         self._more = trio.Event()
@@ -110,6 +111,7 @@ class OutboxQueue:
             self._empty.set()
         self._room.set()
         self._room = trio.Event()
+        self._more.set()  # memory freed: spilled rows may be read back now
         return True
 
     async def wait_more(self) -> None:

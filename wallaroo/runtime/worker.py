@@ -142,6 +142,17 @@ class Worker:
                       report.replay_mismatches)
         log.info("%s", report.summary())
         self.registry = StreamRegistry(self.core.stream_counts, self.core.stream_seen)
+        for i, n in report.unsplittable.items():
+            if i in self.core.framed_sinks:
+                raise IncompatibleDirectory(
+                    f"{self.app.sinks[i].label}: {n} undelivered outputs were "
+                    f"written by an earlier release, which did not record where "
+                    f"each one ends, so they cannot be sent one by one as "
+                    f"--resumable-sinks does.  Run once without "
+                    f"--resumable-sinks until they are delivered, or discard "
+                    f"them: `wallaroo recovery discard-outputs DIR --worker "
+                    f"{self.opts.name} --sink '{self.app.sinks[i].pipeline}:"
+                    f"{self.app.sinks[i].position}'`")
         self.sinks = self._make_sinks()
         for row in report.requeued:
             self.sinks[row.sink].enqueue(row)
@@ -215,12 +226,14 @@ class Worker:
                                 opts.sink_outbox_max, reader,
                                 core.delivered.get(spec.index, 0))
             queue.produced = core.next_out_seq.get(spec.index, 0)
+            queue.base = core.sink_bases.get(spec.index, 0)
             if reader is not None and queue.produced > queue.delivered:
                 queue.spilled_from = queue.delivered
             if spec.index in core.framed_sinks:
                 sinks.append(ResumableTCPSink(
                     spec, queue, core.note_delivered, self.log,
-                    stream_name(self.app.name, spec, opts.name), limiter=limiter))
+                    stream_name(self.app.name, spec, opts.name), limiter=limiter,
+                    on_base=core.note_base))
             else:
                 sinks.append(TCPSink(spec, queue, core.note_delivered, self.log,
                                      limiter=limiter))
