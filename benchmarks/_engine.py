@@ -29,6 +29,10 @@ ENGINE_CONFIGS = [
     ("engine (NORMAL)", "engine_normal", True, "normal"),
     ("engine (FULL)", "engine_full", True, "full"),
 ]
+# --resumable-sinks: the worker speaks the resumable sink protocol and the
+# receiver acknowledges what it read (without fsync: the engine's cost only)
+RESUMABLE_CONFIG = ("engine (NORMAL, resumable sinks)", "engine_normal_rs", True,
+                    "normal", True)
 
 STOPPED_RE = re.compile(r"stopped: (\d+) messages in, (\d+) outputs, (\d+) failed "
                         r"messages, .*?(?:(\d+) commits|no resilience)")
@@ -97,7 +101,8 @@ def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
     """One end-to-end run: receiver, worker, sender, each its own process.
     Throughput = messages / (sender's first write -> receiver's last
     needed record)."""
-    name, key, resilient, sync = cfg
+    name, key, resilient, sync = cfg[:4]
+    resumable = len(cfg) > 4 and cfg[4]
     d = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=workdir))
     py = sys.executable
     procs: list[subprocess.Popen] = []
@@ -109,7 +114,8 @@ def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
         receiver = subprocess.Popen(
             [py, str(RECEIVER), "--listen", "127.0.0.1:0", "--input", str(input_path),
              "--messages", str(messages), "--stamps", str(d / "recv.stamps"),
-             "--result", str(d / "recv.json"), "--idle-timeout", str(timeout)],
+             "--result", str(d / "recv.json"), "--idle-timeout", str(timeout)]
+            + (["--resumable"] if resumable else []),
             stdout=subprocess.PIPE, text=True)
         procs.append(receiver)
         line = receiver.stdout.readline()
@@ -119,6 +125,8 @@ def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
         run_args = ["run", str(APP_FILE), "--in", "127.0.0.1:0", "--out", out_addr]
         if resilient:
             run_args += ["--resilience-dir", str(d / "state"), "--synchronous", sync]
+        if resumable:
+            run_args += ["--resumable-sinks"]
         run_args += worker_args or []
         if profile_path:
             cmd = [py, "-m", "cProfile", "-o", profile_path, "-m", "wallaroo.cli"]

@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _engine import ENGINE_CONFIGS, engine_run  # noqa: E402
+from _engine import ENGINE_CONFIGS, RESUMABLE_CONFIG, engine_run  # noqa: E402
 from _loops import bytewax_run, load_app, logged_loop, plain_loop  # noqa: E402
 from _profile import analyse_profile, profile_note  # noqa: E402
 from _workload import FRAME_SIZE, make_input, validate  # noqa: E402
@@ -129,7 +129,7 @@ def print_report(res: dict, console) -> None:
         t.add_row(*cells)
     console.print(t)
 
-    engine_keys = [c[1] for c in ENGINE_CONFIGS if c[1] in rows]
+    engine_keys = [c[1] for c in ENGINE_CONFIGS + [RESUMABLE_CONFIG] if c[1] in rows]
     if engine_keys:
         lt = Table(title="End-to-end latency of the engine runs (ms): sender's "
                          "write -> receiver's read")
@@ -222,6 +222,10 @@ def build_ratios(rows: dict) -> list[dict]:
         ("engine (FULL) / engine (off)", ratio(r("engine_full"), r("engine_off")),
          None, "-", None),
     ]
+    if "engine_normal_rs" in rows:
+        specs.append(("engine (NORMAL, resumable sinks) / engine (NORMAL)",
+                      ratio(r("engine_normal_rs"), r("engine_normal")), 0.9,
+                      ">= 0.9", lambda v: v >= 0.9))
     if "bytewax" in rows:
         specs += [
             ("engine (off) / bytewax", ratio(r("engine_off"), r("bytewax")),
@@ -265,6 +269,9 @@ def main(argv=None) -> int:
                     help="one more run of the worker (--profile-config) under "
                          "cProfile; print its top functions and where the "
                          "time goes")
+    ap.add_argument("--resumable-sinks", action="store_true",
+                    help="add the row of the engine (NORMAL) with --resumable-sinks "
+                         "and a receiver that acknowledges (no fsync)")
     ap.add_argument("--profile-config", choices=["off", "normal", "full"],
                     default="off", help="which engine configuration --profile "
                     "runs (the commit thread of normal/full is not profiled)")
@@ -320,7 +327,7 @@ def main(argv=None) -> int:
             problems.append("plain loop output failed validation (workload bug?)")
 
         # 2-4. the engine
-        for cfg in ENGINE_CONFIGS:
+        for cfg in ENGINE_CONFIGS + ([RESUMABLE_CONFIG] if a.resumable_sinks else []):
             name, key = cfg[0], cfg[1]
             runs, paced_runs = [], []
             for i in range(a.repeat):

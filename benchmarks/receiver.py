@@ -15,6 +15,12 @@ the timings go to the result JSON file.
 A connection that ends in the middle of a record does not count that
 record (DESIGN.md section 5: the sink resends whole outputs on its next
 connection).
+
+``--resumable``: speak the resumable sink protocol (answer ``HAVE`` with
+what arrived, ``ACK`` every read's complete outputs, no fsync: what the
+engine's side of the protocol costs, not a durable receiver's); outputs
+arrive as frames (a 4-byte length, then the record) and are validated
+without their frame headers.
 """
 
 from __future__ import annotations
@@ -40,10 +46,13 @@ def main() -> int:
     ap.add_argument("--result", required=True)
     ap.add_argument("--idle-timeout", type=float, default=60.0,
                     help="give up after this many seconds without data")
+    ap.add_argument("--resumable", action="store_true",
+                    help="speak the resumable sink protocol")
     a = ap.parse_args()
 
     n = a.messages
-    need = n * RECORD_SIZE
+    size = RECORD_SIZE + 4 if a.resumable else RECORD_SIZE
+    need = n * size
     host, port = a.listen.rsplit(":", 1)
     lsock = socket.create_server((host, int(port)))
     lsock.settimeout(a.idle_timeout)
@@ -66,20 +75,27 @@ def main() -> int:
                 conn, _ = lsock.accept()
                 conn.settimeout(a.idle_timeout)
                 connections += 1
+                if a.resumable:
+                    hello = b""
+                    while not hello.endswith(b"\n"):
+                        hello += conn.recv(1)
+                    conn.sendall(b"HAVE %d\n" % (pos // size))
             k = conn.recv_into(mv[pos:pos + READ])
             if not k:  # the sink's connection ended: drop a partial record
                 conn.close()
                 conn = None
-                pos -= pos % RECORD_SIZE
+                pos -= pos % size
                 continue
             t = now()
             if first_ns is None:
                 first_ns = t
             pos += k
-            recs = pos // RECORD_SIZE
+            recs = pos // size
             if not stamps or recs > stamps[-2]:
                 stamps.append(recs)
                 stamps.append(t)
+                if a.resumable:
+                    conn.sendall(b"ACK %d\n" % recs)
         done_ns = stamps[-1]
         print("done", flush=True)
         # Read on until the worker closes: anything more is a duplicate.
@@ -98,6 +114,8 @@ def main() -> int:
     del mv
     output = bytes(buf[:pos]) + b"".join(extra)
     del buf
+    if a.resumable:  # drop the frame headers
+        output = b"".join(output[i + 4:i + size] for i in range(0, len(output), size))
     with open(a.stamps, "wb") as f:
         stamps.tofile(f)
     with open(a.input, "rb") as f:

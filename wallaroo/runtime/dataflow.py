@@ -70,11 +70,11 @@ def _sink_stage(sinks: list[tuple[str, Callable, list, bool]], ctx: Context) -> 
             append(b)
         return push
 
-    pairs = [(name, encode, out.append, _FRAME.pack if framed else None)
-             for name, encode, out, framed in sinks]
+    pairs = [(name, encode, out.append, framed) for name, encode, out, framed in sinks]
+    headers = _HEADERS
 
     def push_many(item):
-        for name, encode, append, header in pairs:
+        for name, encode, append, framed in pairs:
             try:
                 b = encode(item)
             except Exception as e:
@@ -84,13 +84,20 @@ def _sink_stage(sinks: list[tuple[str, Callable, list, bool]], ctx: Context) -> 
                 b = _coerce_bytes(name, b, fail)
                 if b is None:
                     continue
-            if header is not None:
-                append(header(len(b)))
+            if framed:
+                n = len(b)
+                h = headers.get(n)
+                if h is None:
+                    h = _FRAME.pack(n)
+                    if n < 65536:
+                        headers[n] = h
+                append(h)
             append(b)
     return push_many
 
 
 _FRAME = struct.Struct(">I")
+_HEADERS: dict[int, bytes] = {}  # frame headers of the lengths seen so far
 
 
 def _coerce_bytes(name: str, b: Any, fail) -> bytes | None:
