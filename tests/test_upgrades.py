@@ -94,7 +94,7 @@ def test_resumable_sinks_on_an_earlier_release_outbox(procs, tmp_path, version):
     w = procs("run", APP, "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
               "--resilience-dir", state, "--resumable-sinks")
     assert w.wait() == 1
-    assert "500 undelivered outputs were written by an earlier release" in w.stderr
+    assert "500 undelivered outputs were written for a plain sink" in w.stderr
     assert "Run once without --resumable-sinks" in w.stderr
     plain = tmp_path / "plain.bin"
     recv, sink = start_receiver(procs, "--framing", "length", "--output", plain,

@@ -140,12 +140,12 @@ def output_rows(conn: sqlite3.Connection, path: str, delivered: dict[int, int],
     only, when given)."""
     cur = conn.execute(
         "SELECT sink, first_seq, count, checksum, CAST(data AS BLOB), "
-        "typeof(data), lengths, framed FROM outbox "
+        "typeof(data), framed FROM outbox "
         + ("" if sink is None else "WHERE sink=? AND first_seq + count > ? ")
         + "ORDER BY sink, first_seq",
         () if sink is None else (sink, delivered.get(sink, 0)))
-    for sink, first, count, cs, data, dtype, lengths, framed in cur:
-        row = OutputRow(sink, first, count, data, lengths, bool(framed))
+    for sink, first, count, cs, data, dtype, framed in cur:
+        row = OutputRow(sink, first, count, data, bool(framed))
         if row.end_seq <= delivered.get(sink, 0):
             continue
         if dtype != "blob" or row.checksum() != cs:

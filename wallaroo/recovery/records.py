@@ -7,9 +7,7 @@ sink per batch for outputs, so the store's cost follows bytes, not messages.
 
 from __future__ import annotations
 
-import array
 import struct
-import sys
 import zlib
 from dataclasses import dataclass, field
 
@@ -63,18 +61,17 @@ class InputRow:
 class OutputRow:
     """``count`` encoded outputs for one sink, numbered ``first_seq ..``.
 
-    ``data`` holds them one after another.  Where each ends is known one of
-    two ways: ``framed`` rows hold each output behind a 4-byte big-endian
-    length (the resumable sink protocol's frame, DESIGN.md §5: sent as they
-    are); other rows may carry ``lengths``, a little-endian uint32 per
-    output.  Rows written before releases recorded either (schema < 3) have
-    neither: they can be sent whole, never split."""
+    ``data`` holds them one after another.  ``framed`` rows (a resumable
+    sink's) hold each output behind a 4-byte big-endian length, the
+    protocol's frame (DESIGN.md §5), so they are sent as they are and can be
+    resent from any output.  A plain sink's rows are sent whole and never
+    split, so they do not record where each output ends (that costs a
+    length per output); a row of one output is splittable anyway."""
 
     sink: int
     first_seq: int
     count: int
     data: bytes
-    lengths: bytes | None = None
     framed: bool = False
 
     @property
@@ -83,14 +80,13 @@ class OutputRow:
 
     @property
     def splittable(self) -> bool:
-        return self.framed or self.lengths is not None or self.count == 1
+        return self.framed or self.count == 1
 
     def checksum(self) -> int:
         head = f"{self.sink}\x1f{self.first_seq}\x1f{self.count}"
         if self.framed:
             head += "\x1fframed"
-        cs = checksum(self.data, head)
-        return cs if self.lengths is None else zlib.crc32(self.lengths, cs)
+        return checksum(self.data, head)
 
     def output_lengths(self) -> list[int]:
         """The length of each output (of a splittable row)."""
@@ -101,12 +97,6 @@ class OutputRow:
                 out.append(n)
                 pos += 4 + n
             return out
-        if self.lengths is not None:
-            a = array.array("I")
-            a.frombytes(self.lengths)
-            if sys.byteorder == "big":
-                a.byteswap()
-            return a.tolist()
         if self.count == 1:
             return [len(self.data)]
         raise ValueError("the row does not record its outputs' lengths")
@@ -150,12 +140,6 @@ class OutputRow:
 _FRAME = struct.Struct(">I")
 
 
-def pack_lengths(outputs: list[bytes]) -> bytes:
-    """``OutputRow.lengths`` of these outputs."""
-    a = array.array("I", map(len, outputs))
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tobytes()
 
 
 @dataclass(slots=True)

@@ -70,7 +70,6 @@ def _v2_hardening(conn: sqlite3.Connection) -> None:
 
 
 _V3_SQL = """
-    ALTER TABLE outbox ADD COLUMN lengths BLOB;
     ALTER TABLE outbox ADD COLUMN framed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE sinks ADD COLUMN base INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE sink_identities (
@@ -84,9 +83,9 @@ _V3_SQL = """
 
 
 def _v3_outputs(conn: sqlite3.Connection) -> None:
-    """Migration 3, exactly-once outputs: each outbox row records where its
-    outputs end (``lengths``, or ``framed`` rows holding protocol frames),
-    so a resumable sink can resend from any output; sinks get identities
+    """Migration 3, exactly-once outputs: ``framed`` outbox rows hold a
+    resumable sink's protocol frames, so it can resend from any output, and
+    ``sinks.base`` records a resumable receiver's numbering; sinks get identities
     (pipeline, place among its sinks), so outputs can never reach another
     sink when the application changes.  Rows of earlier versions keep
     neither: the store maps their sink numbers to identities when it first

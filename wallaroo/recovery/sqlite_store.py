@@ -114,8 +114,8 @@ class SQLiteStore:
             rec.delivered = self._by_app(rec.delivered)
             rec.sink_bases = self._by_app(rec.sink_bases)
             rec.unsplittable = self._by_app(dict(conn.execute(
-                "SELECT sink, sum(count) FROM outbox WHERE lengths IS NULL AND "
-                "framed = 0 AND count > 1 GROUP BY sink")))
+                "SELECT sink, sum(count) FROM outbox WHERE framed = 0 AND "
+                "count > 1 GROUP BY sink")))
         except sqlite3.DatabaseError as e:
             raise CorruptionError(f"{self.path}: cannot read the resilience "
                                   f"database: {e}") from e
@@ -292,8 +292,8 @@ class SQLiteStore:
             for o in rec.outputs:
                 o = dataclasses.replace(o, sink=self._sink_ids[o.sink])
                 rows.append((o.sink, o.first_seq, o.count, len(o.data),
-                             o.checksum(), o.data, o.lengths, int(o.framed)))
-            conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?,?)", rows)
+                             o.checksum(), o.data, int(o.framed)))
+            conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?)", rows)
         if rec.partitions:
             conn.executemany(
                 "INSERT INTO partitions VALUES (?,?,?,?,?,?)",

@@ -23,7 +23,7 @@ from ..recovery import snapshots
 from ..recovery.errors import CorruptionError, IncompatibleDirectory, StoreError
 from ..recovery.records import (MAX_OUTPUT_BYTES, MAX_ROW_BYTES, CommitRecord,
                                 InputRow, OutputRow, PartitionRow, PendingRow,
-                                SnapshotRow, pack_lengths)
+                                SnapshotRow)
 from ..recovery.store import Store
 from .dataflow import Context, StepError, compile_pipeline, make_runner
 from .failures import FailureLog
@@ -390,12 +390,9 @@ class WorkerCore:
         return record
 
     def _output_rows(self) -> list[OutputRow]:
-        """One outbox row per sink with outputs in this batch.  Framed
-        sinks' lists alternate frame header and output; other rows record
-        their outputs' lengths when durable (a resumable sink switched on
-        later can then resend from any of them)."""
+        """One outbox row per sink with outputs in this batch (framed
+        sinks' lists alternate frame header and output)."""
         outputs: list[OutputRow] = []
-        durable = self.durable
         for i, lst in enumerate(self.out_lists):
             if not lst:
                 continue
@@ -404,9 +401,7 @@ class WorkerCore:
             if len(data) <= MAX_ROW_BYTES:
                 n = len(lst) // 2 if framed else len(lst)
                 seq = self.next_out_seq[i]
-                outputs.append(OutputRow(
-                    i, seq, n, data,
-                    pack_lengths(lst) if durable and not framed else None, framed))
+                outputs.append(OutputRow(i, seq, n, data, framed))
                 self.next_out_seq[i] = seq + n
             else:
                 outputs.extend(self._split_outputs(i, lst, framed))
@@ -430,10 +425,7 @@ class WorkerCore:
             nonlocal group, size
             if group:
                 seq = self.next_out_seq[sink]
-                rows.append(OutputRow(
-                    sink, seq, len(group), b"".join(group),
-                    pack_lengths(group) if self.durable and not framed else None,
-                    framed))
+                rows.append(OutputRow(sink, seq, len(group), b"".join(group), framed))
                 self.next_out_seq[sink] = seq + len(group)
                 group, size = [], 0
         for out in items:

@@ -146,11 +146,12 @@ class Worker:
             if i in self.core.framed_sinks:
                 raise IncompatibleDirectory(
                     f"{self.app.sinks[i].label}: {n} undelivered outputs were "
-                    f"written by an earlier release, which did not record where "
-                    f"each one ends, so they cannot be sent one by one as "
-                    f"--resumable-sinks does.  Run once without "
+                    f"written for a plain sink (or by an earlier release), which "
+                    f"does not record where each one ends, so they cannot be "
+                    f"sent one by one as --resumable-sinks does.  Run once without "
                     f"--resumable-sinks until they are delivered, or discard "
-                    f"them: `wallaroo recovery discard-outputs DIR --worker "
+                    f"them: `wallaroo recovery discard-outputs {self.store.directory} "
+                    f"--worker "
                     f"{self.opts.name} --sink '{self.app.sinks[i].pipeline}:"
                     f"{self.app.sinks[i].position}'`")
         self.sinks = self._make_sinks()
