@@ -335,7 +335,7 @@ def test_without_resilience_memory_bounds_a_receiver_that_never_acks():
 
 def test_stream_names_follow_the_identity_and_the_alphabet():
     from wallaroo._spec import EncoderSpec, SinkSpec
-    from wallaroo.runtime.sink_resumable import stream_name
+    from wallaroo.connectors.resumable_sink import stream_name
     spec = SinkSpec(0, "word count / v2", "tcp", "h", "1", EncoderSpec("e", bytes),
                     None, position=1)
     assert stream_name("my app", spec, "worker-1") == \

@@ -121,6 +121,9 @@ class AppSpec:
     pipelines: tuple[PipelineSpec, ...]
     states: tuple[StateSpec, ...]
     sinks: tuple[SinkSpec, ...]
+    # the application module's (serialize, deserialize), when it defines
+    # both: used for messages between workers and for state snapshots
+    serializer: tuple[Callable, Callable] | None = field(default=None, compare=False)
 
     def state(self, name: str) -> StateSpec:
         for s in self.states:

@@ -144,7 +144,7 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         raise click.BadParameter("the directory name is empty (to run without "
                                  "resilience, leave the option out)",
                                  param_hint="--resilience-dir")
-    from .runtime.sources import default_max_connections
+    from .connectors.tcp_source import default_max_connections
     code = run_worker(target, ctx.meta["raw_args"], name=name,
                       resilience_dir=resilience_dir, synchronous=synchronous,
                       checkpoint_interval=checkpoint_interval,

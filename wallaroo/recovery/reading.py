@@ -73,13 +73,13 @@ def _load_partitions(conn: sqlite3.Connection, path: str, rec: Recovered) -> set
     parted: set[int] = set()
     # BLOBs are read with CAST and their storage class checked: a damaged
     # one that SQLite would hand back as TEXT is reported naming its row.
-    for (pid, state, key_repr, created, key_cs, key, key_type, lsn, pickler,
+    for (pid, state, key_repr, created, key_cs, key, key_type, group, lsn, pickler,
          snap_cs, blob, blob_type, parts) in conn.execute(
             "SELECT p.pid, p.state, p.key_repr, p.created_lsn, p.checksum, "
-            "CAST(p.key AS BLOB), typeof(p.key), s.lsn, s.pickler, s.checksum, "
-            "CAST(s.state AS BLOB), typeof(s.state), s.parts FROM partitions p "
-            "LEFT JOIN snapshots s USING (pid) ORDER BY p.pid"):
-        prow = PartitionRow(pid, state, key, key_repr, created)
+            "CAST(p.key AS BLOB), typeof(p.key), p.key_group, s.lsn, s.pickler, "
+            "s.checksum, CAST(s.state AS BLOB), typeof(s.state), s.parts "
+            "FROM partitions p LEFT JOIN snapshots s USING (pid) ORDER BY p.pid"):
+        prow = PartitionRow(pid, state, key, key_repr, created, group)
         if key_type != "blob" or prow.checksum() != key_cs:
             raise CorruptionError(
                 f"{path}: the key of partition {pid} (state {state!r}, key "
@@ -118,14 +118,15 @@ def _load_partitions(conn: sqlite3.Connection, path: str, rec: Recovered) -> set
 def input_rows(conn: sqlite3.Connection, path: str, from_lsn: int) -> Iterator[InputRow]:
     cur = conn.execute(
         "SELECT first_lsn, count, source, stream, first_seq, failed, checksum, "
-        "CAST(frames AS BLOB), typeof(frames) FROM input_log "
+        "CAST(frames AS BLOB), typeof(frames), connector FROM input_log "
         "WHERE first_lsn + count > ? ORDER BY first_lsn", (from_lsn,))
-    for first, count, source, stream, seq, failed, cs, frames, ftype in cur:
+    for first, count, source, stream, seq, failed, cs, frames, ftype, conn_kind in cur:
         try:
             failed_idx = tuple(int(x) for x in failed.split(",") if x)
         except (AttributeError, ValueError):
             failed_idx = None  # damaged: the checksum will not match
-        row = InputRow(first, source, stream, seq, count, frames, failed_idx)
+        row = InputRow(first, source, stream, seq, count, frames, failed_idx,
+                       conn_kind)
         if ftype != "blob" or row.checksum() != cs:
             raise CorruptionError(
                 f"{path}: input-log record at lsn {first} ({count} messages "

@@ -46,15 +46,20 @@ class InputRow:
     count: int
     frames: bytes
     failed: tuple[int, ...] = ()  # indices of frames a user function failed on
+    # how the bytes arrived: "tcp" (frames of a pipeline's source), "peer"
+    # (peer batches from the worker named by ``source``), "kafka"
+    connector: str = "tcp"
 
     @property
     def end_lsn(self) -> int:
         return self.first_lsn + self.count
 
     def checksum(self) -> int:
-        return checksum(self.frames, f"{self.first_lsn}\x1f{self.count}\x1f"
-                        f"{self.source!r}\x1f{self.stream!r}\x1f{self.first_seq}"
-                        f"\x1f{self.failed}")
+        head = (f"{self.first_lsn}\x1f{self.count}\x1f{self.source!r}\x1f"
+                f"{self.stream!r}\x1f{self.first_seq}\x1f{self.failed}")
+        if self.connector != "tcp":
+            head += f"\x1f{self.connector}"
+        return checksum(self.frames, head)
 
 
 @dataclass(slots=True)
@@ -149,9 +154,13 @@ class PartitionRow:
     key: bytes  # pickled once, when the partition is created
     key_repr: str
     created_lsn: int
+    key_group: int = -1  # -1: written before key groups were stored
 
     def checksum(self) -> int:
-        return checksum(self.key, f"{self.pid}\x1f{self.state!r}\x1f{self.created_lsn}")
+        head = f"{self.pid}\x1f{self.state!r}\x1f{self.created_lsn}"
+        if self.key_group >= 0:
+            head += f"\x1fg{self.key_group}"
+        return checksum(self.key, head)
 
 
 @dataclass(slots=True)
@@ -243,6 +252,8 @@ class Recovered:
     # output ends (written before schema 3): they can be sent whole only
     unsplittable: dict[int, int] = field(default_factory=dict, compare=False)
     sink_bases: dict[int, int] = field(default_factory=dict)  # see CommitRecord
+    # the cluster this database belongs to, as saved (None: not recorded)
+    membership: dict | None = field(default=None, compare=False)
     # (source, stream) -> when its count last changed (unix seconds)
     stream_seen: dict[tuple[str, str], int] = field(default_factory=dict,
                                                     compare=False)

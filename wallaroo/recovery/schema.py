@@ -94,6 +94,21 @@ def _v3_outputs(conn: sqlite3.Connection) -> None:
         conn.execute(stmt)
 
 
+_V4_SQL = """
+    ALTER TABLE partitions ADD COLUMN key_group INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE input_log ADD COLUMN connector TEXT NOT NULL DEFAULT 'tcp';
+    """
+
+
+def _v4_cluster(conn: sqlite3.Connection) -> None:
+    """Migration 4, many workers: each partition records its key group (so
+    its state can move with it later), and each input row the connector
+    that brought it (``peer`` rows hold batches from another worker).  The
+    membership is kept in ``meta`` (key ``membership``)."""
+    for stmt in _statements(_V4_SQL):
+        conn.execute(stmt)
+
+
 MIGRATIONS: list[Migration] = [
     # 1: the first schema.
     """
@@ -161,6 +176,8 @@ MIGRATIONS: list[Migration] = [
     _v2_hardening,
     # 3: exactly-once outputs (see _v3_outputs).
     _v3_outputs,
+    # 4: many workers (see _v4_cluster).
+    _v4_cluster,
 ]
 
 

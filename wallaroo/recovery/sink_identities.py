@@ -22,6 +22,16 @@ from .errors import CorruptionError, StoreError
 from .records import control_checksum
 
 
+# The channel to another worker is a destination like a sink; its identity's
+# "pipeline" is this prefix and the worker's name (no pipeline name starts
+# with a NUL character).
+PEER_PREFIX = "\0peer:"
+
+
+def peer_identity(name: str) -> list:
+    return [PEER_PREFIX + name, 0]
+
+
 class OrphanedOutputs(StoreError):
     """Undelivered outputs belong to a sink the application no longer has."""
 
@@ -41,6 +51,8 @@ def describe(ident: Identity | None, sid: int) -> str:
     if ident is None:
         return f"sink #{sid} of an earlier release (its pipeline is not recorded)"
     pipeline, position = ident
+    if pipeline.startswith(PEER_PREFIX):
+        return f"the channel to worker {pipeline[len(PEER_PREFIX):]!r}"
     return f"sink {position} of pipeline {pipeline!r}"
 
 
@@ -75,14 +87,15 @@ def map_sinks(conn: sqlite3.Connection, path: str, old_fp: dict | None,
     app = app_identities(fp)
     new: list[int] = []
     legacy = known - set(idents)
+    sinks_only = [i for i in app if not i[0].startswith(PEER_PREFIX)]
     if legacy and old_fp is not None \
             and old_fp.get("pipelines") == fp.get("pipelines") \
-            and old_fp.get("sinks") == len(app):
+            and old_fp.get("sinks") == len(sinks_only):
         taken = set(idents.values())
         for sid in sorted(legacy):
-            if sid < len(app) and app[sid] not in taken:
-                idents[sid] = app[sid]
-                taken.add(app[sid])
+            if sid < len(sinks_only) and sinks_only[sid] not in taken:
+                idents[sid] = sinks_only[sid]
+                taken.add(sinks_only[sid])
                 new.append(sid)
     by_ident = {v: k for k, v in idents.items()}
     next_id = max([*idents, *known], default=-1) + 1

@@ -72,15 +72,19 @@ class SQLiteStore:
         self.notes: list[str] = []  # warnings for the worker's log
 
     # -- opening ---------------------------------------------------------
-    def open(self, fingerprint: dict) -> Recovered:
+    def open(self, fingerprint: dict, membership: dict | None = None) -> Recovered:
+        """Open (or create) the database and return what it holds.
+        ``membership``: the cluster this worker belongs to (members, key
+        groups); saved when the database has none, returned as saved
+        otherwise (``Recovered.membership``) for the caller to check."""
         _make_directory(self.directory)
         try:
-            return self._open(fingerprint)
+            return self._open(fingerprint, membership)
         except BaseException:
             self.close(update_position=False)
             raise
 
-    def _open(self, fingerprint: dict) -> Recovered:
+    def _open(self, fingerprint: dict, membership: dict | None = None) -> Recovered:
         manifest = read_manifest(self.path)
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         check_database_file(self.path, manifest)
@@ -109,7 +113,9 @@ class SQLiteStore:
             self._sink_ids = sink_identities.map_sinks(conn, self.path, old_fp,
                                                        fingerprint)
             self._sink_index = {sid: i for i, sid in enumerate(self._sink_ids)}
+            saved = self._settle_membership(membership)
             rec, self._parted = reading.load(conn, self.path)
+            rec.membership = saved
             rec.next_out_seq = self._by_app(rec.next_out_seq)
             rec.delivered = self._by_app(rec.delivered)
             rec.sink_bases = self._by_app(rec.sink_bases)
@@ -137,6 +143,30 @@ class SQLiteStore:
                 f"{self.directory} holds no database for worker {self.worker!r} "
                 f"but holds worker(s) {', '.join(map(repr, others))}: starting "
                 f"{self.worker!r} fresh.  Was --name mistyped?")
+
+    def _settle_membership(self, proposed: dict | None) -> dict | None:
+        conn = self._conn
+        row = conn.execute("SELECT value FROM meta WHERE key='membership'").fetchone()
+        if row is not None:
+            try:
+                body = json.loads(row[0])
+                cs = body.pop("checksum")
+                if control_checksum("membership", json.dumps(body, sort_keys=True)) != cs:
+                    raise ValueError("checksum")
+                return body
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise CorruptionError(f"{self.path}: the membership in table meta "
+                                      f"failed its checksum; refusing to run on "
+                                      f"damaged state") from None
+        if proposed is None:
+            return None
+        body = dict(proposed)
+        text = json.dumps({**body, "checksum": control_checksum(
+            "membership", json.dumps(body, sort_keys=True))}, sort_keys=True)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO meta VALUES ('membership', ?)", (text,))
+        conn.execute("COMMIT")
+        return body
 
     def _by_app(self, by_id: dict[int, int]) -> dict[int, int]:
         index = self._sink_index
@@ -283,10 +313,10 @@ class SQLiteStore:
         inputs = [r for r in rec.inputs if r.end_lsn > rf]
         if inputs:
             conn.executemany(
-                "INSERT INTO input_log VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO input_log VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(r.first_lsn, r.count, r.source, r.stream, r.first_seq,
                   ",".join(map(str, r.failed)), len(r.frames),
-                  r.checksum(), r.frames) for r in inputs])
+                  r.checksum(), r.frames, r.connector) for r in inputs])
         if rec.outputs:
             rows = []
             for o in rec.outputs:
@@ -296,9 +326,9 @@ class SQLiteStore:
             conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?)", rows)
         if rec.partitions:
             conn.executemany(
-                "INSERT INTO partitions VALUES (?,?,?,?,?,?)",
-                [(p.pid, p.state, p.key_repr, p.created_lsn, p.checksum(), p.key)
-                 for p in rec.partitions])
+                "INSERT INTO partitions VALUES (?,?,?,?,?,?,?)",
+                [(p.pid, p.state, p.key_repr, p.created_lsn, p.checksum(), p.key,
+                  p.key_group) for p in rec.partitions])
         if rec.snapshots:
             self._write_snapshots(conn, rec)
         if rec.pending is not None:

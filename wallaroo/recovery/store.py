@@ -14,7 +14,7 @@ class Store(Protocol):
 
     durable: bool
 
-    def open(self, fingerprint: dict) -> Recovered: ...
+    def open(self, fingerprint: dict, membership: dict | None = None) -> Recovered: ...
 
     def replay_inputs(self, from_lsn: int) -> Iterator[InputRow]: ...
 
@@ -35,8 +35,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.commits = 0
 
-    def open(self, fingerprint: dict) -> Recovered:
-        return Recovered(fresh=True)
+    def open(self, fingerprint: dict, membership: dict | None = None) -> Recovered:
+        return Recovered(fresh=True, membership=membership)
 
     def replay_inputs(self, from_lsn: int) -> Iterator[InputRow]:
         return iter(())

@@ -19,21 +19,31 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .._spec import AppSpec
+from ..connectors.base import PEER, TCP
+from ..connectors.framing import DEFAULT_MAX_FRAME, Framer
 from ..recovery import snapshots
-from ..recovery.errors import CorruptionError, IncompatibleDirectory, StoreError
+from ..recovery.errors import IncompatibleDirectory, StoreError
 from ..recovery.records import (MAX_OUTPUT_BYTES, MAX_ROW_BYTES, CommitRecord,
                                 InputRow, OutputRow, PartitionRow, PendingRow,
                                 SnapshotRow)
+from ..recovery.sink_identities import peer_identity
 from ..recovery.store import Store
-from .dataflow import Context, StepError, compile_pipeline, make_runner
+from . import channels
+from .dataflow import (Context, Route, StepError, compile_pipeline,
+                       make_peer_runner, make_runner)
 from .failures import FailureLog
-from .framing import DEFAULT_MAX_FRAME, Framer
+from .placement import DEFAULT_KEY_GROUPS, Placement
+from .replay import replay
 from .states import DirtyTracker, StateSpace
+
+
 
 
 @dataclass(slots=True)
 class Chunk:
-    """Complete frames that one connection delivered, in order."""
+    """Complete frames that one connection delivered, in order; or (source
+    ``WorkerCore.peer_source``, connector ``peer``) peer batches from one
+    worker, each payload one batch with its header."""
 
     source: int  # pipeline index
     payloads: list[bytes]
@@ -45,6 +55,7 @@ class Chunk:
     position: int | None = None  # the first frame's place in its connection
     pending: int | None = None  # the pending-input row these frames are from
     pending_offset: int = 0  # the first frame's index in that row
+    connector: str = TCP
 
     def split(self, k: int, header_length: int) -> tuple["Chunk", "Chunk"]:
         """The first ``k`` frames and the rest."""
@@ -52,12 +63,12 @@ class Chunk:
         cut = sum(map(len, head)) + k * header_length
         a = Chunk(self.source, head, self.frames[:cut], self.stream, self.first_seq,
                   self.origin, self.key, self.position, self.pending,
-                  self.pending_offset)
+                  self.pending_offset, self.connector)
         b = Chunk(self.source, self.payloads[k:], self.frames[cut:], self.stream,
                   None if self.first_seq is None else self.first_seq + k,
                   self.origin, self.key,
                   None if self.position is None else self.position + k,
-                  self.pending, self.pending_offset + k)
+                  self.pending, self.pending_offset + k, self.connector)
         return a, b
 
 
@@ -123,8 +134,17 @@ class WorkerCore:
                  checkpoint_interval: float = 1.0,
                  checkpoint_max: int = 1000,
                  clock: Callable[[], float] = time.monotonic,
-                 framed_sinks: frozenset[int] = frozenset()):
+                 framed_sinks: frozenset[int] = frozenset(),
+                 name: str = "initializer", members: list[str] | None = None,
+                 key_groups: int = DEFAULT_KEY_GROUPS):
+        """``members``: the cluster's workers in order (default: this one
+        alone); ``name``: this worker's."""
         self.app = app
+        self.name = name
+        self.proposed_membership = {"members": list(members or [name]),
+                                    "key_groups": key_groups}
+        self.placement: Placement | None = None  # once the membership is settled
+        self.codec = channels.PeerCodec(app.serializer)
         self.store = store
         self.durable = bool(store.durable)
         self.log = log or logging.getLogger("wallaroo")
@@ -139,30 +159,93 @@ class WorkerCore:
         self.framers = [Framer(p.source.decoder, max_frame) for p in app.pipelines]
         self.pipeline_index = {p.name: p.index for p in app.pipelines}
         self.out_lists: list[list[bytes]] = [[] for _ in app.sinks]
+        # destinations: the application's sinks, then one channel per member
+        # (this worker's own is never used)
+        self.peer_source = len(app.pipelines)  # the source index of peer chunks
+        n_members = len(self.proposed_membership["members"])
+        self.peer_lists: list[list] = [[] for _ in range(n_members)]
         self.tracker = DirtyTracker()
         self.next_lsn = 0
         self.next_pid = 0
-        self.next_out_seq: dict[int, int] = {s.index: 0 for s in app.sinks}
-        self.delivered: dict[int, int] = {s.index: 0 for s in app.sinks}
+        self.next_out_seq: dict[int, int] = {i: 0 for i in range(self.destinations)}
+        self.delivered: dict[int, int] = {i: 0 for i in range(self.destinations)}
         self._delivered_pending: dict[int, int] = {}
         self.sink_bases: dict[int, int] = {}
         self._bases_pending: dict[int, int] = {}
         self.stream_counts: dict[tuple[str, str], int] = {}
         self.stream_seen: dict[tuple[str, str], int] = {}
         self.next_pending_id = 0
-        self.header_lengths = [p.source.decoder.header_length for p in app.pipelines]
+        # frame header bytes per source; peer batches carry theirs in the payload
+        self.header_lengths = [p.source.decoder.header_length for p in app.pipelines] + [0]
         self.stats = CoreStats()
-        # live compilation
+        self.failures = FailureLog([0], self.log)
+        self.runners: list = []  # compiled once the membership is settled
+        self.recovered = False
+
+    @property
+    def destinations(self) -> int:
+        """Sinks, then one channel per member."""
+        return len(self.app.sinks) + len(self.proposed_membership["members"])
+
+    def peer_dest(self, member: int) -> int:
+        return len(self.app.sinks) + member
+
+    def fingerprint(self) -> dict:
+        fp = self.app.fingerprint()
+        fp["sink_identities"] = fp["sink_identities"] + [
+            peer_identity(m) for m in self.proposed_membership["members"]]
+        return fp
+
+    def route_for(self, rebuild: bool = False) -> Route | None:
+        """The routing of a cluster's state steps (None: one worker)."""
+        p = self.placement
+        if p is None or p.size == 1:
+            return None
+        return Route(p.owners, p.me, self.peer_lists)
+
+    def _compile(self) -> None:
         ctx = Context(fail=None)
         self.failures = FailureLog(ctx.cell, self.log)
         ctx.fail = self.failures.fail
+        route = self.route_for()
+        self.entries = [compile_pipeline(self.app, p, self.spaces, self.out_lists,
+                                         ctx, rebuild=False, framed=self.framed_sinks,
+                                         route=route)
+                        for p in self.app.pipelines]
         self.runners = [
             make_runner(p.source.decoder.decode, p.source.decoder.name,
-                        compile_pipeline(app, p, self.spaces, self.out_lists,
-                                         ctx, rebuild=False,
-                                         framed=self.framed_sinks), ctx)
-            for p in app.pipelines]
-        self.recovered = False
+                        self.entries[p.index][0], ctx)
+            for p in self.app.pipelines]
+        self.runners.append(make_peer_runner(self.entries, self.codec.decode, ctx,
+                                             self.peer_unit_failed(self.failures)))
+
+    def peer_unit_failed(self, flog: FailureLog):
+        """What a peer batch that cannot be decoded costs: its messages."""
+        def failed(unit: bytes, first_index: int, exc: BaseException) -> int:
+            n = channels.messages_in(unit)
+            for i in range(first_index, first_index + n):
+                flog.cell[0] = i
+                flog.fail("deserializing a peer batch", exc)
+            return n
+        return failed
+
+    def _settle_membership(self, saved: dict | None) -> None:
+        """The cluster as this worker's database knows it; the core
+        compiles its routing from it."""
+        m = saved or self.proposed_membership
+        if m != self.proposed_membership:
+            raise IncompatibleDirectory(
+                f"worker {self.name!r}'s resilience directory belongs to a cluster "
+                f"of {len(m['members'])} workers ({', '.join(m['members'])}; "
+                f"{m['key_groups']} key groups), but this run makes it one of "
+                f"{len(self.proposed_membership['members'])} "
+                f"({', '.join(self.proposed_membership['members'])}; "
+                f"{self.proposed_membership['key_groups']} key groups).  Start "
+                f"it with the cluster's original size and names.")
+        self.placement = Placement(m["members"], self.name, m["key_groups"])
+        for space in self.spaces.values():
+            space.placement = self.placement
+        self._compile()
 
     # -- recovery ----------------------------------------------------------
     def recover(self, on_row: Callable[[InputRow], None] | None = None,
@@ -186,7 +269,8 @@ class WorkerCore:
 
     def _recover(self, on_row, requeue: bool) -> RecoveryReport:
         t0 = time.perf_counter()
-        rec = self.store.open(self.app.fingerprint())
+        rec = self.store.open(self.fingerprint(), self.proposed_membership)
+        self._settle_membership(rec.membership)
         for prow in rec.partitions:
             space = self.spaces.get(prow.state)
             if space is None:
@@ -208,6 +292,8 @@ class WorkerCore:
                 state = space.spec.factory()
             space.parts[key] = state
             space.pids[key] = prow.pid
+            if prow.key_group >= 0:
+                space.groups[key] = prow.key_group
             self.next_pid = max(self.next_pid, prow.pid + 1)
         for space in self.spaces.values():
             space.build_declared()
@@ -218,7 +304,8 @@ class WorkerCore:
         self.stream_counts.update(rec.streams)
         self.stream_seen.update(rec.stream_seen)
         self.next_pending_id = max((p.id for p in rec.pending), default=-1) + 1
-        rows, messages, mismatches = self._replay(rec.replay_from, rec.next_lsn, on_row)
+        rows, messages, mismatches = replay(self, rec.replay_from, rec.next_lsn,
+                                            on_row)
         now = self.clock()
         for space in self.spaces.values():
             if space.touched:
@@ -240,63 +327,6 @@ class WorkerCore:
             seconds=time.perf_counter() - t0, pending=tuple(rec.pending),
             undelivered=undelivered, unsplittable=dict(rec.unsplittable),
             notes=tuple(getattr(self.store, "notes", ())))
-
-    def _replay(self, replay_from: int, next_lsn: int, on_row) -> tuple[int, int, int]:
-        ctx = Context(fail=None)
-        flog = FailureLog(ctx.cell, None)
-        ctx.fail = flog.fail
-        runners = [
-            make_runner(p.source.decoder.decode, p.source.decoder.name,
-                        compile_pipeline(self.app, p, self.spaces, [],
-                                         ctx, rebuild=True), ctx)
-            for p in self.app.pipelines]
-        rows = messages = mismatches = 0
-        # The log holds every input from replay_from to next_lsn, without
-        # holes: a missing row would silently leave state short.
-        expected = replay_from
-        for row in self.store.replay_inputs(replay_from):
-            if row.first_lsn > expected:
-                raise CorruptionError(
-                    f"{getattr(self.store, 'path', 'the store')}: input-log rows "
-                    f"for lsn {expected}..{row.first_lsn - 1} are missing; "
-                    f"refusing to rebuild state without them")
-            expected = max(expected, row.end_lsn)
-            idx = self.pipeline_index.get(row.source)
-            if idx is None:
-                raise IncompatibleDirectory(
-                    f"the input log holds input of pipeline {row.source!r}, "
-                    f"which this application does not define")
-            payloads = self.framers[idx].split_all(row.frames)
-            if len(payloads) != row.count:
-                raise StoreError(f"input-log row at lsn {row.first_lsn} holds "
-                                 f"{len(payloads)} frames, not {row.count}")
-            skip = max(0, replay_from - row.first_lsn)
-            flog.start_chunk(f"input-log row at lsn {row.first_lsn}")
-            runners[idx](payloads[skip:], row.first_lsn + skip)
-            # A frame that failed originally is replayed like any other: the
-            # steps before its failure changed state, and that must be
-            # rebuilt.  One that fails only now means the application changed
-            # or is not deterministic: say so loudly.
-            new_failures = {i + skip for i in flog.indices} - set(row.failed)
-            if new_failures:
-                mismatches += 1
-                self.log.error(
-                    "replay of lsn %d..%d from pipeline %r differs from the "
-                    "original run: frames %s fail now but did not then. Is an "
-                    "application function non-deterministic, or was the "
-                    "application changed? State may differ from before the "
-                    "crash.", row.first_lsn, row.end_lsn - 1, row.source,
-                    sorted(new_failures))
-            rows += 1
-            messages += row.count - skip
-            if on_row is not None:
-                on_row(row)
-        if expected < next_lsn:
-            raise CorruptionError(
-                f"{getattr(self.store, 'path', 'the store')}: input-log rows for "
-                f"lsn {expected}..{next_lsn - 1} are missing; refusing to rebuild "
-                f"state without them")
-        return rows, messages, mismatches
 
     # -- the batch cycle ---------------------------------------------------
     def process(self, chunks: Iterable[Chunk], force_checkpoint: bool = False,
@@ -327,28 +357,38 @@ class WorkerCore:
             if deadline is not None and ci and time.perf_counter() >= deadline:
                 leftover = chunks[ci:]
                 break
-            flog.start_chunk(ch.origin, ch.position, ch.payloads)
+            peer = ch.connector == PEER
+            flog.start_chunk(ch.origin, None if peer else ch.position,
+                             None if peer else ch.payloads)
             done = self.runners[ch.source](ch.payloads, lsn, deadline)
             if done < n:
                 ch, rest = ch.split(done, self.header_lengths[ch.source])
                 leftover = [rest, *chunks[ci + 1:]]
                 cut = True
                 n = done
-            pname = pipelines[ch.source].name
+            if peer:  # n peer batches; their messages get the lsns
+                msgs = sum(map(channels.messages_in, ch.payloads))
+                source, skey = ch.stream[len("peer:"):], ("peer", ch.stream)
+            else:
+                msgs = n
+                source = pipelines[ch.source].name
+                skey = (source, ch.stream)
             if durable:
-                inputs.append(InputRow(lsn, pname, ch.stream, ch.first_seq, n,
-                                       ch.frames, tuple(flog.indices)))
+                inputs.append(InputRow(lsn, source, ch.stream, ch.first_seq, msgs,
+                                       ch.frames, tuple(flog.indices), ch.connector))
             if ch.stream is not None:
-                key, end = (pname, ch.stream), ch.first_seq + n
-                if end > counts.get(key, 0):  # pending input was counted before
-                    streams[key] = counts[key] = end
+                end = ch.first_seq + n
+                if end > counts.get(skey, 0):  # pending input was counted before
+                    streams[skey] = counts[skey] = end
             if ch.pending is not None:
                 consumed[ch.pending] = ch.pending_offset + n
-            lsn += n
+            lsn += msgs
             if leftover:
                 break
         self.next_lsn = lsn
         outputs = self._output_rows()
+        if self.placement is not None and self.placement.size > 1:
+            outputs.extend(self._peer_rows())
         if durable:
             partitions, snaps = self._bookkeeping(first_lsn, lsn, force_checkpoint)
         else:
@@ -408,6 +448,34 @@ class WorkerCore:
             lst.clear()
         return outputs
 
+    def _peer_rows(self) -> list[OutputRow]:
+        """One outbox row per peer that gets messages of this batch: one
+        peer batch, serialized once (``channels``)."""
+        rows: list[OutputRow] = []
+        for member, lst in enumerate(self.peer_lists):
+            if not lst:
+                continue
+            unit = self.codec.encode(lst, self._unserializable(member))
+            lst.clear()
+            if unit is None:
+                continue
+            dest = self.peer_dest(member)
+            seq = self.next_out_seq[dest]
+            rows.append(OutputRow(dest, seq, 1, unit))
+            self.next_out_seq[dest] = seq + 1
+        return rows
+
+    def _unserializable(self, member: int):
+        peer = self.placement.members[member]
+
+        def failed(msg, exc):
+            what = channels.describe_message(self.app, *msg)
+            self.failures.fail_unindexed(
+                f"channel to worker {peer!r}", StepError(
+                    f"cannot serialize {what} for worker {peer!r}: "
+                    f"{type(exc).__name__}: {exc}"))
+        return failed
+
     def _split_outputs(self, sink: int, lst: list[bytes],
                        framed: bool) -> list[OutputRow]:
         """A batch's outputs for one sink over several rows of at most about
@@ -450,7 +518,7 @@ class WorkerCore:
         streams: dict[tuple[str, str], int] = {}
         for ch in chunks:
             n = len(ch.payloads)
-            if not n:
+            if not n or ch.connector == PEER:  # its sender resends it
                 continue
             pname = self.app.pipelines[ch.source].name
             rows.append(PendingRow(self.next_pending_id, pname, ch.stream,
@@ -527,7 +595,8 @@ class WorkerCore:
         pid = self.next_pid
         self.next_pid += 1
         space.pids[key] = pid
-        return PartitionRow(pid, space.name, blob, _key_repr(key), lsn)
+        return PartitionRow(pid, space.name, blob, _key_repr(key), lsn,
+                            space.group_of(key))
 
     def note_base(self, sink: int, base: int) -> None:
         """A resumable sink's receiver numbers its outputs from ``base``

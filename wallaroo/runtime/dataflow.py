@@ -163,8 +163,25 @@ def _emit(step: StepSpec, nxt: Push, fail) -> Callable[[Any], None]:
     return emit_multi
 
 
+class Route:
+    """Where the key groups of a cluster's states live: ``owners[group]``
+    is a member index; messages for another member are set aside in
+    ``peer_lists[member]`` as (pipeline, step, message)."""
+
+    __slots__ = ("owners", "me", "peer_lists")
+
+    def __init__(self, owners: list[int], me: int, peer_lists: list[list]):
+        self.owners = owners
+        self.me = me
+        self.peer_lists = peer_lists
+
+
 def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
-                 rebuild: bool) -> Push:
+                 rebuild: bool, route: Route | None = None,
+                 at: tuple[int, int] = (0, 0)) -> Push:
+    """``route``: in a cluster, a message whose key group another worker
+    owns goes there, to continue from this step (``at``: pipeline, step);
+    in rebuild mode it is dropped (the original run sent it)."""
     compute, name, fail = step.fn, step.name, ctx.fail
     parts = space.parts
     touched_add = space.touched.add
@@ -176,6 +193,11 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
     create = space.create
     snap_lsn = space.snap_lsn
     cell = ctx.cell
+    if route is not None:
+        owners, me, peer_lists = route.owners, route.me, route.peer_lists
+        groups_get = space.groups.get
+        group_of = space.group_of
+        pidx, sidx = at
 
     def push(item):
         if part_fn is None:
@@ -186,6 +208,19 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
             except Exception as e:
                 fail(part_name, e)
                 return
+        if route is not None:
+            try:
+                g = groups_get(key)
+                if g is None:
+                    g = group_of(key)
+            except TypeError:
+                g = None  # unhashable: refused below
+            if g is not None:
+                o = owners[g]
+                if o != me:
+                    if not rebuild:
+                        peer_lists[o].append((pidx, sidx, item))
+                    return
         try:
             st = parts[key]
         except KeyError:
@@ -228,9 +263,13 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
 def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
                      spaces: dict[str, StateSpace], out_lists: list[list[bytes]],
                      ctx: Context, rebuild: bool,
-                     framed: frozenset[int] = frozenset()) -> Push:
-    """The closure for the first step after the decoder.  ``framed``: the
-    sinks whose outputs are kept as protocol frames."""
+                     framed: frozenset[int] = frozenset(),
+                     route: Route | None = None) -> list[Push]:
+    """The closures of the pipeline: ``[i]`` runs step i and the rest
+    (``[0]`` takes what the decoder made; the last is the sink stage).
+    ``framed``: the sinks whose outputs are kept as protocol frames;
+    ``route``: the cluster's placement (None: one worker, every key
+    here)."""
     if rebuild:
         nxt: Push = _drop
     elif pipeline.sinks:
@@ -241,12 +280,17 @@ def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
                            for i in pipeline.sinks], ctx)
     else:
         nxt = _drop
-    for step in reversed(pipeline.steps):
+    entries = [nxt]
+    for i in range(len(pipeline.steps) - 1, -1, -1):
+        step = pipeline.steps[i]
         if step.kind == "state":
-            nxt = _state_stage(step, spaces[step.state], nxt, ctx, rebuild)
+            nxt = _state_stage(step, spaces[step.state], nxt, ctx, rebuild, route,
+                               (pipeline.index, i))
         else:
             nxt = _computation_stage(step, nxt, ctx)
-    return nxt
+        entries.append(nxt)
+    entries.reverse()
+    return entries
 
 
 # A batch with a deadline runs its messages in slices and reads the clock
@@ -254,6 +298,40 @@ def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
 # the measured time per message to end near the deadline.
 FIRST_SLICE = 8
 MAX_SLICE = 4096
+
+
+def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
+                     ctx: Context, fail_unit: Callable) -> Callable[..., int]:
+    """The per-chunk loop of peer batches: each unit (a peer batch) holds
+    messages that continue at ``entries[pipeline][step]``.  Like
+    ``make_runner``, it stops between units once ``deadline`` passed;
+    ``skip`` messages at the front are not run (replay from inside a row).
+    A unit that cannot be decoded fails its messages (``fail_unit``)."""
+    cell = ctx.cell
+
+    def run(units: list[bytes], base: int, deadline: float | None = None,
+            skip: int = 0) -> int:
+        ctx.base = base
+        i = 0  # message index in the chunk
+        done = 0
+        for unit in units:
+            try:
+                msgs = decode_unit(unit)
+            except Exception as e:
+                n = fail_unit(unit, i, e)
+                i += n
+                done += 1
+                continue
+            for p, s, item in msgs:
+                if i >= skip:
+                    cell[0] = i
+                    entries[p][s](item)
+                i += 1
+            done += 1
+            if deadline is not None and perf_counter() >= deadline:
+                break
+        return done
+    return run
 
 
 def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,

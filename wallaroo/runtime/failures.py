@@ -55,6 +55,18 @@ class FailureLog:
                 more, exc_info=_user_traceback(exc))
 
 
+    def fail_unindexed(self, step: str, exc: BaseException) -> None:
+        """A failure found after the batch ran (a message that cannot be
+        serialized for another worker): counted and logged like any, with
+        no place in the chunk."""
+        self.total += 1
+        self.counts[step] += 1
+        n = self.counts[step]
+        if self.log is not None and (n <= self.first or n % self.every == 0):
+            more = "" if n <= self.first else f" ({n} failures of this step so far)"
+            self.log.warning("%s: %s; message dropped%s", step, exc, more)
+
+
 def _user_traceback(exc: BaseException):
     """Errors in user code carry the user's file and line (DESIGN.md §8):
     the traceback without the engine's own frames."""

@@ -26,10 +26,12 @@ class PartitionKeyError(Exception):
 class StateSpace:
     """All partitions of one state name on this worker."""
 
-    def __init__(self, spec: StateSpec, durable: bool = False):
+    def __init__(self, spec: StateSpec, durable: bool = False, placement=None):
         self.spec = spec
         self.name = spec.name
         self.durable = durable
+        self.placement = placement  # runtime.placement.Placement, or None
+        self.groups: dict[Any, int] = {}  # key -> key group (a cache)
         # durable mode: key -> pickled key, for partitions not yet written
         self.key_blobs: dict[Any, bytes] = {}
         self.parts: dict[Any, Any] = {}  # key -> state object
@@ -74,6 +76,15 @@ class StateSpace:
             self.key_blobs[key] = blob
         self.parts[key] = state
         return state
+
+    def group_of(self, key: Any) -> int:
+        """The key group of ``key`` (cached; raises TypeError for an
+        unhashable key)."""
+        g = self.groups.get(key)
+        if g is None:
+            g = self.placement.group_of(self.spec, key) if self.placement else -1
+            self.groups[key] = g
+        return g
 
     def describe_key(self, key: Any) -> str:
         if self.spec.partitioning == "single":

@@ -33,12 +33,12 @@ from .._spec import AppSpec
 from ..recovery.errors import IncompatibleDirectory
 from ..recovery.store import MemoryStore, Store
 from .core import Batch, Chunk, WorkerCore
-from .framing import DEFAULT_MAX_FRAME
+from ..connectors.framing import DEFAULT_MAX_FRAME
+from ..connectors.resumable_sink import ResumableTCPSink, stream_name
+from ..connectors.resume import StreamRegistry
+from ..connectors.tcp_sink import OutboxQueue, TCPSink
+from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSource
 from .inbox import Inbox
-from .resume import StreamRegistry
-from .sink_resumable import ResumableTCPSink, stream_name
-from .sinks import OutboxQueue, TCPSink
-from .sources import ConnectionCounter, ConnectionLimits, TCPSource
 
 
 @dataclass

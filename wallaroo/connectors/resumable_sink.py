@@ -28,8 +28,8 @@ import trio
 
 from .._compat import BaseExceptionGroup
 from .._spec import SinkSpec
-from ..runtime.resume import STREAM_NAME
-from .sinks import WRITE_COALESCE, OutboxQueue, TCPSink
+from .resume import STREAM_NAME
+from .tcp_sink import WRITE_COALESCE, OutboxQueue, TCPSink
 
 PREFIX = b"WALLAROO-OUT 1 "
 HANDSHAKE_TIMEOUT = 10.0

@@ -29,7 +29,6 @@ import trio
 from .._compat import BaseExceptionGroup
 from .._spec import SourceSpec
 from .framing import Framer, PartialFrames
-from .inbox import Inbox
 from .resume import (MAX_LINE, PREFIX, HandshakeError, StreamRegistry,
                      ack_line, could_be_handshake, error_line, parse_handshake,
                      resume_line)
@@ -137,7 +136,7 @@ class Connection:
 
 
 class TCPSource:
-    def __init__(self, index: int, spec: SourceSpec, framer: Framer, inbox: Inbox,
+    def __init__(self, index: int, spec: SourceSpec, framer: Framer, inbox: "Inbox",
                  registry: StreamRegistry, log: logging.Logger,
                  limits: ConnectionLimits | None = None,
                  counter: "ConnectionCounter | None" = None):

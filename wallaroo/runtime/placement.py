@@ -1,0 +1,103 @@
+"""Where a key's state lives in a cluster (DESIGN.md §6 "Placement").
+
+Every partitioned state's keys fall into a fixed number of key groups (set
+at the first start, stored in the database; default 1024).  A declared key's
+group comes from its place in the declared list, spread over the groups (26
+letters land 39 groups apart, so any number of workers gets its share); an
+unpartitioned state (``to_stateful``) is one group; any other key's group
+comes from a stable hash of the key.  Groups map to workers by contiguous
+ranges of the members' order, which every worker computes alike.
+
+The stable hash never uses Python's ``hash()`` of ``str``/``bytes`` (it is
+randomised per process).  Keys Python compares equal land in the same group:
+``1``, ``1.0`` and ``True`` hash as the integer 1.  Supported key types:
+``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` and tuples of
+them; any other key is hashed by its pickle, which is stable for values whose
+pickle is (objects of plain classes with the same attributes), and not for
+sets or dicts built in different orders: use one of the supported types.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zlib
+from typing import Any
+
+DEFAULT_KEY_GROUPS = 1024
+
+
+def stable_hash(key: Any) -> int:
+    """A 32-bit hash of a key, the same in every process and release."""
+    return zlib.crc32(_key_bytes(key))
+
+
+def _key_bytes(key: Any) -> bytes:
+    if key is None:
+        return b"N"
+    if isinstance(key, bool):
+        key = int(key)
+    if isinstance(key, float) and key.is_integer():
+        key = int(key)
+    if isinstance(key, int):
+        return b"i" + key.to_bytes((key.bit_length() + 8) // 8 or 1, "big", signed=True)
+    if isinstance(key, float):
+        return b"f" + struct.pack(">d", key)
+    if isinstance(key, str):
+        return b"s" + key.encode("utf-8", "surrogatepass")
+    if isinstance(key, (bytes, bytearray, memoryview)):
+        return b"b" + bytes(key)
+    if isinstance(key, tuple):
+        return b"t" + b"".join(struct.pack(">I", zlib.crc32(_key_bytes(k)))
+                               for k in key)
+    return b"p" + pickle.dumps(key, 5)
+
+
+class Placement:
+    """Key groups and their owners, from the membership (an ordered list of
+    worker names) and the number of key groups."""
+
+    def __init__(self, members: list[str], me: str,
+                 key_groups: int = DEFAULT_KEY_GROUPS):
+        if me not in members:
+            raise ValueError(f"worker {me!r} is not a member of {members}")
+        self.members = list(members)
+        self.me = self.members.index(me)
+        self.name = me
+        self.key_groups = key_groups
+        n = len(self.members)
+        # group -> member index, contiguous ranges in the members' order
+        self.owners = [g * n // key_groups for g in range(key_groups)]
+        self._declared: dict[str, dict] = {}  # state -> {declared key: index}
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    def group_of(self, state, key: Any) -> int:
+        """The key group of ``key`` of state ``state`` (a StateSpec)."""
+        if state.partitioning == "single":
+            return stable_hash(("state", state.name)) % self.key_groups
+        declared = self._declared.get(state.name)
+        if declared is None:
+            declared = self._declared[state.name] = {}
+            for i, k in enumerate(state.keys):
+                try:
+                    declared.setdefault(k, i)
+                except TypeError:  # an unhashable declared key: by hash
+                    pass
+        try:
+            i = declared.get(key)
+        except TypeError:
+            i = None
+        if i is not None:
+            return i * self.key_groups // max(1, len(state.keys))
+        return stable_hash(key) % self.key_groups
+
+    def owner_of_stream(self, pipeline: str, stream: str) -> int:
+        """The member that owns a resumable stream (its RESUME and ACKs
+        come from that worker's log)."""
+        return stable_hash((pipeline, stream)) % self.size
+
+    def groups_of(self, member: int) -> list[int]:
+        return [g for g, o in enumerate(self.owners) if o == member]
