@@ -26,6 +26,7 @@ from ._spec import AppSpec
 from .recovery.records import InputRow, OutputRow
 from .recovery.sqlite_store import SQLiteStore
 from .recovery.store import MemoryStore
+from .connectors.base import PEER
 from .runtime.core import Batch, Chunk, RecoveryReport, WorkerCore
 from .runtime.loader import load_application
 
@@ -41,7 +42,7 @@ class Driver:
                  resilience_dir: str | None = None, worker_name: str = "initializer",
                  synchronous: str = "NORMAL", checkpoint_interval: float = 1.0,
                  checkpoint_max: int = 1000, clock: Callable[[], float] | None = None,
-                 max_frame: int | None = None):
+                 max_frame: int | None = None, members: list[str] | None = None):
         self.args = list(args or [])
         if isinstance(app, AppSpec):
             self.spec = app
@@ -53,7 +54,8 @@ class Driver:
         self.worker_name = worker_name
         self.synchronous = synchronous
         self.options = dict(checkpoint_interval=checkpoint_interval,
-                            checkpoint_max=checkpoint_max)
+                            checkpoint_max=checkpoint_max, name=worker_name,
+                            members=members)
         if max_frame is not None:
             self.options["max_frame"] = max_frame
         self._now = 0.0
@@ -62,6 +64,8 @@ class Driver:
         self.store = None
         self.pending: list[Chunk] = []
         self.delivered: dict[int, list[bytes]] = {s.index: [] for s in self.spec.sinks}
+        # per member: committed peer batches for it, not yet acknowledged
+        self.peer_out: dict[int, list[OutputRow]] = {}
         self.reports: list[RecoveryReport] = []
         self.crashes = 0
 
@@ -105,6 +109,7 @@ class Driver:
         """Die like SIGKILL: everything not committed is gone."""
         self.crashes += 1
         self.pending = []
+        self.peer_out = {}
         if self.store is not None:
             self.store.close()
         self.store = None
@@ -184,9 +189,34 @@ class Driver:
         return self._core().stream_counts.get((pipeline, stream), 0)
 
     def _deliver(self, outputs) -> None:
+        sinks = len(self.spec.sinks)
         for row in outputs:
+            if row.sink >= sinks:  # a peer batch: kept until acknowledged
+                self.peer_out.setdefault(row.sink - sinks, []).append(row)
+                continue
             self.delivered[row.sink].append(row.data)
             self.core.note_delivered(row.sink, row.end_seq)
+
+    def feed_peer(self, sender: str, rows: list[OutputRow]) -> None:
+        """Peer batches from worker ``sender`` (committed outbox rows of
+        its channel to this worker, in order) arrive."""
+        for row in rows:
+            self.pending.append(Chunk(
+                self._core().peer_source, [row.data], row.data, f"peer:{sender}",
+                row.first_seq, origin=f"channel from {sender}",
+                key=("peer", sender), connector=PEER))
+
+    def acknowledge(self, member: int, n: int) -> None:
+        """Member ``member`` holds this worker's first ``n`` peer batches
+        durably."""
+        core = self._core()
+        core.note_delivered(core.peer_dest(member), n)
+        self.peer_out[member] = [r for r in self.peer_out.get(member, [])
+                                 if r.end_seq > n]
+
+    def peer_count(self, sender: str) -> int:
+        """Peer batches from ``sender`` this worker holds durably."""
+        return self._core().stream_counts.get(("peer", f"peer:{sender}"), 0)
 
     def _core(self) -> WorkerCore:
         if self.core is None:
@@ -209,3 +239,101 @@ def split_frames(data: bytes, fmt: str = ">I") -> list[bytes]:
 
 
 __all__ = ["CRASH_POINTS", "Driver", "OutputRow", "SimulatedCrash", "split_frames"]
+
+
+class ClusterDriver:
+    """Several in-process workers of one application, with the channels
+    between them simulated: committed peer batches travel when
+    ``exchange()`` is called, from the receiver's durable count on (what a
+    channel's HAVE says), and are acknowledged once the receiver committed
+    them.  Any worker can crash at any point; the others go on.
+
+        c = ClusterDriver(app, 3, resilience_dir=tmp)
+        c.start_all()
+        c.feed(0, "alphabet", payloads)
+        c.run_until_quiet()
+    """
+
+    def __init__(self, app, workers: int, *, resilience_dir: str,
+                 args: list[str] | None = None, **options):
+        import os
+        self.names = ["initializer"] + [f"worker-{i}" for i in range(1, workers)]
+        self.drivers = [Driver(app, args=args, resilience_dir=os.path.join(
+            resilience_dir, ""), worker_name=name, members=self.names, **options)
+            for name in self.names]
+
+    def start(self, i: int, **kw) -> RecoveryReport:
+        return self.drivers[i].start(**kw)
+
+    def start_all(self) -> None:
+        for i in range(len(self.drivers)):
+            self.start(i)
+
+    def crash(self, i: int) -> None:
+        self.drivers[i].crash()
+
+    def alive(self, i: int) -> bool:
+        return self.drivers[i].core is not None
+
+    def feed(self, i: int, pipeline, payloads=None, **kw) -> None:
+        self.drivers[i].feed(pipeline, payloads, **kw)
+
+    def run_batch(self, i: int, **kw):
+        batch = self.drivers[i].run_batch(**kw)
+        if batch is not None:
+            self._acknowledge(i)
+        return batch
+
+    def _acknowledge(self, receiver: int) -> None:
+        """After a commit: tell every sender what the receiver holds."""
+        r = self.drivers[receiver]
+        for s, d in enumerate(self.drivers):
+            if s != receiver and d.core is not None:
+                d.acknowledge(receiver, r.peer_count(self.names[s]))
+
+    def exchange(self) -> int:
+        """Every live sender sends its unacknowledged peer batches to every
+        live receiver, from the receiver's durable count on (a reconnect);
+        batches already queued at the receiver are not sent again.  Returns
+        how many moved."""
+        moved = 0
+        for s, sender in enumerate(self.drivers):
+            if sender.core is None:
+                continue
+            for r, receiver in enumerate(self.drivers):
+                if r == s or receiver.core is None:
+                    continue
+                name = self.names[s]
+                have = receiver.peer_count(name) + sum(
+                    len(c.payloads) for c in receiver.pending
+                    if c.stream == f"peer:{name}")
+                held = sender.peer_out.get(r, [])
+                if held and held[0].first_seq > have:
+                    raise AssertionError(
+                        f"worker {self.names[r]} holds {have} peer batches of "
+                        f"{name}, which no longer holds batches before "
+                        f"{held[0].first_seq}: acknowledged batches were lost")
+                rows = [row for row in held if row.first_seq >= have]
+                if rows:
+                    receiver.feed_peer(name, rows)
+                    moved += len(rows)
+        return moved
+
+    def run_until_quiet(self, limit: int = 100) -> None:
+        """Run batches and exchange until no peer batch is in flight."""
+        for _ in range(limit):
+            for i, d in enumerate(self.drivers):
+                if d.core is not None:
+                    self.run_batch(i)
+            if not self.exchange() and not any(
+                    d.pending for d in self.drivers if d.core is not None):
+                return
+        raise RuntimeError("the cluster did not settle")
+
+    def state_of(self, state_name: str, key=None):
+        """The state of a key, on the worker that owns its key group."""
+        d0 = next(d for d in self.drivers if d.core is not None)
+        p = d0.core.placement
+        g = p.group_of(d0.spec.state(state_name), key)
+        owner = self.drivers[p.owners[g]]
+        return owner.state(state_name, key)

@@ -358,6 +358,11 @@ class WorkerCore:
                 leftover = chunks[ci:]
                 break
             peer = ch.connector == PEER
+            if peer:
+                ch = self._fresh_peer_batches(ch)
+                if ch is None:
+                    continue
+                n = len(ch.payloads)
             flog.start_chunk(ch.origin, None if peer else ch.position,
                              None if peer else ch.payloads)
             done = self.runners[ch.source](ch.payloads, lsn, deadline)
@@ -447,6 +452,25 @@ class WorkerCore:
                 outputs.extend(self._split_outputs(i, lst, framed))
             lst.clear()
         return outputs
+
+    def _fresh_peer_batches(self, ch: Chunk) -> Chunk | None:
+        """Peer batches are applied once each, in order: any the worker has
+        already processed are skipped; a gap is refused (the channel resends
+        from the count this worker holds, so neither should happen)."""
+        have = self.stream_counts.get(("peer", ch.stream), 0)
+        if ch.first_seq == have:
+            return ch
+        if ch.first_seq > have:
+            raise StoreError(f"{ch.origin}: peer batch {ch.first_seq} arrived "
+                             f"but this worker holds {have}: batches "
+                             f"{have}..{ch.first_seq - 1} are missing")
+        k = have - ch.first_seq
+        self.log.warning("%s: peer batches %d..%d arrived again; skipped",
+                         ch.origin, ch.first_seq, min(have, ch.first_seq +
+                                                      len(ch.payloads)) - 1)
+        if k >= len(ch.payloads):
+            return None
+        return ch.split(k, 0)[1]
 
     def _peer_rows(self) -> list[OutputRow]:
         """One outbox row per peer that gets messages of this batch: one
