@@ -102,9 +102,33 @@ class ResumableTCPSink(TCPSink):
                     await trio.aclose_forcefully(stream)
             delay = self.backoff[0]
 
+    async def _greet(self, stream: trio.SocketStream, lines: "_Lines") -> None:
+        await stream.send_all(PREFIX + self.stream.encode("ascii") + b"\n")
+
+    def _payload(self, row, k: int) -> bytes:
+        """What goes on the wire for outputs ``k..`` of ``row``."""
+        return row.data if row.framed and k == 0 else row.frames_from(k)
+
+    def _lost(self, have: int) -> int:
+        """The receiver holds fewer than were acknowledged: it lost them,
+        or resumable sinks were just switched on.  Returns where to send
+        from."""
+        q = self.queue
+        self.log.warning(
+            "%s (stream %r): the receiver holds %d outputs but %d were "
+            "acknowledged or delivered before (it lost what it had, or "
+            "resumable sinks were just switched on); sending from the "
+            "oldest output still held, which it will count as its output "
+            "%d", self.spec.label, self.stream, have, q.delivered - q.base,
+            have)
+        q.base = q.delivered - have
+        if self.on_base is not None:
+            self.on_base(self.spec.index, q.base)
+        return q.delivered
+
     async def _session(self, stream: trio.SocketStream, lines: "_Lines") -> None:
         q = self.queue
-        await stream.send_all(PREFIX + self.stream.encode("ascii") + b"\n")
+        await self._greet(stream, lines)
         with trio.move_on_after(HANDSHAKE_TIMEOUT) as waited:
             line = await lines.next()
         if waited.cancelled_caught:
@@ -122,17 +146,7 @@ class ResumableTCPSink(TCPSink):
                 f"HAVE {have} is more than the {q.produced - q.base} outputs this "
                 f"worker has produced for stream {self.stream}")
         if seq < q.delivered:
-            self.log.warning(
-                "%s (stream %r): the receiver holds %d outputs but %d were "
-                "acknowledged or delivered before (it lost what it had, or "
-                "resumable sinks were just switched on); sending from the "
-                "oldest output still held, which it will count as its output "
-                "%d", self.spec.label, self.stream, have, q.delivered - q.base,
-                have)
-            q.base = q.delivered - have
-            if self.on_base is not None:
-                self.on_base(self.spec.index, q.base)
-            seq = q.delivered
+            seq = self._lost(have)
         elif seq > q.delivered:
             self._acknowledged(seq)
         self.log.info("%s (stream %r): receiver holds %d outputs; sending from "
@@ -158,8 +172,7 @@ class ResumableTCPSink(TCPSink):
             for r in rows:
                 if size >= WRITE_COALESCE:
                     break
-                k = max(0, cursor - r.first_seq)
-                data = r.data if r.framed and k == 0 else r.frames_from(k)
+                data = self._payload(r, max(0, cursor - r.first_seq))
                 parts.append(data)
                 size += len(data)
                 cursor = r.end_seq
@@ -211,9 +224,9 @@ def _first_leaf(e: BaseException) -> BaseException:
 class _Lines:
     """Newline-terminated lines from the receiver; None at end of stream."""
 
-    def __init__(self, stream: trio.SocketStream):
+    def __init__(self, stream: trio.SocketStream, buf: bytes = b""):
         self.stream = stream
-        self.buf = b""
+        self.buf = bytes(buf)
 
     async def next(self) -> bytes | None:
         while True:

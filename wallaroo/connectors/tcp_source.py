@@ -139,7 +139,11 @@ class TCPSource:
     def __init__(self, index: int, spec: SourceSpec, framer: Framer, inbox: "Inbox",
                  registry: StreamRegistry, log: logging.Logger,
                  limits: ConnectionLimits | None = None,
-                 counter: "ConnectionCounter | None" = None):
+                 counter: "ConnectionCounter | None" = None, cluster=None,
+                 on_closed=None):
+        """``cluster``: the worker's cluster side (resumable streams another
+        worker owns are forwarded to it); ``on_closed``: called when a
+        connection handed over by a supervisor closes."""
         self.index = index
         self.spec = spec
         self.framer = framer
@@ -155,6 +159,10 @@ class TCPSource:
         self.bound: tuple[str, int] | None = None
         self._fd_log = RateLimitedLog(log)
         self._limit_log = RateLimitedLog(log)
+        self.cluster = cluster
+        self.on_closed = on_closed
+        self._nursery: trio.Nursery | None = None
+        self._early: list = []  # handed over before serve() started
 
     async def bind(self) -> tuple[str, int]:
         try:
@@ -173,8 +181,34 @@ class TCPSource:
 
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for listener in self.listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)
+            for stream in self._early:
+                self.hand(stream)
+            self._early = []
+            await trio.sleep_forever()
+
+    def hand(self, stream: trio.SocketStream) -> None:
+        """A client connection accepted by the supervisor (one host: it
+        spreads connections over the ready workers)."""
+        if self._nursery is None:
+            self._early.append(stream)
+            return
+        self.counter.open += 1
+        self._nursery.start_soon(self._handle, stream, True)
+
+    async def handle_forwarded(self, stream, label: str) -> None:
+        """A client connection forwarded by the worker it reached: the
+        resumable stream it carries is this worker's."""
+        conn = Connection(stream, label, f"connection {label} to pipeline "
+                                         f"{self.spec.pipeline!r}")
+        self.connections += 1
+        self.counter.open += 1
+        try:
+            await self._serve(conn)
+        finally:
+            self.counter.open -= 1
 
     async def _accept_loop(self, listener: trio.SocketListener,
                            nursery: trio.Nursery) -> None:
@@ -205,7 +239,7 @@ class TCPSource:
                 self.counter.open += 1
                 nursery.start_soon(self._handle, stream)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.SocketStream, handed: bool = False) -> None:
         try:
             peer = stream.socket.getpeername()
             label = f"{peer[0]}:{peer[1]}"
@@ -214,6 +248,15 @@ class TCPSource:
         conn = Connection(stream, label, f"connection {label} to pipeline "
                                          f"{self.spec.pipeline!r}")
         self.connections += 1
+        try:
+            await self._serve(conn)
+        finally:
+            self.counter.open -= 1
+            if handed and self.on_closed is not None:
+                self.on_closed(self.index)
+
+    async def _serve(self, conn: Connection) -> None:
+        stream = conn.stream
         try:
             with conn.cancel_scope:
                 await self._serve_connection(conn)
@@ -228,7 +271,6 @@ class TCPSource:
                 raise rest from None  # e.g. the cancellation of a stopping worker
         finally:
             self.inbox.release(conn)
-            self.counter.open -= 1
             conn.closed.set()
             with trio.CancelScope(shield=True):
                 if conn.superseded:
@@ -327,6 +369,12 @@ class TCPSource:
         key = (self.spec.pipeline, name)
         conn.label = (f"stream {name!r} (connection {conn.peer}) of "
                       f"pipeline {self.spec.pipeline!r}")
+        owner = self.cluster.owner_of(self.spec.pipeline, name) if self.cluster else None
+        if owner is not None:  # RESUME and ACKs come from the owner's log
+            self.log.info("%s: forwarded to worker %r, which owns the stream",
+                          conn.label, owner)
+            await self.cluster.forward(owner, self.index, conn.peer, data, conn.stream)
+            return
         try:
             n = await self.registry.claim(key, conn)
             await conn.stream.send_all(resume_line(n))

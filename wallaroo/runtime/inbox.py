@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import trio
 
+from ..connectors.base import PEER, TCP
 from .core import Chunk
 
 
@@ -34,10 +35,10 @@ class _Queue:
     backlog is never copied per batch)."""
 
     __slots__ = ("source", "payloads", "pos", "frames", "fpos", "stream",
-                 "first_seq", "origin", "position", "front")
+                 "first_seq", "origin", "position", "front", "connector")
 
     def __init__(self, source, payloads, frames, stream, first_seq, origin,
-                 position=None):
+                 position=None, connector=TCP):
         self.source = source
         self.payloads = payloads
         self.pos = 0
@@ -48,6 +49,7 @@ class _Queue:
         self.origin = origin
         self.position = position
         self.front: list[Chunk] = []
+        self.connector = connector
 
     def joined(self) -> bytes:
         if len(self.frames) > 1:
@@ -113,7 +115,7 @@ class Inbox:
     def put_nowait(self, conn: object, key: object, source: int,
                    payloads: list[bytes], frames: bytes, stream: str | None,
                    first_seq: int | None, origin: str,
-                   position: int | None = None) -> None:
+                   position: int | None = None, connector: str = TCP) -> None:
         """Queue complete frames that ``conn`` read (its held bytes become
         queued ones).  Once this returns the frames are accepted: the engine
         will process and commit them, or log them when it stops."""
@@ -131,7 +133,7 @@ class Inbox:
         q = self._queues.get(key)
         if q is None:
             self._queues[key] = _Queue(source, payloads, frames, stream, first_seq,
-                                       origin, position)
+                                       origin, position, connector)
         elif not q.arrived:  # only front chunks wait: these start the rest
             q.payloads, q.pos, q.frames, q.fpos = payloads, 0, [frames], 0
             q.first_seq, q.origin, q.position = first_seq, origin, position
@@ -153,10 +155,12 @@ class Inbox:
         self.bytes += len(chunk.frames)
         self._arrived.set()
 
-    def take(self, max_messages: int) -> list[Chunk]:
+    def take(self, max_messages: int, peers_only: bool = False) -> list[Chunk]:
         """Up to ``max_messages`` frames, oldest keys first, one chunk per
         key.  A key with more waiting is split at a frame boundary and moves
-        to the back, so one busy connection cannot starve the others."""
+        to the back, so one busy connection cannot starve the others.
+        ``peers_only``: only what other workers sent (while the worker's
+        own outboxes are full, that input still flows)."""
         chunks: list[Chunk] = []
         budget = max_messages
         taken_bytes = 0
@@ -164,6 +168,8 @@ class Inbox:
             if budget <= 0:
                 break
             q = self._queues[key]
+            if peers_only and q.connector != PEER:
+                continue
             if q.front:
                 ch = q.front[0]
                 if len(ch.payloads) <= budget:
@@ -194,14 +200,14 @@ class Inbox:
             payloads = q.payloads if q.pos == 0 else q.payloads[q.pos:]
             part = frames if q.fpos == 0 else frames[q.fpos:]
             ch = Chunk(q.source, payloads, part, q.stream, q.first_seq, q.origin,
-                       key, q.position)
+                       key, q.position, connector=q.connector)
             q.payloads, q.frames, q.pos, q.fpos = [], [b""], 0, 0
         else:
             end = q.pos + n
             head = q.payloads[q.pos:end]
             cut = q.fpos + sum(map(len, head)) + n * self.header_lengths[q.source]
             ch = Chunk(q.source, head, frames[q.fpos:cut], q.stream, q.first_seq,
-                       q.origin, key, q.position)
+                       q.origin, key, q.position, connector=q.connector)
             q.pos, q.fpos = end, cut
             if q.pos > len(q.payloads) // 2:  # drop the consumed front
                 del q.payloads[:q.pos]
@@ -226,7 +232,8 @@ class Inbox:
         for ch in reversed(chunks):
             q = self._queues.pop(ch.key, None) or front.pop(ch.key, None)
             if q is None:
-                q = _Queue(ch.source, [], b"", ch.stream, None, ch.origin)
+                q = _Queue(ch.source, [], b"", ch.stream, None, ch.origin,
+                           connector=ch.connector)
             q.front.insert(0, ch)
             front = {ch.key: q, **front}
             self.bytes += len(ch.frames)
@@ -270,6 +277,9 @@ class Inbox:
     def _wake_space(self) -> None:
         self._space.set()
         self._space = trio.Event()
+
+    def has_peer_input(self) -> bool:
+        return any(q.connector == PEER for q in self._queues.values())
 
     def __bool__(self) -> bool:
         return bool(self._queues)

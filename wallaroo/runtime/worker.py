@@ -38,7 +38,9 @@ from ..connectors.resumable_sink import ResumableTCPSink, stream_name
 from ..connectors.resume import StreamRegistry
 from ..connectors.tcp_sink import OutboxQueue, TCPSink
 from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSource
+from .cluster_side import ClusterConfig, ClusterSide
 from .inbox import Inbox
+from .placement import DEFAULT_KEY_GROUPS
 
 
 @dataclass
@@ -61,6 +63,7 @@ class WorkerOptions:
     idle_timeout: float | None = None
     overdraft_timeout: float = 10.0
     forget_streams_after: float | None = None
+    cluster: ClusterConfig | None = None  # None: a worker on its own
 
 
 class CommitFailed(Exception):
@@ -99,14 +102,22 @@ class Worker:
                                  f"by this engine yet (TCP only)")
         framed = frozenset(s.index for s in app.sinks
                            if self.opts.resumable_sinks and s.kind == "tcp")
+        cluster = self.opts.cluster
         self.core = WorkerCore(app, self.store, log=self.log,
                                max_frame=self.opts.max_frame,
                                checkpoint_interval=self.opts.checkpoint_interval,
                                checkpoint_max=self.opts.checkpoint_max,
-                               framed_sinks=framed)
+                               framed_sinks=framed, name=self.opts.name,
+                               members=cluster.members if cluster else None,
+                               key_groups=cluster.key_groups if cluster
+                               else DEFAULT_KEY_GROUPS)
         self.inbox = Inbox(max(self.opts.inbox_bytes, self.opts.max_frame),
-                           [p.source.decoder.header_length for p in app.pipelines])
+                           self.core.header_lengths)
         self.sinks: list[TCPSink] = []  # made once recovery knows positions
+        # every destination of output rows: the sinks, then the channel to
+        # each peer (None for this worker's own)
+        self.dests: list = []
+        self.cluster = ClusterSide(self, cluster) if cluster else None
         self.registry: StreamRegistry | None = None
         self.sources: list[TCPSource] = []
         self.stop_report = StopReport()
@@ -118,6 +129,7 @@ class Worker:
         self.commits = 0
         self.longest_commit = 0.0
         self._limiter = None
+        self._nursery_ref = None
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -155,11 +167,19 @@ class Worker:
                     f"{self.opts.name} --sink '{self.app.sinks[i].pipeline}:"
                     f"{self.app.sinks[i].position}'`")
         self.sinks = self._make_sinks()
+        self.dests = list(self.sinks)
+        if self.cluster is not None:
+            senders = self.cluster.make_senders(
+                self.store.output_reader() if self.store.durable else None,
+                trio.CapacityLimiter(1))
+            self.dests += [senders.get(i) for i in range(len(self.sinks),
+                                                         self.core.destinations)]
         for row in report.requeued:
-            self.sinks[row.sink].enqueue(row)
+            self.dests[row.sink].enqueue(row)
         self._queue_pending(report.pending)
         send_batches, recv_batches = trio.open_memory_channel(1)
         async with trio.open_nursery() as nursery:
+            self._nursery_ref = nursery
             for sink in self.sinks:
                 nursery.start_soon(sink.run)
             committed = trio.Event()
@@ -171,10 +191,16 @@ class Worker:
                                       self.opts.idle_timeout,
                                       self.opts.overdraft_timeout)
             counter = ConnectionCounter()
+            handed = self.cluster is not None and \
+                self.cluster.config.supervisor_fd is not None
             self.sources = [TCPSource(p.index, p.source, self.core.framers[p.index],
-                                      self.inbox, self.registry, log, limits, counter)
+                                      self.inbox, self.registry, log, limits, counter,
+                                      cluster=self.cluster,
+                                      on_closed=self._handed_closed)
                             for p in self.app.pipelines]
-            bound = [await s.bind() for s in self.sources]
+            # one host: the supervisor listens and hands connections over
+            bound = [await s.bind() for s in self.sources] if not handed else []
+            data = (await self.cluster.start(nursery)) if self.cluster else None
             sources_scope = trio.CancelScope()
 
             async def serve_sources():
@@ -187,8 +213,10 @@ class Worker:
             nursery.start_soon(self._engine_loop, send_batches, engine_done)
             if self.opts.handle_signals:  # before "ready": a SIGTERM right
                 await nursery.start(self._signals)  # after it must drain
-            addrs = ",".join(f"{h}:{p}" for h, p in bound)
+            addrs = ",".join(f"{h}:{p}" for h, p in bound) or "-"
             sinks = ",".join(s.address for s in self.app.sinks) or "-"
+            if data is not None:
+                sinks += f" data={data[0]}:{data[1]}"
             for sink in self.sinks:
                 if isinstance(sink, ResumableTCPSink):
                     log.info("%s: resumable, stream %r", sink.spec.label, sink.stream)
@@ -206,8 +234,9 @@ class Worker:
             await committed.wait()
             await self._log_or_drop(self.inbox.take_all())
             with trio.move_on_at(self._deadline):
-                for sink in self.sinks:
-                    await sink.wait_empty()
+                for dest in self.dests:
+                    if dest is not None:
+                        await dest.wait_empty()
             self.stop_report.undelivered_outputs = sum(s.queued_outputs
                                                        for s in self.sinks)
             await self._final_commit()
@@ -303,14 +332,18 @@ class Worker:
                     self._wait_scope = scope
                     if not (durable and core.idle_commit_due()):
                         await inbox.wait(opts.idle_tick)
-                    for sink in self.sinks:
-                        if not sink.has_room():
-                            await sink.wait_room()
+                    full = self._full()
+                    while full is not None and not inbox.has_peer_input():
+                        await full.wait_room()
+                        full = self._full()
                 self._wait_scope = None
                 if self._stopping and self._past_deadline():
                     break
                 if inbox:
-                    batch = core.process(inbox.take(opts.max_batch),
+                    # while an outbox is full only peers' input flows (two
+                    # full workers waiting on each other would deadlock)
+                    batch = core.process(inbox.take(opts.max_batch,
+                                                    peers_only=full is not None),
                                          deadline=time.perf_counter()
                                          + opts.max_batch_time)
                     inbox.unget(batch.leftover, batch.cut)
@@ -367,9 +400,21 @@ class Worker:
         if elapsed > self.longest_commit:
             self.longest_commit = elapsed
 
+    def _full(self):
+        """A destination without room, or None."""
+        for d in self.dests:
+            if d is not None and not d.has_room():
+                return d
+        return None
+
+    def _handed_closed(self, source: int) -> None:
+        if self.cluster is not None and self._nursery_ref is not None:
+            self._nursery_ref.start_soon(self.cluster.tell_supervisor,
+                                         {"closed": source})
+
     def _release(self, batch: Batch) -> None:
         for row in batch.outputs:
-            self.sinks[row.sink].enqueue(row)
+            self.dests[row.sink].enqueue(row)
         if batch.streams:
             self.registry.committed(batch.streams)
 

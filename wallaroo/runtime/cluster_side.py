@@ -1,0 +1,174 @@
+"""A worker's part in a cluster (DESIGN.md §6): its data port, the channel
+to every peer, resumable streams forwarded to their owner, and (one host)
+its link to the supervisor.
+
+The engine itself does not know it is in a cluster beyond its routing: the
+core sets messages for other workers' key groups aside as peer batches,
+which are destinations like sinks; this module gives each peer destination
+a ``ChannelSender`` and turns what peers send into inbox input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from dataclasses import dataclass, field
+
+import trio
+
+from ..connectors import auth
+from ..connectors.channel import ChannelSender, DataServer, open_authenticated
+from ..connectors.tcp_sink import OutboxQueue
+from .placement import DEFAULT_KEY_GROUPS
+
+
+@dataclass
+class ClusterConfig:
+    members: list[str]  # every worker's name, in the cluster's order
+    secret: bytes
+    data_bind: tuple[str, int] = ("127.0.0.1", 0)  # where this data port listens
+    # data address of each peer; on one host the supervisor sends them as
+    # workers (re)start, on several they are fixed at formation
+    peer_addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    key_groups: int = DEFAULT_KEY_GROUPS
+    peer_outbox_max: int = 1 << 30
+    supervisor_fd: int | None = None  # one host: the link to the supervisor
+    advertise_host: str | None = None  # the host others reach the data port at
+
+
+class ClusterSide:
+    def __init__(self, worker, config: ClusterConfig):
+        self.worker = worker
+        self.config = config
+        self.log: logging.Logger = worker.log
+        self.me = worker.opts.name
+        self.senders: dict[int, ChannelSender] = {}
+        self.data_address: tuple[str, int] | None = None
+        self.server: DataServer | None = None
+        self._link = None  # trio socket to the supervisor
+        self._handed: dict[int, trio.MemorySendChannel] = {}
+
+    # -- the destinations ------------------------------------------------
+    def make_senders(self, reader, limiter) -> dict[int, ChannelSender]:
+        """A channel sender for every peer, its queue at the recovered
+        delivery position (peer batches the peer acknowledged)."""
+        core = self.worker.core
+        opts = self.worker.opts
+        for member, name in enumerate(self.config.members):
+            if name == self.me:
+                continue
+            dest = core.peer_dest(member)
+            queue = OutboxQueue(dest, opts.sink_queue_bytes, self.config.peer_outbox_max,
+                                reader, core.delivered.get(dest, 0))
+            queue.produced = core.next_out_seq.get(dest, 0)
+            if reader is not None and queue.produced > queue.delivered:
+                queue.spilled_from = queue.delivered
+            self.senders[dest] = ChannelSender(
+                name, dest, queue, core.note_delivered, self.log, self.me,
+                self.config.secret, self.address_of, limiter)
+        return self.senders
+
+    def address_of(self, name: str) -> tuple[str, int] | None:
+        return self.config.peer_addresses.get(name)
+
+    # -- the data port -----------------------------------------------------
+    async def start(self, nursery: trio.Nursery) -> tuple[str, int]:
+        w = self.worker
+        self.server = DataServer(self.me, self.config.secret, w.inbox, w.registry,
+                                 w.core.peer_source, self.log, self.forwarded)
+        host, port = await self.server.bind(*self.config.data_bind)
+        host = self.config.advertise_host or host
+        self.data_address = (host, port)
+        nursery.start_soon(self.server.serve)
+        for sender in self.senders.values():
+            nursery.start_soon(sender.run)
+        if self.config.supervisor_fd is not None:
+            sock = socket.socket(fileno=self.config.supervisor_fd)
+            self._link = trio.socket.from_stdlib_socket(sock)
+            nursery.start_soon(self._supervisor_link)
+        return self.data_address
+
+    async def forwarded(self, pipeline: int, stream, label: str) -> None:
+        """A client connection another worker forwarded: its resumable
+        stream is ours."""
+        source = self.worker.sources[pipeline]
+        await source.handle_forwarded(stream, label)
+
+    # -- resumable streams: served by their owner --------------------------
+    def owner_of(self, pipeline: str, stream: str) -> str | None:
+        """The owner of a resumable stream, when it is another worker."""
+        p = self.worker.core.placement
+        owner = p.members[p.owner_of_stream(pipeline, stream)]
+        return None if owner == self.me else owner
+
+    async def forward(self, owner: str, pipeline: int, client: str,
+                      first_bytes: bytes, client_stream) -> None:
+        """Pass a client connection's bytes to the owner of its stream and
+        back, until either side closes."""
+        address = self.address_of(owner)
+        if address is None:
+            raise OSError(f"the address of worker {owner!r} is not known yet")
+        peer, _ = await open_authenticated(address, self.config.secret, self.me)
+        try:
+            await peer.send_all(b"FORWARD %d %s\n" % (pipeline, client.encode()))
+            await peer.send_all(first_bytes)
+
+            async def pump(src, dst, scope):
+                try:
+                    while True:
+                        data = await src.receive_some(65536)
+                        if not data:
+                            break
+                        await dst.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+                scope.cancel()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client_stream, peer, nursery.cancel_scope)
+                nursery.start_soon(pump, peer, client_stream, nursery.cancel_scope)
+        finally:
+            await trio.aclose_forcefully(peer)
+
+    # -- one host: the supervisor ------------------------------------------
+    async def _supervisor_link(self) -> None:
+        """Messages from the supervisor: peers' addresses, client
+        connections handed over (with their descriptor), stop."""
+        while True:
+            try:
+                data, ancdata, _, _ = await self._link.recvmsg(
+                    65536, socket.CMSG_SPACE(16 * 4))
+            except OSError as e:
+                self.log.error("the link to the supervisor broke: %s; stopping", e)
+                self.worker.request_stop()
+                return
+            if not data:
+                self.log.warning("the supervisor is gone; stopping")
+                self.worker.request_stop()
+                return
+            fds = []
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(int.from_bytes(cdata[i:i + 4], "little", signed=True)
+                               for i in range(0, len(cdata) - len(cdata) % 4, 4))
+            msg = json.loads(data)
+            if "peers" in msg:
+                self.config.peer_addresses.update(
+                    {k: tuple(v) for k, v in msg["peers"].items()})
+            if "connection" in msg and fds:
+                sock = socket.socket(fileno=fds[0])
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                self.worker.sources[msg["connection"]].hand(stream)
+            if msg.get("stop"):
+                self.worker.request_stop()
+
+    async def tell_supervisor(self, msg: dict) -> None:
+        if self._link is not None:
+            try:
+                await self._link.send(json.dumps(msg).encode())
+            except OSError:
+                pass
+
+
+def load_secret(path: str) -> bytes:
+    return auth.load_secret(path)
