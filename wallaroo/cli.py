@@ -97,6 +97,40 @@ class _RawArgsCommand(click.Command):
               show_default=True, metavar="BYTES",
               help="With --resilience-dir: undelivered outputs one sink may "
                    "hold (on disk) before the sources stop reading.")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="One host: run N workers (initializer, worker-1 ...) under a "
+                   "supervisor that shares the source addresses among them; keys "
+                   "are spread over them by key group.")
+@click.option("--restart-delay", type=click.FloatRange(min=0), default=0.5,
+              show_default=True, metavar="SECONDS",
+              help="With --workers: wait this long before restarting a worker "
+                   "that died.")
+@click.option("--cluster-initializer", is_flag=True,
+              help="Several hosts: this worker forms the cluster (with "
+                   "--worker-count, --control, --data).")
+@click.option("--worker-count", type=click.IntRange(min=1), metavar="N",
+              help="Several hosts, initializer: how many workers the cluster has.")
+@click.option("--control", "control_addr", metavar="HOST:PORT",
+              help="Several hosts: the initializer's control address (on the "
+                   "initializer: where it listens).")
+@click.option("--data", "data_addr", metavar="HOST:PORT",
+              help="Several hosts, initializer: where its data port listens.")
+@click.option("--my-control", metavar="HOST:PORT",
+              help="Several hosts, other workers: where this one's control "
+                   "port listens.")
+@click.option("--my-data", metavar="HOST:PORT",
+              help="Several hosts, other workers: where this one's data port "
+                   "listens.")
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
+              metavar="FILE",
+              help="The cluster's shared secret (required with --control); "
+                   "peers prove they hold it before anything is deserialized.")
+@click.option("--peer-outbox-max", type=click.IntRange(min=1), default=1 << 30,
+              show_default=True, metavar="BYTES",
+              help="In a cluster: messages for one other worker this one may "
+                   "hold before its sources stop reading.")
+@click.option("--cluster-members", hidden=True)
+@click.option("--supervisor-fd", type=int, hidden=True)
 @click.option("--forget-streams-after", type=click.FloatRange(min=0, min_open=True),
               metavar="SECONDS",
               help="With --resilience-dir: forget resumable streams nobody has "
@@ -114,8 +148,10 @@ class _RawArgsCommand(click.Command):
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         synchronous, checkpoint_interval, checkpoint_max, max_batch, max_batch_time,
         max_frame_size, max_connections, handshake_timeout, idle_timeout,
-        resumable_sinks, sink_outbox_max, forget_streams_after, drain_timeout,
-        log_level, app_args):
+        resumable_sinks, sink_outbox_max, workers, restart_delay,
+        cluster_initializer, worker_count, control_addr, data_addr, my_control,
+        my_data, cluster_secret_file, peer_outbox_max, cluster_members,
+        supervisor_fd, forget_streams_after, drain_timeout, log_level, app_args):
     """Run the application APP (a .py file, or an importable module).
 
     Every argument after `run` is passed, in order, to the application's
@@ -145,7 +181,19 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                                  "resilience, leave the option out)",
                                  param_hint="--resilience-dir")
     from .connectors.tcp_source import default_max_connections
-    code = run_worker(target, ctx.meta["raw_args"], name=name,
+    if workers is not None:
+        if control_addr or cluster_initializer or supervisor_fd is not None:
+            raise click.UsageError("--workers runs a cluster on this host; "
+                                   "--control / --cluster-initializer are for "
+                                   "several hosts: give one or the other")
+        from .runtime.supervisor import run_supervisor
+        sys.exit(run_supervisor(target, ctx.meta["raw_args"], workers=workers,
+                                resilience_dir=resilience_dir,
+                                restart_delay=restart_delay, log_level=log_level))
+    cluster = _cluster_args(cluster_initializer, worker_count, control_addr,
+                            data_addr, my_control, my_data, cluster_secret_file,
+                            cluster_members, supervisor_fd, peer_outbox_max, name)
+    code = run_worker(target, ctx.meta["raw_args"], name=name, cluster=cluster,
                       resilience_dir=resilience_dir, synchronous=synchronous,
                       checkpoint_interval=checkpoint_interval,
                       checkpoint_max=checkpoint_max, max_batch=max_batch,
@@ -157,6 +205,54 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                       sink_outbox_max=sink_outbox_max,
                       drain_timeout=drain_timeout, log_level=log_level)
     sys.exit(code)
+
+
+def _address_option(text: str | None, flag: str):
+    from .tools.common import parse_address
+    if text is None:
+        return None
+    try:
+        return parse_address(text, flag)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None
+
+
+def _cluster_args(initializer, worker_count, control, data, my_control, my_data,
+                  secret_file, members, supervisor_fd, peer_outbox_max, name):
+    """How this worker belongs to a cluster (None: on its own)."""
+    if supervisor_fd is not None:  # started by `--workers`' supervisor
+        return {"kind": "supervised", "members": members.split(","),
+                "secret_file": secret_file, "supervisor_fd": supervisor_fd,
+                "peer_outbox_max": peer_outbox_max}
+    if not (initializer or control):
+        for flag, v in (("--worker-count", worker_count), ("--data", data),
+                        ("--my-control", my_control), ("--my-data", my_data)):
+            if v is not None:
+                raise click.UsageError(f"{flag} is for a cluster over several "
+                                       f"hosts: give --control too")
+        return None
+    if not secret_file:
+        raise click.UsageError("--cluster-secret-file FILE is required with "
+                               "--control (the workers prove they hold the same "
+                               "secret before anything is deserialized)")
+    if initializer:
+        if worker_count is None or control is None or data is None:
+            raise click.UsageError("--cluster-initializer needs --worker-count N, "
+                                   "--control HOST:PORT and --data HOST:PORT")
+        return {"kind": "initializer", "worker_count": worker_count,
+                "control": _address_option(control, "--control"),
+                "data": _address_option(data, "--data"),
+                "secret_file": secret_file, "peer_outbox_max": peer_outbox_max}
+    if my_control is None or my_data is None:
+        raise click.UsageError(f"worker {name!r} joining through --control needs "
+                               f"--my-control HOST:PORT and --my-data HOST:PORT "
+                               f"(where its own ports listen)")
+    if name == "initializer":
+        raise click.UsageError("a worker joining a cluster needs its own --name")
+    return {"kind": "member", "initializer": _address_option(control, "--control"),
+            "my_control": _address_option(my_control, "--my-control"),
+            "my_data": _address_option(my_data, "--my-data"),
+            "secret_file": secret_file, "peer_outbox_max": peer_outbox_max}
 
 
 @cli.command(context_settings=CONTEXT)

@@ -114,7 +114,8 @@ class ChannelSender(ResumableTCPSink):
                     self.log.info("channel to worker %r: connected after %d "
                                   "failed attempts", self.peer, failures)
                 return stream
-            except (OSError, auth.AuthError, trio.TooSlowError) as e:
+            except (OSError, auth.AuthError, trio.TooSlowError,
+                    trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 failures += 1
                 reason = f"{type(e).__name__}: {e}" if isinstance(
                     e, auth.AuthError) else _reason(e)

@@ -89,7 +89,7 @@ class SQLiteStore:
         existed = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         check_database_file(self.path, manifest)
         if manifest is None and not existed:
-            self._note_other_workers()
+            self._note_other_workers(membership)
         self._lock.acquire()
         trial_write(self.path)
         db_size = self._lock.size()
@@ -135,9 +135,10 @@ class SQLiteStore:
         self._write_position(rec.next_lsn)
         return rec
 
-    def _note_other_workers(self) -> None:
-        others = sorted(os.path.basename(p)[:-3] for p in
-                        glob.glob(os.path.join(glob.escape(self.directory), "*.db")))
+    def _note_other_workers(self, membership: dict | None) -> None:
+        siblings = set((membership or {}).get("members", ()))
+        others = sorted(n for n in (os.path.basename(p)[:-3] for p in glob.glob(
+            os.path.join(glob.escape(self.directory), "*.db"))) if n not in siblings)
         if others:
             self.notes.append(
                 f"{self.directory} holds no database for worker {self.worker!r} "

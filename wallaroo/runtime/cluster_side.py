@@ -20,6 +20,7 @@ import trio
 from ..connectors import auth
 from ..connectors.channel import ChannelSender, DataServer, open_authenticated
 from ..connectors.tcp_sink import OutboxQueue
+from .control import ControlServer
 from .placement import DEFAULT_KEY_GROUPS
 
 
@@ -35,6 +36,10 @@ class ClusterConfig:
     peer_outbox_max: int = 1 << 30
     supervisor_fd: int | None = None  # one host: the link to the supervisor
     advertise_host: str | None = None  # the host others reach the data port at
+    control_bind: tuple[str, int] = ("127.0.0.1", 0)
+    # several hosts: every member's {"control", "data"} (saved with the
+    # membership in each worker's database)
+    addresses: dict | None = None
 
 
 class ClusterSide:
@@ -69,6 +74,12 @@ class ClusterSide:
                 self.config.secret, self.address_of, limiter)
         return self.senders
 
+    def members(self) -> dict:
+        """The membership, with every worker's addresses as known here."""
+        addresses = self.config.addresses or {}
+        return {"members": self.config.members, "me": self.me,
+                "addresses": addresses}
+
     def address_of(self, name: str) -> tuple[str, int] | None:
         return self.config.peer_addresses.get(name)
 
@@ -81,6 +92,11 @@ class ClusterSide:
         host = self.config.advertise_host or host
         self.data_address = (host, port)
         nursery.start_soon(self.server.serve)
+        self.control = ControlServer(self.me, self.config.secret, self.log,
+                                     status=self.worker.status, members=self.members)
+        chost, cport = await self.control.bind(*self.config.control_bind)
+        self.control_address = (self.config.advertise_host or chost, cport)
+        nursery.start_soon(self.control.serve)
         for sender in self.senders.values():
             nursery.start_soon(sender.run)
         if self.config.supervisor_fd is not None:

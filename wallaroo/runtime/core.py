@@ -136,13 +136,18 @@ class WorkerCore:
                  clock: Callable[[], float] = time.monotonic,
                  framed_sinks: frozenset[int] = frozenset(),
                  name: str = "initializer", members: list[str] | None = None,
-                 key_groups: int = DEFAULT_KEY_GROUPS):
+                 key_groups: int = DEFAULT_KEY_GROUPS,
+                 addresses: dict | None = None):
         """``members``: the cluster's workers in order (default: this one
-        alone); ``name``: this worker's."""
+        alone); ``name``: this worker's; ``addresses`` (several hosts):
+        every member's control and data addresses, saved with the
+        membership."""
         self.app = app
         self.name = name
         self.proposed_membership = {"members": list(members or [name]),
                                     "key_groups": key_groups}
+        if addresses:
+            self.proposed_membership["addresses"] = addresses
         self.placement: Placement | None = None  # once the membership is settled
         self.codec = channels.PeerCodec(app.serializer)
         self.store = store
@@ -233,7 +238,8 @@ class WorkerCore:
         """The cluster as this worker's database knows it; the core
         compiles its routing from it."""
         m = saved or self.proposed_membership
-        if m != self.proposed_membership:
+        mine = self.proposed_membership
+        if (m["members"], m["key_groups"]) != (mine["members"], mine["key_groups"]):
             raise IncompatibleDirectory(
                 f"worker {self.name!r}'s resilience directory belongs to a cluster "
                 f"of {len(m['members'])} workers ({', '.join(m['members'])}; "

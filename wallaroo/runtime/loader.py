@@ -4,6 +4,7 @@ restart, then ``application_setup(args)``."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -85,4 +86,7 @@ def load_application(app: str, args: list[str]) -> AppSpec:
         raise ApplicationLoadError(
             f"application_setup(args) of {app!r} returned {spec!r:.100}; it "
             f"must return ApplicationBuilder(...).build()")
+    ser, de = getattr(module, "serialize", None), getattr(module, "deserialize", None)
+    if callable(ser) and callable(de):  # Wallaroo's inter-worker contract
+        spec = dataclasses.replace(spec, serializer=(ser, de))
     return spec

@@ -11,6 +11,10 @@ from ..recovery.sqlite_store import SQLiteStore
 from ..recovery.store import MemoryStore
 from . import logs
 from .loader import ApplicationLoadError, load_application
+from ..connectors.auth import AuthError, load_secret
+from .cluster_side import ClusterConfig
+from .formation import (FormationError, check_saved, initialize, join,
+                        saved_membership)
 from .worker import CommitFailed, Worker, WorkerOptions
 
 EXIT_OK = 0
@@ -23,8 +27,10 @@ EXIT_LOST = 3
 
 def run_worker(app: str, args: list[str], *, name: str = "initializer",
                resilience_dir: str | None = None, synchronous: str = "normal",
-               log_level: str = "info", **options) -> int:
-    """``options``: fields of ``WorkerOptions``."""
+               log_level: str = "info", cluster: dict | None = None,
+               **options) -> int:
+    """``options``: fields of ``WorkerOptions``; ``cluster``: how this
+    worker belongs to a cluster (``cluster_setup``), or None."""
     log = logs.setup(name, log_level)
     try:
         spec = load_application(app, args)
@@ -33,29 +39,89 @@ def run_worker(app: str, args: list[str], *, name: str = "initializer",
         return EXIT_CONFIG
     store = (SQLiteStore(resilience_dir, name, synchronous)
              if resilience_dir is not None else MemoryStore())
-    opts = WorkerOptions(name=name, **options)
-    try:
-        worker = Worker(spec, store, opts, log)
-    except ValueError as e:
-        log.error("%s", e)
-        return EXIT_CONFIG
     where = f" with resilience in {store.path}" if resilience_dir is not None else \
         " without resilience (state is lost when the process stops)"
     log.info("starting application %r%s", spec.name, where)
+    holder: list[Worker] = []
+
+    async def main():
+        config = None
+        if cluster is not None:
+            config = await cluster_setup(cluster, name, resilience_dir, log)
+        try:
+            worker = Worker(spec, store, WorkerOptions(name=name, cluster=config,
+                                                       **options), log)
+        except ValueError as e:
+            raise _ConfigError(str(e)) from None
+        holder.append(worker)
+        await worker.run()
+
     try:
-        trio.run(worker.run)
+        trio.run(main)
     except BaseException as e:  # noqa: BLE001 - reported, then exit code
         leaf = _leaf(e)
         if isinstance(leaf, KeyboardInterrupt):
             log.info("interrupted")
             return EXIT_OK
+        if isinstance(leaf, (_ConfigError, FormationError, AuthError)):
+            log.error("%s", leaf)
+            return EXIT_CONFIG
         if isinstance(leaf, (StoreError, CommitFailed, OSError)):
             log.error("%s", leaf)
             return EXIT_RUNTIME
         log.exception("worker failed: %s: %s", type(leaf).__name__, leaf,
                       exc_info=leaf)
         return EXIT_RUNTIME
-    return EXIT_LOST if worker.stop_report.lost and not store.durable else EXIT_OK
+    lost = holder and holder[0].stop_report.lost
+    return EXIT_LOST if lost and not store.durable else EXIT_OK
+
+
+class _ConfigError(Exception):
+    pass
+
+
+async def cluster_setup(c: dict, name: str, resilience_dir: str | None,
+                        log) -> ClusterConfig:
+    """The cluster config of this worker: from the supervisor (one host),
+    or formed (several hosts; or as saved in its database)."""
+    secret = load_secret(c["secret_file"])
+    if c["kind"] == "supervised":
+        return ClusterConfig(members=c["members"], secret=secret,
+                             supervisor_fd=c["supervisor_fd"],
+                             peer_outbox_max=c["peer_outbox_max"],
+                             control_bind=("127.0.0.1", 0))
+    if c["kind"] == "initializer":
+        control, data = c["control"], c["data"]
+    else:
+        control, data = c["my_control"], c["my_data"]
+    control_text, data_text = _text(control), _text(data)
+    saved = saved_membership(resilience_dir, name)
+    if saved is not None:
+        check_saved(saved, name, control_text, data_text, c.get("worker_count"))
+        log.info("rejoining the cluster of %s", ", ".join(saved["members"]))
+        membership = saved
+    elif c["kind"] == "initializer":
+        membership = await initialize(control, name, control_text, data_text,
+                                      c["worker_count"], secret, log)
+    else:
+        membership = await join(c["initializer"], name, control_text, data_text,
+                                secret, log)
+    addresses = membership["addresses"]
+    return ClusterConfig(
+        members=membership["members"], secret=secret, data_bind=data,
+        control_bind=control, key_groups=membership["key_groups"],
+        peer_outbox_max=c["peer_outbox_max"], addresses=addresses,
+        peer_addresses={n: _split(a["data"]) for n, a in addresses.items()
+                        if n != name})
+
+
+def _text(addr: tuple[str, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _split(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
 
 
 def _leaf(e: BaseException) -> BaseException:

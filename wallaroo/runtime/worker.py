@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -110,7 +111,8 @@ class Worker:
                                framed_sinks=framed, name=self.opts.name,
                                members=cluster.members if cluster else None,
                                key_groups=cluster.key_groups if cluster
-                               else DEFAULT_KEY_GROUPS)
+                               else DEFAULT_KEY_GROUPS,
+                               addresses=cluster.addresses if cluster else None)
         self.inbox = Inbox(max(self.opts.inbox_bytes, self.opts.max_frame),
                            self.core.header_lengths)
         self.sinks: list[TCPSink] = []  # made once recovery knows positions
@@ -130,6 +132,7 @@ class Worker:
         self.longest_commit = 0.0
         self._limiter = None
         self._nursery_ref = None
+        self._last_commit = 0.0
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -216,7 +219,9 @@ class Worker:
             addrs = ",".join(f"{h}:{p}" for h, p in bound) or "-"
             sinks = ",".join(s.address for s in self.app.sinks) or "-"
             if data is not None:
-                sinks += f" data={data[0]}:{data[1]}"
+                control = self.cluster.control_address
+                sinks += (f" control={control[0]}:{control[1]} "
+                          f"data={data[0]}:{data[1]}")
             for sink in self.sinks:
                 if isinstance(sink, ResumableTCPSink):
                     log.info("%s: resumable, stream %r", sink.spec.label, sink.stream)
@@ -396,9 +401,30 @@ class Worker:
                 f"commit of {batch.messages} messages failed: {type(e).__name__}: "
                 f"{e}; stopping (the restart recovers from the log)") from e
         self.commits += 1
+        self._last_commit = time.monotonic()
         elapsed = time.perf_counter() - t0
         if elapsed > self.longest_commit:
             self.longest_commit = elapsed
+
+    def status(self) -> dict:
+        """What ``wallaroo status`` shows of this worker."""
+        core, p = self.core, self.core.placement
+        senders = self.cluster.senders if self.cluster else {}
+        return {
+            "name": self.opts.name, "pid": os.getpid(),
+            "state": "stopping" if self._stopping else "ready",
+            "key_groups": len(p.groups_of(p.me)) if p else 0,
+            "partitions": sum(len(s.parts) for s in core.spaces.values()),
+            "last_commit_age": (round(time.monotonic() - self._last_commit, 3)
+                                if self._last_commit else None),
+            "commits": self.commits, "messages_in": core.stats.messages,
+            "outputs": core.stats.outputs, "failures": core.stats.failures,
+            "inbox": {"messages": self.inbox.messages, "bytes": self.inbox.bytes},
+            "sinks": [{"sink": s.spec.label, "outputs": s.queued_outputs,
+                       "bytes": s.queued_bytes} for s in self.sinks],
+            "channels": [{"peer": c.peer, "batches": c.queued_outputs,
+                          "bytes": c.queued_bytes} for c in senders.values()],
+        }
 
     def _full(self):
         """A destination without room, or None."""

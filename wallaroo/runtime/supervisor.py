@@ -1,0 +1,414 @@
+"""``wallaroo run APP --workers N``: one host, N workers (DESIGN.md §6).
+
+The supervisor loads the application to learn its sources, listens on them
+itself, and starts N workers (``initializer``, ``worker-1`` ...), each a
+``wallaroo run`` process with its own database in the resilience directory.
+It hands every accepted client connection to the ready worker holding the
+fewest (over a Unix socket, with the descriptor), so connections spread
+evenly and none lands on a dead worker; port 0 works, and the ``ready`` line
+names the ports.  It tells every worker where the others' data ports are,
+restarts a worker that dies (same name, after ``--restart-delay``; it
+recovers from its own database while the others go on), keeps
+``cluster.json`` current, copies each worker's log to ``<name>.log`` and to
+its own stderr as ``<name> | <line>``, and stops them all on SIGTERM/SIGINT.
+
+Without ``--resilience-dir`` nothing can be recovered: the death of any
+worker stops the cluster with an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from ..connectors import auth
+
+START_FAILURES = 5  # consecutive failed starts of one worker: give up
+
+
+@dataclass
+class Member:
+    name: str
+    link: socket.socket | None = None  # the supervisor's end of the Unix socket
+    proc: trio.Process | None = None
+    pid: int | None = None
+    state: str = "starting"  # starting | recovering | ready | down
+    control: str | None = None
+    data: str | None = None
+    metrics: str | None = None
+    restarts: int = 0
+    failed_starts: int = 0
+    exit_code: int | None = None
+    connections: int = 0
+    ready_once: bool = False
+    ready_event: trio.Event = field(default_factory=trio.Event)
+
+
+class Supervisor:
+    def __init__(self, app_path: str, worker_args: list[str], workers: int,
+                 resilience_dir: str | None, restart_delay: float,
+                 log: logging.Logger, spec, stop_grace: float = 60.0):
+        self.app_path = app_path
+        self.worker_args = worker_args  # what each `wallaroo run` gets
+        self.n = workers
+        self.resilience_dir = resilience_dir
+        self.restart_delay = restart_delay
+        self.log = log
+        self.spec = spec
+        self.stop_grace = stop_grace
+        self.dir = resilience_dir or tempfile.mkdtemp(prefix="wallaroo-cluster-")
+        self.cluster_file = os.path.join(self.dir, "cluster.json")
+        self.names = ["initializer"] + [f"worker-{i}" for i in range(1, workers)]
+        self.members = [Member(n) for n in self.names]
+        self.listeners: list[trio.SocketListener] = []
+        self.sources: list[str] = []
+        self.stopping = False
+        self.failure: str | None = None
+        self.exit_codes: dict[str, int] = {}
+        self._done = 0
+        self._all_done = trio.Event()
+
+    # -- setup -----------------------------------------------------------
+    def _secret(self) -> str:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.dir, "cluster.secret")
+        if not os.path.exists(path):
+            auth.create_secret(path)
+        return path
+
+    async def _bind_sources(self) -> None:
+        for p in self.spec.pipelines:
+            src = p.source
+            try:
+                ls = await trio.open_tcp_listeners(int(src.port), host=src.host)
+            except (OSError, ValueError) as e:
+                raise OSError(f"pipeline {p.name!r}: cannot listen on "
+                              f"{src.address}: {getattr(e, 'strerror', None) or e}")
+            ls = ls[:1] if int(src.port) == 0 else ls
+            self.listeners.append(ls)
+            host, port = ls[0].socket.getsockname()[:2]
+            self.sources.append(f"{host}:{port}")
+
+    def write_cluster_file(self) -> None:
+        body = {"version": 1, "application": self.spec.name,
+                "supervisor_pid": os.getpid(), "workers": [
+                    {"name": m.name, "pid": m.pid, "state": m.state,
+                     "control": m.control, "data": m.data,
+                     "sources": self.sources, "metrics": m.metrics,
+                     "restarts": m.restarts} for m in self.members]}
+        tmp = self.cluster_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, self.cluster_file)
+
+    # -- running ---------------------------------------------------------
+    async def run(self) -> int:
+        secret = self._secret()
+        await self._bind_sources()
+        self.write_cluster_file()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._signals, nursery)
+            for m in self.members:
+                nursery.start_soon(self._keep_running, m, secret, nursery)
+            for i, ls in enumerate(self.listeners):
+                for listener in ls:
+                    nursery.start_soon(self._accept, i, listener)
+            for m in self.members:
+                await m.ready_event.wait()
+            if not self.stopping:
+                sinks = ",".join(s.address for s in self.spec.sinks) or "-"
+                self.log.info("ready workers=%d sources=%s sinks=%s cluster_file=%s",
+                              self.n, ",".join(self.sources), sinks,
+                              self.cluster_file, extra={"bare": True})
+            await self._all_done.wait()
+            nursery.cancel_scope.cancel()
+        if self.failure:
+            self.log.error("%s; the workers' logs are in %s", self.failure, self.dir)
+            return 1
+        if not self.resilience_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        worst = max(self.exit_codes.values(), default=0)
+        return 3 if worst == 3 else (0 if worst == 0 else 1)
+
+    async def _keep_running(self, m: Member, secret: str, nursery) -> None:
+        try:
+            await self._keep_running_loop(m, secret, nursery)
+        finally:
+            self._done += 1
+            if self._done == len(self.members):
+                self._all_done.set()
+
+    async def _keep_running_loop(self, m: Member, secret: str, nursery) -> None:
+        while not self.stopping:
+            code = await self._run_once(m, secret)
+            self.exit_codes[m.name] = code
+            m.state, m.pid, m.exit_code = "down", None, code
+            self.write_cluster_file()
+            m.ready_event.set()  # whoever waits for readiness: it ended
+            if self.stopping:
+                return
+            if not self.resilience_dir:
+                self._fail(f"worker {m.name!r} exited ({_status(code)}) and there "
+                           f"is no --resilience-dir to recover it from: stopping "
+                           f"the cluster", nursery)
+                return
+            if code == 2:  # a configuration it will refuse every time
+                self._fail(f"worker {m.name!r} refused to start (see its log "
+                           f"above); stopping the cluster", nursery)
+                return
+            if m.failed_starts >= START_FAILURES:
+                self._fail(f"worker {m.name!r} failed to start {START_FAILURES} "
+                           f"times in a row (see {m.name}.log); stopping the "
+                           f"cluster", nursery)
+                return
+            m.restarts += 1
+            self.log.warning("worker %s exited (%s); restarting it in %.1fs",
+                             m.name, _status(code), self.restart_delay)
+            await trio.sleep(self.restart_delay)
+
+    def _fail(self, why: str, nursery) -> None:
+        self.failure = self.failure or why
+        self.log.error("%s", why)
+        self._stop_all(nursery)
+
+    async def _run_once(self, m: Member, secret: str) -> int:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        m.link = ours
+        m.connections = 0
+        cmd = [sys.executable, "-m", "wallaroo.cli", "run", self.app_path,
+               *self.worker_args, "--name", m.name, "--cluster-members",
+               ",".join(self.names), "--cluster-secret-file", secret,
+               "--supervisor-fd", str(theirs.fileno())]
+        m.state = "starting"
+        ready_before = m.ready_once
+        try:
+            proc = await trio.lowlevel.open_process(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, pass_fds=(theirs.fileno(),),
+                start_new_session=True)
+        finally:
+            theirs.close()
+        m.proc, m.pid = proc, proc.pid
+        self.write_cluster_file()
+        log_path = os.path.join(self.dir, f"{m.name}.log")
+        async with trio.open_nursery() as watch:
+            watch.start_soon(self._notes, m, ours)
+            await self._copy_log(m, proc, log_path, ready_before)
+            watch.cancel_scope.cancel()
+        code = await proc.wait()
+        if m.state != "ready":
+            m.failed_starts += 1
+        try:
+            ours.close()
+        except OSError:
+            pass
+        m.link = None
+        return code
+
+    async def _notes(self, m: Member, link: socket.socket) -> None:
+        """The worker's notes: a connection it was handed closed."""
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(link)
+                data = link.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                if json.loads(data).get("closed") is not None:
+                    m.connections = max(0, m.connections - 1)
+            except ValueError:
+                pass
+
+    async def _copy_log(self, m: Member, proc, log_path: str, ready_before: bool) -> None:
+        with open(log_path, "ab", buffering=0) as logf:
+            buf = b""
+            async for data in proc.stderr:
+                logf.write(data)
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace")
+                    sys.stderr.write(f"{m.name} | {line}\n")
+                    if line.startswith("ready "):
+                        self._became_ready(m, line, ready_before)
+                    elif "recovered " in line or "fresh start" in line:
+                        m.state = "recovering" if m.state == "starting" else m.state
+                sys.stderr.flush()
+            if buf:
+                sys.stderr.write(f"{m.name} | {buf.decode('utf-8', 'replace')}\n")
+
+    def _became_ready(self, m: Member, line: str, again: bool) -> None:
+        fields = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+        m.data, m.control = fields.get("data"), fields.get("control")
+        m.metrics = fields.get("metrics")
+        m.state = "ready"
+        m.failed_starts = 0
+        m.ready_once = True
+        self.write_cluster_file()
+        self._broadcast_peers()
+        if again:
+            self.log.info("worker %s ready again", m.name)
+        m.ready_event.set()
+
+    def _broadcast_peers(self) -> None:
+        peers = {m.name: _split(m.data) for m in self.members if m.data}
+        for m in self.members:
+            self._send(m, {"peers": peers})
+
+    def _send(self, m: Member, msg: dict, fd: int | None = None) -> bool:
+        if m.link is None:
+            return False
+        try:
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                    fd.to_bytes(4, sys.byteorder, signed=True))] if fd is not None else []
+            m.link.sendmsg([json.dumps(msg).encode()], anc)
+            return True
+        except OSError:
+            return False
+
+    async def _accept(self, index: int, listener: trio.SocketListener) -> None:
+        while not self.stopping:
+            try:
+                stream = await listener.accept()
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            except OSError as e:
+                self.log.warning("source %s: accept failed: %s", self.sources[index], e)
+                await trio.sleep(0.1)
+                continue
+            await self._hand(index, stream)
+
+    async def _hand(self, index: int, stream: trio.SocketStream) -> None:
+        """To the ready worker holding the fewest connections; waits (a
+        little) for one when none is ready."""
+        with trio.move_on_after(30):
+            while not self.stopping:
+                ready = [m for m in self.members if m.state == "ready" and m.link]
+                if ready:
+                    m = min(ready, key=lambda x: x.connections)
+                    fd = stream.socket.fileno()
+                    if self._send(m, {"connection": index}, fd):
+                        m.connections += 1
+                        stream.socket.close()  # the worker has its own copy
+                        return
+                await trio.sleep(0.05)
+        await trio.aclose_forcefully(stream)
+
+    async def _signals(self, nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+            async for signum in sigs:
+                name = signal.Signals(signum).name
+                if not self.stopping:
+                    self.log.info("received %s: stopping every worker", name)
+                    self._stop_all(nursery)
+                else:
+                    self.log.warning("received %s again: the workers end their "
+                                     "drain at once", name)
+                    for m in self.members:
+                        if m.proc is not None and m.proc.returncode is None:
+                            m.proc.send_signal(signal.SIGTERM)
+
+    def _stop_all(self, nursery) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        for ls in self.listeners:
+            for listener in ls:
+                nursery.start_soon(listener.aclose)
+        for m in self.members:
+            m.ready_event.set()
+            if m.proc is not None and m.proc.returncode is None:
+                m.proc.send_signal(signal.SIGTERM)
+        nursery.start_soon(self._kill_after_grace)
+
+    async def _kill_after_grace(self) -> None:
+        await trio.sleep(self.stop_grace)
+        for m in self.members:
+            if m.proc is not None and m.proc.returncode is None:
+                self.log.error("worker %s did not stop within %gs; killing it",
+                               m.name, self.stop_grace)
+                m.proc.kill()
+
+
+def _split(addr: str | None):
+    if not addr:
+        return None
+    host, _, port = addr.rpartition(":")
+    return [host, int(port)]
+
+
+def _status(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+def run_supervisor(app_path: str, raw_args: list[str], *, workers: int,
+                   resilience_dir: str | None, restart_delay: float,
+                   log_level: str = "info") -> int:
+    from . import logs
+    from .loader import ApplicationLoadError, load_application
+    from .._errors import WallarooParameterError
+    log = logs.setup("supervisor", log_level)
+    try:
+        spec = load_application(app_path, raw_args)
+    except (ApplicationLoadError, WallarooParameterError) as e:
+        log.error("%s", e)
+        return 2
+    sup = Supervisor(app_path, _worker_args(raw_args, app_path), workers,
+                     resilience_dir, restart_delay, log, spec)
+    log.info("starting %d workers of application %r%s", workers, spec.name,
+             f" with resilience in {resilience_dir}" if resilience_dir else
+             " without resilience (a worker's death stops the cluster)")
+    try:
+        return trio.run(sup.run)
+    except OSError as e:
+        log.error("%s", e)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+# options of `wallaroo run` that are the supervisor's, not the workers'
+_SUPERVISOR_ONLY = {"--workers": 1, "--restart-delay": 1, "--name": 1}
+
+
+def _worker_args(raw: list[str], app_path: str) -> list[str]:
+    """The command line each worker gets: the user's, without the
+    supervisor's own options (and without APP, which comes first)."""
+    out, skip = [], 0
+    args = list(raw)
+    if args and args[0] == app_path:
+        args = args[1:]
+    for a in args:
+        if skip:
+            skip -= 1
+            continue
+        opt = a.split("=", 1)[0]
+        if opt in _SUPERVISOR_ONLY:
+            skip = 0 if "=" in a else _SUPERVISOR_ONLY[opt]
+            continue
+        out.append(a)
+    return out
