@@ -460,6 +460,49 @@ def receive(listen, output, resumable, framing, header_fmt, fmt, expect, idle_ti
         raise click.ClickException(str(e)) from None
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--control", metavar="HOST:PORT",
+              help="Several hosts: any worker's control address.")
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
+              metavar="FILE", help="The cluster's secret (with --control).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output (its shape: docs/cluster.md).")
+def status(directory, control, cluster_secret_file, as_json):
+    """Every worker of a running cluster: state, pid, restarts, key groups
+    and partitions owned, age of its last commit, inbox, sink and channel
+    backlogs.
+
+    DIRECTORY is the cluster's --resilience-dir (or the directory the
+    supervisor's ready line names as cluster_file=...); on several hosts,
+    give any worker's --control address and the secret instead.
+
+    \b
+    Example:
+      wallaroo status ./state
+      wallaroo status --control 10.0.0.1:7100 --cluster-secret-file secret --json
+    """
+    from .tools import ToolError
+    from .tools.status import render, status_from_control, status_from_dir
+    from .connectors.auth import AuthError
+    if (directory is None) == (control is None):
+        raise click.UsageError("give DIRECTORY, or --control HOST:PORT with "
+                               "--cluster-secret-file FILE")
+    if control is not None and not cluster_secret_file:
+        raise click.UsageError("--control needs --cluster-secret-file FILE")
+    try:
+        st = (status_from_dir(directory) if directory is not None
+              else status_from_control(control, cluster_secret_file))
+    except (ToolError, AuthError) as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        import json
+        click.echo(json.dumps(st, indent=2))
+        return
+    from rich.console import Console
+    render(st, Console(width=None if sys.stdout.isatty() else 140))
+
+
 @cli.group(context_settings=CONTEXT)
 def recovery():
     """Look into resilience directories (what --resilience-dir keeps: one

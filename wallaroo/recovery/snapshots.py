@@ -18,9 +18,27 @@ from .errors import UnpicklableState
 PROTOCOL = 5
 
 
-def dumps(obj: Any, what: str) -> tuple[bytes, str]:
+APPLICATION = "application"  # made by the application's serialize()
+
+
+def dumps(obj: Any, what: str, serializer=None) -> tuple[bytes, str]:
     """-> (blob, pickler name).  ``what`` names the state and key for the
-    error a user sees when neither pickler can do it."""
+    error a user sees when neither pickler can do it.  ``serializer``: the
+    application module's (serialize, deserialize), used instead when it
+    defines them (Wallaroo's contract for state and messages)."""
+    if serializer is not None:
+        try:
+            blob = serializer[0](obj)
+            if isinstance(blob, str):
+                blob = blob.encode("utf-8")
+            if not isinstance(blob, (bytes, bytearray)):
+                raise TypeError(f"serialize() returned {type(blob).__name__}, "
+                                f"not bytes")
+            return bytes(blob), APPLICATION
+        except Exception as e:
+            raise UnpicklableState(f"{what} cannot be serialized by the "
+                                   f"application's serialize(): "
+                                   f"{type(e).__name__}: {e}") from e
     try:
         return pickle.dumps(obj, PROTOCOL), "pickle"
     except Exception as first:
@@ -34,5 +52,11 @@ def dumps(obj: Any, what: str) -> tuple[bytes, str]:
                 f"dicts, objects of module-level classes).") from e
 
 
-def loads(blob: bytes) -> Any:
+def loads(blob: bytes, pickler: str = "pickle", serializer=None) -> Any:
+    if pickler == APPLICATION:
+        if serializer is None:
+            raise ValueError("the snapshot was made by the application's "
+                             "serialize(), and the application no longer "
+                             "defines serialize() and deserialize()")
+        return serializer[1](blob)
     return pickle.loads(blob)

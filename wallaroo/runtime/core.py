@@ -287,7 +287,8 @@ class WorkerCore:
             snap = rec.snapshots.get(prow.pid)
             if snap is not None:
                 try:
-                    state = snapshots.loads(snap.blob)
+                    state = snapshots.loads(snap.blob, snap.pickler,
+                                            self.app.serializer)
                 except Exception as e:
                     raise StoreError(
                         f"cannot load the snapshot of {space.describe_key(key)}: "
@@ -608,7 +609,8 @@ class WorkerCore:
             for key in keys:
                 if key not in space.dirty:
                     continue
-                blob, pickler = snapshots.dumps(parts[key], space.describe_key(key))
+                blob, pickler = snapshots.dumps(parts[key], space.describe_key(key),
+                                                self.app.serializer)
                 snaps.append(SnapshotRow(pids[key], lsn, blob, pickler))
                 tracker.clean(space, key)
         st = self.stats

@@ -44,7 +44,10 @@ class StateSpace:
     def build_declared(self) -> None:
         """Create the declared partitions (and the single partition of an
         unpartitioned state) that recovery did not bring back."""
+        p = self.placement
         for key in self.spec.keys:
+            if p is not None and p.size > 1 and p.owners[self.group_of(key)] != p.me:
+                continue  # another worker's
             if key not in self.parts:
                 if self.durable and key not in self.pids:
                     self.key_blobs[key] = snapshots.dumps(

@@ -1,0 +1,164 @@
+"""Operating a cluster: ``wallaroo status``, strangers on the control and
+data ports (nothing is deserialized before the secret is proven), the
+application's own ``serialize``/``deserialize``, and a directory from an
+earlier release opened as a one-worker cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import time
+
+from .chaos.validate import read_frames, validate
+from .conftest import APPS, REPO, WAIT, WALLAROO, start_receiver, u64_frames
+from .test_cluster_examples import run_cluster, send
+
+ALPHABET = REPO / "examples" / "alphabet_partitioned" / "alphabet_partitioned.py"
+
+
+def test_status_shows_every_worker(procs, tmp_path):
+    state = str(tmp_path / "state")
+    sup, fields = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
+                              resilience_dir=state)
+    done = subprocess.run(WALLAROO + ["status", state, "--json"], capture_output=True,
+                          text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    st = json.loads(done.stdout)
+    body = json.load(open(fields["cluster_file"]))
+    assert [w["name"] for w in st["workers"]] == ["initializer", "worker-1", "worker-2"]
+    assert [w["pid"] for w in st["workers"]] == [w["pid"] for w in body["workers"]]
+    assert sum(w["key_groups"] for w in st["workers"]) == 1024
+    assert sum(w["partitions"] for w in st["workers"]) == 26  # the letters
+    for w in st["workers"]:
+        assert w["state"] == "ready" and "error" not in w
+        assert [c["peer"] for c in w["channels"]] == [
+            n for n in ("initializer", "worker-1", "worker-2") if n != w["name"]]
+    text = subprocess.run(WALLAROO + ["status", state], capture_output=True,
+                          text=True, timeout=WAIT)
+    assert text.returncode == 0 and "worker-2" in text.stdout
+    # several hosts' form: any worker's control address and the secret
+    ctl = subprocess.run(WALLAROO + ["status", "--control", st["workers"][1]["control"],
+                                     "--cluster-secret-file",
+                                     os.path.join(state, "cluster.secret"), "--json"],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert ctl.returncode == 0, ctl.stderr
+    sup.terminate()
+
+
+class _Evil:
+    """Unpickling this creates a file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_connection_without_the_secret_cannot_make_a_worker_deserialize(
+        procs, tmp_path):
+    state = str(tmp_path / "state")
+    sup, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
+                              resilience_dir=state)
+    body = json.load(open(fields["cluster_file"]))
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_Evil(str(marker)))
+    for addr in (body["workers"][1]["data"], body["workers"][1]["control"]):
+        host, port = addr.rsplit(":", 1)
+        for payload in (evil, b"worker-9 " + b"0" * 64 + b" " + b"0" * 64 + b"\n" + evil,
+                        b"CHANNEL\n" + evil):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(payload)
+                s.settimeout(5)
+                try:
+                    while s.recv(4096):
+                        pass
+                except OSError:
+                    pass
+    time.sleep(0.5)
+    assert not marker.exists()
+    assert sup.stderr.count("dropped a connection from 127.0.0.1") >= 6
+    assert "does not hold the cluster secret" in sup.stderr
+    # the cluster still works
+    done = subprocess.run(WALLAROO + ["status", state, "--json"], capture_output=True,
+                          text=True, timeout=WAIT)
+    assert all(w["state"] == "ready" for w in json.loads(done.stdout)["workers"])
+    sup.terminate()
+
+
+def test_the_applications_serialize_carries_messages_and_snapshots(procs, tmp_path):
+    calls = tmp_path / "calls.txt"
+    state = str(tmp_path / "state")
+    out = tmp_path / "out.txt"
+    recv, sink = start_receiver(procs, "--framing", "lines", "--format", "text",
+                                "--output", out)
+    sup, fields = run_cluster(procs, APPS / "serializing_app.py", 2, "--out",
+                              f"127.0.0.1:{sink}", "--calls", str(calls),
+                              resilience_dir=state)
+    words = tmp_path / "words.txt"
+    text = ["apple banana cherry LOCK date", "apple zebra yak LOCK xylophone"] * 20
+    words.write_text("\n".join(text) + "\n")
+    # two connections at once: the supervisor gives one to each worker, so
+    # the LOCK words of one of them must travel to the other (and cannot)
+    senders = [subprocess.Popen(WALLAROO + ["send", fields["sources"], "--file",
+                                            str(words), "--rate", "20", "--quiet"])
+               for _ in range(2)]
+    assert [p.wait(timeout=WAIT) for p in senders] == [0, 0]
+    expected = {}
+    for line in text * 2:
+        for w in line.split():
+            expected[w] = expected.get(w, 0) + 1
+    expected["LOCK"] = 40  # those of the connection on their counter's worker
+    deadline = time.monotonic() + WAIT
+    while len(out.read_text().splitlines() if out.exists() else []) < sum(
+            expected.values()):
+        assert time.monotonic() < deadline, sup.stderr
+        time.sleep(0.05)
+    assert sup.terminate() == 0
+    got = {}
+    for line in out.read_text().splitlines():
+        w, n = line.split()
+        got[w] = max(got.get(w, 0), int(n))
+    assert got == expected
+    kinds = calls.read_text().split()
+    assert kinds.count("serialize") > 0 and kinds.count("deserialize") > 0
+    # a LOCK word whose counter lives on the other worker could not travel
+    assert sup.stderr.count("cannot serialize step 'count' of pipeline 'words', "
+                            "message of type Word for worker") == 20  # logged 20
+    assert "(40 failures" not in sup.stderr
+    import sqlite3
+    picklers = set()
+    for name in ("initializer", "worker-1"):
+        conn = sqlite3.connect(os.path.join(state, f"{name}.db"))
+        picklers |= {p for (p,) in conn.execute("SELECT pickler FROM snapshots")}
+        conn.close()
+    assert picklers == {"application"}
+
+
+def test_an_earlier_release_directory_opens_as_a_one_worker_cluster(procs, tmp_path):
+    fixture = REPO / "tests" / "fixtures" / "upgrade" / "v1"
+    state = tmp_path / "state"
+    shutil.copytree(fixture / "state", state)
+    out = tmp_path / "out.bin"
+    recv, sink = start_receiver(procs, "--framing", "length", "--output", out)
+    sup, fields = run_cluster(procs, REPO / "tests" / "chaos" / "sequence_window.py",
+                              1, "--out", f"127.0.0.1:{sink}", resilience_dir=str(state))
+    frames = tmp_path / "more.frames"
+    frames.write_bytes(u64_frames(range(1, 1201)))
+    done = subprocess.run(WALLAROO + ["send", fields["sources"], "--frames",
+                                      str(frames), "--resumable", "up-1", "--quiet"],
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert "resumed at message 1000" in done.stderr
+    deadline = time.monotonic() + WAIT
+    while len(read_frames(out.read_bytes() if out.exists() else b"")) < 700:
+        assert time.monotonic() < deadline, sup.stderr
+        time.sleep(0.05)
+    assert sup.terminate() == 0
+    before = read_frames((fixture / "received-before.bin").read_bytes())
+    report = validate(before + read_frames(out.read_bytes()), 1200)
+    assert report.ok, report.summary()
