@@ -31,9 +31,11 @@ class Proc:
     """A ``wallaroo`` subprocess whose stderr is read line by line in a
     thread, so a test can wait for a line with a timeout."""
 
-    def __init__(self, args, stdout=subprocess.DEVNULL, env=None, preexec_fn=None):
+    def __init__(self, args, stdout=subprocess.DEVNULL, env=None, preexec_fn=None,
+                 prefix: list[str] | None = None):
+        """``prefix``: run it through this (e.g. ``ip netns exec NS``)."""
         self.args = [str(a) for a in args]
-        self.p = subprocess.Popen(WALLAROO + self.args, stdout=stdout,
+        self.p = subprocess.Popen((prefix or []) + WALLAROO + self.args, stdout=stdout,
                                   stdin=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, cwd=REPO,
                                   env=None if env is None else {**os.environ, **env},

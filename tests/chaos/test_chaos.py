@@ -47,3 +47,25 @@ def test_long_exactly_once_chaos_run(tmp_path):
               exactly_once=True, receiver_kills=12)
     print(res.summary())
     assert res.ok and res.duplicates == 0, res.summary()
+
+
+def test_cluster_of_3_survives_sigkills_of_any_worker_and_a_sigstop(tmp_path):
+    """3 workers, resumable senders and sinks: the initializer, the worker
+    holding the sender's connection and the owner of its stream are each
+    SIGKILLed at least once, one worker is SIGSTOPped; every output arrives
+    exactly once and every final state is exact."""
+    from .cluster_chaos import run as cluster_run
+    res = cluster_run(messages=10000, votes=10000, kills=5, pauses=1, rate=2000,
+                      seed=2024, workdir=str(tmp_path))
+    print(res.summary())
+    assert len(res.kills) == 5 and "initializer" in res.kills
+    assert res.ok, res.summary()
+
+
+@pytest.mark.slow
+def test_long_cluster_chaos_run(tmp_path):
+    from .cluster_chaos import run as cluster_run
+    res = cluster_run(messages=100000, votes=100000, kills=12, pauses=3, rate=8000,
+                      workdir=str(tmp_path))
+    print(res.summary())
+    assert res.ok, res.summary()

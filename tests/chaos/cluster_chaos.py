@@ -1,0 +1,255 @@
+"""Chaos on a 3-worker cluster: ``cluster_app.py`` under ``wallaroo run
+--workers 3 --resilience-dir --resumable-sinks``, fed by two resumable
+senders (u64 values for the windows, votes for 1000 keys), outputs read by
+``wallaroo receive --resumable``.  Workers are SIGKILLed at random moments
+(the initializer, the worker holding the windows sender's connection and the
+owner of its stream each at least once) and one is SIGSTOPped for a few
+seconds; the supervisor restarts the killed ones.  Then every output is
+checked: each window once, gap- and repeat-free; each (key, total) of the
+votes once, and the last total of every key equal to its votes.
+
+    python -m tests.chaos.cluster_chaos --messages 50000 --votes 50000 --kills 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from .run_chaos import Proc, free_port, wallaroo
+
+APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_app.py")
+KEYS = 7
+VOTE_KEYS = 1000
+NAMES = ["initializer", "worker-1", "worker-2"]
+
+
+@dataclass
+class ClusterChaosResult:
+    messages: int
+    votes: int
+    kills: list[str] = field(default_factory=list)
+    pauses: list[str] = field(default_factory=list)
+    lost_windows: int = 0
+    duplicate_windows: int = 0
+    bad_windows: int = 0
+    lost_votes: int = 0
+    duplicate_votes: int = 0
+    wrong_totals: int = 0
+    senders_exit: tuple = ()
+    supervisor_exit: int | None = None
+    restart_to_ready_s: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    workdir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (not (self.lost_windows or self.duplicate_windows or self.bad_windows
+                     or self.lost_votes or self.duplicate_votes or self.wrong_totals)
+                and self.senders_exit == (0, 0) and self.supervisor_exit == 0)
+
+    def summary(self) -> str:
+        r = self.restart_to_ready_s
+        rs = (f"min {min(r):.2f}s median {statistics.median(r):.2f}s max {max(r):.2f}s"
+              if r else "-")
+        return "\n".join([
+            f"windows {self.messages}, votes {self.votes} over {VOTE_KEYS} keys, "
+            f"3 workers; SIGKILLs {len(self.kills)} ({', '.join(self.kills)}), "
+            f"SIGSTOPs {len(self.pauses)} ({', '.join(self.pauses)}), wall time "
+            f"{self.seconds:.1f}s",
+            f"windows: lost {self.lost_windows}, duplicates {self.duplicate_windows}, "
+            f"bad {self.bad_windows}; votes: lost {self.lost_votes}, duplicates "
+            f"{self.duplicate_votes}, keys with a wrong final total {self.wrong_totals}",
+            f"kill -> the supervisor's 'ready again': {rs}",
+            f"senders exit {self.senders_exit}, supervisor exit {self.supervisor_exit}",
+            f"verdict: {'PASS' if self.ok else 'FAIL'}  (logs in {self.workdir})"])
+
+
+def vote_keys(n: int, seed: int) -> list[int]:
+    rnd = random.Random(seed)
+    return [rnd.randrange(VOTE_KEYS) for _ in range(n)]
+
+
+def check(records: list[bytes], messages: int, keys: list[int], res) -> None:
+    windows = [r for r in records if r[4:5] == b"W"]
+    votes = [r for r in records if r[4:5] == b"V"]
+    wc = Counter(windows)
+    res.duplicate_windows = len(windows) - len(wc)
+    last = Counter()
+    for rec in wc:
+        w = struct.unpack(">QQQQ", rec[5:])
+        vals = [v for v in w if v]
+        ok = bool(vals) and all(b - a == KEYS for a, b in zip(vals, vals[1:])) and \
+            not any(w[:4 - len(vals)]) and (len(vals) == 4 or vals[0] <= KEYS)
+        if not ok:
+            res.bad_windows += 1
+        last[w[-1]] += 1
+    res.lost_windows = sum(1 for v in range(1, messages + 1) if last[v] == 0)
+    res.duplicate_windows += sum(n - 1 for n in last.values() if n > 1)
+    vc = Counter(votes)
+    res.duplicate_votes = len(votes) - len(vc)
+    totals: dict[int, set] = {}
+    for rec in vc:
+        key, total = struct.unpack(">HQ", rec[5:])
+        totals.setdefault(key, set()).add(total)
+    want = Counter(keys)
+    for key, n in want.items():
+        got = totals.get(key, set())
+        res.lost_votes += len(set(range(1, n + 1)) - got)
+        if max(got, default=0) != n or len(got) != n:
+            res.wrong_totals += 1
+
+
+def read_frames(data: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        if pos + 4 + n > len(data):
+            break
+        out.append(data[pos:pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def run(messages: int = 20000, votes: int = 20000, kills: int = 5, pauses: int = 1,
+        rate: int = 4000, seed: int | None = None, workdir: str | None = None,
+        say=print) -> ClusterChaosResult:
+    from wallaroo.runtime.placement import Placement
+    rnd = random.Random(seed)
+    workdir = workdir or tempfile.mkdtemp(prefix="wallaroo-cluster-chaos-")
+    state = os.path.join(workdir, "state")
+    out = os.path.join(workdir, "received.bin")
+    res = ClusterChaosResult(messages, votes, workdir=workdir)
+    t0 = time.perf_counter()
+    sink = free_port()
+    receiver = Proc(wallaroo("receive", "--listen", f"127.0.0.1:{sink}", "--resumable",
+                             "--framing", "length", "--output", out),
+                    os.path.join(workdir, "receiver.log"))
+    sup = senders = None
+    try:
+        receiver.wait_for(r"^listening on", 30)
+        sup = Proc(wallaroo("run", APP, "--in", "127.0.0.1:0,127.0.0.1:0", "--out",
+                            f"127.0.0.1:{sink}", "--workers", "3", "--resilience-dir",
+                            state, "--resumable-sinks", "--checkpoint-interval", "0.5",
+                            "--restart-delay", "0.2"),
+                   os.path.join(workdir, "supervisor.log"))
+        ready = sup.wait_for(r"^ready workers=3 sources=(\S+)", 60)
+        sources = ready.group(1).split(",")
+        keys = vote_keys(votes, rnd.randrange(1 << 30))
+        frames = os.path.join(workdir, "votes.frames")
+        with open(frames, "wb") as f:
+            for i, k in enumerate(keys):
+                f.write(struct.pack(">IIH", 6, i, k))
+        senders = [
+            Proc(wallaroo("send", sources[0], "--u64", str(messages), "--resumable",
+                          "seq", "--rate", str(rate), "--connect-timeout", "120",
+                          "--quiet"), os.path.join(workdir, "sender-seq.log")),
+            Proc(wallaroo("send", sources[1], "--frames", frames, "--resumable",
+                          "votes", "--rate", str(rate), "--connect-timeout", "120",
+                          "--quiet"), os.path.join(workdir, "sender-votes.log"))]
+        owner = NAMES[Placement(NAMES, NAMES[0]).owner_of_stream("windows", "seq")]
+        targets = ["initializer", "holder", owner] + [
+            rnd.choice(NAMES) for _ in range(max(0, kills - 3))]
+        events = [("kill", t) for t in targets[:kills]] + [("pause", rnd.choice(NAMES))
+                                                          for _ in range(pauses)]
+        flow = max(messages, votes) / rate
+        rnd.shuffle(events)
+        for kind, who in events:
+            time.sleep(rnd.uniform(0.4, 1.4) * flow / (len(events) + 1))
+            if who == "holder":
+                who = _holder(sup.lines, owner)
+            pid = _pid(state, who)
+            if pid is None:
+                continue
+            if kind == "pause":
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(rnd.uniform(1.5, 3.0))
+                os.kill(pid, signal.SIGCONT)
+                res.pauses.append(who)
+                continue
+            seen = sum(1 for line in sup.lines if f"worker {who} ready again" in line)
+            os.kill(pid, signal.SIGKILL)
+            k0 = time.perf_counter()
+            res.kills.append(who)
+            say(f"SIGKILL {who} at {k0 - t0:.2f}s")
+            deadline = time.monotonic() + 60
+            while sum(1 for line in sup.lines if f"worker {who} ready again"
+                      in line) <= seen and time.monotonic() < deadline:
+                time.sleep(0.02)
+            res.restart_to_ready_s.append(time.perf_counter() - k0)
+        res.senders_exit = tuple(s.p.wait(timeout=300) for s in senders)
+        total = messages + votes
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len(read_frames(open(out, "rb").read())) >= total:
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)  # anything beyond (a duplicate) arrives too
+        res.supervisor_exit = sup.stop(timeout=60)
+        receiver.stop()
+        check(read_frames(open(out, "rb").read()), messages, keys, res)
+        res.seconds = time.perf_counter() - t0
+        return res
+    finally:
+        for p in (senders or []) + [sup, receiver]:
+            if p is not None:
+                p.kill()
+
+
+def _holder(lines: list[str], owner: str) -> str:
+    """The worker the windows sender's connection reached last."""
+    who = owner
+    for line in lines:
+        m = re.match(r"(\S+) \| .*stream 'seq' .*(forwarded to worker|resuming at)", line)
+        if m:
+            who = m.group(1)
+    return who
+
+
+def _pid(state: str, name: str) -> int | None:
+    try:
+        with open(os.path.join(state, "cluster.json")) as f:
+            for w in json.load(f)["workers"]:
+                if w["name"] == name:
+                    return w["pid"]
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=50000)
+    ap.add_argument("--votes", type=int, default=50000)
+    ap.add_argument("--kills", type=int, default=8)
+    ap.add_argument("--pauses", type=int, default=1)
+    ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--json")
+    a = ap.parse_args(argv)
+    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
+    print(f"cluster chaos: seed {seed}; command: python -m tests.chaos.cluster_chaos "
+          f"--messages {a.messages} --votes {a.votes} --kills {a.kills} --pauses "
+          f"{a.pauses} --rate {a.rate} --seed {seed}")
+    res = run(a.messages, a.votes, a.kills, a.pauses, a.rate, seed)
+    print(res.summary())
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({**asdict(res), "ok": res.ok, "seed": seed}, f, indent=2)
+    return 0 if res.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
