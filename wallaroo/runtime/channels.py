@@ -2,7 +2,7 @@
 (DESIGN.md §6 "Channels between workers").
 
 During a batch, a message that reaches a state step whose key group another
-worker owns is set aside for that worker as ``(pipeline, step, message)``.
+worker owns is set aside for that worker with its key, by that step.
 At the end of the batch what each peer gets is serialized **once**, as one
 *peer batch*: an 8-byte header (messages, bytes) and the serialized list.
 It is one outbox row of the sender's commit (sent after it), and one input
@@ -33,73 +33,101 @@ class Unserializable(Exception):
 
 
 class PeerCodec:
+    """Peer batches: groups of (pipeline, step, keys, messages), the keys
+    computed by the sender's state step (the owner does not compute them
+    again).  The blob's first byte says how it was made: ``G`` pickled,
+    ``A`` messages by the application's ``serialize()`` (keys pickled)."""
+
     def __init__(self, serializer: tuple[Callable, Callable] | None = None):
         self.serializer = serializer
 
-    def encode(self, messages: list[tuple[int, int, Any]],
+    def encode(self, groups: list[tuple[int, int, list, list]],
                on_failure: Callable[[tuple[int, int, Any], BaseException], None]
                ) -> bytes | None:
-        """One peer batch (header included) of ``messages``; those that
-        cannot be serialized are reported to ``on_failure`` and left out.
-        None if none is left."""
+        """One peer batch (header included); messages that cannot be
+        serialized are reported to ``on_failure`` and left out.  None if
+        none is left."""
         if self.serializer is not None:
-            ser = self.serializer[0]
-            items = []
-            for m in messages:
+            groups = self._by_application(groups, on_failure)
+            kind = b"A"
+        else:
+            kind = b"G"
+        n = sum(len(g[3]) for g in groups)
+        if not n:
+            return None
+        try:
+            blob = kind + pickle.dumps(groups, 5)
+        except Exception:
+            groups = self._keep_serializable(groups, on_failure)
+            n = sum(len(g[3]) for g in groups)
+            if not n:
+                return None
+            try:
+                blob = kind + pickle.dumps(groups, 5)
+            except Exception:
+                blob = kind + cloudpickle.dumps(groups, 5)
+        return HEADER.pack(n, len(blob)) + blob
+
+    def _by_application(self, groups, on_failure):
+        ser = self.serializer[0]
+        out = []
+        for p, s, keys, items in groups:
+            ks, bs = [], []
+            for k, item in zip(keys, items):
                 try:
-                    b = ser(m[2])
+                    b = ser(item)
                     if isinstance(b, str):
                         b = b.encode("utf-8")
                     if not isinstance(b, (bytes, bytearray)):
                         raise TypeError(f"serialize() returned {type(b).__name__}, "
                                         f"not bytes")
                 except Exception as e:
-                    on_failure(m, e)
+                    on_failure((p, s, item), e)
                     continue
-                items.append((m[0], m[1], bytes(b)))
-            if not items:
-                return None
-            blob = b"A" + pickle.dumps(items, 5)
-            return HEADER.pack(len(items), len(blob)) + blob
-        try:
-            blob = b"P" + pickle.dumps(messages, 5)
-        except Exception:
-            good = []
-            for m in messages:
+                ks.append(k)
+                bs.append(bytes(b))
+            if bs:
+                out.append((p, s, ks, bs))
+        return out
+
+    @staticmethod
+    def _keep_serializable(groups, on_failure):
+        out = []
+        for p, s, keys, items in groups:
+            ks, its = [], []
+            for k, item in zip(keys, items):
                 try:
-                    pickle.dumps(m, 5)
-                    good.append(m)
+                    pickle.dumps((k, item), 5)
                 except Exception:
                     try:
-                        cloudpickle.dumps(m, 5)
-                        good.append(m)
+                        cloudpickle.dumps((k, item), 5)
                     except Exception as e:
-                        on_failure(m, e)
-            if not good:
-                return None
-            messages = good
-            try:
-                blob = b"P" + pickle.dumps(messages, 5)
-            except Exception:
-                blob = b"P" + cloudpickle.dumps(messages, 5)
-        return HEADER.pack(len(messages), len(blob)) + blob
+                        on_failure((p, s, item), e)
+                        continue
+                ks.append(k)
+                its.append(item)
+            if its:
+                out.append((p, s, ks, its))
+        return out
 
-    def decode(self, unit: bytes) -> list[tuple[int, int, Any]]:
-        """The messages of one peer batch (header included)."""
+    def decode(self, unit: bytes) -> list[tuple[int, int, list, list]]:
+        """The groups of one peer batch (header included)."""
         n, size = HEADER.unpack_from(unit)
         blob = unit[HEADER.size:HEADER.size + size]
         kind, body = blob[:1], blob[1:]
-        items = pickle.loads(body)
+        groups = pickle.loads(body)
         if kind == b"A":
             if self.serializer is None:
                 raise ValueError("a peer batch serialized by the application's "
                                  "serialize(), which this application does not "
                                  "define")
             de = self.serializer[1]
-            items = [(p, s, de(b)) for p, s, b in items]
-        if len(items) != n:
-            raise ValueError(f"a peer batch of {len(items)} messages says {n}")
-        return items
+            groups = [(p, s, ks, [de(b) for b in bs]) for p, s, ks, bs in groups]
+        elif kind != b"G":
+            raise ValueError(f"a peer batch of unknown kind {kind!r}")
+        if sum(len(g[3]) for g in groups) != n:
+            raise ValueError(f"a peer batch that says it holds {n} messages")
+        return groups
 
 
 def messages_in(unit: bytes) -> int:

@@ -29,7 +29,7 @@ from ..recovery.records import (MAX_OUTPUT_BYTES, MAX_ROW_BYTES, CommitRecord,
 from ..recovery.sink_identities import peer_identity
 from ..recovery.store import Store
 from . import channels
-from .dataflow import (Context, Route, StepError, compile_pipeline,
+from .dataflow import (Context, Route, StepError, compile_pipeline, first,
                        make_peer_runner, make_runner)
 from .failures import FailureLog
 from .placement import DEFAULT_KEY_GROUPS, Placement
@@ -167,8 +167,7 @@ class WorkerCore:
         # destinations: the application's sinks, then one channel per member
         # (this worker's own is never used)
         self.peer_source = len(app.pipelines)  # the source index of peer chunks
-        n_members = len(self.proposed_membership["members"])
-        self.peer_lists: list[list] = [[] for _ in range(n_members)]
+        self.route: Route | None = None  # once the membership is settled
         self.tracker = DirtyTracker()
         self.next_lsn = 0
         self.next_pid = 0
@@ -202,24 +201,25 @@ class WorkerCore:
         return fp
 
     def route_for(self, rebuild: bool = False) -> Route | None:
-        """The routing of a cluster's state steps (None: one worker)."""
+        """The routing of a cluster's state steps (None: one worker); a
+        rebuild gets its own (what it routes is dropped)."""
         p = self.placement
         if p is None or p.size == 1:
             return None
-        return Route(p.owners, p.me, self.peer_lists)
+        return Route(p.owners, p.me, p.size)
 
     def _compile(self) -> None:
         ctx = Context(fail=None)
         self.failures = FailureLog(ctx.cell, self.log)
         ctx.fail = self.failures.fail
-        route = self.route_for()
+        route = self.route = self.route_for()
         self.entries = [compile_pipeline(self.app, p, self.spaces, self.out_lists,
                                          ctx, rebuild=False, framed=self.framed_sinks,
                                          route=route)
                         for p in self.app.pipelines]
         self.runners = [
             make_runner(p.source.decoder.decode, p.source.decoder.name,
-                        self.entries[p.index][0], ctx)
+                        first(self.entries[p.index]), ctx)
             for p in self.app.pipelines]
         self.runners.append(make_peer_runner(self.entries, self.codec.decode, ctx,
                                              self.peer_unit_failed(self.failures)))
@@ -399,7 +399,7 @@ class WorkerCore:
                 break
         self.next_lsn = lsn
         outputs = self._output_rows()
-        if self.placement is not None and self.placement.size > 1:
+        if self.route is not None:
             outputs.extend(self._peer_rows())
         if durable:
             partitions, snaps = self._bookkeeping(first_lsn, lsn, force_checkpoint)
@@ -483,11 +483,11 @@ class WorkerCore:
         """One outbox row per peer that gets messages of this batch: one
         peer batch, serialized once (``channels``)."""
         rows: list[OutputRow] = []
-        for member, lst in enumerate(self.peer_lists):
-            if not lst:
+        for member in range(self.route.members):
+            groups = self.route.collect(member)
+            if not groups:
                 continue
-            unit = self.codec.encode(lst, self._unserializable(member))
-            lst.clear()
+            unit = self.codec.encode(groups, self._unserializable(member))
             if unit is None:
                 continue
             dest = self.peer_dest(member)

@@ -165,23 +165,41 @@ def _emit(step: StepSpec, nxt: Push, fail) -> Callable[[Any], None]:
 
 class Route:
     """Where the key groups of a cluster's states live: ``owners[group]``
-    is a member index; messages for another member are set aside in
-    ``peer_lists[member]`` as (pipeline, step, message)."""
+    is a member index.  A message for another member is set aside by the
+    state step that found it, with its key (so the owner does not compute
+    it again), in that step's per-member lists; ``collect(member)`` takes
+    them as (pipeline, step, keys, messages) groups, in each step's order."""
 
-    __slots__ = ("owners", "me", "peer_lists")
+    __slots__ = ("owners", "me", "members", "steps")
 
-    def __init__(self, owners: list[int], me: int, peer_lists: list[list]):
+    def __init__(self, owners: list[int], me: int, members: int):
         self.owners = owners
         self.me = me
-        self.peer_lists = peer_lists
+        self.members = members
+        self.steps: list[tuple[int, int, list[list], list[list]]] = []
+
+    def lists_for(self, pipeline: int, step: int) -> tuple[list[list], list[list]]:
+        keys = [[] for _ in range(self.members)]
+        items = [[] for _ in range(self.members)]
+        self.steps.append((pipeline, step, keys, items))
+        return keys, items
+
+    def collect(self, member: int) -> list[tuple[int, int, list, list]]:
+        out = []
+        for p, s, keys, items in self.steps:
+            if items[member]:
+                out.append((p, s, keys[member], items[member]))
+                keys[member], items[member] = [], []
+        return out
 
 
 def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
                  rebuild: bool, route: Route | None = None,
-                 at: tuple[int, int] = (0, 0)) -> Push:
-    """``route``: in a cluster, a message whose key group another worker
-    owns goes there, to continue from this step (``at``: pipeline, step);
-    in rebuild mode it is dropped (the original run sent it)."""
+                 at: tuple[int, int] = (0, 0)) -> tuple[Push, Callable]:
+    """-> (push(message), apply(key, message)).  ``route``: in a cluster, a
+    message whose key group another worker owns goes there with its key, to
+    continue from this step (``at``: pipeline, step) through ``apply``; in
+    rebuild mode it is dropped (the original run sent it)."""
     compute, name, fail = step.fn, step.name, ctx.fail
     parts = space.parts
     touched_add = space.touched.add
@@ -193,34 +211,11 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
     create = space.create
     snap_lsn = space.snap_lsn
     cell = ctx.cell
-    if route is not None:
-        owners, me, peer_lists = route.owners, route.me, route.peer_lists
-        groups_get = space.groups.get
-        group_of = space.group_of
-        pidx, sidx = at
 
-    def push(item):
-        if part_fn is None:
-            key = None
-        else:
-            try:
-                key = part_fn(item)
-            except Exception as e:
-                fail(part_name, e)
-                return
-        if route is not None:
-            try:
-                g = groups_get(key)
-                if g is None:
-                    g = group_of(key)
-            except TypeError:
-                g = None  # unhashable: refused below
-            if g is not None:
-                o = owners[g]
-                if o != me:
-                    if not rebuild:
-                        peer_lists[o].append((pidx, sidx, item))
-                    return
+    # The body below is written twice, in apply() and inline in the
+    # one-worker push(): a function call per message is a few percent of
+    # the engine's time, and push() is the hot path of every state step.
+    def apply(key, item):
         try:
             st = parts[key]
         except KeyError:
@@ -257,7 +252,84 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
             out = r
         if out is not None:
             emit(out)
-    return push
+
+    if route is not None:
+        owners, me = route.owners, route.me
+        peer_keys, peer_items = route.lists_for(*at)
+        groups_get = space.groups.get
+        group_of = space.group_of
+
+        def push_routed(item):
+            if part_fn is None:
+                key = None
+            else:
+                try:
+                    key = part_fn(item)
+                except Exception as e:
+                    fail(part_name, e)
+                    return
+            try:
+                g = groups_get(key)
+                if g is None:
+                    g = group_of(key)
+            except TypeError:
+                g = None  # unhashable: refused by apply
+            if g is not None:
+                o = owners[g]
+                if o != me:
+                    if not rebuild:
+                        peer_keys[o].append(key)
+                        peer_items[o].append(item)
+                    return
+            apply(key, item)
+        return push_routed, apply
+
+    def push(item):
+        if part_fn is None:
+            key = None
+        else:
+            try:
+                key = part_fn(item)
+            except Exception as e:
+                fail(part_name, e)
+                return
+        try:
+            st = parts[key]
+        except KeyError:
+            try:
+                st = create(key)
+            except Exception as e:
+                fail(part_name if isinstance(e, PartitionKeyError)
+                     else f"state {space.name!r} constructor", e)
+                return
+        except TypeError:
+            fail(part_name, PartitionKeyError(
+                f"returned unhashable key {key!r:.80} "
+                f"({type(key).__name__}); keys must support == and hash()"))
+            return
+        if rebuild and ctx.base + cell[0] <= snap_lsn.get(key, -1):
+            return  # the snapshot already absorbed this message
+        try:
+            r = compute(item, st)
+        except Exception as e:
+            touched_add(key)
+            fail(name, e)
+            return
+        touched_add(key)
+        if save_flag:
+            try:
+                out, save = r
+            except (TypeError, ValueError):
+                fail(name, StepError(f"a state computation must return "
+                                     f"(output, save_state), got {r!r:.80}"))
+                return
+            if save:
+                save_add(key)
+        else:
+            out = r
+        if out is not None:
+            emit(out)
+    return push, apply
 
 
 def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
@@ -266,7 +338,9 @@ def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
                      framed: frozenset[int] = frozenset(),
                      route: Route | None = None) -> list[Push]:
     """The closures of the pipeline: ``[i]`` runs step i and the rest
-    (``[0]`` takes what the decoder made; the last is the sink stage).
+    (``[0]`` takes what the decoder made; the last is the sink stage); a
+    state step's entry is a pair (push(message), apply(key, message)),
+    the second for messages another worker routed here with their key.
     ``framed``: the sinks whose outputs are kept as protocol frames;
     ``route``: the cluster's placement (None: one worker, every key
     here)."""
@@ -280,17 +354,24 @@ def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
                            for i in pipeline.sinks], ctx)
     else:
         nxt = _drop
-    entries = [nxt]
+    entries: list = [nxt]
     for i in range(len(pipeline.steps) - 1, -1, -1):
         step = pipeline.steps[i]
         if step.kind == "state":
-            nxt = _state_stage(step, spaces[step.state], nxt, ctx, rebuild, route,
-                               (pipeline.index, i))
+            nxt, apply = _state_stage(step, spaces[step.state], nxt, ctx, rebuild,
+                                      route, (pipeline.index, i))
+            entries.append((nxt, apply))
         else:
             nxt = _computation_stage(step, nxt, ctx)
-        entries.append(nxt)
+            entries.append(nxt)
     entries.reverse()
     return entries
+
+
+def first(entries: list) -> Push:
+    """The pipeline's entry for what its decoder made."""
+    e = entries[0]
+    return e[0] if isinstance(e, tuple) else e
 
 
 # A batch with a deadline runs its messages in slices and reads the clock
@@ -303,7 +384,8 @@ MAX_SLICE = 4096
 def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
                      ctx: Context, fail_unit: Callable) -> Callable[..., int]:
     """The per-chunk loop of peer batches: each unit (a peer batch) holds
-    messages that continue at ``entries[pipeline][step]``.  Like
+    groups of (pipeline, step, keys, messages) that continue at that state
+    step's ``apply``.  Like
     ``make_runner``, it stops between units once ``deadline`` passed;
     ``skip`` messages at the front are not run (replay from inside a row).
     A unit that cannot be decoded fails its messages (``fail_unit``)."""
@@ -316,17 +398,19 @@ def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
         done = 0
         for unit in units:
             try:
-                msgs = decode_unit(unit)
+                groups = decode_unit(unit)
             except Exception as e:
                 n = fail_unit(unit, i, e)
                 i += n
                 done += 1
                 continue
-            for p, s, item in msgs:
-                if i >= skip:
-                    cell[0] = i
-                    entries[p][s](item)
-                i += 1
+            for p, s, keys, items in groups:
+                apply = entries[p][s][1]
+                for key, item in zip(keys, items):
+                    if i >= skip:
+                        cell[0] = i
+                        apply(key, item)
+                    i += 1
             done += 1
             if deadline is not None and perf_counter() >= deadline:
                 break

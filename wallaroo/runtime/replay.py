@@ -12,7 +12,8 @@ from ..connectors.base import PEER
 from ..recovery.errors import CorruptionError, IncompatibleDirectory, StoreError
 from ..recovery.records import InputRow
 from . import channels
-from .dataflow import Context, compile_pipeline, make_peer_runner, make_runner
+from .dataflow import (Context, compile_pipeline, first, make_peer_runner,
+                       make_runner)
 from .failures import FailureLog
 
 
@@ -26,7 +27,7 @@ def replay(core, replay_from: int, next_lsn: int,
                                 route=core.route_for(rebuild=True))
                for p in core.app.pipelines]
     runners = [make_runner(p.source.decoder.decode, p.source.decoder.name,
-                           entries[p.index][0], ctx) for p in core.app.pipelines]
+                           first(entries[p.index]), ctx) for p in core.app.pipelines]
     peer_runner = make_peer_runner(entries, core.codec.decode, ctx,
                                    core.peer_unit_failed(flog))
     path = getattr(core.store, "path", "the store")
