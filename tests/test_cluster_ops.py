@@ -13,6 +13,8 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from .chaos.validate import read_frames, validate
 from .conftest import APPS, REPO, WAIT, WALLAROO, start_receiver, u64_frames
 from .test_cluster_examples import run_cluster, send
@@ -139,8 +141,11 @@ def test_the_applications_serialize_carries_messages_and_snapshots(procs, tmp_pa
     assert picklers == {"application"}
 
 
-def test_an_earlier_release_directory_opens_as_a_one_worker_cluster(procs, tmp_path):
-    fixture = REPO / "tests" / "fixtures" / "upgrade" / "v1"
+@pytest.mark.parametrize("version", sorted(
+    p.name for p in (REPO / "tests" / "fixtures" / "upgrade").iterdir() if p.is_dir()))
+def test_an_earlier_release_directory_opens_as_a_one_worker_cluster(
+        procs, tmp_path, version):
+    fixture = REPO / "tests" / "fixtures" / "upgrade" / version
     state = tmp_path / "state"
     shutil.copytree(fixture / "state", state)
     out = tmp_path / "out.bin"
