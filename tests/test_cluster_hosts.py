@@ -138,3 +138,10 @@ def test_a_run_that_does_not_match_the_formed_cluster_is_refused(procs, hosts, t
     intruder.wait_line("does not hold the cluster secret", timeout=30)
     assert workers[1].wait_line("dropped a connection from", timeout=30)
     assert stranger
+    # a member restarted without its database cannot come back by joining
+    # again: the formed cluster says why
+    lost = [a if a != states[2] else str(tmp_path / "empty") for a in args[3]]
+    workers[3].kill()
+    again = procs(*lost, prefix=hosts.run_in(3, []))
+    assert again.wait(timeout=WAIT) == 2
+    assert "rejoins from the membership saved" in again.stderr

@@ -170,6 +170,20 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     Example:
       wallaroo run examples/alphabet_partitioned/alphabet_partitioned.py \\
           --in 127.0.0.1:7010 --out 127.0.0.1:7002 --resilience-dir ./state
+
+    \b
+    Two workers on this host (one shared source address; docs/cluster.md):
+      wallaroo run examples/word_count/word_count.py --workers 2 \\
+          --in 127.0.0.1:7010 --out 127.0.0.1:7002 --resilience-dir ./state
+
+    \b
+    Three hosts (the same secret file on each):
+      wallaroo run APP.py --cluster-initializer --worker-count 3 \\
+          --control 10.0.0.1:7100 --data 10.0.0.1:7101 --in 10.0.0.1:7010 \\
+          --out 10.0.0.9:7002 --resilience-dir ./state --cluster-secret-file secret
+      wallaroo run APP.py --control 10.0.0.1:7100 --name worker-1 \\
+          --my-control 10.0.0.2:7100 --my-data 10.0.0.2:7101 --in 10.0.0.2:7010 \\
+          --out 10.0.0.9:7002 --resilience-dir ./state --cluster-secret-file secret
     """
     from .runtime.runner import run_worker
     target = application_module or app

@@ -83,6 +83,8 @@ class ChannelSender(ResumableTCPSink):
     """The channel to one peer: a resumable sink whose "outputs" are this
     worker's peer batches for it, over the peer's data port."""
 
+    unit = "peer batches"
+
     def __init__(self, peer: str, index: int, queue: OutboxQueue,
                  on_delivered: Callable[[int, int], None], log: logging.Logger,
                  me: str, secret: bytes,

@@ -109,6 +109,8 @@ class ResumableTCPSink(TCPSink):
         """What goes on the wire for outputs ``k..`` of ``row``."""
         return row.data if row.framed and k == 0 else row.frames_from(k)
 
+    unit = "outputs"  # what the stream's counts count, for log lines
+
     def _lost(self, have: int) -> int:
         """The receiver holds fewer than were acknowledged: it lost them,
         or resumable sinks were just switched on.  Returns where to send
@@ -149,8 +151,8 @@ class ResumableTCPSink(TCPSink):
             seq = self._lost(have)
         elif seq > q.delivered:
             self._acknowledged(seq)
-        self.log.info("%s (stream %r): receiver holds %d outputs; sending from "
-                      "there", self.spec.label, self.stream, have)
+        self.log.info("%s (stream %r): receiver holds %d %s; sending from "
+                      "there", self.spec.label, self.stream, have, self.unit)
         cursor = seq
         try:
             async with trio.open_nursery() as nursery:

@@ -80,6 +80,19 @@ class ClusterSide:
         return {"members": self.config.members, "me": self.me,
                 "addresses": addresses}
 
+    async def _join_after_formation(self, who: str, control: str, data: str) -> dict:
+        """A JOIN once the cluster is formed: a member restarted without
+        its saved membership, or a stranger.  Refused, saying why."""
+        members = self.config.members
+        if who in members:
+            return {"error": f"the cluster {members} is formed and {who!r} is a "
+                             f"member: it rejoins from the membership saved in "
+                             f"its --resilience-dir database, and this run has "
+                             f"none (without --resilience-dir a worker that "
+                             f"stopped cannot rejoin: restart every worker)"}
+        return {"error": f"the cluster is formed ({members}); {who!r} is not a "
+                         f"member"}
+
     def address_of(self, name: str) -> tuple[str, int] | None:
         return self.config.peer_addresses.get(name)
 
@@ -93,7 +106,8 @@ class ClusterSide:
         self.data_address = (host, port)
         nursery.start_soon(self.server.serve)
         self.control = ControlServer(self.me, self.config.secret, self.log,
-                                     status=self.worker.status, members=self.members)
+                                     status=self.worker.status, members=self.members,
+                                     join=self._join_after_formation)
         chost, cport = await self.control.bind(*self.config.control_bind)
         self.control_address = (self.config.advertise_host or chost, cport)
         nursery.start_soon(self.control.serve)

@@ -140,6 +140,8 @@ class Supervisor:
         if not self.resilience_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
         worst = max(self.exit_codes.values(), default=0)
+        self.log.info("stopped: %s", ", ".join(
+            f"{name} {_status(code)}" for name, code in self.exit_codes.items()))
         return 3 if worst == 3 else (0 if worst == 0 else 1)
 
     async def _keep_running(self, m: Member, secret: str, nursery) -> None:
