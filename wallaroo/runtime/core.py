@@ -16,7 +16,7 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .._spec import AppSpec
 from ..connectors.base import PEER, TCP
@@ -36,7 +36,13 @@ from .placement import DEFAULT_KEY_GROUPS, Placement
 from .replay import replay
 from .states import DirtyTracker, StateSpace
 
-
+# A partition whose snapshot cost at least SLOW_SNAPSHOT seconds (pickling,
+# plus writing its bytes at SNAPSHOT_WRITE_RATE, about what SQLite manages
+# here) is left out of periodic checkpoints for SNAPSHOT_SPACING times that
+# long afterwards (WorkerCore._held_back).
+SLOW_SNAPSHOT = 0.05
+SNAPSHOT_SPACING = 10
+SNAPSHOT_WRITE_RATE = 100e6  # bytes per second
 
 
 @dataclass(slots=True)
@@ -156,6 +162,9 @@ class WorkerCore:
         self.clock = clock
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_max = checkpoint_max
+        # (state, key) -> clock time before which periodic checkpoints leave
+        # that partition alone (its last snapshot was slow; _held_back)
+        self._held: dict[tuple[str, Any], float] = {}
         # sinks speaking the resumable protocol: outputs kept as its frames
         self.framed_sinks = frozenset(framed_sinks)
         self.spaces = {s.name: StateSpace(s, self.durable) for s in app.states}
@@ -589,10 +598,10 @@ class WorkerCore:
             if space.to_save:
                 wanted[space] = set(space.to_save)
                 space.to_save.clear()
-        since = tracker.oldest_since()
         checkpointed = 0
-        if since is not None and (force or now - since >= self.checkpoint_interval):
-            for space, key in tracker.take_oldest(self.checkpoint_max):
+        if force or self._checkpoint_due(now):
+            held = None if force or not self._held else self._held_back(now)
+            for space, key in tracker.take_oldest(self.checkpoint_max, held):
                 keys = wanted.setdefault(space, set())
                 if key not in keys:
                     keys.add(key)
@@ -604,13 +613,22 @@ class WorkerCore:
         snaps: list[SnapshotRow] = []
         lsn = end_lsn - 1
         t0 = time.perf_counter()
+        held = self._held
         for space, keys in wanted.items():
             parts, pids = space.parts, space.pids
             for key in keys:
                 if key not in space.dirty:
                     continue
+                t1 = time.perf_counter()
                 blob, pickler = snapshots.dumps(parts[key], space.describe_key(key),
                                                 self.app.serializer)
+                # pickling holds the loop; writing the rows holds every
+                # output behind this commit
+                cost = time.perf_counter() - t1 + len(blob) / SNAPSHOT_WRITE_RATE
+                if cost >= SLOW_SNAPSHOT:
+                    held[(space.name, key)] = now + SNAPSHOT_SPACING * cost
+                elif held:
+                    held.pop((space.name, key), None)
                 snaps.append(SnapshotRow(pids[key], lsn, blob, pickler))
                 tracker.clean(space, key)
         st = self.stats
@@ -640,8 +658,28 @@ class WorkerCore:
         checkpoint is due, or delivery positions moved."""
         if self._delivered_pending or self._bases_pending:
             return True
-        since = self.tracker.oldest_since()
-        return since is not None and self.clock() - since >= self.checkpoint_interval
+        return self._checkpoint_due(self.clock())
+
+    def _checkpoint_due(self, now: float) -> bool:
+        """A partition that may be snapshotted now has been dirty for the
+        checkpoint interval."""
+        since = self.tracker.oldest_since(self._held_back(now) if self._held else None)
+        return since is not None and now - since >= self.checkpoint_interval
+
+    def _held_back(self, now: float):
+        """Which partitions a periodic checkpoint leaves alone for now:
+        those whose last snapshot cost much (``SLOW_SNAPSHOT``), until
+        ``SNAPSHOT_SPACING`` times that has passed, so one big partition that
+        changes all the time costs the loop at most about a tenth of its
+        time (replay after a crash grows instead).  ``save_state=True``,
+        the snapshots of downstream states and a forced checkpoint still
+        take them."""
+        held = self._held
+
+        def is_held(item) -> bool:
+            until = held.get((item[0].name, item[1]))
+            return until is not None and now < until
+        return is_held
 
     def note_delivered(self, sink: int, end_seq: int) -> None:
         """A sink wrote outputs up to ``end_seq``; saved with the next commit."""

@@ -136,20 +136,30 @@ class DirtyTracker:
             return lsn
         return None
 
-    def oldest_since(self) -> float | None:
-        """When the oldest dirty partition became dirty (clock time)."""
-        for t in self._since.values():
-            return t
+    def oldest_since(self, skip=None) -> float | None:
+        """When the oldest dirty partition (leaving out those ``skip(item)``
+        is true for) became dirty (clock time)."""
+        if skip is None:
+            for t in self._since.values():
+                return t
+            return None
+        for lsn, group in self._groups.items():
+            if any(not skip(item) for item in group):
+                return self._since[lsn]
         return None
 
-    def take_oldest(self, n: int) -> list[tuple[StateSpace, Any]]:
-        """Up to ``n`` dirty partitions, oldest first (nothing is cleaned)."""
+    def take_oldest(self, n: int, skip=None) -> list[tuple[StateSpace, Any]]:
+        """Up to ``n`` dirty partitions, oldest first, leaving out those
+        ``skip(item)`` is true for (nothing is cleaned)."""
         out: list[tuple[StateSpace, Any]] = []
         if n <= 0:
             return out
         for group in self._groups.values():
             for item in group:
+                if skip is not None and skip(item):
+                    continue
                 out.append(item)
                 if len(out) >= n:
                     return out
         return out
+
