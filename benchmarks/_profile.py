@@ -15,7 +15,13 @@ ENGINE = "engine other (framing, inbox, batch/commit, sinks)"
 TRIO = "trio scheduler and socket wrappers"
 SOCKETS = "socket system calls"
 SQLITE = "sqlite calls"
-OTHER = "other Python (stdlib, click, logging)"
+STORE = "store records and snapshots (wallaroo/recovery)"
+CHANNELS = "channels between workers (peer batches, senders, data port)"
+SERIAL = "serialization (pickle of peer batches and snapshots)"
+LOGGING = "logging"
+OTHER = "other Python (stdlib, click)"
+# the applications whose functions count as the application's
+APP_FILES = ("alphabet_partitioned.py", "word_count.py")
 SOCKET_METHODS = ("recv", "recv_into", "send", "sendall", "accept", "connect",
                   "shutdown", "setsockopt", "getpeername")
 
@@ -28,12 +34,21 @@ def _base(fn: tuple) -> str | None:
     f = filename.replace(os.sep, "/")
     if f.startswith("<frozen") or func == "<module>":
         return STARTUP
-    if f.endswith("alphabet_partitioned.py"):
+    if f.endswith(APP_FILES):
         return APP
     if f.endswith("wallaroo/runtime/dataflow.py"):
         return CLOSURES
+    if f.endswith(("wallaroo/runtime/channels.py", "wallaroo/connectors/channel.py",
+                   "wallaroo/runtime/cluster_side.py")):
+        return CHANNELS
+    if "/wallaroo/recovery/" in f:
+        return STORE
     if "/wallaroo/" in f:
         return ENGINE
+    if "/logging/" in f:
+        return LOGGING
+    if "cloudpickle" in f:
+        return SERIAL
     if "/trio/" in f or "/outcome/" in f or "/sniffio/" in f:
         return TRIO
     return OTHER
@@ -46,6 +61,8 @@ def _builtin_kind(func: str) -> str | None:
         return SOCKETS
     if "sqlite3" in func:
         return SQLITE
+    if "pickle" in func:
+        return SERIAL
     return None
 
 
@@ -112,10 +129,12 @@ def profile_note(prof: dict) -> str:
             f"{part(APP):.0f}% is the application's own functions (what the "
             f"plain loop does, bar its frame parsing), {part(CLOSURES):.0f}% the "
             f"engine's per-message step closures around them, {part(ENGINE):.0f}% "
-            f"the rest of the engine (frame splitting, inbox, batches, commit "
-            f"records, sinks), {part(SOCKETS):.0f}% socket system calls, "
-            f"{part(SQLITE):.0f}% sqlite, {part(TRIO):.0f}% trio, "
-            f"{part(OTHER):.0f}% other Python and {part(STARTUP):.0f}% start-up.  "
+            f"the rest of the engine (frame splitting, inbox, batches, "
+            f"sinks), {part(STORE):.0f}% commit records and snapshots, "
+            f"{part(SERIAL):.0f}% pickling, {part(SOCKETS):.0f}% socket system "
+            f"calls, {part(SQLITE):.0f}% sqlite, {part(TRIO):.0f}% trio, "
+            f"{part(LOGGING):.0f}% logging, {part(OTHER):.0f}% other Python and "
+            f"{part(STARTUP):.0f}% start-up.  "
             f"The plain loop pays only for the first part (plus its own frame "
             f"parsing); the engine pays for all of them, on cores it shares with "
             f"the sender and the receiver.  cProfile's per-call overhead "

@@ -97,7 +97,8 @@ print("%.6f" % (time.perf_counter() - first), flush=True)
 
 
 def engine_run(app: Path, inputs: list[Path], outputs: int, framing: str,
-               workers: int, resilient: bool, workdir: Path) -> dict:
+               workers: int, resilient: bool, workdir: Path,
+               profile_dir: Path | None = None) -> dict:
     py = [sys.executable, "-m", "wallaroo.cli"]
     d = Path(tempfile.mkdtemp(dir=workdir))
     recv = subprocess.Popen([sys.executable, "-c", COUNTER, framing, str(outputs)],
@@ -107,6 +108,8 @@ def engine_run(app: Path, inputs: list[Path], outputs: int, framing: str,
                 "--workers", str(workers)]
     if resilient:
         cmd += ["--resilience-dir", str(d / "state")]
+    if profile_dir is not None:
+        cmd += ["--profile-dir", str(profile_dir)]
     sup = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     source = cluster_file = None
     for line in sup.stderr:
@@ -205,6 +208,29 @@ def bytewax_run(votes_file: Path, procs: int, workdir: Path) -> dict:
     return {"seconds": elapsed, "cpu_seconds": cpu, "outputs": n}
 
 
+def profiles(inputs, cases, work: Path) -> dict:
+    """One more 2-worker NORMAL run of each application under cProfile
+    (``wallaroo run --profile-dir``): where each worker's CPU time goes."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _profile import analyse_profile
+    out = {}
+    print("where the time goes: one more 2-worker NORMAL run each, under cProfile "
+          "(percent of each worker's profiled CPU time; the commit thread is not "
+          "profiled)")
+    for name, app, _payloads, outputs, framing in cases:
+        pdir = work / f"profile-{name}"
+        engine_run(app, inputs[name], outputs, framing, 2, True, work, pdir)
+        out[name] = {}
+        for prof in sorted(pdir.glob("*.prof")):
+            res = analyse_profile(str(prof), top=0)
+            out[name][prof.stem] = res["by_category"]
+            shares = ", ".join(f"{c['category'].split(' (')[0]} {c['percent']:.0f}%"
+                               for c in res["by_category"]
+                               if c["percent"] is not None and c["percent"] >= 1)
+            print(f"  {name} {prof.stem}: {shares}")
+    return out
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as s:
@@ -218,6 +244,9 @@ def main() -> int:
     ap.add_argument("--votes", type=int, default=500000, help="alphabet messages")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-bytewax", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="then one more 2-worker NORMAL run of each application "
+                         "under cProfile: where each worker's time goes")
     ap.add_argument("--json")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="wallaroo-bench-cluster-"))
@@ -235,7 +264,8 @@ def main() -> int:
     print(f"cluster benchmark: word count {a.lines} lines ({words} words), "
           f"alphabet {a.votes} votes, repeat {a.repeat}")
     print(f"command: python benchmarks/bench_cluster.py --lines {a.lines} --votes "
-          f"{a.votes} --repeat {a.repeat}")
+          f"{a.votes} --repeat {a.repeat}" + (" --no-bytewax" if a.no_bytewax else "")
+          + (" --profile" if a.profile else ""))
     print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
           f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
     results = {}
@@ -276,6 +306,8 @@ def main() -> int:
     if "bytewax/1" in results:
         print(f"  bytewax 2 processes over 1: throughput "
               f"{results['bytewax/2']['msgs_per_s'] / results['bytewax/1']['msgs_per_s']:.2f}x")
+    if a.profile:
+        results["profiles"] = profiles(inputs, cases, work)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0

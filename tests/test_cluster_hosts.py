@@ -9,6 +9,7 @@ workers keep serving the keys they own during the partition."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -19,7 +20,7 @@ from collections import Counter
 import pytest
 
 from .chaos.cluster_chaos import APP, NAMES, check, read_frames, vote_keys
-from .conftest import WAIT, free_port
+from .conftest import WAIT, WALLAROO, free_port
 from .netns import BRIDGE_ADDR, Hosts, can_make_hosts
 
 why = can_make_hosts()
@@ -63,6 +64,17 @@ def test_three_hosts_a_partition_and_a_restarted_initializer(procs, hosts, tmp_p
     for i in (1, 2, 3):
         workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
     assert "forming a cluster of 3 workers" in workers[1].stderr
+    # every worker's own entry in its directory; status from any of them
+    for i in (1, 2, 3):
+        own = json.load(open(os.path.join(states[i - 1], "cluster.json")))
+        assert [w["name"] for w in own["workers"]] == [NAMES[i - 1]]
+        assert own["workers"][0]["state"] == "ready"
+    st = subprocess.run(WALLAROO + ["status", states[1], "--cluster-secret-file",
+                                    str(secret), "--json"],
+                        capture_output=True, text=True, timeout=WAIT)
+    assert st.returncode == 0, st.stderr
+    assert [(w["name"], w["state"]) for w in json.loads(st.stdout)["workers"]] == [
+        (n, "ready") for n in NAMES]
     messages, votes = 6000, 6000
     keys = vote_keys(votes, 99)
     frames = tmp_path / "votes.frames"

@@ -167,3 +167,78 @@ def test_an_earlier_release_directory_opens_as_a_one_worker_cluster(
     before = read_frames((fixture / "received-before.bin").read_bytes())
     report = validate(before + read_frames(out.read_bytes()), 1200)
     assert report.ok, report.summary()
+
+
+def test_full_peer_outboxes_both_ways_do_not_deadlock(procs, tmp_path):
+    """Each worker's outbox to the other holds at most one peer batch
+    (--peer-outbox-max 1), and two senders feed both workers at once: each
+    waits for room toward the other, and must still take the other's
+    batches as they arrive (two full workers waiting on each other would
+    otherwise stop for good)."""
+    votes = tmp_path / "votes.frames"
+    subprocess.run(["python", str(REPO / "examples" / "alphabet" / "make_votes.py"),
+                    "--count", "20000", str(votes)], check=True, capture_output=True)
+    out = tmp_path / "out.bin"
+    recv, sink = start_receiver(procs, "--framing", "length", "--format", "raw",
+                                "--output", out, "--expect", "40000")
+    sup, fields = run_cluster(procs, ALPHABET, 2, "--out", f"127.0.0.1:{sink}",
+                              "--peer-outbox-max", "1", "--max-batch", "50",
+                              resilience_dir=str(tmp_path / "state"))
+    senders = [subprocess.Popen(WALLAROO + ["send", fields["sources"], "--frames",
+                                            str(votes), "--quiet"])
+               for _ in range(2)]
+    for s in senders:
+        assert s.wait(timeout=WAIT) == 0
+    assert recv.wait(timeout=60) == 0, "not every output arrived: stuck"
+    assert sup.terminate(timeout=60) == 0, sup.stderr
+
+
+def test_a_stream_whose_owner_does_not_answer_is_closed_not_fatal(procs, tmp_path):
+    """A resumable client reaches a worker that does not own its stream
+    while the owner is stopped (SIGSTOP: its port accepts, nothing answers):
+    the connection is closed and the client retries; the worker that
+    forwards stays up, and once the owner runs again every message lands."""
+    import signal
+
+    from wallaroo.runtime.placement import Placement
+    place = Placement(["initializer", "worker-1"], "initializer")
+    stream = next(f"s{i}" for i in range(100)
+                  if place.owner_of_stream("alphabet", f"s{i}") == 1)
+    votes = tmp_path / "votes.frames"
+    subprocess.run(["python", str(REPO / "examples" / "alphabet" / "make_votes.py"),
+                    "--count", "2000", str(votes)], check=True, capture_output=True)
+    recv, sink = start_receiver(procs, "--framing", "length", "--format", "raw",
+                                "--output", tmp_path / "out.bin", "--expect", "2000")
+    sup, fields = run_cluster(procs, ALPHABET, 2, "--out", f"127.0.0.1:{sink}",
+                              resilience_dir=str(tmp_path / "state"))
+    body = json.load(open(fields["cluster_file"]))
+    pids = {w["name"]: w["pid"] for w in body["workers"]}
+    os.kill(pids["worker-1"], signal.SIGSTOP)
+    try:
+        sender = subprocess.Popen(WALLAROO + ["send", fields["sources"], "--frames",
+                                              str(votes), "--resumable", stream,
+                                              "--quiet"], stderr=subprocess.PIPE,
+                                  text=True)
+        sup.wait_line(lambda line: "cannot reach worker 'worker-1'" in line,
+                      timeout=30)
+    finally:
+        os.kill(pids["worker-1"], signal.SIGCONT)
+    assert sender.wait(timeout=WAIT) == 0, sender.stderr.read()
+    assert recv.wait(timeout=WAIT) == 0
+    after = json.load(open(fields["cluster_file"]))
+    assert {w["name"]: w["pid"] for w in after["workers"]} == pids
+    assert all(w["restarts"] == 0 for w in after["workers"])
+    assert sup.terminate(timeout=60) == 0, sup.stderr
+
+
+def test_another_number_of_workers_on_a_formed_directory_is_refused(procs, tmp_path):
+    state = str(tmp_path / "state")
+    sup, _ = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
+                         resilience_dir=state)
+    assert sup.terminate(timeout=60) == 0, sup.stderr
+    again = procs("run", str(ALPHABET), "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
+                  "--workers", "3", "--resilience-dir", state)
+    assert again.wait(timeout=WAIT) == 2
+    assert "holds a cluster of 2 workers (initializer, worker-1" in again.stderr
+    assert "Run it with --workers 2" in again.stderr
+    assert not os.path.exists(os.path.join(state, "worker-2.db"))

@@ -65,3 +65,13 @@ def test_inspect_summarises_many_streams(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert every.returncode == 0
     assert "client-99999" in every.stdout and "client-12345" in every.stdout
+
+
+def test_channels_from_other_workers_are_never_forgotten():
+    """A peer away for longer than --forget-streams-after must still find its
+    count: forgetting it would make the worker answer HAVE 0 to a sender that
+    was acknowledged further (a channel stuck for good)."""
+    from wallaroo.connectors.resume import StreamRegistry
+    reg = StreamRegistry({("alphabet", "client"): 5, ("peer", "peer:worker-1"): 7},
+                         {("alphabet", "client"): 1.0, ("peer", "peer:worker-1"): 1.0})
+    assert reg.idle(older_than=100.0) == [("alphabet", "client")]

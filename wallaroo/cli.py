@@ -143,6 +143,10 @@ class _RawArgsCommand(click.Command):
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"],
                                                case_sensitive=False),
               default="info", show_default=True)
+@click.option("--profile-dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Diagnostics: run the worker under cProfile and write "
+                   "DIR/<worker>.prof when it stops (with --workers, one per "
+                   "worker); read it with `python -m pstats`.  Slows the worker.")
 @click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
@@ -151,7 +155,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         resumable_sinks, sink_outbox_max, workers, restart_delay,
         cluster_initializer, worker_count, control_addr, data_addr, my_control,
         my_data, cluster_secret_file, peer_outbox_max, cluster_members,
-        supervisor_fd, forget_streams_after, drain_timeout, log_level, app_args):
+        supervisor_fd, forget_streams_after, drain_timeout, log_level, profile_dir,
+        app_args):
     """Run the application APP (a .py file, or an importable module).
 
     Every argument after `run` is passed, in order, to the application's
@@ -217,7 +222,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                       forget_streams_after=forget_streams_after,
                       resumable_sinks=resumable_sinks,
                       sink_outbox_max=sink_outbox_max,
-                      drain_timeout=drain_timeout, log_level=log_level)
+                      drain_timeout=drain_timeout, log_level=log_level,
+                      profile_dir=profile_dir)
     sys.exit(code)
 
 
@@ -479,7 +485,9 @@ def receive(listen, output, resumable, framing, header_fmt, fmt, expect, idle_ti
 @click.option("--control", metavar="HOST:PORT",
               help="Several hosts: any worker's control address.")
 @click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
-              metavar="FILE", help="The cluster's secret (with --control).")
+              metavar="FILE", help="The cluster's secret (with --control, or "
+                                   "with the DIRECTORY of a worker on several "
+                                   "hosts).")
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable output (its shape: docs/cluster.md).")
 def status(directory, control, cluster_secret_file, as_json):
@@ -489,7 +497,8 @@ def status(directory, control, cluster_secret_file, as_json):
 
     DIRECTORY is the cluster's --resilience-dir (or the directory the
     supervisor's ready line names as cluster_file=...); on several hosts,
-    give any worker's --control address and the secret instead.
+    any worker's --resilience-dir with --cluster-secret-file, or any
+    worker's --control address and the secret.
 
     \b
     Example:
@@ -505,7 +514,7 @@ def status(directory, control, cluster_secret_file, as_json):
     if control is not None and not cluster_secret_file:
         raise click.UsageError("--control needs --cluster-secret-file FILE")
     try:
-        st = (status_from_dir(directory) if directory is not None
+        st = (status_from_dir(directory, cluster_secret_file) if directory is not None
               else status_from_control(control, cluster_secret_file))
     except (ToolError, AuthError) as e:
         raise click.ClickException(str(e)) from None

@@ -3,13 +3,21 @@
 before anything is deserialized.  Until it succeeds only short, bounded
 text lines are read; a stranger is logged with its address and dropped.
 
-    server: WALLAROO-PEER 1 <server name> <server nonce>\\n
-    client: <client name> <client nonce> <hmac(secret, "client"|server nonce|client name)>\\n
-    server: OK <hmac(secret, "server"|client nonce|server name)>\\n
+    server: WALLAROO-PEER 1 <server name> <server nonce>\n
+    client: <client name> <client nonce> <proof>\n
+            proof = hmac(secret, "client|" sn "|" cn "|" client name "|" server name)
+    server: OK <hmac(secret, "server|" cn "|" sn "|" server name "|" client name)>\n
 
-Nonces are 32 random bytes in hex; names use the stream-name alphabet.
-Each side proves it holds the secret without sending it, and a recorded
-exchange cannot be replayed (the other side's nonce is fresh).
+(sn, cn: the server's and the client's nonce, 32 random bytes in hex; names
+use the stream-name alphabet; every MAC in lowercase hex.)  Each side proves
+it holds the secret without sending it; a recorded exchange cannot be
+replayed (the other side's nonce is fresh), and a client that expects a
+given worker checks the server's name before it sends its proof.
+
+The handshake also gives both sides a **session key**,
+``hmac(secret, "session|" sn "|" cn)``, that authenticates what follows on
+the connection (``Session``): a man in the middle who relays the handshake
+between two real workers still cannot change or add a byte they act on.
 """
 
 from __future__ import annotations
@@ -58,9 +66,50 @@ def create_secret(path: str) -> bytes:
     return secret
 
 
-def _mac(secret: bytes, role: bytes, nonce: bytes, name: bytes) -> bytes:
-    return hmac.new(secret, role + b"|" + nonce + b"|" + name,
+def _mac(secret: bytes, role: bytes, *fields: bytes) -> bytes:
+    return hmac.new(secret, b"|".join((role,) + fields),
                     hashlib.sha256).hexdigest().encode()
+
+
+TAG_SIZE = 16  # bytes of a truncated HMAC-SHA256 tag
+
+
+class Session:
+    """What authenticates a connection after the handshake: sealed lines
+    (``<text> <tag>\n``) and tags over binary payloads, under the session
+    key.  Lines and payloads carry their own labels, so nothing from one
+    place verifies in another."""
+
+    def __init__(self, secret: bytes, server_nonce: bytes, client_nonce: bytes):
+        self.key = hmac.new(secret, b"session|" + server_nonce + b"|" + client_nonce,
+                            hashlib.sha256).digest()
+
+    def _tag(self, label: bytes, data) -> bytes:
+        h = hmac.new(self.key, label, hashlib.sha256)
+        h.update(data)
+        return h.digest()[:TAG_SIZE]
+
+    def seal(self, text: bytes) -> bytes:
+        """One line: the text and its tag."""
+        return text + b" " + self._tag(b"line|", text).hex().encode() + b"\n"
+
+    def open(self, line: bytes) -> bytes:
+        """The text of a sealed line (without its newline); AuthError if
+        its tag does not verify."""
+        text, _, tag = line.rpartition(b" ")
+        if not hmac.compare_digest(tag, self._tag(b"line|", text).hex().encode()):
+            raise AuthError(f"a line that does not verify under the session key: "
+                            f"{line[:60]!r}")
+        return text
+
+    def tag(self, seq: int, data) -> bytes:
+        """The tag of the ``seq``-th binary payload of this connection."""
+        h = hmac.new(self.key, b"payload|" + seq.to_bytes(8, "big"), hashlib.sha256)
+        h.update(data)
+        return h.digest()[:TAG_SIZE]
+
+    def verify(self, seq: int, data, tag: bytes) -> bool:
+        return hmac.compare_digest(self.tag(seq, data), tag)
 
 
 async def read_line(stream: trio.abc.Stream, buf: bytearray) -> bytes:
@@ -79,26 +128,31 @@ async def read_line(stream: trio.abc.Stream, buf: bytearray) -> bytes:
 
 
 async def accept(stream: trio.abc.Stream, secret: bytes, me: str,
-                 buf: bytearray) -> str:
-    """The server's side; returns the authenticated client's name."""
+                 buf: bytearray) -> tuple[str, Session]:
+    """The server's side: the authenticated client's name, and the session."""
     nonce = secrets.token_hex(32).encode()
+    me_b = me.encode()
     with trio.fail_after(TIMEOUT):
-        await stream.send_all(PREFIX + me.encode() + b" " + nonce + b"\n")
+        await stream.send_all(PREFIX + me_b + b" " + nonce + b"\n")
         parts = (await read_line(stream, buf)).split(b" ")
     if len(parts) != 3 or not NAME.fullmatch(parts[0]) or not NONCE.fullmatch(
             parts[1]) or not MAC.fullmatch(parts[2]):
         raise AuthError("not a worker of this cluster (a malformed handshake)")
     name, their_nonce, mac = parts
-    if not hmac.compare_digest(mac, _mac(secret, b"client", nonce, name)):
+    if not hmac.compare_digest(mac, _mac(secret, b"client", nonce, their_nonce,
+                                         name, me_b)):
         raise AuthError(f"{name.decode()!r} does not hold the cluster secret")
-    await stream.send_all(b"OK " + _mac(secret, b"server", their_nonce,
-                                        me.encode()) + b"\n")
-    return name.decode()
+    await stream.send_all(b"OK " + _mac(secret, b"server", their_nonce, nonce,
+                                        me_b, name) + b"\n")
+    return name.decode(), Session(secret, nonce, their_nonce)
 
 
 async def connect(stream: trio.abc.Stream, secret: bytes, me: str,
-                  buf: bytearray) -> str:
-    """The client's side; returns the authenticated server's name."""
+                  buf: bytearray, expect: str | None = None) -> tuple[str, Session]:
+    """The client's side: the authenticated server's name, and the session.
+    With ``expect``, a server with another name is refused before this side
+    proves anything."""
+    me_b = me.encode()
     with trio.fail_after(TIMEOUT):
         hello = await read_line(stream, buf)
         if not hello.startswith(PREFIX):
@@ -108,12 +162,16 @@ async def connect(stream: trio.abc.Stream, secret: bytes, me: str,
                 parts[1]):
             raise AuthError("a malformed handshake from the server")
         server, nonce = parts
+        if expect is not None and server != expect.encode():
+            raise AuthError(f"this port is worker {server.decode()!r}, not "
+                            f"{expect!r}")
         mine = secrets.token_hex(32).encode()
-        await stream.send_all(me.encode() + b" " + mine + b" "
-                              + _mac(secret, b"client", nonce, me.encode()) + b"\n")
+        await stream.send_all(me_b + b" " + mine + b" "
+                              + _mac(secret, b"client", nonce, mine, me_b, server)
+                              + b"\n")
         answer = await read_line(stream, buf)
     if not answer.startswith(b"OK ") or not hmac.compare_digest(
-            answer[3:], _mac(secret, b"server", mine, server)):
+            answer[3:], _mac(secret, b"server", mine, nonce, server, me_b)):
         raise AuthError(f"worker {server.decode()!r} does not hold the cluster "
                         f"secret, or refused ours ({answer[:60]!r})")
-    return server.decode()
+    return server.decode(), Session(secret, nonce, mine)

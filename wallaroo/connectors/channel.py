@@ -1,23 +1,36 @@
 """Channels between workers (DESIGN.md §6), over a worker's data port.
 
-Every connection to a data port first authenticates (``auth``), then says
-what it is for, in one line:
+Every connection to a data port first authenticates (``auth``), which also
+gives it a session key; then the client says what the connection is for, in
+one line sealed with that key (``<text> <tag>\n``, ``auth.Session``):
 
-    CHANNEL\\n                    the sender's peer batches for this worker
-    FORWARD <pipeline> <client>\\n a client connection of a resumable stream
+    CHANNEL <fingerprint>         the sender's peer batches for this worker
+    FORWARD <pipeline> <client>   a client connection of a resumable stream
                                   this worker owns, forwarded by the worker
-                                  the client reached (bytes pass both ways)
+                                  the client reached (the client's bytes
+                                  then pass both ways, as the client sent
+                                  them)
+
+The fingerprint (a hash of the application's pipelines, steps and states
+and of the membership) must equal the receiver's: a worker running another
+application or another cluster's membership is refused, loudly.
 
 CHANNEL is the resumable protocol between workers: the receiver answers
-``HAVE <n>\\n`` (peer batches of the stream ``peer:<sender>`` it holds
+``HAVE <n>`` (peer batches of the stream ``peer:<sender>`` it holds
 durably; it first waits for the commits of a previous connection of that
 stream, so the count is never stale), the sender sends its batches from the
 n-th on, each as it is stored (an 8-byte header: messages, bytes; then the
-serialized batch), and the receiver answers cumulative ``ACK <n>\\n`` after
-the commits that log them.  Input from peers is never refused because the
-receiver's own outboxes are full (two full workers would deadlock): it does
-not count against the input budget, which the senders' outbox bounds
-(``--peer-outbox-max``) keep in check.
+serialized batch) followed by a 16-byte tag over its number and bytes, and
+the receiver answers cumulative ``ACK <n>`` after the commits that log them
+(``HAVE`` and ``ACK`` lines sealed too).  A batch whose tag does not verify
+is never deserialized: the connection is closed and the sender resends.
+
+Input from peers is never refused because the receiver's own outboxes are
+full (two full workers would deadlock): the engine takes peers' input even
+then.  It counts toward the inbox (so a backlog from peers pauses this
+worker's own sources first), and a channel stops reading only while the
+inbox holds ``PEER_INBOX_FACTOR`` times its budget; the senders' outbox
+bounds (``--peer-outbox-max``) keep the rest in check.
 """
 
 from __future__ import annotations
@@ -35,6 +48,9 @@ from .tcp_sink import OutboxQueue
 
 HEADER_SIZE = 8  # messages (u32), bytes (u32) of a peer batch
 RECV_SIZE = 256 * 1024
+# a channel reads on while the inbox holds less than this many times its
+# budget (--max-inbox...); beyond, it waits for the engine to take some
+PEER_INBOX_FACTOR = 4
 
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
@@ -66,17 +82,20 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
         await self.stream.aclose()
 
 
-async def open_authenticated(address: tuple[str, int], secret: bytes,
-                             me: str) -> tuple[PrefixedStream, str]:
-    """Connect to a worker's port and authenticate: (stream, its name)."""
+async def open_authenticated(address: tuple[str, int], secret: bytes, me: str,
+                             expect: str | None = None
+                             ) -> tuple[PrefixedStream, str, auth.Session]:
+    """Connect to a worker's port and authenticate: (stream, its name, the
+    session).  With ``expect``, a port with another worker's name is
+    refused before this side proves anything."""
     stream = await trio.open_tcp_stream(*address)
     buf = bytearray()
     try:
-        name = await auth.connect(stream, secret, me, buf)
+        name, session = await auth.connect(stream, secret, me, buf, expect)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    return PrefixedStream(stream, bytes(buf)), name
+    return PrefixedStream(stream, bytes(buf)), name, session
 
 
 class ChannelSender(ResumableTCPSink):
@@ -89,7 +108,7 @@ class ChannelSender(ResumableTCPSink):
                  on_delivered: Callable[[int, int], None], log: logging.Logger,
                  me: str, secret: bytes,
                  address_of: Callable[[str], tuple[str, int] | None],
-                 limiter: trio.CapacityLimiter | None = None):
+                 fingerprint: str, limiter: trio.CapacityLimiter | None = None):
         spec = _ChannelSpec(index, peer)
         super().__init__(spec, queue, on_delivered, log, f"peer:{me}",
                          backoff=(0.05, 1.0), limiter=limiter)
@@ -97,7 +116,8 @@ class ChannelSender(ResumableTCPSink):
         self.me = me
         self.secret = secret
         self.address_of = address_of
-        self.address_known = trio.Event()
+        self.fingerprint = fingerprint
+        self.session: auth.Session | None = None  # the current connection's
 
     async def connect(self) -> PrefixedStream:
         delay, failures, last = self.backoff[0], 0, None
@@ -107,11 +127,8 @@ class ChannelSender(ResumableTCPSink):
                 await trio.sleep(delay)
                 continue
             try:
-                stream, name = await open_authenticated(address, self.secret, self.me)
-                if name != self.peer:
-                    await trio.aclose_forcefully(stream)
-                    raise auth.AuthError(f"{address[0]}:{address[1]} is worker "
-                                         f"{name!r}, not {self.peer!r}")
+                stream, _, self.session = await open_authenticated(
+                    address, self.secret, self.me, expect=self.peer)
                 if failures:
                     self.log.info("channel to worker %r: connected after %d "
                                   "failed attempts", self.peer, failures)
@@ -130,10 +147,17 @@ class ChannelSender(ResumableTCPSink):
                 delay = min(self.backoff[1], delay * 2)
 
     async def _greet(self, stream, lines) -> None:
-        await stream.send_all(b"CHANNEL\n")
+        await stream.send_all(self.session.seal(b"CHANNEL " + self.fingerprint.encode()))
+
+    def _open_line(self, line: bytes) -> bytes:
+        try:
+            return self.session.open(line)
+        except auth.AuthError as e:
+            raise ProtocolError(str(e)) from None
 
     def _payload(self, row, k: int) -> bytes:
-        return row.data  # one peer batch per row, sent as stored
+        # one peer batch per row, sent as stored, then its tag
+        return row.data + self.session.tag(row.first_seq, row.data)
 
     def _lost(self, have: int) -> int:
         raise ProtocolError(
@@ -158,8 +182,11 @@ class DataServer:
 
     def __init__(self, me: str, secret: bytes, inbox, registry: StreamRegistry,
                  peer_source: int, log: logging.Logger,
-                 forwarded: Callable[[int, trio.abc.Stream, str], Awaitable[None]]):
+                 forwarded: Callable[[int, trio.abc.Stream, str], Awaitable[None]],
+                 fingerprint: str = "", members: tuple[str, ...] = ()):
         self.me = me
+        self.fingerprint = fingerprint.encode()
+        self.members = set(members)
         self.secret = secret
         self.inbox = inbox
         self.registry = registry
@@ -183,9 +210,9 @@ class DataServer:
             peer = "unknown"
         buf = bytearray()
         try:
-            name = await auth.accept(stream, self.secret, self.me, buf)
+            name, session = await auth.accept(stream, self.secret, self.me, buf)
             with trio.fail_after(auth.TIMEOUT):
-                what = await auth.read_line(stream, buf)
+                what = session.open(await auth.read_line(stream, buf))
         except (auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError, OSError) as e:
             self.strangers += 1
@@ -195,10 +222,27 @@ class DataServer:
             return
         rest = PrefixedStream(stream, bytes(buf))
         try:
-            if what == b"CHANNEL":
-                await self._channel(name, rest)
+            if self.members and name not in self.members:
+                self.log.error("data port: %s authenticated as worker %r, which is "
+                               "not a member of this cluster (%s); closing", peer,
+                               name, ", ".join(sorted(self.members)))
+            elif what.startswith(b"CHANNEL "):
+                if what[8:] != self.fingerprint:
+                    self.log.error(
+                        "data port: worker %r runs another application or "
+                        "membership (fingerprint %s, this worker's %s): every "
+                        "worker must run the same application with the same "
+                        "cluster; refusing its channel", name,
+                        what[8:40].decode("ascii", "replace"),
+                        self.fingerprint.decode())
+                else:
+                    await self._channel(name, rest, session)
             elif what.startswith(b"FORWARD "):
                 parts = what.split(b" ", 2)
+                if len(parts) != 3 or not parts[1].isdigit():
+                    self.log.warning("data port: worker %r sent a malformed "
+                                     "FORWARD %r; closing", name, what[:60])
+                    return
                 await self.forwarded(int(parts[1]), rest,
                                      f"forwarded by worker {name!r} for "
                                      f"{parts[2].decode('ascii', 'replace')}")
@@ -207,55 +251,73 @@ class DataServer:
                                  name, what[:60])
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             self.log.info("data port: connection of worker %r closed: %s", name, e)
+        except auth.AuthError as e:
+            self.log.error("data port: channel of worker %r: %s; closing (it "
+                           "reconnects)", name, e)
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _channel(self, sender: str, stream: PrefixedStream) -> None:
+    async def _channel(self, sender: str, stream: PrefixedStream,
+                       session: auth.Session) -> None:
         key = ("peer", f"peer:{sender}")
-        conn = _ChannelConnection(stream)
+        conn = _ChannelConnection(stream, session)
         try:
             n = await self.registry.claim(key, conn)
             with conn.cancel_scope:
-                await stream.send_all(b"HAVE %d\n" % n)
+                await stream.send_all(session.seal(b"HAVE %d" % n))
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(conn.ack_writer, n)
-                    await self._read_batches(sender, stream, key, n)
+                    await self._read_batches(sender, stream, key, n, session)
                     nursery.cancel_scope.cancel()
         finally:
             self.registry.release(key, conn)
             conn.closed.set()
 
-    async def _read_batches(self, sender: str, stream, key, seq: int) -> None:
+    async def _read_batches(self, sender: str, stream, key, seq: int,
+                            session: auth.Session) -> None:
+        """Peer batches, each verified against its tag before it is
+        accepted; a channel stops reading while the inbox holds more than
+        ``PEER_INBOX_FACTOR`` times its budget (the engine always takes
+        peers' input, so this never waits on a full outbox)."""
         state = self.registry.get(key)
-        data = b""
+        buf = bytearray()
         origin = f"channel from worker {sender!r}"
+        tag = auth.TAG_SIZE
+        inbox = self.inbox
         while True:
-            units, pos, n = [], 0, len(data)
+            units, pos, n = [], 0, len(buf)
             while n - pos >= HEADER_SIZE:
-                size = int.from_bytes(data[pos + 4:pos + 8], "big")
+                size = int.from_bytes(buf[pos + 4:pos + 8], "big")
                 end = pos + HEADER_SIZE + size
-                if end > n:
+                if end + tag > n:
                     break
-                units.append(data[pos:end])
-                pos = end
+                unit = bytes(buf[pos:end])
+                if not session.verify(seq + len(units), unit, bytes(buf[end:end + tag])):
+                    raise auth.AuthError(f"peer batch {seq + len(units)} does not "
+                                         f"verify under the session key")
+                units.append(unit)
+                pos = end + tag
             if units:
-                frames = data[:pos]
-                self.inbox.put_nowait(None, ("peer", sender), self.peer_source, units,
-                                      frames, key[1], seq, origin, connector=PEER)
+                inbox.put_nowait(None, ("peer", sender), self.peer_source, units,
+                                 b"".join(units), key[1], seq, origin,
+                                 connector=PEER)
                 seq += len(units)
                 state.accepted = seq
-                data = data[pos:]
+                del buf[:pos]
+            while inbox.bytes >= inbox.max_bytes * PEER_INBOX_FACTOR:
+                await inbox.wait_space()
             more = await stream.receive_some(RECV_SIZE)
             if not more:
                 return
-            data = data + more if data else more
+            buf += more
 
 
 class _ChannelConnection:
     """What the stream registry needs of a channel's connection."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, session: auth.Session):
         self.stream = stream
+        self.session = session
         self.cancel_scope = trio.CancelScope()
         self.closed = trio.Event()
         self._target = 0
@@ -277,7 +339,7 @@ class _ChannelConnection:
             self._event = trio.Event()
             if self._target > sent:
                 sent = self._target
-                await self.stream.send_all(b"ACK %d\n" % sent)
+                await self.stream.send_all(self.session.seal(b"ACK %d" % sent))
 
 
 def _reason(e: BaseException) -> str:

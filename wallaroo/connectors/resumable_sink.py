@@ -111,6 +111,11 @@ class ResumableTCPSink(TCPSink):
 
     unit = "outputs"  # what the stream's counts count, for log lines
 
+    def _open_line(self, line: bytes) -> bytes:
+        """A line from the receiver, as the protocol reads it (a channel
+        between workers checks its seal)."""
+        return line
+
     def _lost(self, have: int) -> int:
         """The receiver holds fewer than were acknowledged: it lost them,
         or resumable sinks were just switched on.  Returns where to send
@@ -138,7 +143,7 @@ class ResumableTCPSink(TCPSink):
                                 f"handshake (is it a resumable receiver?)")
         if line is None:
             raise trio.BrokenResourceError("closed before answering the handshake")
-        m = HAVE.fullmatch(line)
+        m = HAVE.fullmatch(self._open_line(line))
         if m is None:
             raise ProtocolError(f"expected 'HAVE <n>', the receiver said {line[:100]!r}")
         have = int(m.group(1))
@@ -186,6 +191,7 @@ class ResumableTCPSink(TCPSink):
             if line is None:
                 scope.cancel()
                 return
+            line = self._open_line(line)
             m = ACK.fullmatch(line)
             if m is None:
                 if line.startswith(b"ERROR"):

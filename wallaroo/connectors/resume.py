@@ -105,11 +105,13 @@ class StreamRegistry:
             st.conn = None
 
     def idle(self, older_than: float) -> list[tuple[str, str]]:
-        """Streams nobody is connected to, with nothing in flight, whose
-        count last changed before ``older_than`` (unix time)."""
+        """Clients' streams nobody is connected to, with nothing in
+        flight, whose count last changed before ``older_than`` (unix time).
+        Channels from other workers are never forgotten: their counts are
+        what makes each peer batch count once, however long a peer is away."""
         return [k for k, st in self.streams.items()
                 if st.conn is None and st.accepted == st.durable
-                and st.last_seen < older_than]
+                and st.last_seen < older_than and k[0] != "peer"]
 
     def forget(self, keys: list[tuple[str, str]]) -> None:
         for k in keys:

@@ -28,6 +28,7 @@ import trio
 
 from .._compat import BaseExceptionGroup
 from .._spec import SourceSpec
+from .auth import AuthError
 from .framing import Framer, PartialFrames
 from .resume import (MAX_LINE, PREFIX, HandshakeError, StreamRegistry,
                      ack_line, could_be_handshake, error_line, parse_handshake,
@@ -195,8 +196,12 @@ class TCPSource:
         if self._nursery is None:
             self._early.append(stream)
             return
+        try:
+            self._nursery.start_soon(self._handle, stream, True)
+        except RuntimeError:  # the sources have stopped: the client retries
+            stream.socket.close()
+            return
         self.counter.open += 1
-        self._nursery.start_soon(self._handle, stream, True)
 
     async def handle_forwarded(self, stream, label: str) -> None:
         """A client connection forwarded by the worker it reached: the
@@ -373,7 +378,16 @@ class TCPSource:
         if owner is not None:  # RESUME and ACKs come from the owner's log
             self.log.info("%s: forwarded to worker %r, which owns the stream",
                           conn.label, owner)
-            await self.cluster.forward(owner, self.index, conn.peer, data, conn.stream)
+            try:
+                await self.cluster.forward(owner, self.index, conn.peer, data,
+                                           conn.stream)
+            except (AuthError, trio.TooSlowError, OSError,
+                    trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                # the owner is down, stopped or restarting: close, and the
+                # client reconnects (as after a crash)
+                self.log.warning("%s: cannot reach worker %r, which owns the "
+                                 "stream: %s; closing the connection", conn.label,
+                                 owner, e or type(e).__name__)
             return
         try:
             n = await self.registry.claim(key, conn)

@@ -10,9 +10,12 @@ a ``ChannelSender`` and turns what peers send into inbox input.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import socket
+import sys
 from dataclasses import dataclass, field
 
 import trio
@@ -64,15 +67,46 @@ class ClusterSide:
             if name == self.me:
                 continue
             dest = core.peer_dest(member)
-            queue = OutboxQueue(dest, opts.sink_queue_bytes, self.config.peer_outbox_max,
+            # without a store the whole bound is in memory (DESIGN.md §6)
+            memory = opts.sink_queue_bytes if reader is not None else \
+                self.config.peer_outbox_max
+            queue = OutboxQueue(dest, memory, self.config.peer_outbox_max,
                                 reader, core.delivered.get(dest, 0))
             queue.produced = core.next_out_seq.get(dest, 0)
             if reader is not None and queue.produced > queue.delivered:
                 queue.spilled_from = queue.delivered
             self.senders[dest] = ChannelSender(
                 name, dest, queue, core.note_delivered, self.log, self.me,
-                self.config.secret, self.address_of, limiter)
+                self.config.secret, self.address_of, self.fingerprint(), limiter)
         return self.senders
+
+    def fingerprint(self) -> str:
+        """What two workers must agree on to exchange peer batches: the
+        application's pipelines, steps and states, and the membership."""
+        app = self.worker.app
+        body = {"application": app.fingerprint(),
+                "steps": [[s.name for s in p.steps] for p in app.pipelines],
+                "members": self.config.members,
+                "key_groups": self.config.key_groups}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+    def write_own_entry(self, directory: str, application: str, state: str,
+                        sources: list[str]) -> None:
+        """``cluster.json`` (as the supervisor writes it, with this worker
+        alone; ``several_hosts`` tells ``wallaroo status`` to ask it for the
+        others), replaced atomically."""
+        c, d = self.control_address, self.data_address
+        body = {"version": 1, "application": application, "several_hosts": True,
+                "workers": [{"name": self.me, "pid": os.getpid(), "state": state,
+                             "control": f"{c[0]}:{c[1]}" if c else None,
+                             "data": f"{d[0]}:{d[1]}" if d else None,
+                             "sources": sources, "metrics": None, "restarts": 0}]}
+        path = os.path.join(directory, "cluster.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
 
     def members(self) -> dict:
         """The membership, with every worker's addresses as known here."""
@@ -100,7 +134,8 @@ class ClusterSide:
     async def start(self, nursery: trio.Nursery) -> tuple[str, int]:
         w = self.worker
         self.server = DataServer(self.me, self.config.secret, w.inbox, w.registry,
-                                 w.core.peer_source, self.log, self.forwarded)
+                                 w.core.peer_source, self.log, self.forwarded,
+                                 self.fingerprint(), tuple(self.config.members))
         host, port = await self.server.bind(*self.config.data_bind)
         host = self.config.advertise_host or host
         self.data_address = (host, port)
@@ -139,9 +174,12 @@ class ClusterSide:
         address = self.address_of(owner)
         if address is None:
             raise OSError(f"the address of worker {owner!r} is not known yet")
-        peer, _ = await open_authenticated(address, self.config.secret, self.me)
+        # a stale address now used by another worker is refused
+        peer, _, session = await open_authenticated(address, self.config.secret,
+                                                    self.me, expect=owner)
         try:
-            await peer.send_all(b"FORWARD %d %s\n" % (pipeline, client.encode()))
+            await peer.send_all(session.seal(b"FORWARD %d %s" % (pipeline,
+                                                                client.encode())))
             await peer.send_all(first_bytes)
 
             async def pump(src, dst, scope):
@@ -179,7 +217,7 @@ class ClusterSide:
             fds = []
             for level, kind, cdata in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(int.from_bytes(cdata[i:i + 4], "little", signed=True)
+                    fds.extend(int.from_bytes(cdata[i:i + 4], sys.byteorder, signed=True)
                                for i in range(0, len(cdata) - len(cdata) % 4, 4))
             msg = json.loads(data)
             if "peers" in msg:

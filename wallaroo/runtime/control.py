@@ -1,5 +1,5 @@
 """A worker's control port: authenticated (``connectors.auth``) one-line
-requests, one JSON line back.
+requests, one JSON line back, both sealed with the session key.
 
     STATUS\\n    this worker's status (``wallaroo status``)
     MEMBERS\\n   the cluster's members with their control and data addresses
@@ -47,9 +47,9 @@ class ControlServer:
             peer = "unknown"
         buf = bytearray()
         try:
-            name = await auth.accept(stream, self.secret, self.me, buf)
+            name, session = await auth.accept(stream, self.secret, self.me, buf)
             with trio.fail_after(auth.TIMEOUT):
-                line = await auth.read_line(stream, buf)
+                line = session.open(await auth.read_line(stream, buf))
         except (auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError, OSError) as e:
             self.log.warning("control port: dropped a connection from %s: %s",
@@ -69,7 +69,7 @@ class ControlServer:
                     answer = await self.join(parts[1], parts[2], parts[3])
             else:
                 answer = {"error": f"unknown request {line[:40]!r}"}
-            await stream.send_all(json.dumps(answer).encode() + b"\n")
+            await stream.send_all(session.seal(json.dumps(answer).encode()))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
@@ -81,15 +81,16 @@ async def ask(address: tuple[str, int], secret: bytes, request: str,
     """Send one request to a worker's control port; its JSON answer."""
     from ..connectors.channel import open_authenticated
     with trio.fail_after(timeout):
-        stream, _ = await open_authenticated(address, secret, me)
+        stream, _, session = await open_authenticated(address, secret, me)
         try:
-            await stream.send_all(request.encode() + b"\n")
+            await stream.send_all(session.seal(request.encode()))
             data = b""
             while not data.endswith(b"\n"):
                 more = await stream.receive_some(65536)
                 if not more:
-                    break
+                    raise trio.BrokenResourceError(
+                        f"{address[0]}:{address[1]} closed before answering")
                 data += more
         finally:
             await trio.aclose_forcefully(stream)
-    return json.loads(data)
+    return json.loads(session.open(data[:-1]))

@@ -134,7 +134,9 @@ async def join(initializer: tuple[str, int], name: str, control_text: str,
             answer = await ask(initializer, secret,
                                f"JOIN {name} {control_text} {data_text}", me=name,
                                timeout=3600)
-        except (OSError, auth.AuthError, trio.TooSlowError) as e:
+        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
+                trio.ClosedResourceError, ValueError) as e:
+            # not up yet, restarting, or it closed before answering
             if attempts == 1 or attempts % 30 == 0:
                 log.info("joining the cluster through %s:%d: %s; retrying",
                          *initializer, e)

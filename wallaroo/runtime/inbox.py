@@ -75,6 +75,7 @@ class Inbox:
         self._overdraft: object = None
         self._arrived = trio.Event()
         self._space = trio.Event()
+        self._peer = trio.Event()  # set when other workers' input arrives
 
     # -- the budget ------------------------------------------------------
     async def reserve(self, conn: object) -> None:
@@ -141,6 +142,8 @@ class Inbox:
             q.payloads.extend(payloads)
             q.frames.append(frames)
         self._arrived.set()
+        if connector == PEER:
+            self._peer.set()
 
     def put_pending(self, key: object, chunk: Chunk) -> None:
         """Queue frames of a pending row (read by a previous run) ahead of
@@ -278,8 +281,20 @@ class Inbox:
         self._space.set()
         self._space = trio.Event()
 
+    async def wait_space(self) -> None:
+        """Return the next time the engine takes input (or a connection
+        frees what it held)."""
+        await self._space.wait()
+
     def has_peer_input(self) -> bool:
         return any(q.connector == PEER for q in self._queues.values())
+
+    async def wait_peer_input(self) -> None:
+        """Return once other workers' input waits here."""
+        while not self.has_peer_input():
+            if self._peer.is_set():
+                self._peer = trio.Event()
+            await self._peer.wait()
 
     def __bool__(self) -> bool:
         return bool(self._queues)

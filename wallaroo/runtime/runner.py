@@ -28,9 +28,31 @@ EXIT_LOST = 3
 def run_worker(app: str, args: list[str], *, name: str = "initializer",
                resilience_dir: str | None = None, synchronous: str = "normal",
                log_level: str = "info", cluster: dict | None = None,
-               **options) -> int:
+               profile_dir: str | None = None, **options) -> int:
     """``options``: fields of ``WorkerOptions``; ``cluster``: how this
-    worker belongs to a cluster (``cluster_setup``), or None."""
+    worker belongs to a cluster (``cluster_setup``), or None;
+    ``profile_dir``: run under cProfile, ``<profile_dir>/<name>.prof``."""
+    if profile_dir is None:
+        return _run_worker(app, args, name=name, resilience_dir=resilience_dir,
+                           synchronous=synchronous, log_level=log_level,
+                           cluster=cluster, **options)
+    import cProfile
+    import os
+    os.makedirs(profile_dir, exist_ok=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        return _run_worker(app, args, name=name, resilience_dir=resilience_dir,
+                           synchronous=synchronous, log_level=log_level,
+                           cluster=cluster, **options)
+    finally:
+        prof.disable()
+        prof.dump_stats(os.path.join(profile_dir, f"{name}.prof"))
+
+
+def _run_worker(app: str, args: list[str], *, name: str, resilience_dir: str | None,
+                synchronous: str, log_level: str, cluster: dict | None,
+                **options) -> int:
     log = logs.setup(name, log_level)
     try:
         spec = load_application(app, args)

@@ -23,6 +23,9 @@ class PartitionKeyError(Exception):
     """A partition function returned a key that cannot name a partition."""
 
 
+GROUP_CACHE_MAX = 1 << 20  # keys whose group is remembered
+
+
 class StateSpace:
     """All partitions of one state name on this worker."""
 
@@ -83,10 +86,13 @@ class StateSpace:
     def group_of(self, key: Any) -> int:
         """The key group of ``key`` (cached; raises TypeError for an
         unhashable key)."""
-        g = self.groups.get(key)
+        groups = self.groups
+        g = groups.get(key)
         if g is None:
             g = self.placement.group_of(self.spec, key) if self.placement else -1
-            self.groups[key] = g
+            if len(groups) >= GROUP_CACHE_MAX:  # keys of other workers too:
+                groups.clear()                  # bounded, not remembered forever
+            groups[key] = g
         return g
 
     def describe_key(self, key: Any) -> str:

@@ -52,6 +52,7 @@ class Member:
     exit_code: int | None = None
     connections: int = 0
     ready_once: bool = False
+    stopping: bool = False  # it said it is draining: hand it nothing
     ready_event: trio.Event = field(default_factory=trio.Event)
 
 
@@ -114,7 +115,30 @@ class Supervisor:
         os.replace(tmp, self.cluster_file)
 
     # -- running ---------------------------------------------------------
+    def formed_elsewhere(self) -> str | None:
+        """Why this directory's databases belong to a cluster other than
+        the one asked for (None: they do not)."""
+        from .formation import saved_membership
+        if not self.resilience_dir or not os.path.isdir(self.resilience_dir):
+            return None
+        for f in sorted(os.listdir(self.resilience_dir)):
+            if not f.endswith(".db"):
+                continue
+            saved = saved_membership(self.resilience_dir, f[:-3])
+            if saved is not None and saved["members"] != self.names:
+                n = len(saved["members"])
+                return (f"{self.resilience_dir} holds a cluster of {n} workers "
+                        f"({', '.join(saved['members'])}; see {f}); this run asks "
+                        f"for --workers {self.n}.  Run it with --workers {n} "
+                        f"(moving keys to another number of workers is not "
+                        f"supported yet)")
+        return None
+
     async def run(self) -> int:
+        why = self.formed_elsewhere()
+        if why is not None:
+            self.log.error("%s", why)
+            return 2
         secret = self._secret()
         await self._bind_sources()
         self.write_cluster_file()
@@ -125,8 +149,14 @@ class Supervisor:
             for i, ls in enumerate(self.listeners):
                 for listener in ls:
                     nursery.start_soon(self._accept, i, listener)
-            for m in self.members:
-                await m.ready_event.wait()
+            while True:
+                for m in self.members:
+                    await m.ready_event.wait()
+                if self.stopping or all(m.state == "ready" for m in self.members):
+                    break
+                for m in self.members:  # one exited before it was ready
+                    if m.state != "ready":
+                        m.ready_event = trio.Event()
             if not self.stopping:
                 sinks = ",".join(s.address for s in self.spec.sinks) or "-"
                 self.log.info("ready workers=%d sources=%s sinks=%s cluster_file=%s",
@@ -139,10 +169,12 @@ class Supervisor:
             return 1
         if not self.resilience_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-        worst = max(self.exit_codes.values(), default=0)
+        codes = list(self.exit_codes.values())
         self.log.info("stopped: %s", ", ".join(
             f"{name} {_status(code)}" for name, code in self.exit_codes.items()))
-        return 3 if worst == 3 else (0 if worst == 0 else 1)
+        if any(c not in (0, 3) for c in codes):  # an error, or killed
+            return 1
+        return 3 if 3 in codes else 0
 
     async def _keep_running(self, m: Member, secret: str, nursery) -> None:
         try:
@@ -204,6 +236,7 @@ class Supervisor:
         finally:
             theirs.close()
         m.proc, m.pid = proc, proc.pid
+        m.stopping = False
         self.write_cluster_file()
         log_path = os.path.join(self.dir, f"{m.name}.log")
         async with trio.open_nursery() as watch:
@@ -233,10 +266,13 @@ class Supervisor:
             if not data:
                 return
             try:
-                if json.loads(data).get("closed") is not None:
-                    m.connections = max(0, m.connections - 1)
+                note = json.loads(data)
             except ValueError:
-                pass
+                continue
+            if note.get("closed") is not None:
+                m.connections = max(0, m.connections - 1)
+            if note.get("stopping"):
+                m.stopping = True
 
     async def _copy_log(self, m: Member, proc, log_path: str, ready_before: bool) -> None:
         with open(log_path, "ab", buffering=0) as logf:
@@ -302,7 +338,8 @@ class Supervisor:
         little) for one when none is ready."""
         with trio.move_on_after(30):
             while not self.stopping:
-                ready = [m for m in self.members if m.state == "ready" and m.link]
+                ready = [m for m in self.members
+                         if m.state == "ready" and m.link and not m.stopping]
                 if ready:
                     m = min(ready, key=lambda x: x.connections)
                     fd = stream.socket.fileno()

@@ -78,11 +78,13 @@ class StopReport:
     pending_messages: int = 0  # logged for the next start
     dropped_messages: int = 0  # accepted, not processed, no resilience
     undelivered_outputs: int = 0  # not delivered when the worker exited
+    undelivered_peer_batches: int = 0  # for other workers, not acknowledged
     at_once: bool = False  # a second signal cut the drain short
 
     @property
     def lost(self) -> bool:
-        return bool(self.dropped_messages or self.undelivered_outputs)
+        return bool(self.dropped_messages or self.undelivered_outputs
+                    or self.undelivered_peer_batches)
 
 
 class Worker:
@@ -225,6 +227,7 @@ class Worker:
             for sink in self.sinks:
                 if isinstance(sink, ResumableTCPSink):
                     log.info("%s: resumable, stream %r", sink.spec.label, sink.stream)
+            self._write_cluster_entry("ready", bound)
             log.info("ready worker=%s sources=%s sinks=%s", self.opts.name,
                      addrs, sinks, extra={"bare": True})
             task_status.started(bound)
@@ -232,6 +235,8 @@ class Worker:
             await self._stop.wait()
             log.info("stopping: no new input; finishing what is in flight "
                      "(drain timeout %.1fs)", self.opts.drain_timeout)
+            if self.cluster is not None:  # hand this worker no more clients
+                await self.cluster.tell_supervisor({"stopping": True})
             sources_scope.cancel()  # what the connections read is queued
             self._stopping = True
             self._set_deadline(trio.current_time() + self.opts.drain_timeout)
@@ -244,9 +249,25 @@ class Worker:
                         await dest.wait_empty()
             self.stop_report.undelivered_outputs = sum(s.queued_outputs
                                                        for s in self.sinks)
+            if self.cluster is not None:
+                self.stop_report.undelivered_peer_batches = sum(
+                    c.queued_outputs for c in self.cluster.senders.values())
             await self._final_commit()
             nursery.cancel_scope.cancel()
+        self._write_cluster_entry("down", [])
         self._log_stopped()
+
+    def _write_cluster_entry(self, state: str, bound) -> None:
+        """Several hosts: this worker's own entry in ``cluster.json`` of its
+        resilience directory (DESIGN.md §6; one host: the supervisor's)."""
+        c = self.cluster
+        if c is None or c.config.supervisor_fd is not None or not self.store.durable:
+            return
+        try:
+            c.write_own_entry(os.path.dirname(self.store.path), self.app.name, state,
+                              [f"{h}:{p}" for h, p in bound])
+        except OSError as e:
+            self.log.warning("cannot write cluster.json: %s", e)
 
     def _make_sinks(self) -> list[TCPSink]:
         """One sink per sink of the application, its queue starting at the
@@ -339,7 +360,9 @@ class Worker:
                         await inbox.wait(opts.idle_tick)
                     full = self._full()
                     while full is not None and not inbox.has_peer_input():
-                        await full.wait_room()
+                        # room, or input from another worker (which flows
+                        # even while an outbox is full), whichever is first
+                        await _first_of(full.wait_room, inbox.wait_peer_input)
                         full = self._full()
                 self._wait_scope = None
                 if self._stopping and self._past_deadline():
@@ -453,6 +476,10 @@ class Worker:
         if not self.store.durable:
             self.stop_report.dropped_messages = n
             return
+        # other workers' batches are not logged here: their senders keep
+        # them until acknowledged, and resend them
+        peers = self.core.peer_source
+        n = sum(len(c.payloads) for c in left if c.source != peers)
         record = self.core.pending_record(left)
         await self._commit(Batch(record, [], record.streams, 0, 0))
         self.registry.committed(record.streams)
@@ -498,8 +525,23 @@ class Worker:
             line += (f"; {rep.undelivered_outputs} outputs not delivered"
                      + (" are kept in the outbox for the next start"
                         if self.store.durable else " are LOST (no --resilience-dir)"))
+        if rep.undelivered_peer_batches:
+            line += (f"; {rep.undelivered_peer_batches} batches of messages for "
+                     f"other workers not acknowledged"
+                     + (" are kept in the outbox for the next start"
+                        if self.store.durable else " are LOST (no --resilience-dir)"))
         if rep.dropped_messages:
             line += (f"; {rep.dropped_messages} accepted messages were not "
                      f"processed and are DROPPED (no --resilience-dir)")
         (self.log.warning if rep.lost and not self.store.durable
          else self.log.info)("%s", line)
+
+
+async def _first_of(*waits) -> None:
+    """Return as soon as one of the ``waits`` (async callables) returns."""
+    async with trio.open_nursery() as nursery:
+        async def one(wait):
+            await wait()
+            nursery.cancel_scope.cancel()
+        for wait in waits:
+            nursery.start_soon(one, wait)

@@ -46,7 +46,8 @@ async def _ask_all(entries: list[dict], secret: bytes) -> list[dict]:
             return
         try:
             answer = await ask(_split(e["control"]), secret, "STATUS", timeout=5)
-        except (OSError, auth.AuthError, trio.TooSlowError, ValueError) as err:
+        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
+                trio.ClosedResourceError, ValueError) as err:
             e["error"] = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
             if e.get("state") == "ready":
                 e["state"] = "unreachable"
@@ -60,7 +61,7 @@ async def _ask_all(entries: list[dict], secret: bytes) -> list[dict]:
     return out
 
 
-def status_from_dir(directory: str) -> dict:
+def status_from_dir(directory: str, secret_file: str | None = None) -> dict:
     path = os.path.join(directory, "cluster.json")
     try:
         with open(path) as f:
@@ -71,7 +72,17 @@ def status_from_dir(directory: str) -> dict:
                         f"cluster (or the directory its ready line names)?") from None
     except (OSError, ValueError) as e:
         raise ToolError(f"cannot read {path}: {e}") from None
-    secret = auth.load_secret(os.path.join(directory, "cluster.secret"))
+    if body.get("several_hosts"):  # one worker's own entry: ask it for all
+        if not secret_file:
+            raise ToolError(f"{path} is the entry of worker "
+                            f"{body['workers'][0]['name']!r} of a cluster over "
+                            f"several hosts: give --cluster-secret-file too")
+        control = body["workers"][0].get("control")
+        if body["workers"][0].get("state") != "ready" or not control:
+            raise ToolError(f"worker {body['workers'][0]['name']!r} is "
+                            f"{body['workers'][0].get('state')} ({path})")
+        return status_from_control(control, secret_file)
+    secret = auth.load_secret(secret_file or os.path.join(directory, "cluster.secret"))
     entries = [{k: w.get(k) for k in ("name", "state", "pid", "restarts",
                                       "control", "data")} for w in body["workers"]]
     workers = trio.run(_ask_all, entries, secret)
@@ -84,7 +95,8 @@ def status_from_control(control: str, secret_file: str) -> dict:
     async def main():
         try:
             members = await ask(_split(control), secret, "MEMBERS", timeout=5)
-        except (OSError, auth.AuthError, trio.TooSlowError) as e:
+        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
+                trio.ClosedResourceError, ValueError) as e:
             raise ToolError(f"cannot ask {control}: {e}") from None
         addresses = members.get("addresses") or {}
         entries = [{"name": n, "state": "ready", "control": addresses.get(
