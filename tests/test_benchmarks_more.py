@@ -1,0 +1,61 @@
+"""Smoke tests of the cluster, cluster-recovery and big-state benchmarks:
+each runs at a tiny size and reports every row it names.  No timing
+assertions (the numbers depend on the machine); the counts they wait for
+are exact, so a lost output makes them time out and fail."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+
+
+def run(script: str, *args: str, timeout: float = 300) -> str:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_cluster_benchmark_reports_every_configuration(tmp_path):
+    out = tmp_path / "cluster.json"
+    stdout = run("bench_cluster.py", "--lines", "2000", "--votes", "20000",
+                 "--repeat", "1", "--no-bytewax", "--profile", "--json", str(out))
+    res = json.loads(out.read_text())
+    for app in ("word_count", "alphabet"):
+        for mode in ("off", "NORMAL"):
+            for workers in (1, 2):
+                row = res[f"{app}/{mode}/{workers}"]
+                assert row["msgs_per_s"] > 0 and row["cpu_us_per_msg"] > 0
+    assert "ratios, 2 workers over 1" in stdout
+    # a profile per worker, the application's own share among the categories
+    for app in ("word_count", "alphabet"):
+        assert set(res["profiles"][app]) == {"initializer", "worker-1"}
+        for cats in res["profiles"][app].values():
+            names = {c["category"] for c in cats}
+            assert any(n.startswith("application functions") for n in names)
+
+
+def test_cluster_recovery_benchmark_reports_the_others_meanwhile(tmp_path):
+    out = tmp_path / "recovery.json"
+    stdout = run("bench_cluster_recovery.py", "--rate", "2000", "--seconds", "4",
+                 "--kill-at", "1.5", "--restart-delay", "0.5", "--json", str(out))
+    res = json.loads(out.read_text())
+    assert res["away_seconds"] > 0
+    assert "away" in stdout
+
+
+def test_big_state_benchmark_reports_one_checkpoint(tmp_path):
+    out = tmp_path / "big.json"
+    run("bench_big_state.py", "--mb", "4", "--shapes", "bytes", "--busy-seconds", "1",
+        "--json", str(out))
+    (row,) = json.loads(out.read_text())
+    assert row["shape"] == "bytes" and row["mb"] == 4
+    assert row["snapshot_work_s"] >= 0 and row["commit_s"] > 0
+    assert row["database_mb"] > 4  # the snapshot is on disk
+    assert row["busy_pings"] > 0 and row["restart_to_ready_s"] > 0
+    assert row["plain"]["pickled_mb"] > 4
