@@ -168,8 +168,9 @@ def run(messages: int = 20000, votes: int = 20000, kills: int = 5, pauses: int =
         rnd.shuffle(events)
         for kind, who in events:
             time.sleep(rnd.uniform(0.4, 1.4) * flow / (len(events) + 1))
+            holder = _holder(sup.lines, owner)
             if who == "holder":
-                who = _holder(sup.lines, owner)
+                who = holder
             pid = _pid(state, who)
             if pid is None:
                 continue
@@ -183,7 +184,10 @@ def run(messages: int = 20000, votes: int = 20000, kills: int = 5, pauses: int =
             os.kill(pid, signal.SIGKILL)
             k0 = time.perf_counter()
             res.kills.append(who)
-            say(f"SIGKILL {who} at {k0 - t0:.2f}s")
+            roles = [r for r, w in (("holds the 'seq' sender's connection", holder),
+                                    ("owns stream 'seq'", owner)) if w == who]
+            say(f"SIGKILL {who} at {k0 - t0:.2f}s"
+                + (f" ({', '.join(roles)})" if roles else ""))
             deadline = time.monotonic() + 60
             while sum(1 for line in sup.lines if f"worker {who} ready again"
                       in line) <= seen and time.monotonic() < deadline:
@@ -209,12 +213,16 @@ def run(messages: int = 20000, votes: int = 20000, kills: int = 5, pauses: int =
 
 
 def _holder(lines: list[str], owner: str) -> str:
-    """The worker the windows sender's connection reached last."""
+    """The worker holding the windows sender's connection, as last logged:
+    the one that forwarded it to the owner, or the owner when it was handed
+    the connection itself."""
     who = owner
     for line in lines:
         m = re.match(r"(\S+) \| .*stream 'seq' .*(forwarded to worker|resuming at)", line)
-        if m:
-            who = m.group(1)
+        if not m:
+            continue
+        by = re.search(r"connection forwarded by worker '([^']+)'", line)
+        who = by.group(1) if by else m.group(1)
     return who
 
 
