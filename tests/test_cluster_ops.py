@@ -242,3 +242,46 @@ def test_another_number_of_workers_on_a_formed_directory_is_refused(procs, tmp_p
     assert "holds a cluster of 2 workers (initializer, worker-1" in again.stderr
     assert "Run it with --workers 2" in again.stderr
     assert not os.path.exists(os.path.join(state, "worker-2.db"))
+
+
+def test_a_channel_from_another_application_is_refused_before_any_batch(
+        procs, tmp_path):
+    """A worker holding the secret but running another application (or
+    another membership) announces another fingerprint: its channel is
+    refused, naming it, and the batch it sends is never deserialized."""
+    import trio
+
+    from wallaroo.connectors import auth
+
+    state = str(tmp_path / "state")
+    sup, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
+                              resilience_dir=state)
+    body = json.load(open(fields["cluster_file"]))
+    secret = auth.load_secret(os.path.join(state, "cluster.secret"))
+    host, port = body["workers"][1]["data"].rsplit(":", 1)
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_Evil(str(marker)))
+
+    async def pose_as_the_initializer():
+        stream = await trio.open_tcp_stream(host, int(port))
+        buf = bytearray()
+        name, session = await auth.connect(stream, secret, "initializer", buf,
+                                           expect="worker-1")
+        assert name == "worker-1"
+        await stream.send_all(session.seal(b"CHANNEL " + b"f" * 32))
+        blob = b"G" + evil
+        batch = len(blob).to_bytes(4, "big") * 2 + blob
+        await stream.send_all(batch + session.tag(0, batch))
+        with trio.move_on_after(5):
+            try:
+                while await stream.receive_some(4096):
+                    pass
+            except trio.BrokenResourceError:
+                pass  # the worker closed it: the expected end
+        await stream.aclose()
+
+    trio.run(pose_as_the_initializer)
+    assert sup.wait_line("runs another application or membership", timeout=WAIT)
+    time.sleep(0.5)
+    assert not marker.exists()
+    sup.terminate()
