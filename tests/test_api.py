@@ -946,6 +946,10 @@ def test_public_names_are_the_documented_api():
         "computation_multi", "state_computation", "state_computation_multi",
         "partition", "key_extractor", "decoder", "encoder",
         "tcp_parse_input_addrs", "tcp_parse_output_addrs",
+        # Wallaroo 0.5's Kafka command-line helpers.
+        "kafka_parse_source_options", "kafka_parse_sink_options",
+        "CustomKafkaSourceCLIParser", "CustomKafkaSinkCLIParser",
+        "DefaultKafkaSourceCLIParser", "DefaultKafkaSinkCLIParser",
     }
     names = set(_public_names())
     assert documented <= names

@@ -21,5 +21,11 @@ from ._decorators import partition as partition
 from ._decorators import state_computation as state_computation
 from ._decorators import state_computation_multi as state_computation_multi
 from ._errors import WallarooParameterError as WallarooParameterError
+from ._kafka_cli import CustomKafkaSinkCLIParser as CustomKafkaSinkCLIParser
+from ._kafka_cli import CustomKafkaSourceCLIParser as CustomKafkaSourceCLIParser
+from ._kafka_cli import DefaultKafkaSinkCLIParser as DefaultKafkaSinkCLIParser
+from ._kafka_cli import DefaultKafkaSourceCLIParser as DefaultKafkaSourceCLIParser
+from ._kafka_cli import kafka_parse_sink_options as kafka_parse_sink_options
+from ._kafka_cli import kafka_parse_source_options as kafka_parse_source_options
 
 __version__ = "0.1.0"

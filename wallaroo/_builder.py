@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _kafka_cli as kafka
 from . import _normalize as norm
-from ._configs import (KafkaSinkConfig, KafkaSourceConfig, TCPSinkConfig,
-                       TCPSourceConfig)
+from ._configs import TCPSinkConfig, TCPSourceConfig
 from ._errors import WallarooParameterError
 from ._spec import (AppSpec, PipelineSpec, SinkSpec, SourceSpec, StateSpec,
                     StepSpec)
@@ -185,7 +185,10 @@ class ApplicationBuilder:
             dec = norm.decoder(cfg.decoder, f"{where} source")
             return SourceSpec(pipeline=p.name, kind="tcp", host=cfg.host,
                               port=cfg.port, decoder=dec, config=cfg)
-        if isinstance(cfg, KafkaSourceConfig):
+        if isinstance(cfg, kafka.SOURCE_FORMS):
+            # A KafkaSourceConfig or a CLI parser: always a checked
+            # KafkaSourceConfig, brokers as (host, port) str pairs.
+            cfg = _named(kafka.source_config, cfg, f"{where} source")
             dec = norm.decoder(cfg.decoder, f"{where} source")
             return SourceSpec(pipeline=p.name, kind="kafka", host=str(cfg.topic),
                               port="", decoder=dec, config=cfg)
@@ -200,7 +203,8 @@ class ApplicationBuilder:
             return SinkSpec(index=index, pipeline=p.name, kind="tcp",
                             host=cfg.host, port=cfg.port, encoder=enc,
                             config=cfg, position=position)
-        if isinstance(cfg, KafkaSinkConfig):
+        if isinstance(cfg, kafka.SINK_FORMS):
+            cfg = _named(kafka.sink_config, cfg, f"{where} sink {index}")
             enc = norm.encoder(cfg.encoder, f"{where} sink {index}")
             return SinkSpec(index=index, pipeline=p.name, kind="kafka",
                             host=str(cfg.topic), port="", encoder=enc,
@@ -272,6 +276,14 @@ class ApplicationBuilder:
                 f"{other_where} ({_describe(other)}) than here "
                 f"({_describe(spec)}); a shared state needs the same "
                 f"partitioning everywhere")
+
+
+def _named(resolve, cfg, where: str):
+    """``resolve(cfg)``, its errors prefixed with ``where``."""
+    try:
+        return resolve(cfg)
+    except WallarooParameterError as e:
+        raise WallarooParameterError(f"{where}: {e}") from None
 
 
 def _describe(s: StateSpec) -> str:

@@ -1,4 +1,5 @@
-"""Source and sink configurations, and the command-line address helpers."""
+"""Source and sink configurations, and the TCP command-line address helpers
+(the Kafka ones are in ``_kafka_cli``)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,23 @@ class TCPSinkConfig:
 
 
 class KafkaSourceConfig:
-    """Part of the API so applications that mention Kafka still load; this
-    engine runs TCP sources only and says so when such a pipeline is run."""
+    """Read the records of a Kafka topic.
+
+    ``topic`` is the topic's name.  ``brokers`` is a list of ``(host, port)``
+    pairs of strings, e.g. ``[("127.0.0.1", "9092")]``; the builder also
+    accepts ``["host:port", "host"]`` or ``"host:port,host"`` (the port is
+    9092 when left out) and turns them into pairs.  ``log_level`` is one of
+    ``"Fine"``, ``"Info"``, ``"Warn"``, ``"Error"``.
+
+    ``decoder`` is given each record's value, the whole of it, as ``bytes``:
+    a Kafka record is one message, so a ``@wallaroo.decoder``'s header
+    arguments are not used to frame it.
+
+    ``wallaroo.kafka_parse_source_options(args)``,
+    ``wallaroo.CustomKafkaSourceCLIParser(args, decoder)`` and
+    ``wallaroo.DefaultKafkaSourceCLIParser(decoder)`` read these options
+    from the command line instead.
+    """
 
     def __init__(self, topic, brokers, log_level, decoder):
         self.topic = topic
@@ -50,9 +66,30 @@ class KafkaSourceConfig:
     def to_tuple(self):
         return ("kafka", self.topic, self.brokers, self.log_level, self.decoder)
 
+    def __repr__(self):
+        return (f"KafkaSourceConfig({self.topic!r}, {self.brokers!r}, "
+                f"{self.log_level!r}, {self.decoder!r})")
+
 
 class KafkaSinkConfig:
-    """See ``KafkaSourceConfig``."""
+    """Write a pipeline's output to a Kafka topic.
+
+    ``topic`` and ``brokers``, and ``log_level``, as for
+    ``KafkaSourceConfig``.  ``max_produce_buffer_ms`` is how long, in
+    milliseconds, records may wait to be sent in a batch (0: send at once;
+    Wallaroo's default).  ``max_message_size`` is the maximum Kafka message
+    buffer size, in bytes (Wallaroo's default: 100000).  Both are ints.
+
+    ``encoder`` returns ``(value, key)`` for each output: ``value`` is the
+    record's value and ``key`` its key (``None`` for none); Wallaroo 0.5's
+    ``(value, key, partition)`` is accepted too.  ``str`` values and keys
+    are sent UTF-8 encoded, ``bytes`` as they are.
+
+    ``wallaroo.kafka_parse_sink_options(args)``,
+    ``wallaroo.CustomKafkaSinkCLIParser(args, encoder)`` and
+    ``wallaroo.DefaultKafkaSinkCLIParser(encoder)`` read these options from
+    the command line instead.
+    """
 
     def __init__(self, topic, brokers, log_level, max_produce_buffer_ms,
                  max_message_size, encoder):
@@ -66,6 +103,11 @@ class KafkaSinkConfig:
     def to_tuple(self):
         return ("kafka", self.topic, self.brokers, self.log_level,
                 self.max_produce_buffer_ms, self.max_message_size, self.encoder)
+
+    def __repr__(self):
+        return (f"KafkaSinkConfig({self.topic!r}, {self.brokers!r}, "
+                f"{self.log_level!r}, {self.max_produce_buffer_ms!r}, "
+                f"{self.max_message_size!r}, {self.encoder!r})")
 
 
 def _option_value(args, short: str, long: str) -> str | None:

@@ -41,6 +41,8 @@ class SourceSpec:
 
     @property
     def address(self) -> str:
+        if self.kind == "kafka":  # host holds the topic
+            return f"kafka:{self.host}"
         return f"{self.host}:{self.port}"
 
 
@@ -64,6 +66,8 @@ class SinkSpec:
 
     @property
     def address(self) -> str:
+        if self.kind == "kafka":  # host holds the topic
+            return f"kafka:{self.host}"
         return f"{self.host}:{self.port}"
 
     @property

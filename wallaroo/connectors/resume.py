@@ -19,6 +19,7 @@ VERSION = b"1"
 MAX_LINE = len(PREFIX) + len(VERSION) + 1 + 255 + 1
 STREAM_NAME = re.compile(rb"[A-Za-z0-9._:-]{1,255}")
 PEER_PREFIX = b"peer:"
+KAFKA_PREFIX = b"kafka:"
 
 
 class HandshakeError(Exception):
@@ -42,6 +43,9 @@ def parse_handshake(line: bytes) -> str:
     if name.startswith(PEER_PREFIX):
         raise HandshakeError("stream names starting with 'peer:' are reserved "
                              "for the channels between workers")
+    if name.startswith(KAFKA_PREFIX):
+        raise HandshakeError("stream names starting with 'kafka:' are reserved "
+                             "for the partitions of Kafka sources")
     return name.decode("ascii")
 
 
@@ -107,11 +111,13 @@ class StreamRegistry:
     def idle(self, older_than: float) -> list[tuple[str, str]]:
         """Clients' streams nobody is connected to, with nothing in
         flight, whose count last changed before ``older_than`` (unix time).
-        Channels from other workers are never forgotten: their counts are
-        what makes each peer batch count once, however long a peer is away."""
+        Channels from other workers and Kafka partitions are never
+        forgotten: their counts are what makes each peer batch and each
+        record count once, however long they are idle."""
         return [k for k, st in self.streams.items()
                 if st.conn is None and st.accepted == st.durable
-                and st.last_seen < older_than and k[0] != "peer"]
+                and st.last_seen < older_than and k[0] != "peer"
+                and not k[1].startswith("kafka:")]
 
     def forget(self, keys: list[tuple[str, str]]) -> None:
         for k in keys:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 from .._spec import AppSpec
 from ..connectors.base import PEER, TCP
 from ..connectors.framing import DEFAULT_MAX_FRAME, Framer
+from ..connectors.kafka_source import RECORD_FRAMING
 from ..recovery import snapshots
 from ..recovery.errors import IncompatibleDirectory, StoreError
 from ..recovery.records import (MAX_OUTPUT_BYTES, MAX_ROW_BYTES, CommitRecord,
@@ -170,7 +171,10 @@ class WorkerCore:
         self.spaces = {s.name: StateSpace(s, self.durable) for s in app.states}
         self.downstream = {name: [self.spaces[t] for t in sorted(ts)]
                            for name, ts in app.downstream_states().items()}
-        self.framers = [Framer(p.source.decoder, max_frame) for p in app.pipelines]
+        # Kafka records are logged behind a 4-byte length, whatever the decoder
+        self.framers = [Framer(RECORD_FRAMING if p.source.kind == "kafka"
+                               else p.source.decoder, max_frame)
+                        for p in app.pipelines]
         self.pipeline_index = {p.name: p.index for p in app.pipelines}
         self.out_lists: list[list[bytes]] = [[] for _ in app.sinks]
         # destinations: the application's sinks, then one channel per member
@@ -189,7 +193,7 @@ class WorkerCore:
         self.stream_seen: dict[tuple[str, str], int] = {}
         self.next_pending_id = 0
         # frame header bytes per source; peer batches carry theirs in the payload
-        self.header_lengths = [p.source.decoder.header_length for p in app.pipelines] + [0]
+        self.header_lengths = [f.header_length for f in self.framers] + [0]
         self.stats = CoreStats()
         self.failures = FailureLog([0], self.log)
         self.runners: list = []  # compiled once the membership is settled

@@ -286,6 +286,12 @@ class Inbox:
         frees what it held)."""
         await self._space.wait()
 
+    def arrived_for(self, key: object) -> int:
+        """How many frames that arrived for ``key`` wait (front chunks not
+        counted)."""
+        q = self._queues.get(key)
+        return q.arrived if q is not None else 0
+
     def has_peer_input(self) -> bool:
         return any(q.connector == PEER for q in self._queues.values())
 

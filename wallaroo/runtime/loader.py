@@ -12,6 +12,7 @@ import sys
 from types import ModuleType
 
 from .._errors import WallarooParameterError
+from .._kafka_cli import application_args
 from .._spec import AppSpec
 
 
@@ -68,14 +69,19 @@ def load_module(app: str) -> ModuleType:
 
 def load_application(app: str, args: list[str]) -> AppSpec:
     """Import ``app`` and return what its ``application_setup(args)``
-    builds."""
+    builds.  While it runs, ``args`` are also where the builder reads the
+    ``--<name>_*`` flags of DefaultKafkaSourceCLIParser and
+    DefaultKafkaSinkCLIParser."""
     module = load_module(app)
     setup = getattr(module, "application_setup", None)
     if not callable(setup):
         raise ApplicationLoadError(
             f"application {app!r} has no application_setup(args) function")
     try:
-        spec = setup(list(args))
+        # DefaultKafkaSourceCLIParser / DefaultKafkaSinkCLIParser read their
+        # flags from these same args while the application is built.
+        with application_args(args):
+            spec = setup(list(args))
     except WallarooParameterError:
         raise
     except Exception as e:

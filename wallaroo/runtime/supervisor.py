@@ -91,6 +91,10 @@ class Supervisor:
     async def _bind_sources(self) -> None:
         for p in self.spec.pipelines:
             src = p.source
+            if src.kind == "kafka":  # every worker consumes its partitions
+                self.listeners.append([])
+                self.sources.append(src.address)
+                continue
             try:
                 ls = await trio.open_tcp_listeners(int(src.port), host=src.host)
             except (OSError, ValueError) as e:

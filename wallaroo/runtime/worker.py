@@ -37,6 +37,8 @@ from .core import Batch, Chunk, WorkerCore
 from ..connectors.framing import DEFAULT_MAX_FRAME
 from ..connectors.resumable_sink import ResumableTCPSink, stream_name
 from ..connectors.resume import StreamRegistry
+from ..connectors.kafka_sink import KafkaSink, with_kafka_encoders
+from ..connectors.kafka_source import KafkaSource
 from ..connectors.tcp_sink import OutboxQueue, TCPSink
 from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSource
 from .cluster_side import ClusterConfig, ClusterSide
@@ -96,15 +98,18 @@ class Worker:
         self.store = store or MemoryStore()
         self.log = log or logging.getLogger("wallaroo")
         for p in app.pipelines:
-            if p.source.kind != "tcp":
+            if p.source.kind not in ("tcp", "kafka"):
                 raise ValueError(f"pipeline {p.name!r}: {p.source.kind} sources "
-                                 f"are not supported by this engine yet (TCP only)")
+                                 f"are not supported (TCP and Kafka)")
         for s in app.sinks:
-            if s.kind != "tcp":
+            if s.kind not in ("tcp", "kafka"):
                 raise ValueError(f"{s.label}: {s.kind} sinks are not supported "
-                                 f"by this engine yet (TCP only)")
+                                 f"(TCP and Kafka)")
+        # a Kafka sink's outputs are kept as frames of (key, partition, value)
+        app = self.app = with_kafka_encoders(app)
         framed = frozenset(s.index for s in app.sinks
-                           if self.opts.resumable_sinks and s.kind == "tcp")
+                           if (self.opts.resumable_sinks and s.kind == "tcp")
+                           or s.kind == "kafka")
         cluster = self.opts.cluster
         self.core = WorkerCore(app, self.store, log=self.log,
                                max_frame=self.opts.max_frame,
@@ -198,13 +203,20 @@ class Worker:
             counter = ConnectionCounter()
             handed = self.cluster is not None and \
                 self.cluster.config.supervisor_fd is not None
-            self.sources = [TCPSource(p.index, p.source, self.core.framers[p.index],
-                                      self.inbox, self.registry, log, limits, counter,
-                                      cluster=self.cluster,
-                                      on_closed=self._handed_closed)
-                            for p in self.app.pipelines]
+            placement = self.core.placement
+            self.sources = [
+                KafkaSource(p.index, p.source, self.inbox, self.core.stream_counts,
+                            self.registry, log, self.app.name,
+                            placement.me if placement else 0,
+                            placement.size if placement else 1)
+                if p.source.kind == "kafka" else
+                TCPSource(p.index, p.source, self.core.framers[p.index],
+                          self.inbox, self.registry, log, limits, counter,
+                          cluster=self.cluster, on_closed=self._handed_closed)
+                for p in self.app.pipelines]
             # one host: the supervisor listens and hands connections over
-            bound = [await s.bind() for s in self.sources] if not handed else []
+            tcp = [s for s in self.sources if isinstance(s, TCPSource)]
+            bound = [await s.bind() for s in tcp] if not handed else []
             data = (await self.cluster.start(nursery)) if self.cluster else None
             sources_scope = trio.CancelScope()
 
@@ -218,7 +230,9 @@ class Worker:
             nursery.start_soon(self._engine_loop, send_batches, engine_done)
             if self.opts.handle_signals:  # before "ready": a SIGTERM right
                 await nursery.start(self._signals)  # after it must drain
-            addrs = ",".join(f"{h}:{p}" for h, p in bound) or "-"
+            shown = iter(f"{h}:{p}" for h, p in bound)
+            addrs = ",".join(s.address if isinstance(s, KafkaSource) else
+                             next(shown, None) or "-" for s in self.sources) or "-"
             sinks = ",".join(s.address for s in self.app.sinks) or "-"
             if data is not None:
                 control = self.cluster.control_address
@@ -285,7 +299,10 @@ class Worker:
             queue.base = core.sink_bases.get(spec.index, 0)
             if reader is not None and queue.produced > queue.delivered:
                 queue.spilled_from = queue.delivered
-            if spec.index in core.framed_sinks:
+            if spec.kind == "kafka":
+                sinks.append(KafkaSink(spec, queue, core.note_delivered, self.log,
+                                       limiter=limiter))
+            elif spec.index in core.framed_sinks:
                 sinks.append(ResumableTCPSink(
                     spec, queue, core.note_delivered, self.log,
                     stream_name(self.app.name, spec, opts.name), limiter=limiter,
