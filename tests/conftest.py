@@ -177,3 +177,31 @@ def sums(data: bytes) -> list[tuple[int, int]]:
         out.append((v, s))
         pos += 20
     return out
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """One Kafka-protocol broker for the session (the noida-db wheel's
+    binary, stopped with SIGTERM at the end); each test makes its own
+    topics with ``kafka_broker.create_topic(name, partitions)``."""
+    from .kafka_broker import Broker
+    b = Broker()
+    b.start(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def kafka_topic(kafka_broker, request):
+    """A function making fresh topics named after the test."""
+    made = []
+
+    def make(partitions: int = 1, suffix: str = "") -> str:
+        name = re.sub(r"[^A-Za-z0-9._-]", "-", request.node.name)[:150]
+        name = f"{name}-{suffix or len(made)}"
+        kafka_broker.create_topic(name, partitions=partitions)
+        made.append(name)
+        return name
+    return make

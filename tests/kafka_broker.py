@@ -362,3 +362,52 @@ if __name__ == "__main__":
         b.create_topic("smoke", partitions=3)
         print("created topic 'smoke' with 3 partitions")
     print("stopped")
+
+
+# -- helpers for the tests ---------------------------------------------------
+def produce_all(bootstrap: str, topic: str, values, keys=None, partition=None) -> None:
+    """Produce every value (with its key), and wait until all are delivered."""
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                  "linger.ms": 5})
+    failed = []
+    for i, v in enumerate(values):
+        k = None if keys is None else keys[i]
+        kw = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                p.produce(topic, v, k, on_delivery=lambda e, m: e and failed.append(e),
+                          **kw)
+                break
+            except BufferError:
+                p.poll(0.05)
+    left = p.flush(30)
+    if left or failed:
+        raise BrokerError(f"{left} records not delivered, errors {failed[:3]}")
+
+
+def read_all(bootstrap: str, topic: str, partitions: int, count: int,
+             timeout: float = 30.0, settle: float = 0.5,
+             isolation: str = "read_committed") -> list:
+    """Every record of the topic from the start, as (key, value, partition),
+    once at least ``count`` arrived (then ``settle`` more seconds for any
+    beyond) or after ``timeout``."""
+    from confluent_kafka import Consumer, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time()}",
+                  "enable.auto.commit": False, "isolation.level": isolation})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out = []
+    deadline = time.monotonic() + timeout
+    settled = None
+    try:
+        while time.monotonic() < deadline:
+            if settled is None and len(out) >= count:
+                settled = time.monotonic() + settle
+            if settled is not None and time.monotonic() > settled:
+                break
+            for m in c.consume(1000, 0.1):
+                if m.error() is None:
+                    out.append((m.key(), m.value(), m.partition()))
+    finally:
+        c.close()
+    return out

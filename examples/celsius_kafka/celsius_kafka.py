@@ -7,9 +7,9 @@ brokers from the command line through ``DefaultKafkaSourceCLIParser`` and
         --kafka_source_topic celsius --kafka_source_brokers 127.0.0.1:9092 \\
         --kafka_sink_topic fahrenheit --kafka_sink_brokers 127.0.0.1:9092
 
-Input: records whose value is a temperature in degrees Celsius, either a
-4-byte big-endian float32 (as Wallaroo's example sent them) or text such as
-``21.5``.  Output: records whose value is the temperature in degrees
+Input: records whose value is a temperature in degrees Celsius, either
+text such as ``21.5`` or a 4-byte big-endian float32 (as Wallaroo's example
+sent them).  Output: records whose value is the temperature in degrees
 Fahrenheit as text, ``"%.2f"``, without a key.  A value that is neither
 makes the decoder raise: that record is logged and skipped.
 """
@@ -31,9 +31,12 @@ def application_setup(args):
 
 @wallaroo.decoder(header_length=4, length_fmt=">I")
 def decoder(bs):
-    if len(bs) == 4:
-        return struct.unpack(">f", bs)[0]
-    return float(bs.decode("utf-8"))
+    try:
+        return float(bs.decode("ascii"))
+    except ValueError:
+        if len(bs) == 4:
+            return struct.unpack(">f", bs)[0]
+        raise
 
 
 @wallaroo.computation(name="multiply by 1.8")

@@ -144,7 +144,8 @@ def check(values: list[str], keys: list[str], res: KafkaChaosResult) -> None:
 
 
 def run(records: int = 50000, kills: int = 3, workers: int = 1, rate: float = 10000,
-        keys: int = 500, seed: int | None = None, say=print) -> KafkaChaosResult:
+        keys: int = 500, seed: int | None = None, say=print,
+        workdir: str | None = None) -> KafkaChaosResult:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from kafka_broker import Broker
     seed = random.randrange(1 << 30) if seed is None else seed
@@ -152,7 +153,7 @@ def run(records: int = 50000, kills: int = 3, workers: int = 1, rate: float = 10
     say(f"kafka chaos: seed {seed}; command: python -m tests.chaos.kafka_chaos "
         f"--records {records} --kills {kills} --workers {workers} --rate {rate:g} "
         f"--seed {seed}")
-    workdir = tempfile.mkdtemp(prefix="wallaroo-kafka-chaos-")
+    workdir = workdir or tempfile.mkdtemp(prefix="wallaroo-kafka-chaos-")
     res = KafkaChaosResult(records=records, workers=workers, workdir=workdir)
     broker = Broker()
     bootstrap = broker.start(os.path.join(workdir, "broker"))
@@ -178,6 +179,9 @@ def run(records: int = 50000, kills: int = 3, workers: int = 1, rate: float = 10
                                                         rate, done), daemon=True)
         feeder.start()
         flow = records / rate
+        # on a cluster every worker, the initializer included, is hit
+        targets = NAMES[:] + [rnd.choice(NAMES) for _ in range(max(0, kills - 3))]
+        rnd.shuffle(targets)
         for i in range(kills):
             time.sleep(rnd.uniform(0.5, 1.5) * flow / (kills + 1))
             if workers == 1:
@@ -189,7 +193,7 @@ def run(records: int = 50000, kills: int = 3, workers: int = 1, rate: float = 10
                 worker = Proc(cmd, log)
                 worker.wait_for(r"^ready", 60)
             else:
-                who = rnd.choice(NAMES)
+                who = targets[i]
                 pid = _pid(state, who)
                 if pid is None:
                     continue

@@ -35,6 +35,7 @@ from typing import Callable
 
 import trio
 
+from .._compat import BaseExceptionGroup
 from .._spec import EncoderSpec, SinkSpec
 from .kafka_client import ClientErrors, base_config, bootstrap, kafka
 from .tcp_sink import OutboxQueue, TCPSink
@@ -197,6 +198,17 @@ class KafkaSink(TCPSink):
                 reports.append((seq, err))
             return cb
 
+        try:
+            await self._produce_and_poll(q, window, reports, cursor, on_delivery)
+        except BaseExceptionGroup as eg:  # a _Retry from the polling task
+            retry = eg.subgroup(lambda x: isinstance(x, _Retry))
+            if retry is None:
+                raise
+            while isinstance(retry, BaseExceptionGroup):
+                retry = retry.exceptions[0]
+            raise retry from None
+
+    async def _produce_and_poll(self, q, window, reports, cursor, on_delivery) -> None:
         async with trio.open_nursery() as nursery:
             more = trio.Event()
 

@@ -135,11 +135,13 @@ class KafkaSource:
         return ck.Consumer(conf)
 
     def _partitions(self) -> list[int]:
-        md = self.consumer.list_topics(self.topic, timeout=METADATA_TIMEOUT)
+        # all topics: a request naming the topic may make some brokers
+        # create it, and a typo must be reported, not created
+        md = self.consumer.list_topics(timeout=METADATA_TIMEOUT)
         t = md.topics.get(self.topic)
         if t is None or t.error is not None or not t.partitions:
-            why = t.error.str() if t is not None and t.error is not None else \
-                "no partitions"
+            why = (t.error.str() if t is not None and t.error is not None else
+                   "no partitions" if t is not None else "no such topic")
             raise LookupError(f"topic {self.topic!r} is not available: {why}")
         return sorted(t.partitions)
 
