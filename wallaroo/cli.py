@@ -93,6 +93,14 @@ class _RawArgsCommand(click.Command):
                    "until the receiver acknowledges them, and each arrives "
                    "exactly once across crashes of either side.  The receiver "
                    "must speak it too (wallaroo receive --resumable).")
+@click.option("--kafka-transactional-sinks", "kafka_transactions", is_flag=True,
+              help="Every Kafka sink produces with a transactional producer "
+                   "(one per worker and sink, a stable transactional.id): "
+                   "each run of committed outputs is one Kafka transaction "
+                   "that also commits the sink's position, so consumers "
+                   "reading with isolation.level=read_committed see every "
+                   "output exactly once across crashes.  Without it, Kafka "
+                   "sinks deliver at least once.")
 @click.option("--sink-outbox-max", type=click.IntRange(min=1), default=1 << 30,
               show_default=True, metavar="BYTES",
               help="With --resilience-dir: undelivered outputs one sink may "
@@ -152,7 +160,7 @@ class _RawArgsCommand(click.Command):
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         synchronous, checkpoint_interval, checkpoint_max, max_batch, max_batch_time,
         max_frame_size, max_connections, handshake_timeout, idle_timeout,
-        resumable_sinks, sink_outbox_max, workers, restart_delay,
+        resumable_sinks, kafka_transactions, sink_outbox_max, workers, restart_delay,
         cluster_initializer, worker_count, control_addr, data_addr, my_control,
         my_data, cluster_secret_file, peer_outbox_max, cluster_members,
         supervisor_fd, forget_streams_after, drain_timeout, log_level, profile_dir,
@@ -221,6 +229,7 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                       handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
                       forget_streams_after=forget_streams_after,
                       resumable_sinks=resumable_sinks,
+                      kafka_transactions=kafka_transactions,
                       sink_outbox_max=sink_outbox_max,
                       drain_timeout=drain_timeout, log_level=log_level,
                       profile_dir=profile_dir)

@@ -56,12 +56,14 @@ class KafkaChaosResult:
     seconds: float = 0.0
     worker_exit: int | None = None
     workdir: str = ""
+    exactly_once: bool = False  # --kafka-transactional-sinks
 
     @property
     def ok(self) -> bool:
         return (self.missing_outputs == 0 and self.wrong_finals == 0
                 and self.over_counts == 0 and len(self.kills) > 0
-                and self.worker_exit == 0)
+                and self.worker_exit == 0
+                and (self.duplicate_outputs == 0 or not self.exactly_once))
 
     def summary(self) -> str:
         t = self.restart_to_ready_s
@@ -72,8 +74,10 @@ class KafkaChaosResult:
             f"keys with a wrong final count {self.wrong_finals}, counts above the "
             f"records of their key {self.over_counts}, outputs missing "
             f"{self.missing_outputs}",
-            f"outputs read {self.outputs}, repeated (at-least-once sink) "
-            f"{self.duplicate_outputs}",
+            f"outputs read {self.outputs} (read_committed), repeated "
+            f"{self.duplicate_outputs}" + (" (transactional sink: must be 0)"
+                                           if self.exactly_once else
+                                           " (at-least-once sink)"),
             (f"kill -> ready again: min {min(t):.2f}s median "
              f"{statistics.median(t):.2f}s max {max(t):.2f}s" if t else
              "kill -> ready again: -"),
@@ -145,16 +149,17 @@ def check(values: list[str], keys: list[str], res: KafkaChaosResult) -> None:
 
 def run(records: int = 50000, kills: int = 3, workers: int = 1, rate: float = 10000,
         keys: int = 500, seed: int | None = None, say=print,
-        workdir: str | None = None) -> KafkaChaosResult:
+        workdir: str | None = None, exactly_once: bool = False) -> KafkaChaosResult:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from kafka_broker import Broker
     seed = random.randrange(1 << 30) if seed is None else seed
     rnd = random.Random(seed)
     say(f"kafka chaos: seed {seed}; command: python -m tests.chaos.kafka_chaos "
         f"--records {records} --kills {kills} --workers {workers} --rate {rate:g} "
-        f"--seed {seed}")
+        f"--seed {seed}" + (" --exactly-once" if exactly_once else ""))
     workdir = workdir or tempfile.mkdtemp(prefix="wallaroo-kafka-chaos-")
-    res = KafkaChaosResult(records=records, workers=workers, workdir=workdir)
+    res = KafkaChaosResult(records=records, workers=workers, workdir=workdir,
+                           exactly_once=exactly_once)
     broker = Broker()
     bootstrap = broker.start(os.path.join(workdir, "broker"))
     worker = reader = None
@@ -165,6 +170,7 @@ def run(records: int = 50000, kills: int = 3, workers: int = 1, rate: float = 10
         state = os.path.join(workdir, "state")
         cmd = wallaroo("run", APP, "--resilience-dir", state,
                        *(["--workers", str(workers)] if workers > 1 else []),
+                       *(["--kafka-transactional-sinks"] if exactly_once else []),
                        "--kafka_source_topic", "words", "--kafka_source_brokers",
                        bootstrap, "--kafka_sink_topic", "counts",
                        "--kafka_sink_brokers", bootstrap)
@@ -252,9 +258,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=10000, help="records per second")
     ap.add_argument("--keys", type=int, default=500)
     ap.add_argument("--seed", type=int)
+    ap.add_argument("--exactly-once", action="store_true",
+                    help="--kafka-transactional-sinks: no output may repeat")
     ap.add_argument("--json")
     a = ap.parse_args(argv)
-    res = run(a.records, a.kills, a.workers, a.rate, a.keys, a.seed)
+    res = run(a.records, a.kills, a.workers, a.rate, a.keys, a.seed,
+              exactly_once=a.exactly_once)
     print(res.summary())
     if a.json:
         with open(a.json, "w") as f:

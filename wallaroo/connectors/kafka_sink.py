@@ -301,3 +301,150 @@ def _drop(producer) -> None:
         producer.flush(0)
     except Exception:
         pass
+
+
+# -- exactly once for read_committed consumers -------------------------------
+TXN_MAX_OUTPUTS = 10000  # outputs in one Kafka transaction, at most
+
+
+def transactional_id(application: str, spec: SinkSpec, worker: str) -> str:
+    """Stable per worker and sink: a restarted worker's producer fences and
+    aborts whatever its previous instance left open."""
+    from .resumable_sink import stream_name
+    return "wallaroo." + stream_name(application, spec, worker)
+
+
+class TransactionalKafkaSink(KafkaSink):
+    """Each run of committed outputs (at most ``TXN_MAX_OUTPUTS``) is one
+    Kafka transaction, and the transaction also commits the sink's delivery
+    position (the output count after it) as the offset of partition 0 of the
+    sink's topic for the consumer group ``<transactional id>.position``
+    (``send_offsets_to_transaction``).  So the outputs and the position
+    land together or not at all: after a restart ``init_transactions``
+    aborts what the previous instance left open, the committed position
+    says which outputs landed, and sending resumes right after them.  A
+    ``read_committed`` consumer sees every output exactly once."""
+
+    def __init__(self, spec: SinkSpec, queue: OutboxQueue,
+                 on_delivered: Callable[[int, int], None], log: logging.Logger,
+                 txn_id: str, limiter: trio.CapacityLimiter | None = None):
+        super().__init__(spec, queue, on_delivered, log, limiter)
+        self.txn_id = txn_id
+        self.group = txn_id + ".position"
+        self.transactions = 0
+        self.aborts = 0
+        self._meta = None  # the position group's metadata
+        self._position_reader = None
+
+    def _make_producer(self):
+        ck = kafka()
+        conf = base_config(self.brokers, self.log_level, self.errors)
+        conf.update({
+            "transactional.id": self.txn_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.buffer_ms,
+            "message.max.bytes": max(1_000_000, self.max_message_size + 4096),
+            "transaction.timeout.ms": 60000,
+        })
+        p = ck.Producer(conf)
+        p.init_transactions(30)  # fences and aborts the previous instance's
+        if self._position_reader is None:
+            self._position_reader = ck.Consumer({
+                **base_config(self.brokers, self.log_level, self.errors),
+                "group.id": self.group, "enable.auto.commit": False,
+                "isolation.level": "read_committed"})
+            self._meta = self._position_reader.consumer_group_metadata()
+        return p
+
+    def _landed(self) -> int | None:
+        """The position the last committed transaction recorded."""
+        ck = kafka()
+        (tp,) = self._position_reader.committed(
+            [ck.TopicPartition(self.topic, 0)], timeout=30)
+        if tp.error is not None:
+            raise ck.KafkaException(tp.error)
+        return tp.offset if tp.offset >= 0 else None
+
+    def _transaction(self, records: list, end: int) -> None:
+        """One transaction: the records, then the position; blocking."""
+        ck = kafka()
+        p = self.producer
+        p.begin_transaction()
+        try:
+            for value, key, part in records:
+                kw = {} if part is None else {"partition": part}
+                while True:
+                    try:
+                        p.produce(self.topic, value, key, **kw)
+                        break
+                    except BufferError:
+                        p.poll(0.05)
+            p.send_offsets_to_transaction(
+                [ck.TopicPartition(self.topic, 0, end)], self._meta, 30)
+            p.commit_transaction(60)
+        except ck.KafkaException as e:
+            err = e.args[0] if e.args else None
+            if err is not None and getattr(err, "txn_requires_abort", lambda: False)():
+                try:
+                    p.abort_transaction(30)
+                except ck.KafkaException:
+                    pass
+                self.aborts += 1
+            raise
+
+    async def run(self) -> None:
+        delay = BACKOFF[0]
+        while True:
+            try:
+                self.producer = await trio.to_thread.run_sync(
+                    self._make_producer, limiter=self._client)
+                landed = await trio.to_thread.run_sync(self._landed,
+                                                       limiter=self._client)
+                q = self.queue
+                if landed is not None and landed > q.delivered:
+                    self.log.info("%s: the last transaction landed outputs up to "
+                                  "%d; sending from there", self.what, landed)
+                    self._acknowledged(min(landed, q.produced))
+                await self._send()
+            except Exception as e:  # the client's errors: retry, drop nothing
+                self.retries += 1
+                self.log.warning("%s: transaction failed: %s: %s; sending again "
+                                 "from output %d in %.1fs, nothing dropped "
+                                 "(%d outputs waiting)", self.what,
+                                 type(e).__name__, e, self.queue.delivered, delay,
+                                 self.queue.queued_outputs)
+            finally:
+                p, self.producer = self.producer, None
+                if p is not None:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(_drop, p, limiter=self._client)
+            await trio.sleep(delay)
+            delay = min(BACKOFF[1], delay * 2)
+
+    async def _send(self) -> None:
+        q = self.queue
+        while True:
+            cursor = q.delivered
+            rows = [r for r in q.rows if r.end_seq > cursor]
+            if not rows:
+                if q.spilled_from is not None and await q.load(self.limiter):
+                    continue
+                await q.wait_more()
+                continue
+            records, end = [], cursor
+            for r in rows:
+                if len(records) >= TXN_MAX_OUTPUTS:
+                    break
+                k = max(0, end - r.first_seq)
+                data, pos = r.data, (r._framed_offset(k) if k else 0)
+                for _ in range(r.first_seq + k, r.end_seq):
+                    (n,) = _FRAME.unpack_from(data, pos)
+                    records.append(unpack_record(data[pos + 4:pos + 4 + n]))
+                    pos += 4 + n
+                end = r.end_seq
+            await trio.to_thread.run_sync(self._transaction, records, end,
+                                          limiter=self._client)
+            self.transactions += 1
+            self.produced_records += len(records)
+            self._acknowledged(end)

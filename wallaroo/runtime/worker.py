@@ -37,7 +37,8 @@ from .core import Batch, Chunk, WorkerCore
 from ..connectors.framing import DEFAULT_MAX_FRAME
 from ..connectors.resumable_sink import ResumableTCPSink, stream_name
 from ..connectors.resume import StreamRegistry
-from ..connectors.kafka_sink import KafkaSink, with_kafka_encoders
+from ..connectors.kafka_sink import (KafkaSink, TransactionalKafkaSink,
+                                     transactional_id, with_kafka_encoders)
 from ..connectors.kafka_source import KafkaSource
 from ..connectors.tcp_sink import OutboxQueue, TCPSink
 from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSource
@@ -60,6 +61,7 @@ class WorkerOptions:
     idle_tick: float = 0.2
     handle_signals: bool = True
     resumable_sinks: bool = False
+    kafka_transactions: bool = False  # Kafka sinks: one transaction per run
     sink_outbox_max: int = 1 << 30
     max_connections: int = 1000
     handshake_timeout: float = 10.0
@@ -299,7 +301,12 @@ class Worker:
             queue.base = core.sink_bases.get(spec.index, 0)
             if reader is not None and queue.produced > queue.delivered:
                 queue.spilled_from = queue.delivered
-            if spec.kind == "kafka":
+            if spec.kind == "kafka" and opts.kafka_transactions:
+                sinks.append(TransactionalKafkaSink(
+                    spec, queue, core.note_delivered, self.log,
+                    transactional_id(self.app.name, spec, opts.name),
+                    limiter=limiter))
+            elif spec.kind == "kafka":
                 sinks.append(KafkaSink(spec, queue, core.note_delivered, self.log,
                                        limiter=limiter))
             elif spec.index in core.framed_sinks:
