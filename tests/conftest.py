@@ -184,7 +184,7 @@ def kafka_broker(tmp_path_factory):
     """One Kafka-protocol broker for the session (the noida-db wheel's
     binary, stopped with SIGTERM at the end); each test makes its own
     topics with ``kafka_broker.create_topic(name, partitions)``."""
-    from .kafka_broker import Broker
+    from wallaroo.tools.kafka_broker import Broker
     b = Broker()
     b.start(tmp_path_factory.mktemp("kafka"))
     try:

@@ -285,3 +285,58 @@ def test_a_channel_from_another_application_is_refused_before_any_batch(
     time.sleep(0.5)
     assert not marker.exists()
     sup.terminate()
+
+
+def test_a_channel_reset_mid_batch_does_not_stop_the_worker(procs, tmp_path):
+    """A peer killed while its batch is half sent resets the connection (a
+    RST, not an end of stream): the worker logs it and keeps running.
+    (It used to escape the channel's task group and stop the worker.)"""
+    import struct as _struct
+
+    import trio
+
+    from wallaroo.connectors import auth
+
+    state = str(tmp_path / "state")
+    sup, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
+                              resilience_dir=state)
+    body = json.load(open(fields["cluster_file"]))
+    secret = auth.load_secret(os.path.join(state, "cluster.secret"))
+    host, port = body["workers"][1]["data"].rsplit(":", 1)
+
+    async def channel(fingerprint: bytes, then):
+        stream = await trio.open_tcp_stream(host, int(port))
+        _, session = await auth.connect(stream, secret, "initializer", bytearray(),
+                                        expect="worker-1")
+        await stream.send_all(session.seal(b"CHANNEL " + fingerprint))
+        await then(stream)
+
+    async def closes(stream):
+        with trio.move_on_after(5):
+            try:
+                while await stream.receive_some(4096):
+                    pass
+            except trio.BrokenResourceError:
+                pass
+        await stream.aclose()
+
+    async def half_a_batch_then_reset(stream):
+        await stream.receive_some(4096)  # HAVE
+        await stream.send_all(_struct.pack(">II", 1, 1000) + b"G" * 10)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 _struct.pack("ii", 1, 0))
+        await stream.aclose()  # RST
+
+    # the worker's own fingerprint, from its refusal of a wrong one
+    trio.run(channel, b"0" * 32, closes)
+    line = sup.wait_line("runs another application or membership", timeout=WAIT)
+    fingerprint = line.split("this worker's ")[1].split(")")[0].encode()
+    for _ in range(3):
+        trio.run(channel, fingerprint, half_a_batch_then_reset)
+    time.sleep(1.0)
+    assert "worker failed" not in sup.stderr, sup.stderr[-3000:]
+    done = subprocess.run(WALLAROO + ["status", state, "--json"], capture_output=True,
+                          text=True, timeout=WAIT)
+    st = json.loads(done.stdout)
+    assert [w["restarts"] for w in st["workers"]] == [0, 0], st
+    sup.terminate()

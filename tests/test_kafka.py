@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 from .conftest import REPO, WAIT, free_port
-from .kafka_broker import produce_all, read_all
+from wallaroo.tools.kafka_broker import produce_all, read_all
 
 CELSIUS = str(REPO / "examples" / "celsius_kafka" / "celsius_kafka.py")
 COUNT = str(REPO / "examples" / "kafka_count" / "kafka_count.py")

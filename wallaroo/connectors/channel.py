@@ -42,7 +42,8 @@ import trio
 
 from . import auth
 from .base import PEER
-from .resumable_sink import ProtocolError, ResumableTCPSink
+from .._compat import BaseExceptionGroup
+from .resumable_sink import ProtocolError, ResumableTCPSink, _first_leaf
 from .resume import StreamRegistry
 from .tcp_sink import OutboxQueue
 
@@ -265,10 +266,15 @@ class DataServer:
             n = await self.registry.claim(key, conn)
             with conn.cancel_scope:
                 await stream.send_all(session.seal(b"HAVE %d" % n))
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(conn.ack_writer, n)
-                    await self._read_batches(sender, stream, key, n, session)
-                    nursery.cancel_scope.cancel()
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(conn.ack_writer, n)
+                        await self._read_batches(sender, stream, key, n, session)
+                        nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as eg:
+                    # a reset connection is the caller's to log, not a
+                    # group that would stop the worker
+                    raise _first_leaf(eg) from None
         finally:
             self.registry.release(key, conn)
             conn.closed.set()

@@ -81,6 +81,9 @@ class _Partition:
     number: int
     stream: str
     next: int | None  # the next offset to hand over (None: from the beginning)
+    # where the consumer stood when it went idle: past transaction markers
+    # and aborted records, which never become messages
+    idle_at: int = -1
 
 
 class KafkaSource:
@@ -162,9 +165,17 @@ class KafkaSource:
             lo, hi = self.consumer.get_watermark_offsets(
                 ck.TopicPartition(self.topic, p.number), timeout=METADATA_TIMEOUT,
                 cached=False)
-            if hi > (lo if p.next is None else max(lo, p.next)):
+            if hi > max(lo, p.idle_at, -1 if p.next is None else p.next):
                 return True
         return False
+
+    def _note_positions(self) -> None:
+        ck = kafka()
+        tps = self.consumer.position([ck.TopicPartition(self.topic, p.number)
+                                      for p in self.parts.values()])
+        for tp in tps:
+            if tp.error is None and tp.offset >= 0:
+                self.parts[tp.partition].idle_at = tp.offset
 
     def _commit_to_broker(self, offsets: list[tuple[int, int]]) -> None:
         ck = kafka()
@@ -230,6 +241,7 @@ class KafkaSource:
                 await self._broker_commit()
 
     async def _idle(self) -> None:
+        await self._call(self._note_positions)
         await self._call(self._assign, False)
         self._assigned = False
         await self._broker_commit()

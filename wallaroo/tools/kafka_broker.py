@@ -1,4 +1,5 @@
-"""Start and stop a local Kafka-protocol broker for tests.
+"""Start and stop a local Kafka-protocol broker for tests, demos and
+benchmarks (not for production: it keeps everything in one JSON file).
 
 The broker is the native binary shipped inside the PyPI wheel ``noida-db``
 (``site-packages/noida_db/noida-db``).  We run that binary directly, not the
@@ -31,7 +32,7 @@ Only the standard library and ``confluent_kafka`` are used.
 
 Usage::
 
-    from broker import Broker
+    from wallaroo.tools.kafka_broker import Broker
 
     with Broker() as b:                      # temporary data dir
         bootstrap = b.bootstrap              # "127.0.0.1:PORT"
@@ -45,7 +46,7 @@ Usage::
 pytest fixture example (put it in conftest.py)::
 
     import pytest
-    from broker import Broker
+    from wallaroo.tools.kafka_broker import Broker
 
     @pytest.fixture(scope="session")
     def kafka_broker(tmp_path_factory):
