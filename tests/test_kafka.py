@@ -47,7 +47,8 @@ def test_celsius_with_the_default_parsers(procs, kafka_broker, kafka_topic):
     got = read_all(boot, out, 1, 4)
     assert [v for _, v, _ in got] == [b"212.00", b"32.00", b"-40.00", b"99.50"]
     assert all(k is None for k, _, _ in got)
-    w.wait_line("not a number")  # the failed record is logged, naming it
+    line = w.wait_line("not a number")  # the failed record is logged, naming it
+    assert f"message 3 of kafka topic {src!r} partition 0" in line  # its offset
     assert w.terminate() == 0
     assert "1 failed messages" in w.stderr
 
@@ -163,3 +164,24 @@ def test_an_output_over_max_message_size_costs_that_output_only(
     assert "max_message_size of 5 bytes" in w.stderr
     assert w.terminate() == 0
     assert "1 failed messages" in w.stderr
+
+
+def test_without_resilience_a_restart_continues_from_the_group_offsets(
+        procs, kafka_broker, kafka_topic):
+    """Without --resilience-dir nothing of the worker survives, so a restart
+    starts where the offsets it committed to the broker say, not at the
+    beginning of the topic."""
+    src, out = kafka_topic(1), kafka_topic(1)
+    boot = kafka_broker.bootstrap
+    produce_all(boot, src, [b"0", b"100"])
+    w = procs("run", CELSIUS, *kafka_args(boot, src, out))
+    ready(w)
+    assert len(read_all(boot, out, 1, 2)) == 2
+    time.sleep(1.5)  # the offsets reach the broker about once a second
+    assert w.terminate() == 0
+    produce_all(boot, src, [b"-40"])
+    w = procs("run", CELSIUS, *kafka_args(boot, src, out))
+    ready(w)
+    got = read_all(boot, out, 1, 3, settle=1.0)
+    assert [v for _, v, _ in got] == [b"32.00", b"212.00", b"-40.00"]
+    assert w.terminate() == 0

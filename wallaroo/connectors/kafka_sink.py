@@ -41,6 +41,7 @@ from .kafka_client import ClientErrors, base_config, bootstrap, kafka
 from .tcp_sink import OutboxQueue, TCPSink
 
 POLL_WAIT = 0.05
+YIELD_EVERY = 500  # produce() calls between two yields to the event loop
 BACKOFF = (0.2, 5.0)
 MESSAGE_TIMEOUT_MS = 30000
 _I = struct.Struct(">i")
@@ -251,6 +252,8 @@ class KafkaSink(TCPSink):
                                 self._settle(window, reports)
                         window[seq] = None
                         self.produced_records += 1
+                        if not self.produced_records % YIELD_EVERY:
+                            await trio.sleep(0)  # produce() is on the loop
                     cursor = r.end_seq
                     more.set()
                     await trio.sleep(0)
@@ -366,13 +369,25 @@ class TransactionalKafkaSink(KafkaSink):
             raise ck.KafkaException(tp.error)
         return tp.offset if tp.offset >= 0 else None
 
-    def _transaction(self, records: list, end: int) -> None:
-        """One transaction: the records, then the position; blocking."""
+    @staticmethod
+    def _records(rows, cursor: int):
+        """The (value, key, partition) of every output from ``cursor`` on."""
+        for r in rows:
+            k = max(0, cursor - r.first_seq)
+            data, pos = r.data, (r._framed_offset(k) if k else 0)
+            for _ in range(r.first_seq + k, r.end_seq):
+                (n,) = _FRAME.unpack_from(data, pos)
+                yield unpack_record(data[pos + 4:pos + 4 + n])
+                pos += 4 + n
+
+    def _transaction(self, rows: list, cursor: int, end: int) -> None:
+        """One transaction: the outputs ``cursor..end`` of ``rows``, then
+        the position; blocking (in a thread)."""
         ck = kafka()
         p = self.producer
         p.begin_transaction()
         try:
-            for value, key, part in records:
+            for value, key, part in self._records(rows, cursor):
                 kw = {} if part is None else {"partition": part}
                 while True:
                     try:
@@ -432,19 +447,17 @@ class TransactionalKafkaSink(KafkaSink):
                     continue
                 await q.wait_more()
                 continue
-            records, end = [], cursor
+            take, end, count = [], cursor, 0
             for r in rows:
-                if len(records) >= TXN_MAX_OUTPUTS:
+                if count >= TXN_MAX_OUTPUTS:
                     break
-                k = max(0, end - r.first_seq)
-                data, pos = r.data, (r._framed_offset(k) if k else 0)
-                for _ in range(r.first_seq + k, r.end_seq):
-                    (n,) = _FRAME.unpack_from(data, pos)
-                    records.append(unpack_record(data[pos + 4:pos + 4 + n]))
-                    pos += 4 + n
+                take.append(r)
+                count += r.end_seq - max(end, r.first_seq)
                 end = r.end_seq
-            await trio.to_thread.run_sync(self._transaction, records, end,
+            # unpacking and producing run in the thread: thousands of
+            # outputs would hold the event loop for milliseconds
+            await trio.to_thread.run_sync(self._transaction, take, cursor, end,
                                           limiter=self._client)
             self.transactions += 1
-            self.produced_records += len(records)
+            self.produced_records += count
             self._acknowledged(end)

@@ -9,8 +9,11 @@ part of that batch's commit (the stream counts of DESIGN.md §4.2); after a
 restart the consumer is assigned each partition at the offset the worker's
 own database holds, so a SIGKILL loses nothing and applies nothing twice.
 The broker's committed offsets (consumer group ``wallaroo.<application>.
-<pipeline>``) are written after the worker's commits, for outside tools,
-and never read.
+<pipeline>``) are written after the worker's commits, for outside tools;
+with ``--resilience-dir`` they are never read (a partition the database
+holds no offset for starts at the beginning).  Without it, nothing of the
+worker survives a restart, and a partition starts at that group's committed
+offset, like any consumer's.
 
 **Assignment.**  Partition ``p`` of ``P`` belongs to member ``p % N`` of the
 ``N`` workers (in membership order): each worker ``assign``s its share, no
@@ -89,7 +92,7 @@ class _Partition:
 class KafkaSource:
     def __init__(self, index: int, spec: SourceSpec, inbox, counts: dict,
                  registry, log: logging.Logger, application: str,
-                 member: int = 0, members: int = 1):
+                 member: int = 0, members: int = 1, durable: bool = True):
         self.index = index
         self.spec = spec
         cfg = spec.config
@@ -102,6 +105,10 @@ class KafkaSource:
         self.log = log
         self.group = f"wallaroo.{application}.{spec.pipeline}"
         self.member, self.members = member, members
+        # without a resilience directory nothing of ours survives a restart:
+        # a partition we hold no offset for starts at the group's committed
+        # offset (what the last run had processed), else at the beginning
+        self.durable = durable
         self.what = (f"kafka source of pipeline {spec.pipeline!r} (topic "
                      f"{self.topic!r}, brokers {self.brokers})")
         self.errors = ClientErrors(log, self.what)
@@ -153,7 +160,9 @@ class KafkaSource:
         if on:
             self.consumer.assign([
                 ck.TopicPartition(self.topic, p.number,
-                                  ck.OFFSET_BEGINNING if p.next is None else p.next)
+                                  p.next if p.next is not None else
+                                  ck.OFFSET_BEGINNING if self.durable else
+                                  ck.OFFSET_STORED)
                 for p in self.parts.values()])
         else:
             self.consumer.unassign()

@@ -39,6 +39,7 @@ from ..connectors.resumable_sink import ResumableTCPSink, stream_name
 from ..connectors.resume import StreamRegistry
 from ..connectors.kafka_sink import (KafkaSink, TransactionalKafkaSink,
                                      transactional_id, with_kafka_encoders)
+from ..connectors.kafka_client import kafka
 from ..connectors.kafka_source import KafkaSource
 from ..connectors.tcp_sink import OutboxQueue, TCPSink
 from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSource
@@ -69,6 +70,9 @@ class WorkerOptions:
     overdraft_timeout: float = 10.0
     forget_streams_after: float | None = None
     cluster: ClusterConfig | None = None  # None: a worker on its own
+
+
+STALL_TICK = 0.01  # how often the event loop's lateness is sampled
 
 
 class CommitFailed(Exception):
@@ -109,6 +113,9 @@ class Worker:
                                  f"(TCP and Kafka)")
         # a Kafka sink's outputs are kept as frames of (key, partition, value)
         app = self.app = with_kafka_encoders(app)
+        if any(p.source.kind == "kafka" for p in app.pipelines) or any(
+                s.kind == "kafka" for s in app.sinks):
+            kafka()  # imported now: an import in a thread holds the event loop
         framed = frozenset(s.index for s in app.sinks
                            if (self.opts.resumable_sinks and s.kind == "tcp")
                            or s.kind == "kafka")
@@ -139,6 +146,7 @@ class Worker:
         self.recovery = None
         self.commits = 0
         self.longest_commit = 0.0
+        self.longest_stall = 0.0  # of the event loop (_watch_loop)
         self._limiter = None
         self._nursery_ref = None
         self._last_commit = 0.0
@@ -210,7 +218,8 @@ class Worker:
                 KafkaSource(p.index, p.source, self.inbox, self.core.stream_counts,
                             self.registry, log, self.app.name,
                             placement.me if placement else 0,
-                            placement.size if placement else 1)
+                            placement.size if placement else 1,
+                            durable=self.store.durable)
                 if p.source.kind == "kafka" else
                 TCPSource(p.index, p.source, self.core.framers[p.index],
                           self.inbox, self.registry, log, limits, counter,
@@ -230,6 +239,7 @@ class Worker:
             nursery.start_soon(serve_sources)
             engine_done = trio.Event()
             nursery.start_soon(self._engine_loop, send_batches, engine_done)
+            nursery.start_soon(self._watch_loop)
             if self.opts.handle_signals:  # before "ready": a SIGTERM right
                 await nursery.start(self._signals)  # after it must drain
             shown = iter(f"{h}:{p}" for h, p in bound)
@@ -272,6 +282,18 @@ class Worker:
             nursery.cancel_scope.cancel()
         self._write_cluster_entry("down", [])
         self._log_stopped()
+
+    async def _watch_loop(self) -> None:
+        """How late a short sleep wakes: the longest time the event loop
+        did not run its tasks (a batch's compute, a blocking call on the
+        loop), for the stop line and status."""
+        tick = STALL_TICK
+        while True:
+            t0 = time.perf_counter()
+            await trio.sleep(tick)
+            late = time.perf_counter() - t0 - tick
+            if late > self.longest_stall:
+                self.longest_stall = late
 
     def _write_cluster_entry(self, state: str, bound) -> None:
         """Several hosts: this worker's own entry in ``cluster.json`` of its
@@ -465,6 +487,7 @@ class Worker:
             "last_commit_age": (round(time.monotonic() - self._last_commit, 3)
                                 if self._last_commit else None),
             "commits": self.commits, "messages_in": core.stats.messages,
+            "longest_loop_stall": round(self.longest_stall, 4),
             "outputs": core.stats.outputs, "failures": core.stats.failures,
             "inbox": {"messages": self.inbox.messages, "bytes": self.inbox.bytes},
             "sinks": [{"sink": s.spec.label, "outputs": s.queued_outputs,
@@ -541,7 +564,8 @@ class Worker:
                 f"{st.longest_batch_seconds * 1e3:.1f} ms ({st.longest_batch_messages} "
                 f"messages), longest snapshot work in one commit "
                 f"{st.longest_snapshot_seconds * 1e3:.1f} ms, longest commit "
-                f"{self.longest_commit * 1e3:.1f} ms")
+                f"{self.longest_commit * 1e3:.1f} ms, longest event-loop stall "
+                f"{self.longest_stall * 1e3:.1f} ms")
         if rep.pending_messages:
             line += (f"; {rep.pending_messages} messages read but not processed "
                      f"are logged and wait for the next start")
