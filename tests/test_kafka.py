@@ -185,3 +185,26 @@ def test_without_resilience_a_restart_continues_from_the_group_offsets(
     got = read_all(boot, out, 1, 3, settle=1.0)
     assert [v for _, v, _ in got] == [b"32.00", b"212.00", b"-40.00"]
     assert w.terminate() == 0
+
+
+def test_kafka_options_reach_every_client(procs, kafka_broker, kafka_topic):
+    """--kafka-option KEY=VALUE is applied to the worker's Kafka clients; a
+    malformed one, or a setting librdkafka does not know, is refused before
+    anything starts."""
+    src, out = kafka_topic(1), kafka_topic(1)
+    boot = kafka_broker.bootstrap
+    bad = procs("run", CELSIUS, *kafka_args(boot, src, out), "--kafka-option", "nonsense")
+    assert bad.wait() == 2
+    assert "--kafka-option 'nonsense': expected KEY=VALUE" in bad.stderr
+    # a setting librdkafka refuses is refused before the worker starts
+    w = procs("run", CELSIUS, *kafka_args(boot, src, out),
+              "--kafka-option", "no.such.setting=1")
+    assert w.wait() == 2
+    assert 'No such configuration property: "no.such.setting"' in w.stderr
+    # and a valid one is used: the records flow with it
+    produce_all(boot, src, [b"10"])
+    w = procs("run", CELSIUS, *kafka_args(boot, src, out),
+              "--kafka-option", "client.id=wallaroo-test")
+    ready(w)
+    assert [v for _, v, _ in read_all(boot, out, 1, 1)] == [b"50.00"]
+    assert w.terminate() == 0

@@ -101,6 +101,12 @@ class _RawArgsCommand(click.Command):
                    "reading with isolation.level=read_committed see every "
                    "output exactly once across crashes.  Without it, Kafka "
                    "sinks deliver at least once.")
+@click.option("--kafka-option", "kafka_options", multiple=True, metavar="KEY=VALUE",
+              help="A librdkafka setting for every Kafka client of the worker "
+                   "(repeatable), applied after the engine's own: e.g. "
+                   "--kafka-option security.protocol=SASL_SSL --kafka-option "
+                   "sasl.mechanism=PLAIN --kafka-option sasl.username=app "
+                   "--kafka-option sasl.password=secret.")
 @click.option("--sink-outbox-max", type=click.IntRange(min=1), default=1 << 30,
               show_default=True, metavar="BYTES",
               help="With --resilience-dir: undelivered outputs one sink may "
@@ -160,7 +166,8 @@ class _RawArgsCommand(click.Command):
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         synchronous, checkpoint_interval, checkpoint_max, max_batch, max_batch_time,
         max_frame_size, max_connections, handshake_timeout, idle_timeout,
-        resumable_sinks, kafka_transactions, sink_outbox_max, workers, restart_delay,
+        resumable_sinks, kafka_transactions, kafka_options, sink_outbox_max, workers,
+        restart_delay,
         cluster_initializer, worker_count, control_addr, data_addr, my_control,
         my_data, cluster_secret_file, peer_outbox_max, cluster_members,
         supervisor_fd, forget_streams_after, drain_timeout, log_level, profile_dir,
@@ -230,10 +237,19 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                       forget_streams_after=forget_streams_after,
                       resumable_sinks=resumable_sinks,
                       kafka_transactions=kafka_transactions,
+                      kafka_options=_kafka_options(kafka_options),
                       sink_outbox_max=sink_outbox_max,
                       drain_timeout=drain_timeout, log_level=log_level,
                       profile_dir=profile_dir)
     sys.exit(code)
+
+
+def _kafka_options(items) -> dict:
+    from .connectors.kafka_client import parse_options
+    try:
+        return parse_options(items)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--kafka-option")
 
 
 def _address_option(text: str | None, flag: str):

@@ -101,7 +101,27 @@ def client_logger(log: logging.Logger) -> logging.Logger:
     return lg
 
 
-def base_config(brokers, log_level: str | None, errors: ClientErrors) -> dict:
+def parse_options(items) -> dict[str, str]:
+    """``["security.protocol=SASL_SSL", ...]`` -> a dict; ValueError naming
+    an item without ``=``."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--kafka-option {item!r}: expected KEY=VALUE (a "
+                             f"librdkafka setting, e.g. security.protocol=SASL_SSL)")
+        out[key.strip()] = value
+    return out
+
+
+def base_config(brokers, log_level: str | None, errors: ClientErrors,
+                extra: dict | None = None) -> dict:
+    """The settings every client gets; ``extra`` (``--kafka-option``) is
+    applied last, so a user's setting wins."""
+    return {**_defaults(brokers, log_level, errors), **(extra or {})}
+
+
+def _defaults(brokers, log_level: str | None, errors: ClientErrors) -> dict:
     return {
         "bootstrap.servers": bootstrap(brokers),
         "error_cb": errors,
@@ -114,3 +134,22 @@ def base_config(brokers, log_level: str | None, errors: ClientErrors) -> dict:
         "reconnect.backoff.ms": 100,
         "reconnect.backoff.max.ms": 5000,
     }
+
+
+def check_options(options: dict) -> None:
+    """Refuse, with librdkafka's own words, settings it does not accept
+    (ValueError), before the worker starts: a typo in ``--kafka-option`` is
+    an operator's mistake to report, not a broker error to retry."""
+    if not options:
+        return
+    ck = kafka()
+    conf = {"bootstrap.servers": "127.0.0.1:1", "log_level": 0,
+            "error_cb": lambda err: None, **options}
+    try:
+        client = ck.Producer({k: v for k, v in conf.items()
+                              if k not in ("group.id", "isolation.level")})
+    except ck.KafkaException as e:
+        err = e.args[0] if e.args else e
+        raise ValueError(f"--kafka-option: {getattr(err, 'str', lambda: err)()}") from None
+    client.purge()
+    client.flush(0)

@@ -132,8 +132,10 @@ class KafkaSink(TCPSink):
     def __init__(self, spec: SinkSpec, queue: OutboxQueue,
                  on_delivered: Callable[[int, int], None], log: logging.Logger,
                  limiter: trio.CapacityLimiter | None = None,
-                 on_failed: Callable[[str], None] | None = None):
+                 on_failed: Callable[[str], None] | None = None,
+                 options: dict | None = None):
         super().__init__(spec, queue, on_delivered, log, BACKOFF, limiter)
+        self.options = dict(options or {})  # --kafka-option, applied last
         cfg = spec.config
         self.topic = str(cfg.topic)
         self.brokers = bootstrap(cfg.brokers)
@@ -157,7 +159,7 @@ class KafkaSink(TCPSink):
 
     def _make_producer(self):
         ck = kafka()
-        conf = base_config(self.brokers, self.log_level, self.errors)
+        conf = base_config(self.brokers, self.log_level, self.errors, self.options)
         conf.update({
             "enable.idempotence": True,
             "acks": "all",
@@ -170,15 +172,20 @@ class KafkaSink(TCPSink):
     async def run(self) -> None:
         delay = BACKOFF[0]
         while True:
-            self.producer = await trio.to_thread.run_sync(self._make_producer,
-                                                          limiter=self._client)
             try:
+                self.producer = await trio.to_thread.run_sync(self._make_producer,
+                                                              limiter=self._client)
                 await self._deliver()
             except _Retry as e:
                 self.retries += 1
                 self.log.warning("%s: %s; producing again from output %d in "
                                  "%.1fs, nothing dropped (%d outputs waiting)",
                                  self.what, e, self.queue.delivered, delay,
+                                 self.queue.queued_outputs)
+            except kafka().KafkaException as e:
+                self.retries += 1
+                self.log.warning("%s: %s; retrying in %.1fs, nothing dropped (%d "
+                                 "outputs waiting)", self.what, e, delay,
                                  self.queue.queued_outputs)
             finally:
                 p, self.producer = self.producer, None
@@ -330,8 +337,9 @@ class TransactionalKafkaSink(KafkaSink):
 
     def __init__(self, spec: SinkSpec, queue: OutboxQueue,
                  on_delivered: Callable[[int, int], None], log: logging.Logger,
-                 txn_id: str, limiter: trio.CapacityLimiter | None = None):
-        super().__init__(spec, queue, on_delivered, log, limiter)
+                 txn_id: str, limiter: trio.CapacityLimiter | None = None,
+                 options: dict | None = None):
+        super().__init__(spec, queue, on_delivered, log, limiter, options=options)
         self.txn_id = txn_id
         self.group = txn_id + ".position"
         self.transactions = 0
@@ -341,7 +349,7 @@ class TransactionalKafkaSink(KafkaSink):
 
     def _make_producer(self):
         ck = kafka()
-        conf = base_config(self.brokers, self.log_level, self.errors)
+        conf = base_config(self.brokers, self.log_level, self.errors, self.options)
         conf.update({
             "transactional.id": self.txn_id,
             "enable.idempotence": True,
@@ -354,7 +362,7 @@ class TransactionalKafkaSink(KafkaSink):
         p.init_transactions(30)  # fences and aborts the previous instance's
         if self._position_reader is None:
             self._position_reader = ck.Consumer({
-                **base_config(self.brokers, self.log_level, self.errors),
+                **base_config(self.brokers, self.log_level, self.errors, self.options),
                 "group.id": self.group, "enable.auto.commit": False,
                 "isolation.level": "read_committed"})
             self._meta = self._position_reader.consumer_group_metadata()

@@ -92,7 +92,8 @@ class _Partition:
 class KafkaSource:
     def __init__(self, index: int, spec: SourceSpec, inbox, counts: dict,
                  registry, log: logging.Logger, application: str,
-                 member: int = 0, members: int = 1, durable: bool = True):
+                 member: int = 0, members: int = 1, durable: bool = True,
+                 options: dict | None = None):
         self.index = index
         self.spec = spec
         cfg = spec.config
@@ -109,6 +110,7 @@ class KafkaSource:
         # a partition we hold no offset for starts at the group's committed
         # offset (what the last run had processed), else at the beginning
         self.durable = durable
+        self.options = dict(options or {})  # --kafka-option, applied last
         self.what = (f"kafka source of pipeline {spec.pipeline!r} (topic "
                      f"{self.topic!r}, brokers {self.brokers})")
         self.errors = ClientErrors(log, self.what)
@@ -133,7 +135,7 @@ class KafkaSource:
 
     def _make_consumer(self):
         ck = kafka()
-        conf = base_config(self.brokers, self.log_level, self.errors)
+        conf = base_config(self.brokers, self.log_level, self.errors, self.options)
         conf.update({
             "group.id": self.group,
             "enable.auto.commit": False,

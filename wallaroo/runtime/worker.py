@@ -26,7 +26,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -39,7 +39,7 @@ from ..connectors.resumable_sink import ResumableTCPSink, stream_name
 from ..connectors.resume import StreamRegistry
 from ..connectors.kafka_sink import (KafkaSink, TransactionalKafkaSink,
                                      transactional_id, with_kafka_encoders)
-from ..connectors.kafka_client import kafka
+from ..connectors.kafka_client import check_options, kafka
 from ..connectors.kafka_source import KafkaSource
 from ..connectors.tcp_sink import OutboxQueue, TCPSink
 from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSource
@@ -63,6 +63,7 @@ class WorkerOptions:
     handle_signals: bool = True
     resumable_sinks: bool = False
     kafka_transactions: bool = False  # Kafka sinks: one transaction per run
+    kafka_options: dict = field(default_factory=dict)  # --kafka-option K=V
     sink_outbox_max: int = 1 << 30
     max_connections: int = 1000
     handshake_timeout: float = 10.0
@@ -116,6 +117,7 @@ class Worker:
         if any(p.source.kind == "kafka" for p in app.pipelines) or any(
                 s.kind == "kafka" for s in app.sinks):
             kafka()  # imported now: an import in a thread holds the event loop
+            check_options(self.opts.kafka_options)
         framed = frozenset(s.index for s in app.sinks
                            if (self.opts.resumable_sinks and s.kind == "tcp")
                            or s.kind == "kafka")
@@ -219,7 +221,8 @@ class Worker:
                             self.registry, log, self.app.name,
                             placement.me if placement else 0,
                             placement.size if placement else 1,
-                            durable=self.store.durable)
+                            durable=self.store.durable,
+                            options=self.opts.kafka_options)
                 if p.source.kind == "kafka" else
                 TCPSource(p.index, p.source, self.core.framers[p.index],
                           self.inbox, self.registry, log, limits, counter,
@@ -327,10 +330,10 @@ class Worker:
                 sinks.append(TransactionalKafkaSink(
                     spec, queue, core.note_delivered, self.log,
                     transactional_id(self.app.name, spec, opts.name),
-                    limiter=limiter))
+                    limiter=limiter, options=opts.kafka_options))
             elif spec.kind == "kafka":
                 sinks.append(KafkaSink(spec, queue, core.note_delivered, self.log,
-                                       limiter=limiter))
+                                       limiter=limiter, options=opts.kafka_options))
             elif spec.index in core.framed_sinks:
                 sinks.append(ResumableTCPSink(
                     spec, queue, core.note_delivered, self.log,
