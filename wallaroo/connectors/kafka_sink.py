@@ -41,7 +41,7 @@ from .kafka_client import ClientErrors, base_config, bootstrap, kafka
 from .tcp_sink import OutboxQueue, TCPSink
 
 POLL_WAIT = 0.05
-YIELD_EVERY = 500  # produce() calls between two yields to the event loop
+YIELD_EVERY = 200  # produce() calls between two yields to the event loop
 BACKOFF = (0.2, 5.0)
 MESSAGE_TIMEOUT_MS = 30000
 _I = struct.Struct(">i")

@@ -53,7 +53,7 @@ from .kafka_client import ClientErrors, base_config, bootstrap, kafka
 STREAM_PREFIX = "kafka:"
 IDLE_AFTER = 0.5
 WATCH_INTERVAL = 0.1
-CONSUME_BATCH = 1000
+CONSUME_BATCH = 250
 CONSUME_WAIT = 0.05
 METADATA_TIMEOUT = 5.0
 BACKOFF = (0.2, 5.0)
