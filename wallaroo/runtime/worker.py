@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -74,6 +75,7 @@ class WorkerOptions:
 
 
 STALL_TICK = 0.01  # how often the event loop's lateness is sampled
+KAFKA_SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval) with Kafka
 
 
 class CommitFailed(Exception):
@@ -118,6 +120,10 @@ class Worker:
                 s.kind == "kafka" for s in app.sinks):
             kafka()  # imported now: an import in a thread holds the event loop
             check_options(self.opts.kafka_options)
+            # the client's threads take the GIL for every batch of records
+            # they hand over; a shorter switch interval bounds how long the
+            # event loop waits for it (CPython's default is 5 ms)
+            sys.setswitchinterval(KAFKA_SWITCH_INTERVAL)
         framed = frozenset(s.index for s in app.sinks
                            if (self.opts.resumable_sinks and s.kind == "tcp")
                            or s.kind == "kafka")
