@@ -34,7 +34,7 @@ from .dataflow import (Context, Route, StepError, compile_pipeline, first,
                        make_peer_runner, make_runner)
 from .failures import FailureLog
 from .placement import DEFAULT_KEY_GROUPS, Placement
-from .replay import replay
+from .replay import Progress, replay
 from .states import DirtyTracker, StateSpace
 
 # A partition whose snapshot cost at least SLOW_SNAPSHOT seconds (pickling,
@@ -290,7 +290,10 @@ class WorkerCore:
         t0 = time.perf_counter()
         rec = self.store.open(self.fingerprint(), self.proposed_membership)
         self._settle_membership(rec.membership)
-        for prow in rec.partitions:
+        progress = Progress(self.log, "recovery: loading state partitions",
+                            len(rec.partitions), "partitions")
+        for i, prow in enumerate(rec.partitions):
+            progress.tick(i)
             space = self.spaces.get(prow.state)
             if space is None:
                 raise IncompatibleDirectory(

@@ -16,6 +16,7 @@ Two compilations of every pipeline exist:
 
 from __future__ import annotations
 
+import logging
 import struct
 from time import perf_counter
 from typing import Any, Callable
@@ -193,6 +194,20 @@ class Route:
         return out
 
 
+def _warn_habit(step: StepSpec, r) -> bool:
+    """A ``state_computation(name, state=Cls)`` function returns only its
+    output; one that returned ``(output, True/False)`` out of habit gets
+    one warning (the pair may be the output it means, so it is kept).
+    Returns False: warned, stop looking."""
+    logging.getLogger("wallaroo").warning(
+        "step %r returned %.60r, a pair ending in a bool: a state computation "
+        "declared with state=... returns only its output, so the whole pair is "
+        "sent on as the output (and save_state is not read); return the output "
+        "alone, or drop state=... to return (output, save_state).  Said once "
+        "per step.", step.name, r)
+    return False
+
+
 def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
                  rebuild: bool, route: Route | None = None,
                  at: tuple[int, int] = (0, 0)) -> tuple[Push, Callable]:
@@ -211,6 +226,7 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
     create = space.create
     snap_lsn = space.snap_lsn
     cell = ctx.cell
+    habit = [not save_flag]  # look for a habitual (output, bool) until warned
 
     # The body below is written twice, in apply() and inline in the
     # one-worker push(): a function call per message is a few percent of
@@ -250,6 +266,8 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
                 save_add(key)
         else:
             out = r
+            if habit[0] and type(r) is tuple and len(r) == 2 and type(r[1]) is bool:
+                habit[0] = _warn_habit(step, r)
         if out is not None:
             emit(out)
 
@@ -327,6 +345,8 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
                 save_add(key)
         else:
             out = r
+            if habit[0] and type(r) is tuple and len(r) == 2 and type(r[1]) is bool:
+                habit[0] = _warn_habit(step, r)
         if out is not None:
             emit(out)
     return push, apply

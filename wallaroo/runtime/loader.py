@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 from types import ModuleType
 
 from .._errors import WallarooParameterError
@@ -29,6 +30,12 @@ def load_module(app: str) -> ModuleType:
     in every run: the name pickles refer to."""
     if app.endswith(".py") or os.path.sep in app or os.path.isfile(app):
         path = os.path.abspath(app)
+        if os.path.isdir(path):
+            found = sorted(f for f in os.listdir(path) if f.endswith(".py"))
+            raise ApplicationLoadError(
+                f"application {app!r} is a directory: give the application's "
+                f".py file" + (f" (it holds {', '.join(found[:5])})" if found
+                               else " (it holds no .py file)"))
         if not os.path.isfile(path):
             raise ApplicationLoadError(f"application file {app!r} does not exist")
         directory, filename = os.path.split(path)
@@ -57,7 +64,7 @@ def load_module(app: str) -> ModuleType:
             del sys.modules[name]
             raise ApplicationLoadError(
                 f"importing application file {app!r} failed: "
-                f"{type(e).__name__}: {e}") from e
+                f"{type(e).__name__}: {e}{user_traceback(e)}") from e
         return module
     try:
         return importlib.import_module(app)
@@ -65,6 +72,26 @@ def load_module(app: str) -> ModuleType:
         raise ApplicationLoadError(
             f"cannot import application module {app!r}: {e} (pass a path to "
             f"a .py file, or put the module on PYTHONPATH)") from e
+
+
+_ENGINE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_traceback(e: BaseException) -> str:
+    """The frames of ``e``'s traceback outside the engine and importlib
+    (the application's own: file, line, code), as lines to append to an
+    error message; empty when there are none."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not os.path.abspath(f.filename).startswith(_ENGINE + os.sep)
+              and not f.filename.startswith("<frozen")]
+    if not frames:
+        return ""
+    lines = ["", "  the application's traceback (most recent call last):"]
+    for f in frames:
+        lines.append(f'    File "{f.filename}", line {f.lineno}, in {f.name}')
+        if f.line:
+            lines.append(f"      {f.line.strip()}")
+    return "\n".join(lines)
 
 
 def load_application(app: str, args: list[str]) -> AppSpec:
@@ -87,7 +114,7 @@ def load_application(app: str, args: list[str]) -> AppSpec:
     except Exception as e:
         raise ApplicationLoadError(
             f"application_setup(args) of {app!r} raised {type(e).__name__}: "
-            f"{e}") from e
+            f"{e}{user_traceback(e)}") from e
     if not isinstance(spec, AppSpec):
         raise ApplicationLoadError(
             f"application_setup(args) of {app!r} returned {spec!r:.100}; it "

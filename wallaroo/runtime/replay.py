@@ -6,6 +6,7 @@ them: they are in the outbox for that peer)."""
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from ..connectors.base import PEER
@@ -15,6 +16,34 @@ from . import channels
 from .dataflow import (Context, compile_pipeline, first, make_peer_runner,
                        make_runner)
 from .failures import FailureLog
+
+
+PROGRESS_EVERY = 1.0  # seconds between recovery progress lines
+
+
+class Progress:
+    """Logs ``<what>: <done> of <total> <unit> (<pct>%)`` about once a
+    second while long recovery work goes on; silent when it is quick."""
+
+    def __init__(self, log, what: str, total: int, unit: str,
+                 every: float | None = None):
+        self.log, self.what, self.total, self.unit = log, what, total, unit
+        self.every = PROGRESS_EVERY if every is None else every
+        self.start = time.monotonic()
+        self.next = self.start + self.every
+        self.said = False
+
+    def tick(self, done: int) -> None:
+        now = time.monotonic()
+        if now < self.next or self.log is None:
+            return
+        self.next = now + self.every
+        self.said = True
+        rate = done / max(now - self.start, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else float("inf")
+        self.log.info("%s: %d of %d %s (%.0f%%), about %.0fs left", self.what,
+                      done, self.total, self.unit, 100.0 * done / max(self.total, 1),
+                      left)
 
 
 def replay(core, replay_from: int, next_lsn: int,
@@ -35,7 +64,10 @@ def replay(core, replay_from: int, next_lsn: int,
     # The log holds every input from replay_from to next_lsn, without
     # holes: a missing row would silently leave state short.
     expected = replay_from
+    progress = Progress(core.log, "recovery: replaying the input log",
+                        next_lsn - replay_from, "messages")
     for row in core.store.replay_inputs(replay_from):
+        progress.tick(messages)
         if row.first_lsn > expected:
             raise CorruptionError(
                 f"{path}: input-log rows for lsn {expected}..{row.first_lsn - 1} "
