@@ -101,6 +101,11 @@ class _RawArgsCommand(click.Command):
                    "reading with isolation.level=read_committed see every "
                    "output exactly once across crashes.  Without it, Kafka "
                    "sinks deliver at least once.")
+@click.option("--metrics", "metrics_addr", metavar="HOST:PORT",
+              help="Serve this worker's metrics in Prometheus' text format at "
+                   "http://HOST:PORT/metrics (port 0: any free port, named by "
+                   "the ready line's metrics=).  One worker at a time for now: "
+                   "not with --workers.")
 @click.option("--kafka-option", "kafka_options", multiple=True, metavar="KEY=VALUE",
               help="A librdkafka setting for every Kafka client of the worker "
                    "(repeatable), applied after the engine's own: e.g. "
@@ -166,7 +171,8 @@ class _RawArgsCommand(click.Command):
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         synchronous, checkpoint_interval, checkpoint_max, max_batch, max_batch_time,
         max_frame_size, max_connections, handshake_timeout, idle_timeout,
-        resumable_sinks, kafka_transactions, kafka_options, sink_outbox_max, workers,
+        resumable_sinks, kafka_transactions, metrics_addr, kafka_options,
+        sink_outbox_max, workers,
         restart_delay,
         cluster_initializer, worker_count, control_addr, data_addr, my_control,
         my_data, cluster_secret_file, peer_outbox_max, cluster_members,
@@ -215,7 +221,12 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                                  "resilience, leave the option out)",
                                  param_hint="--resilience-dir")
     from .connectors.tcp_source import default_max_connections
+    metrics = _address_option(metrics_addr, "--metrics")
     if workers is not None:
+        if metrics is not None:
+            raise click.UsageError("--metrics serves one worker; with --workers "
+                                   "it is not supported yet (the cluster's "
+                                   "figures: wallaroo status DIR)")
         if control_addr or cluster_initializer or supervisor_fd is not None:
             raise click.UsageError("--workers runs a cluster on this host; "
                                    "--control / --cluster-initializer are for "
@@ -238,6 +249,7 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                       resumable_sinks=resumable_sinks,
                       kafka_transactions=kafka_transactions,
                       kafka_options=_kafka_options(kafka_options),
+                      metrics=metrics,
                       sink_outbox_max=sink_outbox_max,
                       drain_timeout=drain_timeout, log_level=log_level,
                       profile_dir=profile_dir)

@@ -33,6 +33,7 @@ from . import channels
 from .dataflow import (Context, Route, StepError, compile_pipeline, first,
                        make_peer_runner, make_runner)
 from .failures import FailureLog
+from .metrics import SIZE_BUCKETS, Histogram
 from .placement import DEFAULT_KEY_GROUPS, Placement
 from .replay import Progress, replay
 from .states import DirtyTracker, StateSpace
@@ -123,6 +124,13 @@ class RecoveryReport:
 
 @dataclass
 class CoreStats:
+    # per source (pipeline index; the last is other workers' peer batches)
+    by_source: list = field(default_factory=list)
+    by_sink: dict = field(default_factory=dict)  # sink index -> outputs
+    replayed: int = 0  # messages replayed by recovery
+    batch_seconds: Histogram = field(default_factory=Histogram)
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
+    snapshot_seconds: Histogram = field(default_factory=Histogram)
     batches: int = 0
     messages: int = 0
     outputs: int = 0
@@ -194,7 +202,7 @@ class WorkerCore:
         self.next_pending_id = 0
         # frame header bytes per source; peer batches carry theirs in the payload
         self.header_lengths = [f.header_length for f in self.framers] + [0]
-        self.stats = CoreStats()
+        self.stats = CoreStats(by_source=[0] * (len(app.pipelines) + 1))
         self.failures = FailureLog([0], self.log)
         self.runners: list = []  # compiled once the membership is settled
         self.recovered = False
@@ -329,6 +337,7 @@ class WorkerCore:
         self.next_pending_id = max((p.id for p in rec.pending), default=-1) + 1
         rows, messages, mismatches = replay(self, rec.replay_from, rec.next_lsn,
                                             on_row)
+        self.stats.replayed += messages
         now = self.clock()
         for space in self.spaces.values():
             if space.touched:
@@ -372,6 +381,7 @@ class WorkerCore:
         pipelines = self.app.pipelines
         durable = self.durable
         counts = self.stream_counts
+        by_source = self.stats.by_source
         chunks = chunks if isinstance(chunks, list) else list(chunks)
         for ci, ch in enumerate(chunks):
             n = len(ch.payloads)
@@ -411,6 +421,7 @@ class WorkerCore:
             if ch.pending is not None:
                 consumed[ch.pending] = ch.pending_offset + n
             lsn += msgs
+            by_source[ch.source] += msgs
             if leftover:
                 break
         self.next_lsn = lsn
@@ -433,6 +444,11 @@ class WorkerCore:
         st.batches += 1
         st.messages += lsn - first_lsn
         st.outputs += sum(o.count for o in outputs)
+        by_sink = st.by_sink
+        for o in outputs:
+            by_sink[o.sink] = by_sink.get(o.sink, 0) + o.count
+        st.batch_seconds.observe(elapsed)
+        st.batch_sizes.observe(lsn - first_lsn)
         failures = flog.total - fails_before
         st.failures += failures
         st.snapshots += len(snaps)
@@ -643,6 +659,8 @@ class WorkerCore:
         elapsed = time.perf_counter() - t0
         if elapsed > st.longest_snapshot_seconds:
             st.longest_snapshot_seconds = elapsed
+        if snaps:
+            st.snapshot_seconds.observe(elapsed)
         return new_rows, snaps
 
     def _new_partition(self, space: StateSpace, key, lsn: int) -> PartitionRow:

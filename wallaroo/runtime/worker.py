@@ -46,6 +46,8 @@ from ..connectors.tcp_sink import OutboxQueue, TCPSink
 from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSource
 from .cluster_side import ClusterConfig, ClusterSide
 from .inbox import Inbox
+from .metrics import Histogram, WorkerCollector
+from .metrics import serve as serve_metrics
 from .placement import DEFAULT_KEY_GROUPS
 
 
@@ -65,6 +67,7 @@ class WorkerOptions:
     resumable_sinks: bool = False
     kafka_transactions: bool = False  # Kafka sinks: one transaction per run
     kafka_options: dict = field(default_factory=dict)  # --kafka-option K=V
+    metrics: tuple[str, int] | None = None  # --metrics HOST:PORT
     sink_outbox_max: int = 1 << 30
     max_connections: int = 1000
     handshake_timeout: float = 10.0
@@ -155,6 +158,8 @@ class Worker:
         self.commits = 0
         self.longest_commit = 0.0
         self.longest_stall = 0.0  # of the event loop (_watch_loop)
+        self.commit_hist = Histogram()  # commit wall times, for --metrics
+        self.metrics_address: tuple[str, int] | None = None
         self._limiter = None
         self._nursery_ref = None
         self._last_commit = 0.0
@@ -249,6 +254,8 @@ class Worker:
             engine_done = trio.Event()
             nursery.start_soon(self._engine_loop, send_batches, engine_done)
             nursery.start_soon(self._watch_loop)
+            if self.opts.metrics is not None:
+                await self._serve_metrics(nursery)
             if self.opts.handle_signals:  # before "ready": a SIGTERM right
                 await nursery.start(self._signals)  # after it must drain
             shown = iter(f"{h}:{p}" for h, p in bound)
@@ -259,6 +266,8 @@ class Worker:
                 control = self.cluster.control_address
                 sinks += (f" control={control[0]}:{control[1]} "
                           f"data={data[0]}:{data[1]}")
+            if self.metrics_address is not None:
+                sinks += " metrics=%s:%d" % self.metrics_address
             for sink in self.sinks:
                 if isinstance(sink, ResumableTCPSink):
                     log.info("%s: resumable, stream %r", sink.spec.label, sink.stream)
@@ -291,6 +300,20 @@ class Worker:
             nursery.cancel_scope.cancel()
         self._write_cluster_entry("down", [])
         self._log_stopped()
+
+    async def _serve_metrics(self, nursery) -> None:
+        """``--metrics HOST:PORT``: Prometheus text at ``/metrics``."""
+        from prometheus_client import CollectorRegistry
+        host, port = self.opts.metrics
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as e:
+            raise OSError(f"--metrics {host}:{port}: cannot listen: "
+                          f"{e.strerror or e}") from None
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(WorkerCollector(self))
+        self.metrics_address = listeners[0].socket.getsockname()[:2]
+        nursery.start_soon(serve_metrics, listeners, registry, self.log)
 
     async def _watch_loop(self) -> None:
         """How late a short sleep wakes: the longest time the event loop
@@ -481,6 +504,7 @@ class Worker:
         self.commits += 1
         self._last_commit = time.monotonic()
         elapsed = time.perf_counter() - t0
+        self.commit_hist.observe(elapsed)
         if elapsed > self.longest_commit:
             self.longest_commit = elapsed
 

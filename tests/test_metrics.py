@@ -1,0 +1,153 @@
+"""``wallaroo run --metrics HOST:PORT``: the figures of a known run, read
+back from /metrics with prometheus_client's own parser, match exactly;
+after a SIGKILL and restart, replayed messages are counted apart."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import REPO, WAIT, start_receiver
+
+CELSIUS = str(REPO / "examples" / "celsius" / "celsius.py")
+
+
+def scrape(addr: str) -> dict:
+    """{(metric sample name, frozen labels): value}"""
+    body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=WAIT).read()
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(m: dict, name: str, **labels) -> float:
+    want = {k: v for k, v in labels.items()}
+    got = [v for (n, ls), v in m.items() if n == name and want.items() <= dict(ls).items()]
+    assert got, (name, labels, sorted({n for n, _ in m}))
+    return sum(got)
+
+
+def run_with_metrics(procs, *extra):
+    rx, rx_port = start_receiver(procs, "--framing", "lines")
+    w = procs("run", CELSIUS, "--in", "127.0.0.1:0", "--out", f"127.0.0.1:{rx_port}",
+              "--metrics", "127.0.0.1:0", *extra)
+    ready = w.wait_line(lambda line: line.startswith("ready"))
+    src = re.search(r"sources=[^:]+:(\d+)", ready).group(1)
+    addr = re.search(r"metrics=(\S+)", ready).group(1)
+    return w, rx, int(src), addr
+
+
+def send_lines(port: int, lines: list[bytes]) -> None:
+    from .conftest import send_all_and_close
+    send_all_and_close(port, b"".join(len(x).to_bytes(4, "big") + x for x in lines))
+
+
+def wait_for(pred, timeout=WAIT):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+def test_the_metrics_of_a_known_run_match_exactly(procs):
+    w, rx, port, addr = run_with_metrics(procs)
+    lines = [b"%d" % i for i in range(1000)]
+    for i in (10, 500, 999):
+        lines[i] = b"not a number"
+    send_lines(port, lines)
+    wait_for(lambda: value(scrape(addr), "wallaroo_outputs_total") == 997)
+    m = scrape(addr)
+    assert value(m, "wallaroo_messages_in_total", kind="new",
+                 source="convert temperature readings") == 1000
+    assert value(m, "wallaroo_messages_in_total", kind="replayed") == 0
+    assert value(m, "wallaroo_outputs_total", worker="initializer") == 997
+    assert value(m, "wallaroo_failures_total") == 3
+    assert value(m, "wallaroo_failures_total", step="decoder decoder") == 3
+    # the histograms have observations
+    assert value(m, "wallaroo_batch_compute_seconds_count") >= 1
+    assert value(m, "wallaroo_batch_messages_sum") == 1000
+    assert value(m, "wallaroo_uptime_seconds") > 0
+    # anything but /metrics is a 404
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://{addr}/", timeout=WAIT)
+    assert e.value.code == 404
+    assert w.terminate() == 0
+
+
+LAZY_SUM = """
+import struct
+import wallaroo
+
+def application_setup(args):
+    in_host, in_port = wallaroo.tcp_parse_input_addrs(args)[0]
+    out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
+    ab = wallaroo.ApplicationBuilder("lazy sum")
+    ab.new_pipeline("sum", wallaroo.TCPSourceConfig(in_host, in_port, decode))
+    ab.to_stateful(add, Total, "total")
+    ab.to_sink(wallaroo.TCPSinkConfig(out_host, out_port, encode))
+    return ab.build()
+
+class Total(object):
+    def __init__(self):
+        self.n = 0
+
+@wallaroo.decoder(header_length=4, length_fmt=">I")
+def decode(bs):
+    return struct.unpack(">Q", bs)[0]
+
+@wallaroo.state_computation(name="add")
+def add(v, total):
+    total.n += v
+    return (total.n, False)  # never asks for a snapshot
+
+@wallaroo.encoder
+def encode(n):
+    return struct.pack(">Q", n)
+"""
+
+
+def test_replayed_messages_are_counted_apart_after_a_sigkill(procs, tmp_path):
+    """A stateful application without a snapshot yet: the restart replays
+    the logged inputs and counts them apart from new ones."""
+    from .conftest import send_all_and_close, u64_frames
+    state = str(tmp_path / "state")
+    app = tmp_path / "lazy_sum.py"
+    app.write_text(LAZY_SUM)
+    app = str(app)
+    args = ("run", app, "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
+            "--metrics", "127.0.0.1:0", "--resilience-dir", state,
+            "--checkpoint-interval", "1000")
+    w = procs(*args)
+    ready = w.wait_line(lambda line: line.startswith("ready"))
+    port = int(re.search(r"sources=[^:]+:(\d+)", ready).group(1))
+    addr = re.search(r"metrics=(\S+)", ready).group(1)
+    # the state never asks for a snapshot and no checkpoint comes for
+    # 1000 s: the restart rebuilds it by replaying every logged input
+    send_all_and_close(port, u64_frames(range(1, 501)))
+    wait_for(lambda: value(scrape(addr), "wallaroo_commits_total") >= 1)
+    commits = value(scrape(addr), "wallaroo_commits_total")
+    send_all_and_close(port, u64_frames(range(501, 1001)))
+    wait_for(lambda: value(scrape(addr), "wallaroo_messages_in_total", kind="new") == 1000)
+    wait_for(lambda: value(scrape(addr), "wallaroo_commits_total") > commits)
+    w.kill()
+    w2 = procs(*args)
+    ready = w2.wait_line(lambda line: line.startswith("ready"))
+    m = scrape(re.search(r"metrics=(\S+)", ready).group(1))
+    assert value(m, "wallaroo_messages_in_total", kind="replayed") == 1000, w2.stderr
+    assert value(m, "wallaroo_messages_in_total", kind="new") == 0
+    assert w2.terminate() == 0
+
+
+def test_metrics_with_workers_is_refused_for_now(procs):
+    w = procs("run", CELSIUS, "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
+              "--workers", "2", "--metrics", "127.0.0.1:0")
+    assert w.wait(WAIT) == 2
+    assert "--metrics serves one worker" in w.stderr

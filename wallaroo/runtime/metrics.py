@@ -1,0 +1,177 @@
+"""A worker's metrics in Prometheus' text format at ``--metrics HOST:PORT``
+(path ``/metrics``).
+
+The hot path only adds to plain integers and lists (``CoreStats``, the
+``Histogram`` below); a custom ``prometheus_client`` collector reads them
+when a scrape comes, so counting costs nothing between scrapes.  Names and
+units follow Prometheus' conventions: ``wallaroo_..._total`` counters,
+``_seconds`` and ``_bytes``.  Every series carries the ``worker`` label.
+
+A small HTTP/1.0 server on the trio loop answers ``GET /metrics``; anything
+else gets 404.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+
+import trio
+
+# seconds: from 100 µs to 10 s
+SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                   0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000)
+MAX_REQUEST = 8192
+REQUEST_TIMEOUT = 5.0
+
+
+class Histogram:
+    """Counts per bucket (plain integers) and the sum of observations."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds=SECONDS_BUCKETS):
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.sum += v
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, total = [], 0
+        for bound, n in zip(self.bounds, self.counts):
+            total += n
+            out.append((repr(float(bound)), total))
+        out.append(("+Inf", total + self.counts[-1]))
+        return out
+
+
+class WorkerCollector:
+    """Reads a running worker's figures when scraped."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.started = time.time()
+
+    def collect(self):
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+        w = self.worker
+        core = w.core
+        st = core.stats
+        name = w.opts.name
+        app = w.app
+
+        def counter(metric, doc, labels=()):
+            return CounterMetricFamily(metric, doc, labels=["worker", *labels])
+
+        def gauge(metric, doc, labels=()):
+            return GaugeMetricFamily(metric, doc, labels=["worker", *labels])
+
+        m = counter("wallaroo_messages_in", "Messages taken in per source, new "
+                    "ones and those replayed by recovery apart",
+                    ("source", "kind"))
+        for p in app.pipelines:
+            m.add_metric([name, p.name, "new"], st.by_source[p.index])
+        if core.route is not None:
+            m.add_metric([name, "peers", "new"], st.by_source[core.peer_source])
+        m.add_metric([name, "all", "replayed"], st.replayed)
+        yield m
+        m = counter("wallaroo_outputs", "Outputs per sink", ("sink",))
+        for s in app.sinks:
+            m.add_metric([name, s.label], st.by_sink.get(s.index, 0))
+        yield m
+        m = counter("wallaroo_failures", "Failed messages per step", ("step",))
+        for step, n in sorted(core.failures.counts.items()):
+            m.add_metric([name, step], n)
+        yield m
+        m = counter("wallaroo_batches", "Batches processed")
+        m.add_metric([name], st.batches)
+        yield m
+        m = counter("wallaroo_commits", "Commits of the worker's database")
+        m.add_metric([name], w.commits)
+        yield m
+        m = counter("wallaroo_snapshots", "Partition snapshots written")
+        m.add_metric([name], st.snapshots)
+        yield m
+        for metric, doc, h in (
+                ("wallaroo_batch_compute_seconds", "CPU time of a batch's compute",
+                 st.batch_seconds),
+                ("wallaroo_commit_seconds", "Wall time of a commit", w.commit_hist),
+                ("wallaroo_snapshot_work_seconds",
+                 "Snapshot work (pickling) in one commit", st.snapshot_seconds)):
+            hm = HistogramMetricFamily(metric, doc, labels=["worker"])
+            hm.add_metric([name], h.cumulative(), h.sum)
+            yield hm
+        hm = HistogramMetricFamily("wallaroo_batch_messages",
+                                   "Messages per batch", labels=["worker"])
+        hm.add_metric([name], st.batch_sizes.cumulative(), st.batch_sizes.sum)
+        yield hm
+        g = gauge("wallaroo_inbox_bytes", "Bytes read and not yet processed")
+        g.add_metric([name], w.inbox.bytes)
+        yield g
+        g = gauge("wallaroo_inbox_messages", "Messages read and not yet processed")
+        g.add_metric([name], w.inbox.messages)
+        yield g
+        g = gauge("wallaroo_outbox_outputs", "Outputs not yet delivered, per sink",
+                  ("sink",))
+        gb = gauge("wallaroo_outbox_bytes", "Bytes of outputs not yet delivered, "
+                   "per sink", ("sink",))
+        for s in w.sinks:
+            g.add_metric([name, s.spec.label], s.queued_outputs)
+            gb.add_metric([name, s.spec.label], s.queued_bytes)
+        yield g
+        yield gb
+        if w.cluster is not None:
+            g = gauge("wallaroo_channel_backlog_batches", "Peer batches not yet "
+                      "acknowledged, per peer", ("peer",))
+            for c in w.cluster.senders.values():
+                g.add_metric([name, c.peer], c.queued_outputs)
+            yield g
+        g = gauge("wallaroo_longest_loop_stall_seconds", "Longest time the event "
+                  "loop did not run its tasks")
+        g.add_metric([name], w.longest_stall)
+        yield g
+        g = gauge("wallaroo_uptime_seconds", "Seconds since the worker started")
+        g.add_metric([name], time.time() - self.started)
+        yield g
+
+
+def render(registry) -> bytes:
+    from prometheus_client import generate_latest
+    return generate_latest(registry)
+
+
+async def serve(listeners, registry, log) -> None:
+    async def handle(stream):
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                data = b""
+                while b"\r\n\r\n" not in data and b"\n\n" not in data:
+                    more = await stream.receive_some(4096)
+                    if not more:
+                        return
+                    data += more
+                    if len(data) > MAX_REQUEST:
+                        return
+                line = data.split(b"\n", 1)[0].strip()
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] \
+                        == b"/metrics":
+                    body = render(registry)  # on the loop: the figures hold still
+                    head = (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; "
+                            b"version=0.0.4; charset=utf-8\r\n")
+                else:
+                    body = b"not found: the metrics are at /metrics\n"
+                    head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+                await stream.send_all(head + b"Content-Length: %d\r\n\r\n" % len(body)
+                                      + body)
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
+                OSError) as e:
+            log.debug("metrics: a request failed: %s", e)
+        finally:
+            await trio.aclose_forcefully(stream)
+    await trio.serve_listeners(handle, listeners)
