@@ -563,6 +563,66 @@ def status(directory, control, cluster_secret_file, as_json):
     render(st, Console(width=None if sys.stdout.isatty() else 140))
 
 
+@cli.command(context_settings=CONTEXT)
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--control", metavar="HOST:PORT",
+              help="Several hosts: any worker's control address.")
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
+              metavar="FILE", help="The cluster's secret (with --control, or "
+                                   "with the DIRECTORY of a worker on several "
+                                   "hosts).")
+@click.option("--metrics", "metrics_addrs", metavar="HOST:PORT[,HOST:PORT...]",
+              help="Read the workers' --metrics addresses instead.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0,
+              show_default=True, metavar="SECONDS", help="Time between refreshes.")
+@click.option("--iterations", type=click.IntRange(min=1), metavar="N",
+              help="Stop after N refreshes (default: until Ctrl-C).")
+def top(directory, control, cluster_secret_file, metrics_addrs, interval, iterations):
+    """A live view of a running worker or cluster: per worker, messages per
+    second in and out, failures, inbox, outbox and channel backlogs, the
+    event loop's longest stall, and its state.  On a terminal the table
+    refreshes in place; otherwise a table is printed per refresh.
+
+    \b
+    Examples:
+      wallaroo top ./state                                   # a cluster's --resilience-dir
+      wallaroo top --control 10.0.0.1:7100 --cluster-secret-file secret
+      wallaroo top --metrics 127.0.0.1:9100 --interval 2     # a worker run with --metrics
+    """
+    from .tools import ToolError
+    from .tools.status import status_from_control, status_from_dir
+    from .tools.top import figures_from_metrics, figures_from_status, run_top
+    from .connectors.auth import AuthError
+    given = [x is not None for x in (directory, control, metrics_addrs)]
+    if sum(given) != 1:
+        raise click.UsageError("give DIRECTORY, --control HOST:PORT with "
+                               "--cluster-secret-file FILE, or --metrics HOST:PORT")
+    if control is not None and not cluster_secret_file:
+        raise click.UsageError("--control needs --cluster-secret-file FILE")
+    if metrics_addrs:
+        addrs = [a.strip() for a in metrics_addrs.split(",") if a.strip()]
+        fetch = lambda: figures_from_metrics(addrs)  # noqa: E731
+        title = "workers at " + ", ".join(addrs)
+    else:
+        def fetch():
+            try:
+                st = (status_from_dir(directory, cluster_secret_file)
+                      if directory is not None
+                      else status_from_control(control, cluster_secret_file))
+            except (ToolError, AuthError) as e:
+                raise ToolError(str(e)) from None
+            return figures_from_status(st)
+        title = f"cluster in {directory}" if directory else f"cluster of {control}"
+    from rich.console import Console
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    try:
+        run_top(fetch, interval, iterations, console, sys.stdout.isatty(), title)
+    except ToolError as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        pass
+
+
 @cli.group(context_settings=CONTEXT)
 def recovery():
     """Look into resilience directories (what --resilience-dir keeps: one
