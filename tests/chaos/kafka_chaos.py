@@ -35,10 +35,10 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
+from .cluster_chaos import NAMES, _pid
 from .run_chaos import ROOT, Proc, wallaroo
 
 APP = os.path.join(ROOT, "examples", "kafka_count", "kafka_count.py")
-NAMES = ["initializer", "worker-1", "worker-2"]
 
 
 @dataclass
@@ -233,17 +233,6 @@ def run(records: int = 50000, kills: int = 3, workers: int = 1, rate: float = 10
         if worker is not None:
             worker.kill()
         broker.stop()
-
-
-def _pid(state: str, name: str) -> int | None:
-    try:
-        with open(os.path.join(state, "cluster.json")) as f:
-            for w in json.load(f)["workers"]:
-                if w["name"] == name:
-                    return w["pid"]
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def main(argv=None) -> int:

@@ -175,3 +175,28 @@ async def connect(stream: trio.abc.Stream, secret: bytes, me: str,
         raise AuthError(f"worker {server.decode()!r} does not hold the cluster "
                         f"secret, or refused ours ({answer[:60]!r})")
     return server.decode(), Session(secret, nonce, mine)
+
+
+async def accept_request(stream: trio.abc.Stream, secret: bytes, me: str, log,
+                         port: str):
+    """The server side of a control or data port connection: authenticate
+    the client and read its first sealed line.  Returns ``(peer, name,
+    session, line, buf)`` (``peer``: the client's address; ``buf``: what was
+    read beyond the line), or None once the
+    connection is logged (naming ``port`` and the address) and closed."""
+    try:
+        peer = "{}:{}".format(*stream.socket.getpeername()[:2])
+    except (OSError, AttributeError):
+        peer = "unknown"
+    buf = bytearray()
+    try:
+        name, session = await accept(stream, secret, me, buf)
+        with trio.fail_after(TIMEOUT):
+            line = session.open(await read_line(stream, buf))
+    except (AuthError, trio.TooSlowError, trio.BrokenResourceError,
+            trio.ClosedResourceError, OSError) as e:
+        log.warning("%s: dropped a connection from %s: %s", port, peer,
+                    e if str(e) else type(e).__name__)
+        await trio.aclose_forcefully(stream)
+        return None
+    return peer, name, session, line, buf

@@ -205,22 +205,12 @@ class DataServer:
         await trio.serve_listeners(self._handle, self.listeners)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = "{}:{}".format(*stream.socket.getpeername()[:2])
-        except OSError:
-            peer = "unknown"
-        buf = bytearray()
-        try:
-            name, session = await auth.accept(stream, self.secret, self.me, buf)
-            with trio.fail_after(auth.TIMEOUT):
-                what = session.open(await auth.read_line(stream, buf))
-        except (auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                trio.ClosedResourceError, OSError) as e:
+        got = await auth.accept_request(stream, self.secret, self.me, self.log,
+                                        "data port")
+        if got is None:
             self.strangers += 1
-            self.log.warning("data port: dropped a connection from %s: %s", peer,
-                             e if str(e) else type(e).__name__)
-            await trio.aclose_forcefully(stream)
             return
+        peer, name, session, what, buf = got
         rest = PrefixedStream(stream, bytes(buf))
         try:
             if self.members and name not in self.members:

@@ -41,21 +41,11 @@ class ControlServer:
                                    task_status=task_status)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = "{}:{}".format(*stream.socket.getpeername()[:2])
-        except OSError:
-            peer = "unknown"
-        buf = bytearray()
-        try:
-            name, session = await auth.accept(stream, self.secret, self.me, buf)
-            with trio.fail_after(auth.TIMEOUT):
-                line = session.open(await auth.read_line(stream, buf))
-        except (auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                trio.ClosedResourceError, OSError) as e:
-            self.log.warning("control port: dropped a connection from %s: %s",
-                             peer, e if str(e) else type(e).__name__)
-            await trio.aclose_forcefully(stream)
+        got = await auth.accept_request(stream, self.secret, self.me, self.log,
+                                        "control port")
+        if got is None:
             return
+        _, name, session, line, _ = got
         try:
             if line == b"STATUS":
                 answer = self.status()
