@@ -75,9 +75,10 @@ def test_the_metrics_of_a_known_run_match_exactly(procs):
     assert value(m, "wallaroo_batch_compute_seconds_count") >= 1
     assert value(m, "wallaroo_batch_messages_sum") == 1000
     assert value(m, "wallaroo_uptime_seconds") > 0
-    # anything but /metrics is a 404
+    # / is the live page; anything else is a 404
+    assert b"<html" in urllib.request.urlopen(f"http://{addr}/", timeout=WAIT).read()
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(f"http://{addr}/", timeout=WAIT)
+        urllib.request.urlopen(f"http://{addr}/nothing", timeout=WAIT)
     assert e.value.code == 404
     assert w.terminate() == 0
 

@@ -145,7 +145,19 @@ def render(registry) -> bytes:
     return generate_latest(registry)
 
 
-async def serve(listeners, registry, log) -> None:
+def registry_body(registry):
+    """A ``serve`` body: the registry's figures, read on the loop (so
+    they hold still while they are written)."""
+    async def body() -> bytes:
+        return render(registry)
+    return body
+
+
+async def serve(listeners, metrics_body, log) -> None:
+    """``GET /metrics``: ``await metrics_body()``; ``GET /``: the live page
+    (it reads ``/metrics`` itself); anything else: 404."""
+    from .web_page import PAGE
+
     async def handle(stream):
         try:
             with trio.fail_after(REQUEST_TIMEOUT):
@@ -159,13 +171,20 @@ async def serve(listeners, registry, log) -> None:
                         return
                 line = data.split(b"\n", 1)[0].strip()
                 parts = line.split()
-                if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] \
-                        == b"/metrics":
-                    body = render(registry)  # on the loop: the figures hold still
+                path = parts[1].split(b"?")[0] if len(parts) >= 2 else b""
+                if len(parts) < 2 or parts[0] != b"GET":
+                    path = b""
+                if path == b"/metrics":
+                    body = await metrics_body()
                     head = (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; "
                             b"version=0.0.4; charset=utf-8\r\n")
+                elif path in (b"/", b"/index.html"):
+                    body = PAGE
+                    head = (b"HTTP/1.0 200 OK\r\nContent-Type: text/html; "
+                            b"charset=utf-8\r\nCache-Control: no-cache\r\n")
                 else:
-                    body = b"not found: the metrics are at /metrics\n"
+                    body = (b"not found: the metrics are at /metrics, the live "
+                            b"page at /\n")
                     head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
                 await stream.send_all(head + b"Content-Length: %d\r\n\r\n" % len(body)
                                       + body)

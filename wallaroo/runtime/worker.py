@@ -47,7 +47,7 @@ from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSour
 from .cluster_side import ClusterConfig, ClusterSide
 from .inbox import Inbox
 from .metrics import Histogram, WorkerCollector
-from .metrics import serve as serve_metrics
+from .metrics import registry_body, serve as serve_metrics
 from .placement import DEFAULT_KEY_GROUPS
 
 
@@ -313,7 +313,7 @@ class Worker:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(WorkerCollector(self))
         self.metrics_address = listeners[0].socket.getsockname()[:2]
-        nursery.start_soon(serve_metrics, listeners, registry, self.log)
+        nursery.start_soon(serve_metrics, listeners, registry_body(registry), self.log)
 
     async def _watch_loop(self) -> None:
         """How late a short sleep wakes: the longest time the event loop
