@@ -74,6 +74,14 @@ def test_the_metrics_of_a_known_run_match_exactly(procs):
     # the histograms have observations
     assert value(m, "wallaroo_batch_compute_seconds_count") >= 1
     assert value(m, "wallaroo_batch_messages_sum") == 1000
+    # per step: the decoder's failures never reach the steps
+    assert value(m, "wallaroo_step_messages_total", step="multiply by 1.8") == 997
+    assert value(m, "wallaroo_step_messages_total", step="add 32") == 997
+    # end to end: every output written is observed once
+    assert value(m, "wallaroo_latency_seconds_count") == 997
+    assert 0 < value(m, "wallaroo_latency_seconds_sum") < 997 * WAIT
+    assert value(m, "wallaroo_restarts_total") == 0
+    assert value(m, "wallaroo_replay_progress_ratio") == 1
     assert value(m, "wallaroo_uptime_seconds") > 0
     # / is the live page; anything else is a 404
     assert b"<html" in urllib.request.urlopen(f"http://{addr}/", timeout=WAIT).read()
@@ -144,6 +152,8 @@ def test_replayed_messages_are_counted_apart_after_a_sigkill(procs, tmp_path):
     m = scrape(re.search(r"metrics=(\S+)", ready).group(1))
     assert value(m, "wallaroo_messages_in_total", kind="replayed") == 1000, w2.stderr
     assert value(m, "wallaroo_messages_in_total", kind="new") == 0
+    assert value(m, "wallaroo_step_messages_total", step="add") == 0  # replay apart
+    assert value(m, "wallaroo_restarts_total") == 1  # kept in the database
     assert w2.terminate() == 0
 
 

@@ -44,6 +44,7 @@ def db_path(directory: str, worker: str) -> str:
 
 class SQLiteStore:
     durable = True
+    starts = 0  # times the database was opened (known once open)
 
     def __init__(self, directory: str, worker: str, synchronous: str = "NORMAL",
                  part_bytes: int | None = None):
@@ -114,6 +115,7 @@ class SQLiteStore:
                                                        fingerprint)
             self._sink_index = {sid: i for i, sid in enumerate(self._sink_ids)}
             saved = self._settle_membership(membership)
+            self.starts = self._count_start()
             rec, self._parted = reading.load(conn, self.path)
             rec.membership = saved
             rec.next_out_seq = self._by_app(rec.next_out_seq)
@@ -229,6 +231,18 @@ class SQLiteStore:
         else:
             self._set_database_id(m.database_id)
         write_manifest(self.path, m)
+
+    def _count_start(self) -> int:
+        """How many times a worker has opened this database, this time
+        included (``meta`` key ``starts``; databases from before it was
+        kept count from their first start since)."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute("SELECT value FROM meta WHERE key='starts'").fetchone()
+        n = int(row[0]) + 1 if row is not None and row[0].isdigit() else 1
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('starts', ?)", (str(n),))
+        conn.execute("COMMIT")
+        return n
 
     def _set_database_id(self, database_id: str) -> None:
         self._conn.execute("BEGIN IMMEDIATE")

@@ -33,7 +33,7 @@ from . import channels
 from .dataflow import (Context, Route, StepError, compile_pipeline, first,
                        make_peer_runner, make_runner)
 from .failures import FailureLog
-from .metrics import SIZE_BUCKETS, Histogram
+from .metrics import SIZE_BUCKETS, Histogram, Latency
 from .placement import DEFAULT_KEY_GROUPS, Placement
 from .replay import Progress, replay
 from .states import DirtyTracker, StateSpace
@@ -64,6 +64,7 @@ class Chunk:
     pending: int | None = None  # the pending-input row these frames are from
     pending_offset: int = 0  # the first frame's index in that row
     connector: str = TCP
+    arrived: float = 0.0  # time.monotonic() when the first frame came (0: unknown)
 
     def split(self, k: int, header_length: int) -> tuple["Chunk", "Chunk"]:
         """The first ``k`` frames and the rest."""
@@ -71,12 +72,13 @@ class Chunk:
         cut = sum(map(len, head)) + k * header_length
         a = Chunk(self.source, head, self.frames[:cut], self.stream, self.first_seq,
                   self.origin, self.key, self.position, self.pending,
-                  self.pending_offset, self.connector)
+                  self.pending_offset, self.connector, self.arrived)
         b = Chunk(self.source, self.payloads[k:], self.frames[cut:], self.stream,
                   None if self.first_seq is None else self.first_seq + k,
                   self.origin, self.key,
                   None if self.position is None else self.position + k,
-                  self.pending, self.pending_offset + k, self.connector)
+                  self.pending, self.pending_offset + k, self.connector,
+                  self.arrived)
         return a, b
 
 
@@ -203,8 +205,10 @@ class WorkerCore:
         # frame header bytes per source; peer batches carry theirs in the payload
         self.header_lengths = [f.header_length for f in self.framers] + [0]
         self.stats = CoreStats(by_source=[0] * (len(app.pipelines) + 1))
+        self.latency = Latency(len(app.sinks))  # frame arrival -> output written
         self.failures = FailureLog([0], self.log)
         self.runners: list = []  # compiled once the membership is settled
+        self.step_counts: list = []  # (pipeline, step, [messages it took])
         self.recovered = False
 
     @property
@@ -234,9 +238,10 @@ class WorkerCore:
         self.failures = FailureLog(ctx.cell, self.log)
         ctx.fail = self.failures.fail
         route = self.route = self.route_for()
+        self.step_counts = []  # (pipeline, step, [messages it took])
         self.entries = [compile_pipeline(self.app, p, self.spaces, self.out_lists,
                                          ctx, rebuild=False, framed=self.framed_sinks,
-                                         route=route)
+                                         route=route, counts=self.step_counts)
                         for p in self.app.pipelines]
         self.runners = [
             make_runner(p.source.decoder.decode, p.source.decoder.name,
@@ -383,6 +388,8 @@ class WorkerCore:
         counts = self.stream_counts
         by_source = self.stats.by_source
         chunks = chunks if isinstance(chunks, list) else list(chunks)
+        out_lists = self.out_lists
+        marks = []  # (arrival, outputs per sink so far): for the latency
         for ci, ch in enumerate(chunks):
             n = len(ch.payloads)
             if not n:
@@ -422,9 +429,13 @@ class WorkerCore:
                 consumed[ch.pending] = ch.pending_offset + n
             lsn += msgs
             by_source[ch.source] += msgs
+            if out_lists:
+                marks.append((ch.arrived, [len(x) for x in out_lists]))
             if leftover:
                 break
         self.next_lsn = lsn
+        if marks:
+            self._latency_marks(marks)
         outputs = self._output_rows()
         if self.route is not None:
             outputs.extend(self._peer_rows())
@@ -472,6 +483,21 @@ class WorkerCore:
         self._delivered_pending = {}
         self._bases_pending = {}
         return record
+
+    def _latency_marks(self, marks: list) -> None:
+        """Which of the batch's outputs (by sequence number, per sink) came
+        from frames that arrived when: see ``metrics.Latency``."""
+        add = self.latency.add
+        for i in range(len(self.out_lists)):
+            per = 2 if i in self.framed_sinks else 1  # framed: header, output
+            base = self.next_out_seq[i]
+            prev = 0
+            for arrived, lens in marks:
+                c = lens[i] // per
+                if c > prev:
+                    if arrived:
+                        add(i, base + prev, base + c, arrived)
+                    prev = c
 
     def _output_rows(self) -> list[OutputRow]:
         """One outbox row per sink with outputs in this batch (framed
@@ -711,6 +737,7 @@ class WorkerCore:
         if end_seq > self.delivered.get(sink, 0):
             self.delivered[sink] = end_seq
             self._delivered_pending[sink] = end_seq
+            self.latency.delivered(sink, end_seq, time.monotonic())
 
     def state(self, state_name: str, key=None):
         """The current state object of a partition (for tests and tools)."""

@@ -115,10 +115,13 @@ def _drop(item) -> None:
     pass
 
 
-def _computation_stage(step: StepSpec, nxt: Push, ctx: Context) -> Push:
+def _computation_stage(step: StepSpec, nxt: Push, ctx: Context,
+                       seen: list[int]) -> Push:
+    """``seen[0]`` counts the messages the step takes."""
     fn, name, fail = step.fn, step.name, ctx.fail
     if not step.multi:
         def push(item):
+            seen[0] += 1
             try:
                 r = fn(item)
             except Exception as e:
@@ -129,6 +132,7 @@ def _computation_stage(step: StepSpec, nxt: Push, ctx: Context) -> Push:
         return push
 
     def push_multi(item):
+        seen[0] += 1
         try:
             r = fn(item)
         except Exception as e:
@@ -209,12 +213,13 @@ def _warn_habit(step: StepSpec, r) -> bool:
 
 
 def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
-                 rebuild: bool, route: Route | None = None,
+                 rebuild: bool, seen: list[int], route: Route | None = None,
                  at: tuple[int, int] = (0, 0)) -> tuple[Push, Callable]:
     """-> (push(message), apply(key, message)).  ``route``: in a cluster, a
     message whose key group another worker owns goes there with its key, to
     continue from this step (``at``: pipeline, step) through ``apply``; in
-    rebuild mode it is dropped (the original run sent it)."""
+    rebuild mode it is dropped (the original run sent it).  ``seen[0]``
+    counts the messages the step takes here (not those sent on)."""
     compute, name, fail = step.fn, step.name, ctx.fail
     parts = space.parts
     touched_add = space.touched.add
@@ -232,6 +237,7 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
     # one-worker push(): a function call per message is a few percent of
     # the engine's time, and push() is the hot path of every state step.
     def apply(key, item):
+        seen[0] += 1
         try:
             st = parts[key]
         except KeyError:
@@ -303,6 +309,7 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
         return push_routed, apply
 
     def push(item):
+        seen[0] += 1
         if part_fn is None:
             key = None
         else:
@@ -356,14 +363,16 @@ def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
                      spaces: dict[str, StateSpace], out_lists: list[list[bytes]],
                      ctx: Context, rebuild: bool,
                      framed: frozenset[int] = frozenset(),
-                     route: Route | None = None) -> list[Push]:
+                     route: Route | None = None,
+                     counts: list | None = None) -> list[Push]:
     """The closures of the pipeline: ``[i]`` runs step i and the rest
     (``[0]`` takes what the decoder made; the last is the sink stage); a
     state step's entry is a pair (push(message), apply(key, message)),
     the second for messages another worker routed here with their key.
     ``framed``: the sinks whose outputs are kept as protocol frames;
     ``route``: the cluster's placement (None: one worker, every key
-    here)."""
+    here); ``counts``: gets ``(pipeline, step, [messages the step took])``
+    per step."""
     if rebuild:
         nxt: Push = _drop
     elif pipeline.sinks:
@@ -377,14 +386,20 @@ def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
     entries: list = [nxt]
     for i in range(len(pipeline.steps) - 1, -1, -1):
         step = pipeline.steps[i]
+        seen = [0]
+        if counts is not None:
+            counts.append((pipeline.name, step.name, seen))
         if step.kind == "state":
             nxt, apply = _state_stage(step, spaces[step.state], nxt, ctx, rebuild,
-                                      route, (pipeline.index, i))
+                                      seen, route, (pipeline.index, i))
             entries.append((nxt, apply))
         else:
-            nxt = _computation_stage(step, nxt, ctx)
+            nxt = _computation_stage(step, nxt, ctx, seen)
             entries.append(nxt)
     entries.reverse()
+    if counts is not None:  # in the pipeline's order
+        counts[len(counts) - len(pipeline.steps):] = \
+            counts[len(counts) - len(pipeline.steps):][::-1]
     return entries
 
 

@@ -21,6 +21,9 @@ has been consumed.
 
 from __future__ import annotations
 
+import collections
+import time
+
 import trio
 
 from ..connectors.base import PEER, TCP
@@ -35,7 +38,8 @@ class _Queue:
     backlog is never copied per batch)."""
 
     __slots__ = ("source", "payloads", "pos", "frames", "fpos", "stream",
-                 "first_seq", "origin", "position", "front", "connector")
+                 "first_seq", "origin", "position", "front", "connector", "puts",
+                 "put_total", "taken")
 
     def __init__(self, source, payloads, frames, stream, first_seq, origin,
                  position=None, connector=TCP):
@@ -50,6 +54,27 @@ class _Queue:
         self.position = position
         self.front: list[Chunk] = []
         self.connector = connector
+        # when frames arrived: (frames put so far, time.monotonic()) per put,
+        # dropped once taken; for the end-to-end latency
+        self.puts = collections.deque()
+        self.put_total = self.taken = 0
+        self.arrive(len(payloads))
+
+    def arrive(self, n: int) -> None:
+        if n:
+            self.put_total += n
+            self.puts.append((self.put_total, time.monotonic()))
+
+    @property
+    def arrived_at(self) -> float:
+        """When the first frame not yet taken arrived (0: none waits)."""
+        return self.puts[0][1] if self.puts else 0.0
+
+    def took(self, n: int) -> None:
+        self.taken += n
+        puts = self.puts
+        while puts and puts[0][0] <= self.taken:
+            puts.popleft()
 
     def joined(self) -> bytes:
         if len(self.frames) > 1:
@@ -138,9 +163,13 @@ class Inbox:
         elif not q.arrived:  # only front chunks wait: these start the rest
             q.payloads, q.pos, q.frames, q.fpos = payloads, 0, [frames], 0
             q.first_seq, q.origin, q.position = first_seq, origin, position
+            q.puts.clear()
+            q.put_total = q.taken = 0
+            q.arrive(len(payloads))
         else:
             q.payloads.extend(payloads)
             q.frames.append(frames)
+            q.arrive(len(payloads))
         self._arrived.set()
         if connector == PEER:
             self._peer.set()
@@ -203,19 +232,21 @@ class Inbox:
             payloads = q.payloads if q.pos == 0 else q.payloads[q.pos:]
             part = frames if q.fpos == 0 else frames[q.fpos:]
             ch = Chunk(q.source, payloads, part, q.stream, q.first_seq, q.origin,
-                       key, q.position, connector=q.connector)
+                       key, q.position, connector=q.connector, arrived=q.arrived_at)
             q.payloads, q.frames, q.pos, q.fpos = [], [b""], 0, 0
         else:
             end = q.pos + n
             head = q.payloads[q.pos:end]
             cut = q.fpos + sum(map(len, head)) + n * self.header_lengths[q.source]
             ch = Chunk(q.source, head, frames[q.fpos:cut], q.stream, q.first_seq,
-                       q.origin, key, q.position, connector=q.connector)
+                       q.origin, key, q.position, connector=q.connector,
+                       arrived=q.arrived_at)
             q.pos, q.fpos = end, cut
             if q.pos > len(q.payloads) // 2:  # drop the consumed front
                 del q.payloads[:q.pos]
                 q.frames = [frames[cut:]]
                 q.pos = q.fpos = 0
+        q.took(n)
         if q.first_seq is not None:
             q.first_seq += n
         if q.position is not None:

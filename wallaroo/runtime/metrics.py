@@ -14,6 +14,7 @@ else gets 404.
 from __future__ import annotations
 
 import bisect
+import collections
 import time
 
 import trio
@@ -40,6 +41,11 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, v)] += 1
         self.sum += v
 
+    def observe_n(self, v: float, n: int) -> None:
+        """``n`` observations of ``v``."""
+        self.counts[bisect.bisect_left(self.bounds, v)] += n
+        self.sum += v * n
+
     def cumulative(self) -> list[tuple[str, int]]:
         out, total = [], 0
         for bound, n in zip(self.bounds, self.counts):
@@ -47,6 +53,45 @@ class Histogram:
             out.append((repr(float(bound)), total))
         out.append(("+Inf", total + self.counts[-1]))
         return out
+
+
+class Latency:
+    """End-to-end latency, frame arrival to output written, per sink.
+
+    A batch leaves marks ``(first_seq, end_seq, arrived)`` per sink: its
+    outputs numbered ``first_seq .. end_seq - 1`` came from frames that
+    reached the worker at ``arrived`` (``time.monotonic()``; frames that
+    arrive between two batches share the first one's time).  When the sink
+    reports outputs delivered up to a sequence number, each delivered
+    output is observed once: a few list operations per batch and per
+    delivery, nothing per message."""
+
+    __slots__ = ("hist", "marks")
+
+    def __init__(self, sinks: int):
+        self.hist = Histogram()
+        self.marks: list[collections.deque] = [collections.deque()
+                                               for _ in range(sinks)]
+
+    def add(self, sink: int, first_seq: int, end_seq: int, arrived: float) -> None:
+        self.marks[sink].append([first_seq, end_seq, arrived])
+
+    def delivered(self, sink: int, end_seq: int, now: float) -> None:
+        if sink >= len(self.marks):
+            return  # a channel to another worker, not a sink
+        dq = self.marks[sink]
+        observe = self.hist.observe_n
+        while dq:
+            m = dq[0]
+            first, end, arrived = m
+            if first >= end_seq:
+                return
+            upto = end if end <= end_seq else end_seq
+            observe(now - arrived, upto - first)
+            if upto < end:
+                m[0] = upto
+                return
+            dq.popleft()
 
 
 class WorkerCollector:
@@ -80,6 +125,12 @@ class WorkerCollector:
             m.add_metric([name, "peers", "new"], st.by_source[core.peer_source])
         m.add_metric([name, "all", "replayed"], st.replayed)
         yield m
+        m = counter("wallaroo_step_messages", "Messages each step took (on this "
+                    "worker: a state step's messages for keys other workers own "
+                    "are counted there)", ("pipeline", "step"))
+        for pipeline, step, seen in core.step_counts:
+            m.add_metric([name, pipeline, step], seen[0])
+        yield m
         m = counter("wallaroo_outputs", "Outputs per sink", ("sink",))
         for s in app.sinks:
             m.add_metric([name, s.label], st.by_sink.get(s.index, 0))
@@ -106,6 +157,13 @@ class WorkerCollector:
             hm = HistogramMetricFamily(metric, doc, labels=["worker"])
             hm.add_metric([name], h.cumulative(), h.sum)
             yield hm
+        h = core.latency.hist
+        hm = HistogramMetricFamily(
+            "wallaroo_latency_seconds", "End to end: a frame's arrival at this "
+            "worker to its outputs written to their sink (acknowledged, for "
+            "resumable and Kafka sinks)", labels=["worker"])
+        hm.add_metric([name], h.cumulative(), h.sum)
+        yield hm
         hm = HistogramMetricFamily("wallaroo_batch_messages",
                                    "Messages per batch", labels=["worker"])
         hm.add_metric([name], st.batch_sizes.cumulative(), st.batch_sizes.sum)
@@ -134,6 +192,14 @@ class WorkerCollector:
         g = gauge("wallaroo_longest_loop_stall_seconds", "Longest time the event "
                   "loop did not run its tasks")
         g.add_metric([name], w.longest_stall)
+        yield g
+        m = counter("wallaroo_restarts", "Times this worker started again on "
+                    "its resilience directory (kept in its database)")
+        m.add_metric([name], max(0, core.store.starts - 1))
+        yield m
+        g = gauge("wallaroo_replay_progress_ratio", "Recovery's replay: inputs "
+                  "replayed of those to replay (1 once recovered)")
+        g.add_metric([name], w.replay_ratio())
         yield g
         g = gauge("wallaroo_uptime_seconds", "Seconds since the worker started")
         g.add_metric([name], time.time() - self.started)

@@ -32,8 +32,10 @@ class Progress:
         self.start = time.monotonic()
         self.next = self.start + self.every
         self.said = False
+        self.done = 0
 
     def tick(self, done: int) -> None:
+        self.done = done
         now = time.monotonic()
         if now < self.next or self.log is None:
             return
@@ -66,6 +68,7 @@ def replay(core, replay_from: int, next_lsn: int,
     expected = replay_from
     progress = Progress(core.log, "recovery: replaying the input log",
                         next_lsn - replay_from, "messages")
+    core.replay_progress = progress  # for --metrics, while it runs
     for row in core.store.replay_inputs(replay_from):
         progress.tick(messages)
         if row.first_lsn > expected:

@@ -21,6 +21,7 @@ second signal ends the drain at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -172,13 +173,21 @@ class Worker:
         self._stop = trio.Event()
         self._limiter = trio.CapacityLimiter(1)
         try:
-            await self._run(task_status)
+            async with trio.open_nursery() as metrics:
+                if self.opts.metrics is not None:  # served during recovery too
+                    await self._serve_metrics(metrics)
+                await self._run(task_status)
+                metrics.cancel_scope.cancel()
         finally:
             self.store.close()
 
     async def _run(self, task_status) -> None:
         log = self.log
-        report = self.core.recover(requeue=not self.store.durable)
+        recover = functools.partial(self.core.recover,
+                                    requeue=not self.store.durable)
+        # with --metrics, recovery runs in a thread so /metrics can show it
+        report = (await trio.to_thread.run_sync(recover)
+                  if self.opts.metrics is not None else recover())
         self.recovery = report
         for note in report.notes:
             log.warning("%s", note)
@@ -254,8 +263,6 @@ class Worker:
             engine_done = trio.Event()
             nursery.start_soon(self._engine_loop, send_batches, engine_done)
             nursery.start_soon(self._watch_loop)
-            if self.opts.metrics is not None:
-                await self._serve_metrics(nursery)
             if self.opts.handle_signals:  # before "ready": a SIGTERM right
                 await nursery.start(self._signals)  # after it must drain
             shown = iter(f"{h}:{p}" for h, p in bound)
@@ -314,6 +321,13 @@ class Worker:
         registry.register(WorkerCollector(self))
         self.metrics_address = listeners[0].socket.getsockname()[:2]
         nursery.start_soon(serve_metrics, listeners, registry_body(registry), self.log)
+
+    def replay_ratio(self) -> float:
+        """Recovery's replay so far: inputs replayed of those to replay."""
+        if self.recovery is not None:
+            return 1.0
+        p = getattr(self.core, "replay_progress", None)
+        return 0.0 if p is None else p.done / max(p.total, 1)
 
     async def _watch_loop(self) -> None:
         """How late a short sleep wakes: the longest time the event loop
