@@ -157,8 +157,67 @@ def test_replayed_messages_are_counted_apart_after_a_sigkill(procs, tmp_path):
     assert w2.terminate() == 0
 
 
-def test_metrics_with_workers_is_refused_for_now(procs):
-    w = procs("run", CELSIUS, "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
-              "--workers", "2", "--metrics", "127.0.0.1:0")
-    assert w.wait(WAIT) == 2
-    assert "--metrics serves one worker" in w.stderr
+def test_a_3_worker_clusters_metrics_match_exactly(procs, tmp_path):
+    """The supervisor serves the whole cluster at its --metrics address:
+    every worker's series, labelled worker=; each worker's own address is
+    in cluster.json.  A known run's figures add up exactly."""
+    import json
+    import socket
+    rx, rx_port = start_receiver(procs, "--framing", "lines")
+    state = tmp_path / "state"
+    sup = procs("run", CELSIUS, "--in", "127.0.0.1:0", "--out", f"127.0.0.1:{rx_port}",
+                "--workers", "3", "--resilience-dir", state, "--metrics", "127.0.0.1:0")
+    ready = sup.wait_line(lambda line: line.startswith("ready workers=3"))
+    src = int(re.search(r"sources=[^:]+:(\d+)", ready).group(1))
+    addr = re.search(r"metrics=(\S+)", ready).group(1)
+    cluster = json.loads((state / "cluster.json").read_text())
+    assert cluster["metrics"] == addr
+    names = [w["name"] for w in cluster["workers"]]
+    assert names == ["initializer", "worker-1", "worker-2"]
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+", w["metrics"]) for w in cluster["workers"])
+    # three connections open together: the supervisor hands one to each worker
+    conns = [socket.create_connection(("127.0.0.1", src)) for _ in range(3)]
+    wait_for(lambda: all(value(scrape(w["metrics"]), "wallaroo_uptime_seconds") > 0
+                         for w in cluster["workers"]))
+    for part, c in enumerate(conns):
+        lines = [b"%d" % i for i in range(part * 1000, part * 1000 + 1000)]
+        if part == 1:
+            lines[7] = b"not a number"
+        c.sendall(b"".join(len(x).to_bytes(4, "big") + x for x in lines))
+        c.close()
+    wait_for(lambda: value(scrape(addr), "wallaroo_outputs_total") == 2999)
+    m = scrape(addr)
+    assert value(m, "wallaroo_messages_in_total", kind="new",
+                 source="convert temperature readings") == 3000
+    assert value(m, "wallaroo_failures_total") == 1
+    assert value(m, "wallaroo_latency_seconds_count") == 2999
+    for name in names:
+        assert value(m, "wallaroo_worker_up", worker=name) == 1
+        assert value(m, "wallaroo_uptime_seconds", worker=name) > 0
+        assert value(m, "wallaroo_messages_in_total", worker=name, kind="new") > 0
+        # a worker's own address serves its series only
+        own = scrape(next(w["metrics"] for w in cluster["workers"] if w["name"] == name))
+        assert {dict(ls).get("worker") for (_, ls) in own} - {None} == {name}
+    assert sup.terminate() == 0
+
+
+def test_the_supervisor_counts_a_killed_workers_restart(procs, tmp_path):
+    import json
+    import os
+    import signal
+    state = tmp_path / "state"
+    sup = procs("run", CELSIUS, "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
+                "--workers", "2", "--resilience-dir", state, "--metrics", "127.0.0.1:0",
+                "--restart-delay", "0.1")
+    ready = sup.wait_line(lambda line: line.startswith("ready workers=2"))
+    addr = re.search(r"metrics=(\S+)", ready).group(1)
+    pid = next(w["pid"] for w in json.loads((state / "cluster.json").read_text())
+               ["workers"] if w["name"] == "worker-1")
+    os.kill(pid, signal.SIGKILL)
+    sup.wait_line(lambda line: "worker worker-1 ready again" in line)
+    wait_for(lambda: value(scrape(addr), "wallaroo_worker_up", worker="worker-1") == 1)
+    m = scrape(addr)
+    assert value(m, "wallaroo_restarts_total", worker="worker-1") == 1  # its database
+    assert value(m, "wallaroo_restarts_total", worker="initializer") == 0
+    assert value(m, "wallaroo_supervisor_restarts_total", worker="worker-1") == 1
+    assert sup.terminate() == 0

@@ -8,7 +8,8 @@ import re
 import subprocess
 import threading
 
-from .conftest import REPO, WAIT, WALLAROO, send_all_and_close, u64_frames
+from .conftest import (REPO, WAIT, WALLAROO, send_all_and_close, start_receiver,
+                       u64_frames)
 from .test_cluster_examples import run_cluster
 
 ALPHABET = REPO / "examples" / "alphabet_partitioned" / "alphabet_partitioned.py"
@@ -18,19 +19,24 @@ U64 = REPO / "tests" / "apps" / "u64_sum.py"
 def test_top_of_a_3_worker_cluster_names_every_worker(procs, tmp_path):
     state = str(tmp_path / "state")
     sup, fields = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
-                              resilience_dir=state)
-    done = subprocess.run(WALLAROO + ["top", state, "--interval", "0.5",
-                                      "--iterations", "2"],
-                          capture_output=True, text=True, timeout=WAIT)
-    assert done.returncode == 0, done.stderr
-    for name in ("initializer", "worker-1", "worker-2"):
-        assert re.search(rf"│ {name}\s+│ ready", done.stdout), done.stdout
-    assert "in/s" in done.stdout and "loop stall" in done.stdout
+                              "--metrics", "127.0.0.1:0", resilience_dir=state)
+    # from the directory (the workers' status answers), and from the
+    # supervisor's --metrics address (the whole cluster's series)
+    for where in ([state], ["--metrics", fields["metrics"]]):
+        done = subprocess.run(WALLAROO + ["top", *where, "--interval", "0.5",
+                                          "--iterations", "2"],
+                              capture_output=True, text=True, timeout=WAIT)
+        assert done.returncode == 0, done.stderr
+        for name in ("initializer", "worker-1", "worker-2"):
+            assert re.search(rf"│ {name}\s+│ ready", done.stdout), done.stdout
+        assert "in/s" in done.stdout and "p99" in done.stdout \
+            and "loop stall" in done.stdout
     sup.terminate()
 
 
 def test_top_of_a_worker_with_metrics_shows_messages_flowing(procs):
-    w = procs("run", str(U64), "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
+    rx, rx_port = start_receiver(procs, "--framing", "length")
+    w = procs("run", str(U64), "--in", "127.0.0.1:0", "--out", f"127.0.0.1:{rx_port}",
               "--metrics", "127.0.0.1:0")
     ready = w.wait_line(lambda line: line.startswith("ready"))
     port = int(re.search(r"sources=[^:]+:(\d+)", ready).group(1))
@@ -52,8 +58,11 @@ def test_top_of_a_worker_with_metrics_shows_messages_flowing(procs):
         stop.set()
         t.join(10)
     assert done.returncode == 0, done.stderr
-    rows = re.findall(r"│ initializer \(\S+\)\s+│ ready\s+│\s+([\d,]+)", done.stdout)
-    assert rows and max(int(r.replace(",", "")) for r in rows) > 0, done.stdout
+    rows = re.findall(r"│ initializer\s+│ ready\s+│\s+([\d,]+) │.*?│\s+(\S+ ms|-) │"
+                      r"\s+(\S+ ms|-) │", done.stdout)
+    assert rows and max(int(r[0].replace(",", "")) for r in rows) > 0, done.stdout
+    # the latency percentiles of an interval with outputs written
+    assert any(p50 != "-" and p99 != "-" for _, p50, p99 in rows), done.stdout
     w.terminate()
 
 

@@ -102,10 +102,12 @@ class _RawArgsCommand(click.Command):
                    "output exactly once across crashes.  Without it, Kafka "
                    "sinks deliver at least once.")
 @click.option("--metrics", "metrics_addr", metavar="HOST:PORT",
-              help="Serve this worker's metrics in Prometheus' text format at "
-                   "http://HOST:PORT/metrics (port 0: any free port, named by "
-                   "the ready line's metrics=).  One worker at a time for now: "
-                   "not with --workers.")
+              help="Serve metrics in Prometheus' text format at "
+                   "http://HOST:PORT/metrics and a live page at http://HOST:PORT/ "
+                   "(port 0: any free port, named by the ready line's "
+                   "metrics=).  With --workers the supervisor serves the whole "
+                   "cluster there (series labelled worker=) and each worker its "
+                   "own address on HOST, listed in cluster.json.")
 @click.option("--kafka-option", "kafka_options", multiple=True, metavar="KEY=VALUE",
               help="A librdkafka setting for every Kafka client of the worker "
                    "(repeatable), applied after the engine's own: e.g. "
@@ -223,10 +225,6 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     from .connectors.tcp_source import default_max_connections
     metrics = _address_option(metrics_addr, "--metrics")
     if workers is not None:
-        if metrics is not None:
-            raise click.UsageError("--metrics serves one worker; with --workers "
-                                   "it is not supported yet (the cluster's "
-                                   "figures: wallaroo status DIR)")
         if control_addr or cluster_initializer or supervisor_fd is not None:
             raise click.UsageError("--workers runs a cluster on this host; "
                                    "--control / --cluster-initializer are for "
@@ -234,7 +232,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         from .runtime.supervisor import run_supervisor
         sys.exit(run_supervisor(target, ctx.meta["raw_args"], workers=workers,
                                 resilience_dir=resilience_dir,
-                                restart_delay=restart_delay, log_level=log_level))
+                                restart_delay=restart_delay, log_level=log_level,
+                                metrics=metrics))
     cluster = _cluster_args(cluster_initializer, worker_count, control_addr,
                             data_addr, my_control, my_data, cluster_secret_file,
                             cluster_members, supervisor_fd, peer_outbox_max, name)

@@ -55,6 +55,28 @@ class Histogram:
         return out
 
 
+def quantile(now: list, before: list | None, q: float) -> float | None:
+    """The ``q`` quantile of the observations between two readings of a
+    histogram's cumulative buckets (``[(upper bound, count), ...]``, the
+    last bound ``+Inf``), interpolated within its bucket as Prometheus'
+    ``histogram_quantile`` does; None without observations."""
+    prev = dict(before or [])
+    pts = [(float(le), n - prev.get(le, 0)) for le, n in now]
+    total = pts[-1][1] if pts else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lo, below = 0.0, 0
+    for le, n in pts:
+        if n >= rank:
+            if le == float("inf"):
+                return lo  # beyond the last bound: say the last bound
+            inside = n - below
+            return lo + (le - lo) * ((rank - below) / inside if inside else 1.0)
+        lo, below = le, n
+    return lo
+
+
 class Latency:
     """End-to-end latency, frame arrival to output written, per sink.
 

@@ -59,7 +59,8 @@ class Member:
 class Supervisor:
     def __init__(self, app_path: str, worker_args: list[str], workers: int,
                  resilience_dir: str | None, restart_delay: float,
-                 log: logging.Logger, spec, stop_grace: float = 60.0):
+                 log: logging.Logger, spec, stop_grace: float = 60.0,
+                 metrics: tuple[str, int] | None = None):
         self.app_path = app_path
         self.worker_args = worker_args  # what each `wallaroo run` gets
         self.n = workers
@@ -68,6 +69,10 @@ class Supervisor:
         self.log = log
         self.spec = spec
         self.stop_grace = stop_grace
+        self.metrics = metrics  # --metrics: the whole cluster's figures here
+        self.metrics_address: str | None = None
+        if metrics is not None:  # each worker serves its own, any free port
+            self.worker_args = [*worker_args, "--metrics", f"{metrics[0]}:0"]
         self.dir = resilience_dir or tempfile.mkdtemp(prefix="wallaroo-cluster-")
         self.cluster_file = os.path.join(self.dir, "cluster.json")
         self.names = ["initializer"] + [f"worker-{i}" for i in range(1, workers)]
@@ -105,9 +110,24 @@ class Supervisor:
             host, port = ls[0].socket.getsockname()[:2]
             self.sources.append(f"{host}:{port}")
 
+    async def _bind_metrics(self) -> list:
+        if self.metrics is None:
+            return []
+        host, port = self.metrics
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as e:
+            raise OSError(f"--metrics {host}:{port}: cannot listen: "
+                          f"{e.strerror or e}") from None
+        listeners = listeners[:1]
+        h, p = listeners[0].socket.getsockname()[:2]
+        self.metrics_address = f"{h}:{p}"
+        return listeners
+
     def write_cluster_file(self) -> None:
         body = {"version": 1, "application": self.spec.name,
-                "supervisor_pid": os.getpid(), "workers": [
+                "supervisor_pid": os.getpid(), "metrics": self.metrics_address,
+                "workers": [
                     {"name": m.name, "pid": m.pid, "state": m.state,
                      "control": m.control, "data": m.data,
                      "sources": self.sources, "metrics": m.metrics,
@@ -145,9 +165,15 @@ class Supervisor:
             return 2
         secret = self._secret()
         await self._bind_sources()
+        metrics_listeners = await self._bind_metrics()
         self.write_cluster_file()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, nursery)
+            if metrics_listeners:
+                from .cluster_metrics import cluster_body
+                from .metrics import serve
+                nursery.start_soon(serve, metrics_listeners,
+                                   cluster_body(self.members), self.log)
             for m in self.members:
                 nursery.start_soon(self._keep_running, m, secret, nursery)
             for i, ls in enumerate(self.listeners):
@@ -163,9 +189,11 @@ class Supervisor:
                         m.ready_event = trio.Event()
             if not self.stopping:
                 sinks = ",".join(s.address for s in self.spec.sinks) or "-"
-                self.log.info("ready workers=%d sources=%s sinks=%s cluster_file=%s",
+                more = (f" metrics={self.metrics_address}"
+                        if self.metrics_address else "")
+                self.log.info("ready workers=%d sources=%s sinks=%s cluster_file=%s%s",
                               self.n, ",".join(self.sources), sinks,
-                              self.cluster_file, extra={"bare": True})
+                              self.cluster_file, more, extra={"bare": True})
             await self._all_done.wait()
             nursery.cancel_scope.cancel()
         if self.failure:
@@ -410,7 +438,8 @@ def _status(code: int | None) -> str:
 
 def run_supervisor(app_path: str, raw_args: list[str], *, workers: int,
                    resilience_dir: str | None, restart_delay: float,
-                   log_level: str = "info") -> int:
+                   log_level: str = "info",
+                   metrics: tuple[str, int] | None = None) -> int:
     from . import logs
     from .loader import ApplicationLoadError, load_application
     from .._errors import WallarooParameterError
@@ -421,7 +450,7 @@ def run_supervisor(app_path: str, raw_args: list[str], *, workers: int,
         log.error("%s", e)
         return 2
     sup = Supervisor(app_path, _worker_args(raw_args, app_path), workers,
-                     resilience_dir, restart_delay, log, spec)
+                     resilience_dir, restart_delay, log, spec, metrics=metrics)
     log.info("starting %d workers of application %r%s", workers, spec.name,
              f" with resilience in {resilience_dir}" if resilience_dir else
              " without resilience (a worker's death stops the cluster)")
@@ -435,7 +464,8 @@ def run_supervisor(app_path: str, raw_args: list[str], *, workers: int,
 
 
 # options of `wallaroo run` that are the supervisor's, not the workers'
-_SUPERVISOR_ONLY = {"--workers": 1, "--restart-delay": 1, "--name": 1}
+_SUPERVISOR_ONLY = {"--workers": 1, "--restart-delay": 1, "--name": 1,
+                    "--metrics": 1}
 
 
 def _worker_args(raw: list[str], app_path: str) -> list[str]:

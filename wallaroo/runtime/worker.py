@@ -535,6 +535,8 @@ class Worker:
                                 if self._last_commit else None),
             "commits": self.commits, "messages_in": core.stats.messages,
             "longest_loop_stall": round(self.longest_stall, 4),
+            "latency": core.latency.hist.cumulative(),
+            "restarts_kept": max(0, self.store.starts - 1),
             "outputs": core.stats.outputs, "failures": core.stats.failures,
             "inbox": {"messages": self.inbox.messages, "bytes": self.inbox.bytes},
             "sinks": [{"sink": s.spec.label, "outputs": s.queued_outputs,

@@ -4,7 +4,8 @@ Every ``--interval`` seconds it asks each worker for its figures (the same
 answers as ``wallaroo status``: a cluster's directory, or any worker's
 control address and the secret; or the Prometheus text of ``--metrics``
 addresses) and shows, per worker, messages per second in and out over the
-last interval, failures, inbox and outbox backlogs, the event loop's
+last interval, the p50 and p99 end-to-end latency over it (frame arrival
+to output written), failures, inbox and outbox backlogs, the event loop's
 longest stall, and its state.  On a terminal the table refreshes in place
 (rich's Live); otherwise one table per interval is printed, so it can be
 logged.
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from typing import Callable
 
+from ..runtime.metrics import quantile
 from . import ToolError
 
 
@@ -31,39 +33,59 @@ def figures_from_status(st: dict) -> dict[str, dict]:
             "outbox": sum(s["outputs"] for s in w["sinks"]) if "sinks" in w else None,
             "channels": sum(c["batches"] for c in w["channels"])
             if "channels" in w else None,
+            "latency": w.get("latency"),
             "stall": w.get("longest_loop_stall"), "error": w.get("error")}
     return out
 
 
 def figures_from_metrics(addresses: list[str]) -> dict[str, dict]:
-    """Each ``--metrics`` address's /metrics -> the same figures."""
+    """Each ``--metrics`` address's /metrics (a worker's, or a supervisor's
+    with every worker of its cluster) -> the same figures, per worker."""
     from prometheus_client.parser import text_string_to_metric_families
-    out = {}
+    out: dict[str, dict] = {}
     for addr in addresses:
         try:
             body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=5).read()
         except OSError as e:
             out[addr] = {"state": "unreachable", "error": str(e)}
             continue
-        fig = {"state": "ready", "in": 0, "out": 0, "failures": 0, "inbox": 0,
-               "outbox": 0, "channels": None, "stall": None}
-        name = addr
+        figs: dict[str, dict] = {}
+        down: set[str] = set()
+
+        def fig(worker: str) -> dict:
+            if worker not in figs:
+                figs[worker] = {"state": "ready", "in": 0, "out": 0, "failures": 0,
+                                "inbox": 0, "outbox": 0, "channels": None,
+                                "stall": None, "latency": []}
+            return figs[worker]
         for fam in text_string_to_metric_families(body.decode()):
             for s in fam.samples:
-                name = s.labels.get("worker", name)
+                worker = s.labels.get("worker", addr)
+                if s.name == "wallaroo_worker_up":
+                    if not s.value:
+                        down.add(worker)
+                    continue
+                f = fig(worker)
                 if s.name == "wallaroo_messages_in_total" and s.labels.get("kind") == "new":
-                    fig["in"] += s.value
+                    f["in"] += s.value
                 elif s.name == "wallaroo_outputs_total":
-                    fig["out"] += s.value
+                    f["out"] += s.value
                 elif s.name == "wallaroo_failures_total":
-                    fig["failures"] += s.value
+                    f["failures"] += s.value
                 elif s.name == "wallaroo_inbox_messages":
-                    fig["inbox"] = s.value
+                    f["inbox"] = s.value
                 elif s.name == "wallaroo_outbox_outputs":
-                    fig["outbox"] += s.value
+                    f["outbox"] += s.value
+                elif s.name == "wallaroo_channel_backlog_batches":
+                    f["channels"] = (f["channels"] or 0) + s.value
                 elif s.name == "wallaroo_longest_loop_stall_seconds":
-                    fig["stall"] = s.value
-        out[f"{name} ({addr})"] = fig
+                    f["stall"] = s.value
+                elif s.name == "wallaroo_latency_seconds_bucket":
+                    f["latency"].append((s.labels["le"], s.value))
+        for worker in down - set(figs):
+            figs[worker] = {"state": "down"}
+        for worker, f in figs.items():
+            out[f"{worker} ({addr})" if worker in out else worker] = f
     return out
 
 
@@ -71,8 +93,8 @@ def table(now: dict[str, dict], before: dict[str, dict] | None, seconds: float,
           title: str):
     from rich.table import Table
     t = Table(title=title, title_justify="left")
-    for col in ("worker", "state", "in/s", "out/s", "failures", "inbox",
-                "outbox", "channels", "loop stall"):
+    for col in ("worker", "state", "in/s", "out/s", "p50", "p99", "failures",
+                "inbox", "outbox", "channels", "loop stall"):
         t.add_column(col, justify="left" if col in ("worker", "state") else "right")
 
     def rate(name, key):
@@ -83,9 +105,18 @@ def table(now: dict[str, dict], before: dict[str, dict] | None, seconds: float,
 
     def num(v):
         return "-" if v is None else f"{v:,.0f}"
+
+    def latency(name, q):
+        """Over the last interval: frame arrival to output written."""
+        now_b = now[name].get("latency")
+        if not now_b:
+            return "-"
+        v = quantile(now_b, (before or {}).get(name, {}).get("latency"), q)
+        return "-" if v is None else f"{v * 1e3:.1f} ms"
     for name, f in now.items():
         stall = f.get("stall")
         t.add_row(name, f.get("state") or "-", rate(name, "in"), rate(name, "out"),
+                  latency(name, 0.5), latency(name, 0.99),
                   num(f.get("failures")), num(f.get("inbox")), num(f.get("outbox")),
                   num(f.get("channels")),
                   "-" if stall is None else f"{stall * 1e3:.1f} ms")
