@@ -221,3 +221,19 @@ def test_the_supervisor_counts_a_killed_workers_restart(procs, tmp_path):
     assert value(m, "wallaroo_restarts_total", worker="initializer") == 0
     assert value(m, "wallaroo_supervisor_restarts_total", worker="worker-1") == 1
     assert sup.terminate() == 0
+
+
+def test_latency_observes_each_output_once_and_bounds_its_marks(monkeypatch):
+    from wallaroo.runtime import metrics
+    monkeypatch.setattr(metrics, "MAX_MARKS", 3)
+    lat = metrics.Latency(1)
+    for i in range(10):  # a sink that is away: 10 batches of 5 outputs
+        lat.add(0, i * 5, i * 5 + 5, 100.0 + i)
+    assert len(lat.marks[0]) == 3
+    lat.delivered(0, 12, now=110.0)  # part of a mark
+    assert sum(lat.hist.counts) == 12
+    lat.delivered(0, 50, now=110.0)
+    assert sum(lat.hist.counts) == 50 and not lat.marks[0]
+    assert lat.hist.sum == 10 * 5 + 9 * 5 + 40 * 8  # the merged ones: earliest time
+    lat.delivered(1, 99, now=111.0)  # a channel to another worker: not a sink
+    assert sum(lat.hist.counts) == 50
