@@ -7,8 +7,8 @@ when a scrape comes, so counting costs nothing between scrapes.  Names and
 units follow Prometheus' conventions: ``wallaroo_..._total`` counters,
 ``_seconds`` and ``_bytes``.  Every series carries the ``worker`` label.
 
-A small HTTP/1.0 server on the trio loop answers ``GET /metrics``; anything
-else gets 404.
+A small HTTP/1.0 server on the trio loop answers ``GET /metrics`` and
+``GET /`` (the live page of ``web_page``); anything else gets 404.
 """
 
 from __future__ import annotations
