@@ -82,6 +82,9 @@ def test_the_metrics_of_a_known_run_match_exactly(procs):
     assert 0 < value(m, "wallaroo_latency_seconds_sum") < 997 * WAIT
     assert value(m, "wallaroo_restarts_total") == 0
     assert value(m, "wallaroo_replay_progress_ratio") == 1
+    # where the messages' time went: every message that entered a batch
+    for stage in ("queued", "compute", "handoff", "commit"):
+        assert value(m, "wallaroo_message_stage_seconds_count", stage=stage) == 1000
     assert value(m, "wallaroo_uptime_seconds") > 0
     # / is the live page; anything else is a 404
     assert b"<html" in urllib.request.urlopen(f"http://{addr}/", timeout=WAIT).read()

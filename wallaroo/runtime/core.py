@@ -33,7 +33,7 @@ from . import channels
 from .dataflow import (Context, Route, StepError, compile_pipeline, first,
                        make_peer_runner, make_runner)
 from .failures import FailureLog
-from .metrics import SIZE_BUCKETS, Histogram, Latency
+from .metrics import SIZE_BUCKETS, Histogram, Latency, Stages
 from .placement import DEFAULT_KEY_GROUPS, Placement
 from .replay import Progress, replay
 from .states import DirtyTracker, StateSpace
@@ -93,6 +93,7 @@ class Batch:
     # back to the front of their inbox queues
     leftover: list[Chunk] = field(default_factory=list)
     cut: bool = False  # leftover[0] is the tail of a chunk the batch began
+    processed_at: float = 0.0  # time.monotonic() when its compute ended
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class CoreStats:
     batch_seconds: Histogram = field(default_factory=Histogram)
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
     snapshot_seconds: Histogram = field(default_factory=Histogram)
+    stages: Stages = field(default_factory=Stages)  # per message, see Stages
     batches: int = 0
     messages: int = 0
     outputs: int = 0
@@ -375,6 +377,8 @@ class WorkerCore:
         it passes: at least one message is processed, and what is left is
         returned in ``Batch.leftover``."""
         c0 = time.thread_time()  # CPU time: a SIGSTOP is not compute
+        m0 = time.monotonic()
+        queued = self.stats.stages.queued.observe_n
         first_lsn = lsn = self.next_lsn
         inputs: list[InputRow] = []
         streams: dict[tuple[str, str], int] = {}
@@ -429,6 +433,8 @@ class WorkerCore:
                 consumed[ch.pending] = ch.pending_offset + n
             lsn += msgs
             by_source[ch.source] += msgs
+            if ch.arrived:
+                queued(m0 - ch.arrived, msgs)
             if out_lists:
                 marks.append((ch.arrived, [len(x) for x in out_lists]))
             if leftover:
@@ -451,7 +457,9 @@ class WorkerCore:
             snapshots=snaps, streams=streams, pending_consumed=consumed,
             next_out_seq={o.sink: self.next_out_seq[o.sink] for o in outputs})
         elapsed = time.thread_time() - c0
+        m1 = time.monotonic()
         st = self.stats
+        st.stages.compute.observe_n(m1 - m0, lsn - first_lsn)
         st.batches += 1
         st.messages += lsn - first_lsn
         st.outputs += sum(o.count for o in outputs)
@@ -468,7 +476,7 @@ class WorkerCore:
             st.longest_batch_messages = lsn - first_lsn
         return Batch(record=record, outputs=outputs, streams=streams,
                      messages=lsn - first_lsn, failures=failures, leftover=leftover,
-                     cut=cut)
+                     cut=cut, processed_at=m1)
 
     def _record(self, **rows) -> CommitRecord:
         """A commit record carrying the control values every commit writes:

@@ -81,6 +81,21 @@ def quantile(now: list, before: list | None, q: float) -> float | None:
     return lo
 
 
+class Stages:
+    """Where a message's time goes before its outputs are released, one
+    observation per message (a batch observes its message count at once):
+    ``queued`` (arrival to its batch's start), ``compute`` (its batch's
+    wall time), ``handoff`` (its batch waiting for the commit thread),
+    ``commit``.  What is left of the end-to-end latency is the write."""
+
+    NAMES = ("queued", "compute", "handoff", "commit")
+    __slots__ = NAMES
+
+    def __init__(self):
+        for n in self.NAMES:
+            setattr(self, n, Histogram())
+
+
 class Latency:
     """End-to-end latency, frame arrival to output written, per sink.
 
@@ -187,6 +202,15 @@ class WorkerCollector:
             hm = HistogramMetricFamily(metric, doc, labels=["worker"])
             hm.add_metric([name], h.cumulative(), h.sum)
             yield hm
+        hm = HistogramMetricFamily(
+            "wallaroo_message_stage_seconds", "Where a message's time goes "
+            "before its outputs are released, per message: queued (arrival to "
+            "its batch's start), compute (its batch), handoff (waiting for the "
+            "commit thread), commit", labels=["worker", "stage"])
+        for stage in Stages.NAMES:
+            h = getattr(st.stages, stage)
+            hm.add_metric([name, stage], h.cumulative(), h.sum)
+        yield hm
         h = core.latency.hist
         hm = HistogramMetricFamily(
             "wallaroo_latency_seconds", "End to end: a frame's arrival at this "

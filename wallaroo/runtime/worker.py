@@ -504,6 +504,10 @@ class Worker:
         done.set()
 
     async def _commit(self, batch: Batch) -> None:
+        stages = self.core.stats.stages
+        if batch.processed_at:
+            stages.handoff.observe_n(time.monotonic() - batch.processed_at,
+                                     batch.messages)
         t0 = time.perf_counter()
         try:
             if self.store.durable:
@@ -519,6 +523,7 @@ class Worker:
         self._last_commit = time.monotonic()
         elapsed = time.perf_counter() - t0
         self.commit_hist.observe(elapsed)
+        stages.commit.observe_n(elapsed, batch.messages)
         if elapsed > self.longest_commit:
             self.longest_commit = elapsed
 
