@@ -97,10 +97,13 @@ def _dir_bytes(path: Path) -> int:
 def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
                rate: float = 0.0, chunk_bytes: int = 64 * 1024,
                profile_path: str | None = None, timeout: float = 120.0,
-               keep: bool = False, worker_args: list[str] | None = None) -> dict:
+               keep: bool = False, worker_args: list[str] | None = None,
+               breakdown: bool = False) -> dict:
     """One end-to-end run: receiver, worker, sender, each its own process.
     Throughput = messages / (sender's first write -> receiver's last
-    needed record)."""
+    needed record).  ``breakdown``: the worker runs with ``--metrics`` and
+    its own histograms are read before it stops (``result["breakdown"]``:
+    where a message's time went)."""
     name, key, resilient, sync = cfg[:4]
     resumable = len(cfg) > 4 and cfg[4]
     d = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=workdir))
@@ -128,6 +131,8 @@ def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
         if resumable:
             run_args += ["--resumable-sinks"]
         run_args += worker_args or []
+        if breakdown:
+            run_args += ["--metrics", "127.0.0.1:0"]
         if profile_path:
             cmd = [py, "-m", "cProfile", "-o", profile_path, "-m", "wallaroo.cli"]
         else:
@@ -154,6 +159,10 @@ def engine_run(cfg: tuple, input_path: Path, messages: int, workdir: Path, *,
         if sender.returncode != 0:
             raise RunFailed(f"sender exited {sender.returncode}")
         sent = json.loads(sender_out.strip().splitlines()[-1])
+        if breakdown:
+            m = re.search(r"^ready .*metrics=(\S+)", log_path.read_text(errors="replace"),
+                          re.M)
+            result["breakdown"] = read_breakdown(m.group(1)) if m else None
         worker.send_signal(signal.SIGTERM)
         try:
             rc = worker.wait(timeout=60)
@@ -234,6 +243,48 @@ def _wait_done(receiver: subprocess.Popen, worker: subprocess.Popen,
                 raise RunFailed(f"not all output arrived within {timeout:.0f} s")
     finally:
         sel.close()
+
+
+def read_breakdown(addr: str) -> dict:
+    """From a worker's /metrics: the mean time per message in each stage
+    before its outputs are released, the rest of the end-to-end latency
+    (the write), the end-to-end mean, p50 and p99 (interpolated within the
+    histogram's buckets), and commits, all in ms."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    from wallaroo.runtime.metrics import quantile
+    body = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()
+    sums, counts, lat, commits, commit_b = {}, {}, [], 0, []
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            if s.name.startswith("wallaroo_message_stage_seconds_"):
+                stage = s.labels["stage"]
+                if s.name.endswith("_sum"):
+                    sums[stage] = s.value
+                elif s.name.endswith("_count"):
+                    counts[stage] = s.value
+            elif s.name == "wallaroo_latency_seconds_bucket":
+                lat.append((s.labels["le"], s.value))
+            elif s.name == "wallaroo_latency_seconds_sum":
+                sums["e2e"] = s.value
+            elif s.name == "wallaroo_latency_seconds_count":
+                counts["e2e"] = s.value
+            elif s.name == "wallaroo_commits_total":
+                commits = s.value
+            elif s.name == "wallaroo_commit_seconds_bucket":
+                commit_b.append((s.labels["le"], s.value))
+    mean = {k: 1e3 * sums[k] / counts[k] for k in sums if counts.get(k)}
+    out = {f"{k}_ms": mean.get(k) for k in ("queued", "compute", "handoff", "commit")}
+    if "e2e" in mean:
+        out["write_ms"] = mean["e2e"] - sum(v or 0 for v in out.values())
+        out["e2e_mean_ms"] = mean["e2e"]
+        out["e2e_p50_ms"] = 1e3 * (quantile(lat, None, 0.5) or 0)
+        out["e2e_p99_ms"] = 1e3 * (quantile(lat, None, 0.99) or 0)
+    out["commits"] = commits
+    if commits:
+        out["commit_p99_ms"] = 1e3 * (quantile(commit_b, None, 0.99) or 0)
+    out["outputs"] = counts.get("e2e", 0)
+    return out
 
 
 def _wait_ready(worker: subprocess.Popen, log_path: Path, timeout: float) -> str:

@@ -48,12 +48,22 @@ def median_run(runs: list[dict]) -> dict:
     ok = [r for r in runs if "msgs_per_s" in r]
     if not ok:
         return {"error": "; ".join(r.get("error", "?") for r in runs)}
-    out = {"msgs_per_s": statistics.median(r["msgs_per_s"] for r in ok),
-           "runs": len(runs), "ok_runs": len(ok)}
+    rates = [r["msgs_per_s"] for r in ok]
+    out = {"msgs_per_s": statistics.median(rates), "msgs_per_s_min": min(rates),
+           "msgs_per_s_max": max(rates), "runs": len(runs), "ok_runs": len(ok)}
     lat_keys = set().union(*(r.get("latency", {}).keys() for r in ok))
     out["latency"] = {k: statistics.median(r["latency"][k] for r in ok
                                            if k in r.get("latency", {}))
                       for k in sorted(lat_keys)}
+    p99s = [r["latency"]["p99_ms"] for r in ok if "p99_ms" in r.get("latency", {})]
+    if p99s:
+        out["latency"]["p99_ms_min"], out["latency"]["p99_ms_max"] = min(p99s), max(p99s)
+    parts = [r["breakdown"] for r in ok if r.get("breakdown")]
+    if parts:
+        out["breakdown"] = {k: statistics.median(b[k] for b in parts
+                                                 if b.get(k) is not None)
+                            for k in parts[0] if any(b.get(k) is not None
+                                                     for b in parts)}
     errors = [r["error"] for r in runs if r.get("error")]
     if errors:
         out["error"] = "; ".join(errors)
@@ -106,23 +116,29 @@ def print_report(res: dict, console) -> None:
     paced_rate = a["paced_rate"]
     t = Table(title="Throughput and latency (ms)", show_lines=False)
     t.add_column("configuration")
-    t.add_column("msgs/s", justify="right")
+    t.add_column("msgs/s (median)", justify="right")
+    t.add_column("min - max", justify="right")
     t.add_column("x plain loop", justify="right")
     t.add_column("p50 full speed", justify="right")
     t.add_column("p99 full speed", justify="right")
     if paced_rate:
         t.add_column(f"p50 @{paced_rate:,.0f}/s", justify="right")
         t.add_column(f"p99 @{paced_rate:,.0f}/s", justify="right")
+        t.add_column("p99 min - max", justify="right")
     t.add_column("output")
     for key, row in rows.items():
         rate = row.get("msgs_per_s")
         lat = row.get("latency", {})
         paced = row.get("paced", {}).get("latency", {}) if paced_rate else {}
-        cells = [row["name"], fmt_rate(rate),
+        spread = ("-" if row.get("msgs_per_s_min") is None else
+                  f"{fmt_rate(row['msgs_per_s_min'])} - {fmt_rate(row['msgs_per_s_max'])}")
+        cells = [row["name"], fmt_rate(rate), spread,
                  fmt_ratio(rate / plain if rate and plain else None),
                  fmt_ms(lat.get("p50_ms")), fmt_ms(lat.get("p99_ms"))]
         if paced_rate:
-            cells += [fmt_ms(paced.get("p50_ms")), fmt_ms(paced.get("p99_ms"))]
+            cells += [fmt_ms(paced.get("p50_ms")), fmt_ms(paced.get("p99_ms")),
+                      "-" if paced.get("p99_ms_min") is None else
+                      f"{fmt_ms(paced['p99_ms_min'])} - {fmt_ms(paced['p99_ms_max'])}"]
         err = row.get("error") or row.get("paced", {}).get("error")
         cells.append(f"[red]FAILED: {err}[/red]" if err else
                      row.get("validated", "-"))
@@ -155,6 +171,32 @@ def print_report(res: dict, console) -> None:
                       "behind all the input buffered ahead of it (socket buffers, "
                       "the worker's inbox).  The paced runs send at a fixed rate "
                       "below capacity; their latency is what a message costs.")
+
+    parts = [(rows[k]["name"], rows[k]["paced"]["breakdown"]) for k in engine_keys
+             if rows[k].get("paced", {}).get("breakdown")]
+    if parts:
+        bt = Table(title=f"Where a message's time goes at {paced_rate:,.0f}/s (ms, mean "
+                         f"per message, median over runs; from the worker's own "
+                         f"histograms)")
+        bt.add_column("configuration")
+        cols = [("queued", "queued_ms"), ("compute", "compute_ms"),
+                ("handoff", "handoff_ms"), ("commit", "commit_ms"),
+                ("write", "write_ms"), ("end to end", "e2e_mean_ms"),
+                ("e2e p50", "e2e_p50_ms"), ("e2e p99", "e2e_p99_ms"),
+                ("commit p99", "commit_p99_ms")]
+        for c, _ in cols:
+            bt.add_column(c, justify="right")
+        bt.add_column("msgs/commit", justify="right")
+        for name, b in parts:
+            per = (b.get("outputs") / b["commits"]) if b.get("commits") else None
+            bt.add_row(name, *(f"{b[k]:.3f}" if b.get(k) is not None else "-"
+                               for _, k in cols), fmt_rate(per))
+        console.print(bt)
+        console.print("queued: arrival at the worker to its batch's start; compute: "
+                      "the batch; handoff: waiting for the commit thread; commit: "
+                      "the batch's commit; write: the rest, to the output written.  "
+                      "The end-to-end percentiles are interpolated within the "
+                      "histogram's buckets (coarse); the table above is exact.")
 
     tt = Table(title="Ratios the project targets")
     tt.add_column("ratio")
@@ -339,7 +381,7 @@ def main(argv=None) -> int:
                     console.print(f"{name}: paced at {a.paced_rate:,.0f}/s for "
                                   f"{a.paced_seconds:g} s, run {i + 1}/{a.repeat}...")
                     paced_runs.append(engine_run(cfg, input_path, paced_n, workdir,
-                                                 rate=a.paced_rate,
+                                                 rate=a.paced_rate, breakdown=True,
                                                  timeout=a.timeout, keep=a.keep,
                                                  worker_args=worker_args))
             row = {"name": name, **median_run(runs), "all_runs": runs}
