@@ -24,6 +24,7 @@ import time
 from typing import Iterator
 
 from . import reading, schema, sink_identities
+from .checkpointer import Checkpointer
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
 from .files import (MANIFEST_SUFFIX, DatabaseLock, Position, PositionFile,
                     check_database_file, check_position, new_manifest,
@@ -60,6 +61,7 @@ class SQLiteStore:
         self._lock = DatabaseLock(self.path)
         self._position = PositionFile(self.path)
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: Checkpointer | None = None
         self._commits = 0
         self._replay_from = 0
         self._delivered: dict[int, int] = {}
@@ -109,6 +111,9 @@ class SQLiteStore:
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("PRAGMA cache_size=-65536")
             schema.migrate(conn, self.path)
+            # WAL checkpoints run in a thread of their own (checkpointer.py)
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = Checkpointer(self.path)
             old_fp = self._check_fingerprint(fingerprint)
             self._check_identity(manifest, fingerprint)
             self._sink_ids = sink_identities.map_sinks(conn, self.path, old_fp,
@@ -311,6 +316,11 @@ class SQLiteStore:
                 pass
             raise
         self._commits = commits
+        cp = self._checkpointer
+        if cp is not None:
+            cp.commits = commits
+            if commits % 256 == 0 and cp.wal_too_big():  # checkpoints fell behind
+                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         if rec.pending is not None:
             self._pending_counts = {p.id: p.count for p in rec.pending}
         for pid, consumed in rec.pending_consumed.items():
@@ -433,6 +443,9 @@ class SQLiteStore:
         self._position.write(Position(self._commits, next_lsn, self._lock.size()))
 
     def close(self, update_position: bool = True) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         if self._conn is not None:
             try:
                 self._conn.close()  # checkpoints: the file may grow

@@ -1,0 +1,77 @@
+"""SQLite's WAL checkpoints, off the commit path.
+
+By default SQLite checkpoints inside the commit that takes the WAL past
+1000 pages: that commit copies the WAL into the database and (with
+``synchronous=NORMAL`` or ``FULL``) fsyncs it, a stall of milliseconds that
+lands on whichever batch was unlucky.  A worker turns that off
+(``wal_autocheckpoint=0``) and a thread of its own, with its own
+connection, runs ``wal_checkpoint(PASSIVE)`` when commits have added
+enough: it never blocks the committing connection, which goes on appending
+to the WAL meanwhile (SQLite releases the GIL while it works).
+
+Checkpoints do not change what is durable: a commit is durable once its
+WAL frames are written (NORMAL: against a process crash; FULL: fsynced
+too); a checkpoint only moves them into the database file.
+
+Should checkpoints fall behind (a writer never idle long enough for the
+WAL to restart), the WAL would grow: past ``wal_limit`` bytes the commit
+path runs a blocking ``wal_checkpoint(RESTART)`` itself, once, as SQLite
+would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+
+EVERY = 0.1  # seconds between checkpoints while commits come
+WAL_LIMIT = 64 << 20  # bytes: beyond, the commit path checkpoints itself
+
+log = logging.getLogger("wallaroo")
+
+
+class Checkpointer:
+    def __init__(self, path: str, wal_limit: int = WAL_LIMIT):
+        self.path = path
+        self.wal_path = path + "-wal"
+        self.wal_limit = wal_limit
+        self.commits = 0  # commits so far (the committing thread counts)
+        self._wake = threading.Event()
+        self._stop = False
+        self._conn = sqlite3.connect(path, isolation_level=None,
+                                     check_same_thread=False)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="wal-checkpoint")
+        self.checkpoints = 0
+        self.failures = 0
+        self._thread.start()
+
+    def wal_too_big(self) -> bool:
+        try:
+            return os.path.getsize(self.wal_path) > self.wal_limit
+        except OSError:
+            return False
+
+    def _run(self) -> None:
+        seen = 0
+        while not self._stop:
+            self._wake.wait(EVERY)
+            if self._stop:
+                break
+            if self.commits == seen:
+                continue
+            seen = self.commits
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self.checkpoints += 1
+            except sqlite3.Error as e:  # the commit path reports disk trouble
+                self.failures += 1
+                log.debug("%s: background checkpoint failed: %s", self.path, e)
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        self._conn.close()
