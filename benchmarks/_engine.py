@@ -263,11 +263,11 @@ def read_breakdown(addr: str) -> dict:
                     sums[stage] = s.value
                 elif s.name.endswith("_count"):
                     counts[stage] = s.value
-            elif s.name == "wallaroo_latency_seconds_bucket":
+            elif s.name == "wallaroo_end_to_end_latency_seconds_bucket":
                 lat.append((s.labels["le"], s.value))
-            elif s.name == "wallaroo_latency_seconds_sum":
+            elif s.name == "wallaroo_end_to_end_latency_seconds_sum":
                 sums["e2e"] = s.value
-            elif s.name == "wallaroo_latency_seconds_count":
+            elif s.name == "wallaroo_end_to_end_latency_seconds_count":
                 counts["e2e"] = s.value
             elif s.name == "wallaroo_commits_total":
                 commits = s.value

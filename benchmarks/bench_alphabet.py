@@ -324,6 +324,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds without progress before a run is declared failed")
+    ap.add_argument("--only", default="", metavar="off,normal,full",
+                    type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+                    help="run only these engine configurations (and the plain "
+                         "loop), skipping the logged loops: for quick A/B runs")
     ap.add_argument("--worker-args", default="", metavar="ARGS",
                     help="extra options for every `wallaroo run`, e.g. "
                          "'--max-batch 20000'")
@@ -371,6 +375,8 @@ def main(argv=None) -> int:
         # 2-4. the engine
         for cfg in ENGINE_CONFIGS + ([RESUMABLE_CONFIG] if a.resumable_sinks else []):
             name, key = cfg[0], cfg[1]
+            if a.only and key.removeprefix("engine_") not in a.only:
+                continue
             runs, paced_runs = [], []
             for i in range(a.repeat):
                 console.print(f"{name}: full speed, run {i + 1}/{a.repeat}...")
@@ -409,7 +415,7 @@ def main(argv=None) -> int:
             rows[key] = row
 
         # 5. logged loops
-        for key, per_msg, label in (
+        for key, per_msg, label in () if a.only else (
                 ("logged_loop_rows", True, "1 row/msg"),
                 ("logged_loop", False, "1 row/batch")):
             console.print(f"logged loop ({label})...")

@@ -63,12 +63,13 @@ def test_the_metrics_of_a_known_run_match_exactly(procs):
     for i in (10, 500, 999):
         lines[i] = b"not a number"
     send_lines(port, lines)
-    wait_for(lambda: value(scrape(addr), "wallaroo_outputs_total") == 997)
+    wait_for(lambda: value(scrape(addr), "wallaroo_sink_outputs_total") == 997)
     m = scrape(addr)
-    assert value(m, "wallaroo_messages_in_total", kind="new",
-                 source="convert temperature readings") == 1000
-    assert value(m, "wallaroo_messages_in_total", kind="replayed") == 0
-    assert value(m, "wallaroo_outputs_total", worker="initializer") == 997
+    assert value(m, "wallaroo_source_messages_total", kind="new",
+                 pipeline="convert temperature readings") == 1000
+    assert value(m, "wallaroo_source_messages_total", kind="replayed") == 0
+    assert value(m, "wallaroo_sink_outputs_total", worker="initializer") == 997
+    assert value(m, "wallaroo_sink_delivered_total") == 997
     assert value(m, "wallaroo_failures_total") == 3
     assert value(m, "wallaroo_failures_total", step="decoder decoder") == 3
     # the histograms have observations
@@ -78,8 +79,8 @@ def test_the_metrics_of_a_known_run_match_exactly(procs):
     assert value(m, "wallaroo_step_messages_total", step="multiply by 1.8") == 997
     assert value(m, "wallaroo_step_messages_total", step="add 32") == 997
     # end to end: every output written is observed once
-    assert value(m, "wallaroo_latency_seconds_count") == 997
-    assert 0 < value(m, "wallaroo_latency_seconds_sum") < 997 * WAIT
+    assert value(m, "wallaroo_end_to_end_latency_seconds_count") == 997
+    assert 0 < value(m, "wallaroo_end_to_end_latency_seconds_sum") < 997 * WAIT
     assert value(m, "wallaroo_restarts_total") == 0
     assert value(m, "wallaroo_replay_progress_ratio") == 1
     # where the messages' time went: every message that entered a batch
@@ -147,14 +148,14 @@ def test_replayed_messages_are_counted_apart_after_a_sigkill(procs, tmp_path):
     wait_for(lambda: value(scrape(addr), "wallaroo_commits_total") >= 1)
     commits = value(scrape(addr), "wallaroo_commits_total")
     send_all_and_close(port, u64_frames(range(501, 1001)))
-    wait_for(lambda: value(scrape(addr), "wallaroo_messages_in_total", kind="new") == 1000)
+    wait_for(lambda: value(scrape(addr), "wallaroo_source_messages_total", kind="new") == 1000)
     wait_for(lambda: value(scrape(addr), "wallaroo_commits_total") > commits)
     w.kill()
     w2 = procs(*args)
     ready = w2.wait_line(lambda line: line.startswith("ready"))
     m = scrape(re.search(r"metrics=(\S+)", ready).group(1))
-    assert value(m, "wallaroo_messages_in_total", kind="replayed") == 1000, w2.stderr
-    assert value(m, "wallaroo_messages_in_total", kind="new") == 0
+    assert value(m, "wallaroo_source_messages_total", kind="replayed") == 1000, w2.stderr
+    assert value(m, "wallaroo_source_messages_total", kind="new") == 0
     assert value(m, "wallaroo_step_messages_total", step="add") == 0  # replay apart
     assert value(m, "wallaroo_restarts_total") == 1  # kept in the database
     assert w2.terminate() == 0
@@ -188,19 +189,51 @@ def test_a_3_worker_clusters_metrics_match_exactly(procs, tmp_path):
             lines[7] = b"not a number"
         c.sendall(b"".join(len(x).to_bytes(4, "big") + x for x in lines))
         c.close()
-    wait_for(lambda: value(scrape(addr), "wallaroo_outputs_total") == 2999)
+    wait_for(lambda: value(scrape(addr), "wallaroo_sink_outputs_total") == 2999)
     m = scrape(addr)
-    assert value(m, "wallaroo_messages_in_total", kind="new",
-                 source="convert temperature readings") == 3000
+    assert value(m, "wallaroo_source_messages_total", kind="new",
+                 pipeline="convert temperature readings") == 3000
     assert value(m, "wallaroo_failures_total") == 1
-    assert value(m, "wallaroo_latency_seconds_count") == 2999
+    assert value(m, "wallaroo_end_to_end_latency_seconds_count") == 2999
     for name in names:
         assert value(m, "wallaroo_worker_up", worker=name) == 1
         assert value(m, "wallaroo_uptime_seconds", worker=name) > 0
-        assert value(m, "wallaroo_messages_in_total", worker=name, kind="new") > 0
+        assert value(m, "wallaroo_source_messages_total", worker=name, kind="new") > 0
         # a worker's own address serves its series only
         own = scrape(next(w["metrics"] for w in cluster["workers"] if w["name"] == name))
         assert {dict(ls).get("worker") for (_, ls) in own} - {None} == {name}
+    assert sup.terminate() == 0
+
+
+def test_a_partitioned_clusters_counts_add_up_across_workers(procs, tmp_path):
+    """alphabet_partitioned on 3 workers: every vote is taken from a source
+    once, applied by the state step once (on the worker owning its letter,
+    after a channel hop for most), and its output delivered once."""
+    import socket
+    import struct
+    app = REPO / "examples" / "alphabet_partitioned" / "alphabet_partitioned.py"
+    rx, rx_port = start_receiver(procs, "--framing", "length")
+    sup = procs("run", app, "--in", "127.0.0.1:0", "--out", f"127.0.0.1:{rx_port}",
+                "--workers", "3", "--resilience-dir", tmp_path / "state",
+                "--metrics", "127.0.0.1:0")
+    ready = sup.wait_line(lambda line: line.startswith("ready workers=3"))
+    src = int(re.search(r"sources=[^:]+:(\d+)", ready).group(1))
+    addr = re.search(r"metrics=(\S+)", ready).group(1)
+    conns = [socket.create_connection(("127.0.0.1", src)) for _ in range(3)]
+    n = 0
+    for i, c in enumerate(conns):
+        votes = [(chr(97 + (i * 7 + j) % 26), 1) for j in range(500)]
+        c.sendall(b"".join(struct.pack(">IsI", 5, v.encode(), k) for v, k in votes))
+        c.close()
+        n += len(votes)
+    wait_for(lambda: value(scrape(addr), "wallaroo_sink_delivered_total") == n)
+    m = scrape(addr)
+    assert value(m, "wallaroo_source_messages_total", kind="new") == n
+    assert value(m, "wallaroo_step_messages_total", step="add votes") == n
+    assert value(m, "wallaroo_sink_outputs_total") == n
+    routed = value(m, "wallaroo_channel_messages_total", kind="new")
+    assert 0 < routed < n
+    assert value(m, "wallaroo_end_to_end_latency_seconds_count") == n
     assert sup.terminate() == 0
 
 

@@ -155,7 +155,7 @@ def test_the_page_plots_a_running_worker(procs, tmp_path):
     feeder.start()
     try:
         wait_for(lambda: sum(v for (n, _), v in scrape(addr).items()
-                             if n == "wallaroo_outputs_total") > 0)
+                             if n == "wallaroo_sink_outputs_total") > 0)
         started = time.monotonic()
         page = Page(dump_dom(f"http://{addr}/", tmp_path / "profile"))
         took = time.monotonic() - started
@@ -173,7 +173,7 @@ def test_the_page_plots_a_running_worker(procs, tmp_path):
     for plot in ("backlog", "failures"):
         assert page.points(plot) > 0, page.plots[plot]
     # outputs are written to the receiver: the latency histogram has them
-    assert "wallaroo_latency_seconds_bucket" in names
+    assert "wallaroo_end_to_end_latency_seconds_bucket" in names
     assert page.points("latency") > 0, page.plots["latency"]
     assert page.max("latency") > 0
     assert {"p50", "p99"} <= page.series.keys(), page.series
@@ -205,9 +205,12 @@ class FakeCluster:
         from wallaroo.runtime.metrics import SECONDS_BUCKETS
         k = self.calls
         fams = {
-            "in": CounterMetricFamily("wallaroo_messages_in", "in",
-                                      labels=["worker", "source", "kind"]),
-            "out": CounterMetricFamily("wallaroo_outputs", "out", labels=["worker", "sink"]),
+            "in": CounterMetricFamily("wallaroo_source_messages", "in",
+                                      labels=["worker", "pipeline", "kind"]),
+            "peer": CounterMetricFamily("wallaroo_channel_messages", "from peers",
+                                        labels=["worker", "peer", "kind"]),
+            "out": CounterMetricFamily("wallaroo_sink_outputs", "out",
+                                       labels=["worker", "sink"]),
             "fail": CounterMetricFamily("wallaroo_failures", "f", labels=["worker", "step"]),
             "restarts": CounterMetricFamily("wallaroo_restarts", "r", labels=["worker"]),
             "inbox": GaugeMetricFamily("wallaroo_inbox_messages", "i", labels=["worker"]),
@@ -216,15 +219,16 @@ class FakeCluster:
             "chan": GaugeMetricFamily("wallaroo_channel_backlog_batches", "c",
                                       labels=["worker", "peer"]),
             "up": GaugeMetricFamily("wallaroo_uptime_seconds", "u", labels=["worker"]),
-            "lat": HistogramMetricFamily("wallaroo_latency_seconds", "l",
+            "lat": HistogramMetricFamily("wallaroo_end_to_end_latency_seconds", "l",
                                          labels=["worker", "sink"]),
         }
         for i, (w, (votes, peers, out, fail, inbox, outbox, chan)) in enumerate(
                 self.WORKERS.items()):
             other = [x for x in self.WORKERS if x != w][0]
             fams["in"].add_metric([w, "votes", "new"], votes * k)
-            fams["in"].add_metric([w, "peers", "new"], peers * k)
-            fams["in"].add_metric([w, "all", "replayed"], 0)
+            fams["in"].add_metric([w, "votes", "replayed"], 0)
+            fams["peer"].add_metric([w, other, "new"], peers * k)
+            fams["peer"].add_metric([w, other, "replayed"], 0)
             # two sinks, one with a quote in its label (escaped in the text)
             fams["out"].add_metric([w, 'totals "a"'], out * k // 2)
             fams["out"].add_metric([w, "totals b"], out * k - out * k // 2)

@@ -131,6 +131,10 @@ class CoreStats:
     by_source: list = field(default_factory=list)
     by_sink: dict = field(default_factory=dict)  # sink index -> outputs
     replayed: int = 0  # messages replayed by recovery
+    replayed_by: dict = field(default_factory=dict)  # pipeline -> replayed
+    replayed_by_peer: dict = field(default_factory=dict)  # worker -> replayed
+    by_peer: dict = field(default_factory=dict)  # worker -> messages it sent here
+    delivered_by_sink: dict = field(default_factory=dict)  # sink index -> outputs
     batch_seconds: Histogram = field(default_factory=Histogram)
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS))
     snapshot_seconds: Histogram = field(default_factory=Histogram)
@@ -433,6 +437,9 @@ class WorkerCore:
                 consumed[ch.pending] = ch.pending_offset + n
             lsn += msgs
             by_source[ch.source] += msgs
+            if peer:
+                by_peer = self.stats.by_peer
+                by_peer[source] = by_peer.get(source, 0) + msgs
             if ch.arrived:
                 queued(m0 - ch.arrived, msgs)
             if out_lists:
@@ -742,7 +749,11 @@ class WorkerCore:
 
     def note_delivered(self, sink: int, end_seq: int) -> None:
         """A sink wrote outputs up to ``end_seq``; saved with the next commit."""
-        if end_seq > self.delivered.get(sink, 0):
+        before = self.delivered.get(sink, 0)
+        if end_seq > before:
+            if sink < len(self.app.sinks):
+                d = self.stats.delivered_by_sink
+                d[sink] = d.get(sink, 0) + end_seq - before
             self.delivered[sink] = end_seq
             self._delivered_pending[sink] = end_seq
             self.latency.delivered(sink, end_seq, time.monotonic())

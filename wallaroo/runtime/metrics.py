@@ -161,25 +161,39 @@ class WorkerCollector:
         def gauge(metric, doc, labels=()):
             return GaugeMetricFamily(metric, doc, labels=["worker", *labels])
 
-        m = counter("wallaroo_messages_in", "Messages taken in per source, new "
-                    "ones and those replayed by recovery apart",
-                    ("source", "kind"))
+        m = counter("wallaroo_source_messages", "Messages taken from the "
+                    "application's sources, per pipeline: new ones, and those "
+                    "replayed by recovery", ("pipeline", "kind"))
         for p in app.pipelines:
             m.add_metric([name, p.name, "new"], st.by_source[p.index])
-        if core.route is not None:
-            m.add_metric([name, "peers", "new"], st.by_source[core.peer_source])
-        m.add_metric([name, "all", "replayed"], st.replayed)
+            m.add_metric([name, p.name, "replayed"], st.replayed_by.get(p.name, 0))
         yield m
+        if core.placement is not None and core.placement.size > 1:
+            m = counter("wallaroo_channel_messages", "Messages received from "
+                        "other workers, per peer: new ones, and those replayed "
+                        "by recovery", ("peer", "kind"))
+            for peer in core.placement.members:
+                if peer != core.name:
+                    m.add_metric([name, peer, "new"], st.by_peer.get(peer, 0))
+                    m.add_metric([name, peer, "replayed"],
+                                 st.replayed_by_peer.get(peer, 0))
+            yield m
         m = counter("wallaroo_step_messages", "Messages each step took (on this "
                     "worker: a state step's messages for keys other workers own "
                     "are counted there)", ("pipeline", "step"))
         for pipeline, step, seen in core.step_counts:
             m.add_metric([name, pipeline, step], seen[0])
         yield m
-        m = counter("wallaroo_outputs", "Outputs per sink", ("sink",))
+        m = counter("wallaroo_sink_outputs", "Outputs produced for each sink",
+                    ("sink",))
+        d = counter("wallaroo_sink_delivered", "Outputs each sink delivered "
+                    "(written; acknowledged, for resumable and Kafka sinks)",
+                    ("sink",))
         for s in app.sinks:
             m.add_metric([name, s.label], st.by_sink.get(s.index, 0))
+            d.add_metric([name, s.label], st.delivered_by_sink.get(s.index, 0))
         yield m
+        yield d
         m = counter("wallaroo_failures", "Failed messages per step", ("step",))
         for step, n in sorted(core.failures.counts.items()):
             m.add_metric([name, step], n)
@@ -213,7 +227,7 @@ class WorkerCollector:
         yield hm
         h = core.latency.hist
         hm = HistogramMetricFamily(
-            "wallaroo_latency_seconds", "End to end: a frame's arrival at this "
+            "wallaroo_end_to_end_latency_seconds", "A frame's arrival at this "
             "worker to its outputs written to their sink (acknowledged, for "
             "resumable and Kafka sinks)", labels=["worker"])
         hm.add_metric([name], h.cumulative(), h.sum)

@@ -69,6 +69,7 @@ def replay(core, replay_from: int, next_lsn: int,
     progress = Progress(core.log, "recovery: replaying the input log",
                         next_lsn - replay_from, "messages")
     core.replay_progress = progress  # for --metrics, while it runs
+    replayed_src, replayed_peer = core.stats.replayed_by, core.stats.replayed_by_peer
     for row in core.store.replay_inputs(replay_from):
         progress.tick(messages)
         if row.first_lsn > expected:
@@ -113,6 +114,8 @@ def replay(core, replay_from: int, next_lsn: int,
                 row.source, sorted(new_failures))
         rows += 1
         messages += row.count - skip
+        by = replayed_peer if row.connector == PEER else replayed_src
+        by[row.source] = by.get(row.source, 0) + row.count - skip
         if on_row is not None:
             on_row(row)
     if expected < next_lsn:

@@ -5,7 +5,7 @@ URL, so it works without internet).  Its script reads ``metrics`` (relative
 to the page, so it also works behind a path prefix) about once a second,
 parses Prometheus' text format itself, keeps the last five minutes in
 memory and draws four plots as inline SVG: throughput, latency (p50/p99 from
-the ``wallaroo_latency_seconds`` histogram's bucket deltas, when a worker
+the ``wallaroo_end_to_end_latency_seconds`` histogram's bucket deltas, when a worker
 has it), backlogs and failures.  Every figure may come from one worker or
 from many (each series has a ``worker`` label): throughput is then drawn per
 worker and in total.
@@ -141,21 +141,23 @@ function figures(samples) {
     const f = W.get(w);
     if (L.application) apps.add(L.application);
     switch (name) {
-      case "wallaroo_messages_in_total":
+      case "wallaroo_source_messages_total":  // the application's sources
+        pipelines.add(L.pipeline);
         if (L.kind === "replayed") f.replayed += v;
-        else if (L.kind === "new") {
-          f.inNew += v;
-          if (L.source !== "peers") { f.inSrc += v; pipelines.add(L.source); }
-        }
+        else if (L.kind === "new") { f.inNew += v; f.inSrc += v; }
         break;
-      case "wallaroo_outputs_total": f.out += v; break;
+      case "wallaroo_channel_messages_total":  // from other workers
+        if (L.kind === "replayed") f.replayed += v;
+        else if (L.kind === "new") f.inNew += v;
+        break;
+      case "wallaroo_sink_outputs_total": f.out += v; break;
       case "wallaroo_failures_total": f.fail += v; break;
       case "wallaroo_inbox_messages": f.inbox += v; break;
       case "wallaroo_outbox_outputs": f.outbox += v; break;
       case "wallaroo_channel_backlog_batches": f.chan = (f.chan || 0) + v; break;
       case "wallaroo_uptime_seconds": f.uptime = v; break;
       case "wallaroo_restarts_total": f.restarts = (f.restarts || 0) + v; break;
-      case "wallaroo_latency_seconds_bucket":
+      case "wallaroo_end_to_end_latency_seconds_bucket":
         f.lat = f.lat || {};
         f.lat[L.le] = (f.lat[L.le] || 0) + v;  // summed over other labels (sink)
         break;

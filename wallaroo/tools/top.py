@@ -66,9 +66,11 @@ def figures_from_metrics(addresses: list[str]) -> dict[str, dict]:
                         down.add(worker)
                     continue
                 f = fig(worker)
-                if s.name == "wallaroo_messages_in_total" and s.labels.get("kind") == "new":
+                if s.name in ("wallaroo_source_messages_total",
+                              "wallaroo_channel_messages_total") \
+                        and s.labels.get("kind") == "new":
                     f["in"] += s.value
-                elif s.name == "wallaroo_outputs_total":
+                elif s.name == "wallaroo_sink_outputs_total":
                     f["out"] += s.value
                 elif s.name == "wallaroo_failures_total":
                     f["failures"] += s.value
@@ -80,7 +82,7 @@ def figures_from_metrics(addresses: list[str]) -> dict[str, dict]:
                     f["channels"] = (f["channels"] or 0) + s.value
                 elif s.name == "wallaroo_longest_loop_stall_seconds":
                     f["stall"] = s.value
-                elif s.name == "wallaroo_latency_seconds_bucket":
+                elif s.name == "wallaroo_end_to_end_latency_seconds_bucket":
                     f["latency"].append((s.labels["le"], s.value))
         for worker in down - set(figs):
             figs[worker] = {"state": "down"}
