@@ -142,6 +142,26 @@ def test_a_second_signal_ends_the_drain_at_once(procs, tmp_path):
     assert "wait for the next start" in stopped_line(w)
 
 
+def test_a_second_signal_ends_the_wait_for_an_unreachable_sink(procs, tmp_path):
+    """Everything is processed; the drain waits for a sink that is not
+    there.  A second SIGTERM ends that wait at once (it used to keep the
+    whole --drain-timeout)."""
+    w, port = start_worker(procs, APPS / "u64_sum.py", "--resilience-dir",
+                           str(tmp_path / "s"), "--drain-timeout", "30")
+    send_all_and_close(port, u64_frames(range(1, 101)))
+    w.wait_line("cannot connect")
+    w.signal(signal.SIGTERM)
+    w.wait_line("received SIGTERM")
+    time.sleep(0.5)  # into the wait for the sink
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0
+    assert time.monotonic() - t0 < 5.0, w.stderr
+    line = stopped_line(w)
+    assert "stopped: 100 messages in, 100 outputs" in line, line
+    w.wait_line("received SIGTERM again: ending the drain now")
+
+
 def test_time_stopped_by_sigstop_is_not_counted_as_compute(procs, tmp_path):
     w, port = start_worker(procs, SLOW, "--delay-ms", "1", "--drain-timeout", "0.5")
     s = connect(port)

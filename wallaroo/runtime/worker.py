@@ -155,6 +155,7 @@ class Worker:
         self._stopping = False
         self._deadline = math.inf  # the drain's, once stopping
         self._wait_scope: trio.CancelScope | None = None
+        self._drain_scope: trio.CancelScope | None = None  # waiting for sinks
         self.recovery = None
         self.commits = 0
         self.longest_commit = 0.0
@@ -294,10 +295,11 @@ class Worker:
             await engine_done.wait()
             await committed.wait()
             await self._log_or_drop(self.inbox.take_all())
-            with trio.move_on_at(self._deadline):
-                for dest in self.dests:
+            with trio.move_on_at(self._deadline) as self._drain_scope:
+                for dest in self.dests:  # a second signal ends this too
                     if dest is not None:
                         await dest.wait_empty()
+            self._drain_scope = None
             self.stop_report.undelivered_outputs = sum(s.queued_outputs
                                                        for s in self.sinks)
             if self.cluster is not None:
@@ -412,8 +414,9 @@ class Worker:
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = min(self._deadline, deadline)
-        if self._wait_scope is not None:
-            self._wait_scope.deadline = self._deadline
+        for scope in (self._wait_scope, self._drain_scope):
+            if scope is not None:
+                scope.deadline = self._deadline
         self.inbox.wake()
 
     def _past_deadline(self) -> bool:
