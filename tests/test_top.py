@@ -71,3 +71,22 @@ def test_top_needs_one_source_of_figures():
                           timeout=WAIT)
     assert done.returncode == 2
     assert "give DIRECTORY, --control HOST:PORT" in done.stderr
+
+
+def test_top_stops_politely_on_sigterm(procs):
+    """Without --iterations it runs until stopped: SIGTERM ends it like
+    Ctrl-C, exit status 0."""
+    import signal
+    import time
+    w = procs("run", str(U64), "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
+              "--metrics", "127.0.0.1:0")
+    addr = re.search(r"metrics=(\S+)", w.wait_line(lambda line: line.startswith("ready"))
+                     ).group(1)
+    top = subprocess.Popen(WALLAROO + ["top", "--metrics", addr, "--interval", "0.2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    top.send_signal(signal.SIGTERM)
+    out, err = top.communicate(timeout=WAIT)
+    assert top.returncode == 0, err
+    assert "initializer" in out
+    w.terminate()

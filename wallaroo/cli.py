@@ -3,6 +3,7 @@ sinks, inspect resilience directories."""
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -614,6 +615,10 @@ def top(directory, control, cluster_secret_file, metrics_addrs, interval, iterat
         title = f"cluster in {directory}" if directory else f"cluster of {control}"
     from rich.console import Console
     console = Console(width=None if sys.stdout.isatty() else 140)
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupted)  # a polite stop, like Ctrl-C: exit 0
     try:
         run_top(fetch, interval, iterations, console, sys.stdout.isatty(), title)
     except ToolError as e:
