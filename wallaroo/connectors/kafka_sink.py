@@ -420,16 +420,21 @@ class TransactionalKafkaSink(KafkaSink):
         delay = BACKOFF[0]
         while True:
             try:
+                # abandoned when the worker stops: a stop does not wait for
+                # unreachable brokers (what landed is read back at the next start)
                 self.producer = await trio.to_thread.run_sync(
-                    self._make_producer, limiter=self._client)
-                landed = await trio.to_thread.run_sync(self._landed,
-                                                       limiter=self._client)
+                    self._make_producer, limiter=self._client, abandon_on_cancel=True)
+                landed = await trio.to_thread.run_sync(
+                    self._landed, limiter=self._client, abandon_on_cancel=True)
                 q = self.queue
                 if landed is not None and landed > q.delivered:
                     self.log.info("%s: the last transaction landed outputs up to "
                                   "%d; sending from there", self.what, landed)
                     self._acknowledged(min(landed, q.produced))
                 await self._send()
+            except trio.Cancelled:
+                self.producer = None  # left to its thread: the process is stopping
+                raise
             except Exception as e:  # the client's errors: retry, drop nothing
                 self.retries += 1
                 self.log.warning("%s: transaction failed: %s: %s; sending again "
@@ -465,7 +470,7 @@ class TransactionalKafkaSink(KafkaSink):
             # unpacking and producing run in the thread: thousands of
             # outputs would hold the event loop for milliseconds
             await trio.to_thread.run_sync(self._transaction, take, cursor, end,
-                                          limiter=self._client)
+                                          limiter=self._client, abandon_on_cancel=True)
             self.transactions += 1
             self.produced_records += count
             self._acknowledged(end)
