@@ -273,3 +273,45 @@ def test_latency_observes_each_output_once_and_bounds_its_marks(monkeypatch):
     assert lat.hist.sum == 10 * 5 + 9 * 5 + 40 * 8  # the merged ones: earliest time
     lat.delivered(1, 99, now=111.0)  # a channel to another worker: not a sink
     assert sum(lat.hist.counts) == 50
+
+
+def test_messages_per_step_in_process():
+    """What each step took: the first step's count comes from the source
+    loop (decoded messages, nothing added per message), the others from
+    the steps; a filter and a fan-out change what the next step takes."""
+    import wallaroo
+    from tests.apps.api_helpers import one_step_app, run
+
+    @wallaroo.computation_multi("twice unless x")
+    def twice(data):
+        return None if data.startswith("x") else [data, data + "'"]
+
+    @wallaroo.computation("upper")
+    def upper(data):
+        return data.upper()
+
+    @wallaroo.decoder(header_length=4, length_fmt=">I")
+    def strict(bs):
+        if bs == b"bad":
+            raise ValueError("bad")
+        return bs.decode()
+
+    spec = one_step_app(lambda ab: ab.to(twice).to(upper), decoder=strict)
+    d, batch = run(spec, ["a", "bad", "x1", "b", "x2"])
+    counts = {step: seen[0] for _, step, seen in d.core.step_counts}
+    assert counts == {"twice unless x": 4, "upper": 4}
+
+    class Seen(object):
+        def __init__(self):
+            self.n = 0
+
+    @wallaroo.state_computation("count")
+    def count(data, state):
+        state.n += 1
+        return (state.n, False)
+
+    spec = one_step_app(lambda ab: ab.to_stateful(count, Seen, "seen").to(upper),
+                        decoder=strict)
+    d, batch = run(spec, ["a", "bad", "b", "c"])
+    counts = {step: seen[0] for _, step, seen in d.core.step_counts}
+    assert counts == {"count": 3, "upper": 3}

@@ -31,7 +31,7 @@ from ..recovery.sink_identities import peer_identity
 from ..recovery.store import Store
 from . import channels
 from .dataflow import (Context, Route, StepError, compile_pipeline, first,
-                       make_peer_runner, make_runner)
+                       first_counted_by_source, make_peer_runner, make_runner)
 from .failures import FailureLog
 from .metrics import SIZE_BUCKETS, Histogram, Latency, Stages
 from .placement import DEFAULT_KEY_GROUPS, Placement
@@ -249,9 +249,12 @@ class WorkerCore:
                                          ctx, rebuild=False, framed=self.framed_sinks,
                                          route=route, counts=self.step_counts)
                         for p in self.app.pipelines]
+        first_seen = {pipeline: seen for pipeline, _, seen in reversed(self.step_counts)}
         self.runners = [
             make_runner(p.source.decoder.decode, p.source.decoder.name,
-                        first(self.entries[p.index]), ctx)
+                        first(self.entries[p.index]), ctx,
+                        first_seen[p.name] if first_counted_by_source(p, route)
+                        else None)
             for p in self.app.pipelines]
         self.runners.append(make_peer_runner(self.entries, self.codec.decode, ctx,
                                              self.peer_unit_failed(self.failures)))

@@ -116,12 +116,12 @@ def _drop(item) -> None:
 
 
 def _computation_stage(step: StepSpec, nxt: Push, ctx: Context,
-                       seen: list[int]) -> Push:
-    """``seen[0]`` counts the messages the step takes."""
+                       seen: list[int] | None) -> Push:
+    """``seen[0]`` counts the messages the step takes (None: the source
+    loop counts them for the first step, per slice)."""
     fn, name, fail = step.fn, step.name, ctx.fail
     if not step.multi:
         def push(item):
-            seen[0] += 1
             try:
                 r = fn(item)
             except Exception as e:
@@ -129,10 +129,17 @@ def _computation_stage(step: StepSpec, nxt: Push, ctx: Context,
                 return
             if r is not None:
                 nxt(r)
-        return push
+        if seen is None:
+            return push
+
+        def push_counted(item):
+            seen[0] += 1
+            push(item)
+        return push_counted
 
     def push_multi(item):
-        seen[0] += 1
+        if seen is not None:
+            seen[0] += 1
         try:
             r = fn(item)
         except Exception as e:
@@ -214,12 +221,15 @@ def _warn_habit(step: StepSpec, r) -> bool:
 
 def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
                  rebuild: bool, seen: list[int], route: Route | None = None,
-                 at: tuple[int, int] = (0, 0)) -> tuple[Push, Callable]:
+                 at: tuple[int, int] = (0, 0),
+                 counted_by_source: bool = False) -> tuple[Push, Callable]:
     """-> (push(message), apply(key, message)).  ``route``: in a cluster, a
     message whose key group another worker owns goes there with its key, to
     continue from this step (``at``: pipeline, step) through ``apply``; in
     rebuild mode it is dropped (the original run sent it).  ``seen[0]``
-    counts the messages the step takes here (not those sent on)."""
+    counts the messages the step takes here (not those sent on); with
+    ``counted_by_source`` the one-worker ``push`` leaves that to the source
+    loop (it is the first step)."""
     compute, name, fail = step.fn, step.name, ctx.fail
     parts = space.parts
     touched_add = space.touched.add
@@ -308,8 +318,10 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
             apply(key, item)
         return push_routed, apply
 
+    count = 0 if counted_by_source else 1
+
     def push(item):
-        seen[0] += 1
+        seen[0] += count
         if part_fn is None:
             key = None
         else:
@@ -389,18 +401,27 @@ def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
         seen = [0]
         if counts is not None:
             counts.append((pipeline.name, step.name, seen))
+        by_source = i == 0 and first_counted_by_source(pipeline, route)
         if step.kind == "state":
             nxt, apply = _state_stage(step, spaces[step.state], nxt, ctx, rebuild,
-                                      seen, route, (pipeline.index, i))
+                                      seen, route, (pipeline.index, i),
+                                      counted_by_source=by_source)
             entries.append((nxt, apply))
         else:
-            nxt = _computation_stage(step, nxt, ctx, seen)
+            nxt = _computation_stage(step, nxt, ctx, None if by_source else seen)
             entries.append(nxt)
     entries.reverse()
     if counts is not None:  # in the pipeline's order
         counts[len(counts) - len(pipeline.steps):] = \
             counts[len(counts) - len(pipeline.steps):][::-1]
     return entries
+
+
+def first_counted_by_source(pipeline: PipelineSpec, route: Route | None) -> bool:
+    """The first step's messages are counted by the source loop, per slice
+    (what it decoded), so nothing is added per message; not when a cluster
+    routes them on from a first state step (they are counted where applied)."""
+    return bool(pipeline.steps) and (route is None or pipeline.steps[0].kind != "state")
 
 
 def first(entries: list) -> Push:
@@ -454,19 +475,23 @@ def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
 
 
 def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
-                ctx: Context) -> Callable[..., int]:
+                ctx: Context, seen: list[int] | None = None) -> Callable[..., int]:
     """The per-chunk loop: decode each payload and push it down the chain.
 
     ``run(payloads, base, deadline=None)`` returns how many payloads it
     processed: all of them without a deadline, otherwise at least one, and
     no more once ``time.perf_counter()`` passed ``deadline`` (so a slow
-    application cannot hold the loop for a whole batch)."""
+    application cannot hold the loop for a whole batch).  ``seen``: the
+    first step's count, which gets what was decoded, per slice."""
     cell = ctx.cell
     fail = ctx.fail
     name = f"decoder {decoder_name}"
 
+    counted = [0] if seen is None else seen
+
     def run_slice(payloads: list[bytes], start: int) -> None:
         i = start
+        undecoded = 0
         for p in payloads:
             cell[0] = i
             i += 1
@@ -474,8 +499,10 @@ def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
                 d = decode(p)
             except Exception as e:
                 fail(name, e)
+                undecoded += 1
                 continue
             first(d)
+        counted[0] += len(payloads) - undecoded
 
     def run(payloads: list[bytes], base: int, deadline: float | None = None) -> int:
         ctx.base = base
