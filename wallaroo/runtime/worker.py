@@ -79,7 +79,7 @@ class WorkerOptions:
 
 
 STALL_TICK = 0.01  # how often the event loop's lateness is sampled
-KAFKA_SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval) with Kafka
+SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval) with Kafka or resilience
 
 
 class CommitFailed(Exception):
@@ -127,7 +127,11 @@ class Worker:
             # the client's threads take the GIL for every batch of records
             # they hand over; a shorter switch interval bounds how long the
             # event loop waits for it (CPython's default is 5 ms)
-            sys.setswitchinterval(KAFKA_SWITCH_INTERVAL)
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        if self.store.durable:
+            # the commit thread and the event loop hand the GIL to each other
+            # for every batch; the same bound on how long either waits for it
+            sys.setswitchinterval(SWITCH_INTERVAL)
         framed = frozenset(s.index for s in app.sinks
                            if (self.opts.resumable_sinks and s.kind == "tcp")
                            or s.kind == "kafka")
@@ -220,7 +224,11 @@ class Worker:
         for row in report.requeued:
             self.dests[row.sink].enqueue(row)
         self._queue_pending(report.pending)
-        send_batches, recv_batches = trio.open_memory_channel(1)
+        # unbuffered: a computed batch waits for the commit thread to take
+        # it, and the next batch is formed only then, from everything that
+        # arrived meanwhile (bigger batches under load, no batch queued
+        # behind a commit in flight)
+        send_batches, recv_batches = trio.open_memory_channel(0)
         async with trio.open_nursery() as nursery:
             self._nursery_ref = nursery
             for sink in self.sinks:
