@@ -116,29 +116,29 @@ def print_report(res: dict, console) -> None:
     paced_rate = a["paced_rate"]
     t = Table(title="Throughput and latency (ms)", show_lines=False)
     t.add_column("configuration")
-    t.add_column("msgs/s (median)", justify="right")
-    t.add_column("min - max", justify="right")
+    t.add_column("msgs/s: median (min-max)", justify="right")
     t.add_column("x plain loop", justify="right")
     t.add_column("p50 full speed", justify="right")
     t.add_column("p99 full speed", justify="right")
     if paced_rate:
         t.add_column(f"p50 @{paced_rate:,.0f}/s", justify="right")
-        t.add_column(f"p99 @{paced_rate:,.0f}/s", justify="right")
-        t.add_column("p99 min - max", justify="right")
+        t.add_column(f"p99 @{paced_rate:,.0f}/s (min-max)", justify="right")
     t.add_column("output")
     for key, row in rows.items():
         rate = row.get("msgs_per_s")
         lat = row.get("latency", {})
         paced = row.get("paced", {}).get("latency", {}) if paced_rate else {}
-        spread = ("-" if row.get("msgs_per_s_min") is None else
-                  f"{fmt_rate(row['msgs_per_s_min'])} - {fmt_rate(row['msgs_per_s_max'])}")
-        cells = [row["name"], fmt_rate(rate), spread,
+        spread = ("" if row.get("msgs_per_s_min") is None or row.get("runs", 1) < 2
+                  else f" ({row['msgs_per_s_min'] / 1e3:,.0f}k-"
+                       f"{row['msgs_per_s_max'] / 1e3:,.0f}k)")
+        cells = [row["name"], fmt_rate(rate) + spread,
                  fmt_ratio(rate / plain if rate and plain else None),
                  fmt_ms(lat.get("p50_ms")), fmt_ms(lat.get("p99_ms"))]
         if paced_rate:
-            cells += [fmt_ms(paced.get("p50_ms")), fmt_ms(paced.get("p99_ms")),
-                      "-" if paced.get("p99_ms_min") is None else
-                      f"{fmt_ms(paced['p99_ms_min'])} - {fmt_ms(paced['p99_ms_max'])}"]
+            p99 = fmt_ms(paced.get("p99_ms"))
+            if paced.get("p99_ms_min") is not None and paced.get("runs", 1) > 1:
+                p99 += f" ({fmt_ms(paced['p99_ms_min'])}-{fmt_ms(paced['p99_ms_max'])})"
+            cells += [fmt_ms(paced.get("p50_ms")), p99]
         err = row.get("error") or row.get("paced", {}).get("error")
         cells.append(f"[red]FAILED: {err}[/red]" if err else
                      row.get("validated", "-"))
@@ -339,7 +339,7 @@ def main(argv=None) -> int:
         ap.error("--messages and --repeat must be at least 1")
 
     from rich.console import Console
-    console = Console(width=None if sys.stdout.isatty() else 150,
+    console = Console(width=None if sys.stdout.isatty() else 180,
                       stderr=False)
     res: dict = {"command": shlex.join([sys.executable] + sys.argv
                                        if argv is None else ["bench_alphabet.py", *argv]),
