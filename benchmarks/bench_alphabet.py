@@ -136,7 +136,8 @@ def print_report(res: dict, console) -> None:
                  fmt_ms(lat.get("p50_ms")), fmt_ms(lat.get("p99_ms"))]
         if paced_rate:
             p99 = fmt_ms(paced.get("p99_ms"))
-            if paced.get("p99_ms_min") is not None and paced.get("runs", 1) > 1:
+            if paced.get("p99_ms_min") is not None and \
+                    row.get("paced", {}).get("runs", 1) > 1:
                 p99 += f" ({fmt_ms(paced['p99_ms_min'])}-{fmt_ms(paced['p99_ms_max'])})"
             cells += [fmt_ms(paced.get("p50_ms")), p99]
         err = row.get("error") or row.get("paced", {}).get("error")

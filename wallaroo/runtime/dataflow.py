@@ -318,10 +318,7 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
             apply(key, item)
         return push_routed, apply
 
-    count = 0 if counted_by_source else 1
-
     def push(item):
-        seen[0] += count
         if part_fn is None:
             key = None
         else:
@@ -368,7 +365,13 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
                 habit[0] = _warn_habit(step, r)
         if out is not None:
             emit(out)
-    return push, apply
+    if counted_by_source:
+        return push, apply
+
+    def push_counted(item):
+        seen[0] += 1
+        push(item)
+    return push_counted, apply
 
 
 def compile_pipeline(app: AppSpec, pipeline: PipelineSpec,
