@@ -31,6 +31,28 @@ def load_app():
 
 # -- in-process rows --------------------------------------------------------
 
+def engine_in_process(framed: bytes) -> tuple[float, bytes]:
+    """The engine's own code without sockets or other processes: the
+    worker's framer splits the input and ``WorkerCore.process`` runs it as
+    one batch (resilience off), as the worker would.  Returns (seconds,
+    output).  What separates this row from "engine (resilience off)" is
+    the I/O: sockets, the inbox, the sender and receiver processes sharing
+    the cores."""
+    from wallaroo.runtime.core import Chunk
+    from wallaroo.runtime.loader import load_application
+    from wallaroo.testing import Driver
+    spec = load_application(str(APP_FILE), [str(APP_FILE), "--in", "127.0.0.1:1",
+                                            "--out", "127.0.0.1:2"])
+    d = Driver(spec)
+    d.start()
+    core = d.core
+    t0 = time.perf_counter()
+    payloads, _ = core.framers[0].split(framed)
+    batch = core.process([Chunk(0, payloads, framed)])
+    secs = time.perf_counter() - t0
+    return secs, b"".join(o.data for o in batch.outputs)
+
+
 def plain_loop(framed: bytes, app) -> tuple[float, bytes]:
     """Parse frames, decode, partition, update the letter's TotalVotes,
     encode; join the outputs.  Returns (seconds, output)."""

@@ -36,7 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _engine import ENGINE_CONFIGS, RESUMABLE_CONFIG, engine_run  # noqa: E402
-from _loops import bytewax_run, load_app, logged_loop, plain_loop  # noqa: E402
+from _loops import (bytewax_run, engine_in_process, load_app, logged_loop,  # noqa: E402
+                    plain_loop)
 from _profile import analyse_profile, profile_note  # noqa: E402
 from _workload import FRAME_SIZE, make_input, validate  # noqa: E402
 
@@ -264,6 +265,8 @@ def build_ratios(rows: dict) -> list[dict]:
          ratio(r("engine_normal"), r("logged_loop")), None, "-", None),
         ("engine (FULL) / engine (off)", ratio(r("engine_full"), r("engine_off")),
          None, "-", None),
+        ("engine in-process (no I/O) / plain loop",
+         ratio(r("engine_in_process"), r("plain_loop")), None, "-", None),
     ]
     if "engine_normal_rs" in rows:
         specs.append(("engine (NORMAL, resumable sinks) / engine (NORMAL)",
@@ -372,6 +375,20 @@ def main(argv=None) -> int:
                               "validated": _validated(v)}
         if not v["ok"]:
             problems.append("plain loop output failed validation (workload bug?)")
+
+        # 1b. the engine's code in-process: no sockets, no other processes
+        console.print("engine in-process...")
+        times = []
+        for _ in range(a.repeat):
+            secs, output = engine_in_process(framed)
+            times.append(secs)
+        v = validate(framed, output)
+        rows["engine_in_process"] = {
+            "name": "engine in-process (no I/O)",
+            "msgs_per_s": a.messages / statistics.median(times), "seconds": times,
+            "validation": v, "validated": _validated(v)}
+        if not v["ok"]:
+            problems.append("engine in-process output failed validation")
 
         # 2-4. the engine
         for cfg in ENGINE_CONFIGS + ([RESUMABLE_CONFIG] if a.resumable_sinks else []):
