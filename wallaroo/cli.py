@@ -3,6 +3,7 @@ sinks, inspect resilience directories."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -737,6 +738,40 @@ def recovery_accept_rollback(directory, worker):
                    f"(next lsn {new.next_lsn}); it said commit {old.commits} (next "
                    f"lsn {old.next_lsn}): {lost} commits and "
                    f"{max(0, old.next_lsn - new.next_lsn)} messages accepted as lost")
+
+
+@recovery.command("compact", context_settings=CONTEXT)
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--worker", metavar="NAME",
+              help="Only this worker's database (default: every one in DIRECTORY).")
+def recovery_compact(directory, worker):
+    """Give the free pages of stopped workers' databases back to the file
+    system (a full VACUUM), offline.
+
+    A running worker reuses the pages its deleted rows free, so its file
+    stays at its high-water mark; after a burst this shrinks it.  Refused
+    while a worker runs on a database, and on a database a worker would
+    refuse to start on (damaged, rolled back).
+
+    \b
+    Example:
+      wallaroo recovery compact ./state
+    """
+    import glob
+    from .recovery.errors import StoreError
+    from .recovery.sqlite_store import compact_database
+    names = [worker] if worker else sorted(
+        os.path.basename(p)[:-3] for p in glob.glob(os.path.join(
+            glob.escape(directory), "*.db")))
+    if not names:
+        raise click.ClickException(f"{directory} holds no worker database (*.db)")
+    for name in names:
+        try:
+            before, after = compact_database(directory, name)
+        except (StoreError, OSError) as e:
+            raise click.ClickException(f"worker {name!r}: {e}") from None
+        click.echo(f"worker {name!r}: {before:,} -> {after:,} bytes "
+                   f"(database and WAL)")
 
 
 def main() -> None:

@@ -546,6 +546,12 @@ def accept_rollback(directory: str, worker: str) -> tuple[Position | None, Posit
         lock.release()
 
 
+def compact_database(directory: str, worker: str) -> tuple[int, int]:
+    """``wallaroo recovery compact``: see ``compact.py``."""
+    from .compact import compact
+    return compact(db_path(directory, worker), _progress_read_only)
+
+
 def discard_outputs(directory: str, worker: str, sink: str) -> tuple[str, int]:
     """Drop the undelivered outputs of one sink (``PIPELINE:POSITION`` or
     ``#ID``), on purpose: the operator's way out of a refusal for outputs
