@@ -26,7 +26,9 @@ import os
 import sqlite3
 import threading
 
-EVERY = 0.1  # seconds between checkpoints while commits come
+# seconds between checkpoints while commits come; the environment variable
+# lets tests keep commits in the WAL (to damage it) for as long as they need
+EVERY = float(os.environ.get("WALLAROO_WAL_CHECKPOINT_EVERY", 0.1))
 WAL_LIMIT = 64 << 20  # bytes: beyond, the commit path checkpoints itself
 
 log = logging.getLogger("wallaroo")
