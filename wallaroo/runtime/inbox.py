@@ -106,8 +106,13 @@ class Inbox:
     async def reserve(self, conn: object) -> None:
         """Wait until ``conn`` may read more bytes."""
         while self.bytes >= self.max_bytes:
-            if not self._queues and self._overdraft in (None, conn):
-                self._overdraft = conn  # nothing to free the budget but this
+            # nothing to free the budget but a partial frame's completion:
+            # a connection holding one may read past it.  Not one holding
+            # none: it may have nothing more to send, and would keep the
+            # overdraft from the others until --overdraft-timeout.
+            if not self._queues and self._overdraft in (None, conn) \
+                    and self._held.get(conn, 0) > 0:
+                self._overdraft = conn
                 return
             await self._space.wait()
 
