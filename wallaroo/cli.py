@@ -518,14 +518,20 @@ def receive(listen, output, resumable, framing, header_fmt, fmt, expect, idle_ti
         raise click.ClickException(str(e)) from None
 
 
+def _cluster_location(fn):
+    """DIRECTORY, --control and --cluster-secret-file: where ``status`` and
+    ``top`` find a running cluster."""
+    fn = click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
+                      metavar="FILE", help="The cluster's secret (with --control, "
+                      "or with the DIRECTORY of a worker on several hosts).")(fn)
+    fn = click.option("--control", metavar="HOST:PORT",
+                      help="Several hosts: any worker's control address.")(fn)
+    return click.argument("directory", required=False,
+                          type=click.Path(file_okay=False))(fn)
+
+
 @cli.command(context_settings=CONTEXT)
-@click.argument("directory", required=False, type=click.Path(file_okay=False))
-@click.option("--control", metavar="HOST:PORT",
-              help="Several hosts: any worker's control address.")
-@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
-              metavar="FILE", help="The cluster's secret (with --control, or "
-                                   "with the DIRECTORY of a worker on several "
-                                   "hosts).")
+@_cluster_location
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable output (its shape: docs/cluster.md).")
 def status(directory, control, cluster_secret_file, as_json):
@@ -565,13 +571,7 @@ def status(directory, control, cluster_secret_file, as_json):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("directory", required=False, type=click.Path(file_okay=False))
-@click.option("--control", metavar="HOST:PORT",
-              help="Several hosts: any worker's control address.")
-@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
-              metavar="FILE", help="The cluster's secret (with --control, or "
-                                   "with the DIRECTORY of a worker on several "
-                                   "hosts).")
+@_cluster_location
 @click.option("--metrics", "metrics_addrs", metavar="HOST:PORT[,HOST:PORT...]",
               help="Read the workers' --metrics addresses instead.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0,
