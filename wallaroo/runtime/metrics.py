@@ -287,6 +287,17 @@ def registry_body(registry):
     return body
 
 
+async def bind(host: str, port: int) -> tuple[list, tuple[str, int]]:
+    """The ``--metrics HOST:PORT`` listeners (port 0: any free port) and
+    the first one's address."""
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as e:
+        raise OSError(f"--metrics {host}:{port}: cannot listen: "
+                      f"{e.strerror or e}") from None
+    return listeners, listeners[0].socket.getsockname()[:2]
+
+
 async def serve(listeners, metrics_body, log) -> None:
     """``GET /metrics``: ``await metrics_body()``; ``GET /``: the live page
     (it reads ``/metrics`` itself); anything else: 404."""

@@ -113,16 +113,10 @@ class Supervisor:
     async def _bind_metrics(self) -> list:
         if self.metrics is None:
             return []
-        host, port = self.metrics
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as e:
-            raise OSError(f"--metrics {host}:{port}: cannot listen: "
-                          f"{e.strerror or e}") from None
-        listeners = listeners[:1]
-        h, p = listeners[0].socket.getsockname()[:2]
+        from .metrics import bind
+        listeners, (h, p) = await bind(*self.metrics)
         self.metrics_address = f"{h}:{p}"
-        return listeners
+        return listeners[:1]
 
     def write_cluster_file(self) -> None:
         body = {"version": 1, "application": self.spec.name,

@@ -48,7 +48,7 @@ from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSour
 from .cluster_side import ClusterConfig, ClusterSide
 from .inbox import Inbox
 from .metrics import Histogram, WorkerCollector
-from .metrics import registry_body, serve as serve_metrics
+from .metrics import bind as bind_metrics, registry_body, serve as serve_metrics
 from .placement import DEFAULT_KEY_GROUPS
 
 
@@ -321,15 +321,9 @@ class Worker:
     async def _serve_metrics(self, nursery) -> None:
         """``--metrics HOST:PORT``: Prometheus text at ``/metrics``."""
         from prometheus_client import CollectorRegistry
-        host, port = self.opts.metrics
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as e:
-            raise OSError(f"--metrics {host}:{port}: cannot listen: "
-                          f"{e.strerror or e}") from None
+        listeners, self.metrics_address = await bind_metrics(*self.opts.metrics)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(WorkerCollector(self))
-        self.metrics_address = listeners[0].socket.getsockname()[:2]
         nursery.start_soon(serve_metrics, listeners, registry_body(registry), self.log)
 
     def replay_ratio(self) -> float:
