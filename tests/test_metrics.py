@@ -95,49 +95,15 @@ def test_the_metrics_of_a_known_run_match_exactly(procs):
     assert w.terminate() == 0
 
 
-LAZY_SUM = """
-import struct
-import wallaroo
-
-def application_setup(args):
-    in_host, in_port = wallaroo.tcp_parse_input_addrs(args)[0]
-    out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
-    ab = wallaroo.ApplicationBuilder("lazy sum")
-    ab.new_pipeline("sum", wallaroo.TCPSourceConfig(in_host, in_port, decode))
-    ab.to_stateful(add, Total, "total")
-    ab.to_sink(wallaroo.TCPSinkConfig(out_host, out_port, encode))
-    return ab.build()
-
-class Total(object):
-    def __init__(self):
-        self.n = 0
-
-@wallaroo.decoder(header_length=4, length_fmt=">I")
-def decode(bs):
-    return struct.unpack(">Q", bs)[0]
-
-@wallaroo.state_computation(name="add")
-def add(v, total):
-    total.n += v
-    return (total.n, False)  # never asks for a snapshot
-
-@wallaroo.encoder
-def encode(n):
-    return struct.pack(">Q", n)
-"""
-
-
 def test_replayed_messages_are_counted_apart_after_a_sigkill(procs, tmp_path):
     """A stateful application without a snapshot yet: the restart replays
     the logged inputs and counts them apart from new ones."""
     from .conftest import send_all_and_close, u64_frames
     state = str(tmp_path / "state")
-    app = tmp_path / "lazy_sum.py"
-    app.write_text(LAZY_SUM)
-    app = str(app)
-    args = ("run", app, "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
-            "--metrics", "127.0.0.1:0", "--resilience-dir", state,
-            "--checkpoint-interval", "1000")
+    args = ("run", str(REPO / "tests" / "apps" / "slow_sum.py"), "--in", "127.0.0.1:0",
+            "--out", "127.0.0.1:9", "--metrics", "127.0.0.1:0", "--resilience-dir",
+            state, "--checkpoint-interval", "1000", "--delay-ms", "0",
+            "--save-every", "0")
     w = procs(*args)
     ready = w.wait_line(lambda line: line.startswith("ready"))
     port = int(re.search(r"sources=[^:]+:(\d+)", ready).group(1))

@@ -3,7 +3,9 @@ decoder sleeps ``--delay-ms`` milliseconds per message (default 1), then
 decodes a big-endian u64.  Output per message: ``>IQQ`` (16, value, sum of
 every value so far), so exactly-once state shows as s == v * (v + 1) / 2
 when 1..N are sent in order.  ``--state-bytes N`` pads the state with N
-bytes (a big snapshot)."""
+bytes (a big snapshot).  ``--save-every N``: the state asks for a snapshot
+after every value divisible by N (default 100; 0: never, so only periodic
+checkpoints take one)."""
 
 import struct
 import time
@@ -22,11 +24,13 @@ def _arg(args, name, default):
 
 DELAY = [0.001]
 PAD = [0]
+SAVE_EVERY = [100]
 
 
 def application_setup(args):
     DELAY[0] = _arg(args, "--delay-ms", 1.0) / 1000.0
     PAD[0] = _arg(args, "--state-bytes", 0)
+    SAVE_EVERY[0] = _arg(args, "--save-every", 100)
     in_host, in_port = wallaroo.tcp_parse_input_addrs(args)[0]
     out_host, out_port = wallaroo.tcp_parse_output_addrs(args)[0]
     ab = wallaroo.ApplicationBuilder("slow sum")
@@ -54,7 +58,7 @@ def add(value, state):
     state.total += value
     if PAD[0] and len(state.pad) != PAD[0]:
         state.pad = bytes(range(256)) * (PAD[0] // 256) + bytes(PAD[0] % 256)
-    return ((value, state.total), value % 100 == 0)
+    return ((value, state.total), bool(SAVE_EVERY[0]) and value % SAVE_EVERY[0] == 0)
 
 
 @wallaroo.encoder
