@@ -10,12 +10,18 @@ Two situations per size:
                 loads K snapshots and replays nothing;
   log only      checkpoints never ran (--checkpoint-interval 1e9): recovery
                 builds K partitions by replaying all K logged inputs.
-Also reported: the worker's own account of its recovery, and (checkpointed
+Also reported: the worker's own account of its recovery; (checkpointed
 runs) the longest batch compute time, i.e. the longest stall of the event
-loop, and the longest snapshot work in one commit while it took the K
-messages and checkpointed them (at most --checkpoint-max 1000 per commit).
+loop, the longest snapshot work in one commit and the longest commit while
+it took the K messages and checkpointed them (at most --checkpoint-max 1000
+per commit); and, after the last restart, how long traffic that touches all
+K keys once takes until every message is acknowledged (each partition is
+loaded from the store when its first message needs it), against the same
+traffic when the K partitions were created.
 
     python benchmarks/bench_recovery.py --sizes 10000,100000 --repeat 3
+    python benchmarks/bench_recovery.py --sizes 100000,1000000,10000000 \
+        --modes checkpointed
 """
 
 from __future__ import annotations
@@ -122,7 +128,7 @@ def one_size(k, mode, repeat, workdir):
         if send.returncode != 0:
             raise RuntimeError(send.stderr)
         feed_s = time.perf_counter() - t0
-        stall = snap = None
+        stall = snap = commit = None
         if mode == "checkpointed":
             # wait until the incremental checkpoints have snapshotted every
             # partition (replay_from reaches next_lsn), then stop cleanly to
@@ -140,6 +146,8 @@ def one_size(k, mode, repeat, workdir):
             m = re.search(r"longest batch compute ([0-9.]+) ms \((\d+) messages\), "
                           r"longest snapshot work in one commit ([0-9.]+) ms", stopped)
             stall, snap = (float(m.group(1)), float(m.group(3))) if m else (None, None)
+            m = re.search(r"longest commit ([0-9.]+) ms", stopped)
+            commit = float(m.group(1)) if m else None
             w.start()
         # "log only": killed without a clean stop, so nothing was checkpointed
         results = []
@@ -147,6 +155,14 @@ def one_size(k, mode, repeat, workdir):
             w.kill()
             t_port, t_ready = w.start()
             results.append((t_port, t_ready))
+        # every key once more: each message loads its partition
+        t0 = time.perf_counter()
+        send = subprocess.run(wallaroo("send", f"127.0.0.1:{w.port}", "--u64", str(k),
+                                       "--start", "0", "--resumable", "touch", "--quiet"),
+                              cwd=ROOT, capture_output=True, text=True, timeout=3600)
+        if send.returncode != 0:
+            raise RuntimeError(send.stderr)
+        touch_s = time.perf_counter() - t0
         w.stop()
         log = "".join(w.lines)
         inside = [float(x) for x in re.findall(r"recovered .* in ([0-9.]+)s", log)]
@@ -162,6 +178,10 @@ def one_size(k, mode, repeat, workdir):
             "replayed": replayed[-1] if replayed else None,
             "longest_batch_ms": stall,
             "longest_snapshot_work_ms": snap,
+            "longest_commit_ms": commit,
+            "touch_all_s": touch_s,
+            "db_bytes": sum(os.path.getsize(os.path.join(state, f))
+                            for f in os.listdir(state)),
         }
     finally:
         recv.kill()
@@ -188,7 +208,7 @@ def main(argv=None):
     sizes = [int(x) for x in args.sizes.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
     print(f"command: python benchmarks/bench_recovery.py --sizes {args.sizes} "
-          f"--repeat {args.repeat}")
+          f"--repeat {args.repeat} --modes {args.modes!r}")
     print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
           f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
     workdir = tempfile.mkdtemp(prefix="wallaroo-bench-recovery-")
@@ -206,8 +226,12 @@ def main(argv=None):
                       f"({r['partitions']} partitions, {r['replayed']} inputs replayed)"
                       + (f"; while feeding and checkpointing: longest batch compute "
                          f"{r['longest_batch_ms']} ms, longest snapshot work in one "
-                         f"commit {r['longest_snapshot_work_ms']} ms"
-                         if r["longest_batch_ms"] is not None else ""),
+                         f"commit {r['longest_snapshot_work_ms']} ms, longest commit "
+                         f"{r['longest_commit_ms']} ms"
+                         if r["longest_batch_ms"] is not None else "")
+                      + f"; all {k} keys touched again in {r['touch_all_s']:.2f}s "
+                        f"(created in {r['feed_seconds']:.2f}s); directory "
+                        f"{r['db_bytes'] / 1e6:.0f} MB",
                       flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -33,13 +33,15 @@ a_message = st.tuples(st.integers(0, 7), st.integers(0, 60), st.integers(0, 1),
 class EngineWithCrashes(RuleBasedStateMachine):
     @initialize(a=st.lists(a_message, min_size=1, max_size=60),
                 b=st.lists(st.integers(0, 60), max_size=30),
-                checkpoint_max=st.integers(1, 4))
-    def setup(self, a, b, checkpoint_max):
+                checkpoint_max=st.integers(1, 4),
+                state_cache=st.sampled_from([None, None, 1, 2, 4]))
+    def setup(self, a, b, checkpoint_max, state_cache):
         self.dir = tempfile.mkdtemp(prefix="wallaroo-model-")
         self.a, self.b = a, b
         self.driver = Driver(m, resilience_dir=self.dir,
                              checkpoint_interval=1.0,
-                             checkpoint_max=checkpoint_max)
+                             checkpoint_max=checkpoint_max,
+                             state_cache=state_cache)
         self.driver.start()
         self.sent_a = self.sent_b = 0  # the senders' cursors
 
@@ -71,6 +73,12 @@ class EngineWithCrashes(RuleBasedStateMachine):
         self.driver.run_batch(crash_at=crash_at)
         if crash_at is not None:
             self._restart()
+            return
+        core = self.driver.core
+        if core.state_cache is not None:  # bounded at every batch boundary
+            in_memory = sum(len(s.parts) for s in core.spaces.values())
+            assert in_memory <= core.state_cache, (in_memory, core.state_cache)
+            note(f"{in_memory} partitions in memory, {core.evictions} evictions")
 
     @rule(seconds=st.sampled_from([0.5, 1.0, 5.0]))
     def advance_clock(self, seconds):

@@ -141,6 +141,7 @@ def contents(store: SQLiteStore) -> tuple[list, list]:
 
 def assert_matches(store: SQLiteStore, rec: Recovered, m: Model) -> None:
     assert rec == m.recovered()
+    assert store.all_partitions() == m.stored_partitions()
     assert contents(store) == (m.replay(0), m.undelivered({}))
 
 
@@ -203,12 +204,13 @@ def test_commits_survive_close_and_reopen(res_dir):
         assert rec.next_lsn == 6 and rec.replay_from == 3
         assert rec.delivered == {0: 4, 1: 0} and rec.next_out_seq == {0: 5, 1: 1}
         assert rec.streams == {("words", "client-1"): 4, ("words", "client-2"): 0}
-        assert [p.pid for p in rec.partitions] == [1, 2, 3, 4]
-        assert pickle.loads(rec.partitions[3].key) == ("tuple", 1)
-        assert rec.partitions[3].key_repr == "('tuple', 1)"
-        assert rec.snapshots[1] == SnapshotRow(1, 5, pickle.dumps({"n": 2}),
-                                               "cloudpickle")
-        assert set(rec.snapshots) == {1, 3}
+        partitions, snaps = store.all_partitions()
+        assert rec.partitions_on_disk == 5  # pids 0..4, never reused
+        assert [p.pid for p in partitions] == [1, 2, 3, 4]
+        assert pickle.loads(partitions[3].key) == ("tuple", 1)
+        assert partitions[3].key_repr == "('tuple', 1)"
+        assert snaps[1] == SnapshotRow(1, 5, pickle.dumps({"n": 2}), "cloudpickle")
+        assert set(snaps) == {1, 3}
         # rows entirely below replay_from=3 went, the outbox of sink 0 is
         # delivered up to 4, sink 1 not at all
         assert [r.first_lsn for r in store.replay_inputs(0)] == [3, 5]
@@ -552,31 +554,51 @@ def expect_corrupt_open(directory: str, *needles: str) -> str:
     return msg
 
 
+def expect_corrupt_partitions(directory: str, *needles: str) -> str:
+    """Partitions are read when a worker needs them, not at open: the
+    damage is reported by every way of reading them (the scrub, a full
+    read), each naming the file and the partition."""
+    msgs = []
+    with opened(directory) as (store, _):
+        for read in (lambda: store.scrubber()(-1, 1000), store.all_partitions):
+            try:
+                read()
+            except CorruptionError as e:
+                msgs.append(str(e))
+            else:
+                raise AssertionError("a damaged partition was read as sound")
+    for msg in msgs:
+        for n in (db(directory),) + needles:
+            assert n in msg, (n, msg)
+    return msgs[0]
+
+
 @pytest.mark.parametrize("byte", [0, 5, -1])
-def test_a_flipped_byte_in_a_snapshot_is_detected_at_open(filled, byte):
+def test_a_flipped_byte_in_a_snapshot_is_detected_when_read(filled, byte):
     with raw(db(filled)) as conn:
         (blob,) = conn.execute("SELECT state FROM snapshots WHERE pid=1").fetchone()
     corrupt(db(filled), "UPDATE snapshots SET state=? WHERE pid=1", flip(blob, byte))
-    msg = expect_corrupt_open(filled, "snapshot", "partition 1 ", "'counts'",
-                              "'foo'", "lsn 4")
+    msg = expect_corrupt_partitions(filled, "snapshot", "partition 1 ", "'counts'",
+                                    "'foo'", "lsn 4")
     # the lock was released: trying again reports the same, not StoreLocked
-    assert expect_corrupt_open(filled) == msg
+    assert expect_corrupt_partitions(filled) == msg
 
 
-def test_a_flipped_byte_in_a_partition_key_is_detected_at_open(filled):
+def test_a_flipped_byte_in_a_partition_key_is_detected_when_read(filled):
     with raw(db(filled)) as conn:
         (key,) = conn.execute("SELECT key FROM partitions WHERE pid=2").fetchone()
     corrupt(db(filled), "UPDATE partitions SET key=? WHERE pid=2", flip(key))
-    expect_corrupt_open(filled, "key of partition 2 ", "'counts'", "'bar'")
+    expect_corrupt_partitions(filled, "key of partition 2 ", "'counts'", "'bar'")
 
 
 @pytest.mark.parametrize("sql", [
     "UPDATE snapshots SET lsn=lsn+1 WHERE pid=1",
     "UPDATE partitions SET created_lsn=created_lsn+1 WHERE pid=1",
+    "UPDATE partitions SET key_hash=7 WHERE pid=1",
 ])
 def test_a_changed_position_of_a_snapshot_or_key_is_detected(filled, sql):
     corrupt(db(filled), sql)
-    expect_corrupt_open(filled, "partition 1 ")
+    expect_corrupt_partitions(filled, "partition 1 ")
 
 
 def test_the_file_sqlite_cannot_read_is_reported_as_corruption(res_dir):
@@ -652,7 +674,7 @@ def test_a_changed_position_of_an_outbox_row_is_detected(filled, sql):
 
 def test_a_snapshot_whose_pid_was_damaged_is_detected(filled):
     corrupt(db(filled), "UPDATE snapshots SET pid=pid+1000 WHERE pid=1")
-    expect_corrupt_open(filled, "partition")
+    expect_corrupt_partitions(filled, "partition")
 
 
 @pytest.mark.parametrize("table, col, where, read", [
@@ -666,7 +688,7 @@ def test_a_blob_turned_to_text_is_reported_as_corruption(filled, table, col,
     corrupt(db(filled), f"UPDATE {table} SET {col}=CAST({col} AS TEXT) "
             f"WHERE {where}")
     if read == "open":
-        expect_corrupt_open(filled, "partition 1 ")
+        expect_corrupt_partitions(filled, "partition 1 ")
     else:
         store = SQLiteStore(filled, WORKER)
         store.open(FP)
@@ -688,7 +710,7 @@ def test_a_blob_turned_to_text_is_reported_as_corruption(filled, table, col,
 def test_damaged_row_metadata_is_detected(filled, sql, read):
     corrupt(db(filled), sql)
     if read == "open":
-        expect_corrupt_open(filled, "partition 1 ")
+        expect_corrupt_partitions(filled, "partition 1 ")
     else:
         with opened(filled) as (store, _):
             read_error(store, read)

@@ -197,16 +197,20 @@ def test_a_state_over_the_blob_limit_is_split_over_rows(tmp_path):
     store.close()
     store = SQLiteStore(str(tmp_path), "w")
     rec = store.open({"application": "x", "states": {}, "pipelines": [], "sinks": 0})
-    assert rec.snapshots[0].blob == blob
+    assert store.all_partitions()[1][0].blob == blob
     (parts,) = store._conn.execute("SELECT count(*) FROM snapshot_parts").fetchone()
     assert parts >= 5
     # a damaged part is refused like any damaged snapshot
     store._conn.execute("UPDATE snapshot_parts SET data=zeroblob(length(data)) "
                         "WHERE part=2")
     store.close()
-    with pytest.raises(CorruptionError, match="snapshot of partition 0"):
-        SQLiteStore(str(tmp_path), "w").open(
-            {"application": "x", "states": {}, "pipelines": [], "sinks": 0})
+    store = SQLiteStore(str(tmp_path), "w")
+    store.open({"application": "x", "states": {}, "pipelines": [], "sinks": 0})
+    try:
+        with pytest.raises(CorruptionError, match="snapshot of partition 0"):
+            store.scrubber()(-1, 100)
+    finally:
+        store.close()
 
 
 def test_a_big_state_survives_sigkill_in_parts(procs, tmp_path):

@@ -129,11 +129,16 @@ class Model:
         return Recovered(
             fresh=self.commits == 0, next_lsn=self.next_lsn,
             replay_from=self.replay_from,
-            partitions=[self.partitions[p] for p in sorted(self.partitions)],
-            snapshots=dict(self.snapshots), streams=dict(self.streams),
+            partitions_on_disk=max(self.partitions, default=-1) + 1,
+            streams=dict(self.streams),
             delivered=dict(self.delivered),
             next_out_seq=dict(self.next_out_seq), commits=self.commits,
             pending=[copy.copy(self.pending[k]) for k in sorted(self.pending)])
+
+    def stored_partitions(self):
+        """What ``SQLiteStore.all_partitions`` must read back."""
+        return ([self.partitions[p] for p in sorted(self.partitions)],
+                dict(self.snapshots))
 
     def replay(self, from_lsn: int) -> list[InputRow]:
         return [self.inputs[k] for k in sorted(self.inputs)
@@ -430,8 +435,12 @@ class StoreMachine(RuleBasedStateMachine):
         conn.execute("UPDATE snapshots SET state=? WHERE pid=?",
                      (bytes(bad), pid))
         conn.close()
+        # opening works (partitions are read as they are needed); reading
+        # the damaged one, by the scrub or at all, names it
+        self.open()
         with pytest.raises(CorruptionError) as err:
-            self.open()
+            self.store.scrubber()(-1, 1 << 30)
+        self.store.close()
         msg = str(err.value)
         note(f"corrupted snapshot {pid}: {msg}")
         assert self.path in msg
@@ -523,6 +532,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert self.recovered == m.recovered(), (
                 f"store recovered {self.recovered}\nmodel {m.recovered()}")
             self.recovered = None
+            assert self.store.all_partitions() == m.stored_partitions()
         # every row still stored, in lsn order; truncated rows are gone
         assert list(self.store.replay_inputs(0)) == m.replay(0)
         assert list(self.store.replay_inputs(m.replay_from)) == m.replay(

@@ -65,6 +65,13 @@ class _RawArgsCommand(click.Command):
               show_default=True, metavar="N",
               help="At most N checkpoint snapshots per commit (keeps the loop "
                    "from stalling on a large state).")
+@click.option("--state-cache", type=click.IntRange(min=1), default=None,
+              metavar="N",
+              help="Keep at most N state partitions in memory (default: all); "
+                   "the least recently used are snapshotted and dropped at a "
+                   "batch boundary and loaded back from the resilience "
+                   "directory when a message needs them.  Needs "
+                   "--resilience-dir.  Example: --state-cache 100000")
 @click.option("--max-batch", type=click.IntRange(min=1), default=10000,
               show_default=True, metavar="N",
               help="At most N messages per batch (bounds how long one batch "
@@ -173,7 +180,8 @@ class _RawArgsCommand(click.Command):
 @click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
-        synchronous, checkpoint_interval, checkpoint_max, max_batch, max_batch_time,
+        synchronous, checkpoint_interval, checkpoint_max, state_cache, max_batch,
+        max_batch_time,
         max_frame_size, max_connections, handshake_timeout, idle_timeout,
         resumable_sinks, kafka_transactions, metrics_addr, kafka_options,
         sink_outbox_max, workers,
@@ -224,6 +232,10 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         raise click.BadParameter("the directory name is empty (to run without "
                                  "resilience, leave the option out)",
                                  param_hint="--resilience-dir")
+    if state_cache is not None and resilience_dir is None:
+        raise click.BadParameter("evicted partitions live in the resilience "
+                                 "directory: give --resilience-dir too",
+                                 param_hint="--state-cache")
     from .connectors.tcp_source import default_max_connections
     metrics = _address_option(metrics_addr, "--metrics")
     if workers is not None:
@@ -242,7 +254,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     code = run_worker(target, ctx.meta["raw_args"], name=name, cluster=cluster,
                       resilience_dir=resilience_dir, synchronous=synchronous,
                       checkpoint_interval=checkpoint_interval,
-                      checkpoint_max=checkpoint_max, max_batch=max_batch,
+                      checkpoint_max=checkpoint_max, state_cache=state_cache,
+                      max_batch=max_batch,
                       max_batch_time=max_batch_time, max_frame=max_frame_size,
                       max_connections=max_connections or default_max_connections(),
                       handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,

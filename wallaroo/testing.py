@@ -42,7 +42,8 @@ class Driver:
                  resilience_dir: str | None = None, worker_name: str = "initializer",
                  synchronous: str = "NORMAL", checkpoint_interval: float = 1.0,
                  checkpoint_max: int = 1000, clock: Callable[[], float] | None = None,
-                 max_frame: int | None = None, members: list[str] | None = None):
+                 max_frame: int | None = None, members: list[str] | None = None,
+                 state_cache: int | None = None):
         self.args = list(args or [])
         if isinstance(app, AppSpec):
             self.spec = app
@@ -55,7 +56,7 @@ class Driver:
         self.synchronous = synchronous
         self.options = dict(checkpoint_interval=checkpoint_interval,
                             checkpoint_max=checkpoint_max, name=worker_name,
-                            members=members)
+                            members=members, state_cache=state_cache)
         if max_frame is not None:
             self.options["max_frame"] = max_frame
         self._now = 0.0

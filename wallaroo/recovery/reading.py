@@ -18,8 +18,9 @@ def damaged(path: str, what: str) -> CorruptionError:
 
 
 def load(conn: sqlite3.Connection, path: str) -> tuple[Recovered, set[int]]:
-    """Everything a worker needs before replay; also the pids whose snapshot
-    is split over ``snapshot_parts`` rows."""
+    """Everything a worker needs before replay, except its partitions (it
+    loads those as it needs them: ``SQLiteStore.partition_finder``); also
+    the pids whose snapshot is split over ``snapshot_parts`` rows."""
     row = conn.execute("SELECT next_lsn, replay_from, commits, checksum "
                        "FROM progress").fetchone()
     if row is None:
@@ -33,7 +34,10 @@ def load(conn: sqlite3.Connection, path: str) -> tuple[Recovered, set[int]]:
                               f"is not within 0..next_lsn {next_lsn}")
     rec = Recovered(fresh=(commits == 0), next_lsn=next_lsn,
                     replay_from=replay_from, commits=commits)
-    parted = _load_partitions(conn, path, rec)
+    (top,) = conn.execute("SELECT max(pid) FROM partitions").fetchone()
+    rec.partitions_on_disk = 0 if top is None else top + 1  # pids never go
+    parted = {pid for (pid,) in conn.execute(
+        "SELECT DISTINCT pid FROM snapshot_parts")}
     for source, stream, count, seen, cs in conn.execute(
             "SELECT source, stream, count, last_seen, checksum FROM streams"):
         if control_checksum("streams", source, stream, count, seen) != cs:
@@ -69,50 +73,80 @@ def load(conn: sqlite3.Connection, path: str) -> tuple[Recovered, set[int]]:
     return rec, parted
 
 
-def _load_partitions(conn: sqlite3.Connection, path: str, rec: Recovered) -> set[int]:
-    parted: set[int] = set()
-    # BLOBs are read with CAST and their storage class checked: a damaged
-    # one that SQLite would hand back as TEXT is reported naming its row.
-    for (pid, state, key_repr, created, key_cs, key, key_type, group, lsn, pickler,
-         snap_cs, blob, blob_type, parts) in conn.execute(
-            "SELECT p.pid, p.state, p.key_repr, p.created_lsn, p.checksum, "
-            "CAST(p.key AS BLOB), typeof(p.key), p.key_group, s.lsn, s.pickler, "
-            "s.checksum, CAST(s.state AS BLOB), typeof(s.state), s.parts "
-            "FROM partitions p LEFT JOIN snapshots s USING (pid) ORDER BY p.pid"):
-        prow = PartitionRow(pid, state, key, key_repr, created, group)
-        if key_type != "blob" or prow.checksum() != key_cs:
+# The columns a partition is read with, its snapshot's beside it.  BLOBs
+# are read with CAST and their storage class checked: a damaged one that
+# SQLite would hand back as TEXT is reported naming its row.
+PARTITION_COLUMNS = (
+    "p.pid, p.state, p.key_repr, p.created_lsn, p.checksum, CAST(p.key AS BLOB), "
+    "typeof(p.key), p.key_group, p.key_hash, s.lsn, s.pickler, s.checksum, "
+    "CAST(s.state AS BLOB), typeof(s.state), s.parts, s.classes")
+PARTITIONS_FROM = "FROM partitions p LEFT JOIN snapshots s USING (pid)"
+
+
+def partition_row(path: str, cols: tuple) -> PartitionRow:
+    """The partition of a row read with ``PARTITION_COLUMNS``, checked."""
+    pid, state, key_repr, created, key_cs, key, key_type, group, khash = cols[:9]
+    prow = PartitionRow(pid, state, key, key_repr, created, group, khash)
+    if key_type != "blob" or prow.checksum() != key_cs:
+        raise CorruptionError(
+            f"{path}: the key of partition {pid} (state {state!r}, key "
+            f"{key_repr}) failed its checksum; refusing to run on damaged "
+            f"state")
+    return prow
+
+
+def snapshot_row(conn: sqlite3.Connection, path: str, prow: PartitionRow,
+                 cols: tuple) -> SnapshotRow | None:
+    """The snapshot of a row read with ``PARTITION_COLUMNS`` (None: the
+    partition has none yet), its extra parts read and its checksum checked."""
+    lsn, pickler, snap_cs, blob, blob_type, parts, _classes = cols[9:]
+    if lsn is None:
+        return None
+    pid, state, key_repr = prow.pid, prow.state, prow.key_repr
+    if parts:
+        rest = [d for (d,) in conn.execute(
+            "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
+            "ORDER BY part", (pid,))]
+        if len(rest) != parts:
             raise CorruptionError(
-                f"{path}: the key of partition {pid} (state {state!r}, key "
-                f"{key_repr}) failed its checksum; refusing to run on damaged "
-                f"state")
-        rec.partitions.append(prow)
-        if lsn is None:
-            continue
-        if parts:
-            parted.add(pid)
-            rest = [d for (d,) in conn.execute(
-                "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
-                "ORDER BY part", (pid,))]
-            if len(rest) != parts:
-                raise CorruptionError(
-                    f"{path}: the snapshot of partition {pid} (state {state!r}, "
-                    f"key {key_repr}) has {len(rest)} of its {parts} extra parts "
-                    f"in table snapshot_parts; refusing to run on damaged state")
-            blob = b"".join([blob or b"", *rest])
-        snap = SnapshotRow(pid, lsn, blob, pickler)
-        if blob_type != "blob" or snap.checksum() != snap_cs:
-            raise CorruptionError(
-                f"{path}: the snapshot of partition {pid} (state {state!r}, key "
-                f"{key_repr}) at lsn {lsn} failed its checksum; refusing to run "
-                f"on damaged state")
-        rec.snapshots[pid] = snap
+                f"{path}: the snapshot of partition {pid} (state {state!r}, "
+                f"key {key_repr}) has {len(rest)} of its {parts} extra parts "
+                f"in table snapshot_parts; refusing to run on damaged state")
+        blob = b"".join([blob or b"", *rest])
+    snap = SnapshotRow(pid, lsn, blob, pickler)
+    if blob_type != "blob" or snap.checksum() != snap_cs:
+        raise CorruptionError(
+            f"{path}: the snapshot of partition {pid} (state {state!r}, key "
+            f"{key_repr}) at lsn {lsn} failed its checksum; refusing to run "
+            f"on damaged state")
+    return snap
+
+
+def all_partitions(conn: sqlite3.Connection, path: str
+                   ) -> tuple[list[PartitionRow], dict[int, SnapshotRow]]:
+    """Every partition and snapshot, checked (tools and tests; a worker
+    loads partitions one by one as it needs them)."""
+    partitions: list[PartitionRow] = []
+    snaps: dict[int, SnapshotRow] = {}
+    for cols in conn.execute(f"SELECT {PARTITION_COLUMNS} {PARTITIONS_FROM} "
+                             f"ORDER BY p.pid").fetchall():
+        prow = partition_row(path, cols)
+        partitions.append(prow)
+        snap = snapshot_row(conn, path, prow, cols)
+        if snap is not None:
+            snaps[prow.pid] = snap
+    check_orphans(conn, path)
+    return partitions, snaps
+
+
+def check_orphans(conn: sqlite3.Connection, path: str) -> None:
     orphans = [pid for (pid,) in conn.execute(
-        "SELECT pid FROM snapshots WHERE pid NOT IN (SELECT pid FROM partitions)")]
+        "SELECT pid FROM snapshots WHERE pid NOT IN (SELECT pid FROM partitions) "
+        "LIMIT 10")]
     if orphans:
         raise CorruptionError(
-            f"{path}: snapshots {orphans[:10]} belong to no known partition (a "
+            f"{path}: snapshots {orphans} belong to no known partition (a "
             f"damaged partition id); refusing to run on damaged state")
-    return parted
 
 
 def input_rows(conn: sqlite3.Connection, path: str, from_lsn: int) -> Iterator[InputRow]:

@@ -155,11 +155,16 @@ class PartitionRow:
     key_repr: str
     created_lsn: int
     key_group: int = -1  # -1: written before key groups were stored
+    # the key's stable hash (placement.stable_hash), how a worker finds the
+    # partition without reading them all; None: written before schema 5
+    key_hash: int | None = None
 
     def checksum(self) -> int:
         head = f"{self.pid}\x1f{self.state!r}\x1f{self.created_lsn}"
         if self.key_group >= 0:
             head += f"\x1fg{self.key_group}"
+        if self.key_hash is not None:
+            head += f"\x1fh{self.key_hash}"
         return checksum(self.key, head)
 
 
@@ -171,6 +176,9 @@ class SnapshotRow:
     lsn: int
     blob: bytes
     pickler: str = "pickle"
+    # the classes and functions loading it needs (snapshots.dumps_state),
+    # checked before a restarting worker is ready; () when unknown
+    classes: tuple = field(default=(), compare=False)
 
     def checksum(self) -> int:
         return checksum(self.blob, f"{self.pid}\x1f{self.lsn}\x1f{self.pickler!r}")
@@ -201,6 +209,10 @@ class PendingRow:
 @dataclass(slots=True)
 class CommitRecord:
     """Everything one batch makes durable, in one transaction."""
+
+    # the core numbers its records 1, 2, ...; a store's ``landed`` is the
+    # number of the last one committed (evicted partitions wait for it)
+    number: int = 0
 
     inputs: list[InputRow] = field(default_factory=list)
     outputs: list[OutputRow] = field(default_factory=list)
@@ -241,8 +253,8 @@ class Recovered:
     fresh: bool = True
     next_lsn: int = 0
     replay_from: int = 0
-    partitions: list[PartitionRow] = field(default_factory=list)
-    snapshots: dict[int, SnapshotRow] = field(default_factory=dict)
+    # partitions the store holds (loaded one by one as a worker needs them)
+    partitions_on_disk: int = 0
     streams: dict[tuple[str, str], int] = field(default_factory=dict)
     delivered: dict[int, int] = field(default_factory=dict)
     next_out_seq: dict[int, int] = field(default_factory=dict)

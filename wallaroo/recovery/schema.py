@@ -109,6 +109,66 @@ def _v4_cluster(conn: sqlite3.Connection) -> None:
         conn.execute(stmt)
 
 
+_V5_SQL = """
+    ALTER TABLE partitions ADD COLUMN key_hash INTEGER;
+    CREATE INDEX partitions_by_key ON partitions (state, key_hash);
+    CREATE TABLE snapshot_classes (
+        id INTEGER PRIMARY KEY,
+        refs TEXT NOT NULL UNIQUE,
+        checksum INTEGER NOT NULL
+    );
+    ALTER TABLE snapshots ADD COLUMN classes INTEGER;
+    """
+
+
+def _v5_lazy_state(conn: sqlite3.Connection) -> None:
+    """Migration 5, state at scale: a worker finds a partition by its
+    state and its key's stable hash (``partitions.key_hash``, indexed)
+    instead of reading every partition when it starts, and each snapshot
+    names the set of class references loading it needs
+    (``snapshot_classes``), so those can be checked before the worker is
+    ready without reading the snapshots.  Rows of earlier versions: the
+    references are read here from each snapshot's pickle opcodes (nothing
+    is imported); a snapshot made by the application's ``serialize()`` gets
+    the empty set (its state class is checked by the fingerprint).  Key
+    hashes need the keys unpickled, so the worker fills them in when it
+    first opens the database with the application
+    (``SQLiteStore.hash_partitions``)."""
+    from .snapshots import APPLICATION, pickle_refs
+    for stmt in _statements(_V5_SQL):
+        conn.execute(stmt)
+    ids: dict[str, int] = {}
+    for pid, pickler, parts in conn.execute(
+            "SELECT pid, pickler, parts FROM snapshots").fetchall():
+        refs: tuple = ()
+        if pickler != APPLICATION:
+            (blob,) = conn.execute("SELECT CAST(state AS BLOB) FROM snapshots "
+                                   "WHERE pid=?", (pid,)).fetchone()
+            if parts:
+                blob = b"".join([blob or b"", *(d for (d,) in conn.execute(
+                    "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
+                    "ORDER BY part", (pid,)))])
+            try:
+                refs = pickle_refs(blob or b"")
+            except Exception:  # damaged: its checksum says so when it is read
+                refs = ()
+        text = class_set_text(refs)
+        cid = ids.get(text)
+        if cid is None:
+            cid = ids[text] = len(ids) + 1
+            conn.execute("INSERT INTO snapshot_classes VALUES (?,?,?)",
+                         (cid, text, class_set_checksum(cid, text)))
+        conn.execute("UPDATE snapshots SET classes=? WHERE pid=?", (cid, pid))
+
+
+def class_set_text(refs) -> str:
+    return "\n".join(refs)
+
+
+def class_set_checksum(cid: int, text: str) -> int:
+    return control_checksum("snapshot_classes", cid, text)
+
+
 MIGRATIONS: list[Migration] = [
     # 1: the first schema.
     """
@@ -178,6 +238,8 @@ MIGRATIONS: list[Migration] = [
     _v3_outputs,
     # 4: many workers (see _v4_cluster).
     _v4_cluster,
+    # 5: state at scale (see _v5_lazy_state).
+    _v5_lazy_state,
 ]
 
 

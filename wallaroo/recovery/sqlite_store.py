@@ -25,12 +25,13 @@ from typing import Iterator
 
 from . import reading, schema, sink_identities
 from .checkpointer import Checkpointer
+from .partition_reads import PartitionReads
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
 from .files import (MANIFEST_SUFFIX, DatabaseLock, Position, PositionFile,
                     check_database_file, check_position, new_manifest,
                     read_manifest, trial_write, write_manifest)
-from .records import (CommitRecord, InputRow, OutputRow, PendingRow, Recovered,
-                      control_checksum, sinks_checksum)
+from .records import (CommitRecord, InputRow, OutputRow, PendingRow,
+                      Recovered, control_checksum, sinks_checksum)
 
 SYNCHRONOUS = ("NORMAL", "FULL")
 # Snapshots larger than this are split over rows of ``snapshot_parts``, so a
@@ -39,13 +40,17 @@ SYNCHRONOUS = ("NORMAL", "FULL")
 PART_BYTES = int(os.environ.get("WALLAROO_SNAPSHOT_PART_BYTES", 64 * 1024 * 1024))
 
 
+JOURNAL_SIZE_LIMIT = 4 << 20  # bytes
+
+
 def db_path(directory: str, worker: str) -> str:
     return os.path.join(directory, f"{worker}.db")
 
 
-class SQLiteStore:
+class SQLiteStore(PartitionReads):
     durable = True
     starts = 0  # times the database was opened (known once open)
+    landed = 0  # the number of the last CommitRecord committed
 
     def __init__(self, directory: str, worker: str, synchronous: str = "NORMAL",
                  part_bytes: int | None = None):
@@ -71,8 +76,11 @@ class SQLiteStore:
         self._sink_ids: list[int] = []  # the application's sink i -> store id
         self._sink_index: dict[int, int] = {}  # store id -> application's i
         self._parted: set[int] = set()  # pids whose snapshot has extra parts
+        self._class_ids: dict[tuple, int] = {}  # class references -> set id
+        self._new_class_ids: dict[tuple, int] = {}  # in the commit under way
         self._last_next_lsn = 0
         self.notes: list[str] = []  # warnings for the worker's log
+        self._readers: list[sqlite3.Connection] = []  # finders, scrubbers
 
     # -- opening ---------------------------------------------------------
     def open(self, fingerprint: dict, membership: dict | None = None) -> Recovered:
@@ -110,6 +118,9 @@ class SQLiteStore:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute("PRAGMA cache_size=-65536")
+            # the WAL keeps its high-water mark unless told otherwise: after
+            # a burst it is truncated back to this when it restarts
+            conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             schema.migrate(conn, self.path)
             # WAL checkpoints run in a thread of their own (checkpointer.py)
             conn.execute("PRAGMA wal_autocheckpoint=0")
@@ -122,6 +133,7 @@ class SQLiteStore:
             saved = self._settle_membership(membership)
             self.starts = self._count_start()
             rec, self._parted = reading.load(conn, self.path)
+            self._class_ids = {refs: cid for cid, refs in self.class_sets().items()}
             rec.membership = saved
             rec.next_out_seq = self._by_app(rec.next_out_seq)
             rec.delivered = self._by_app(rec.delivered)
@@ -310,12 +322,18 @@ class SQLiteStore:
             self._write_control(conn, rec, rf, commits)
             conn.execute("COMMIT")
         except BaseException:
+            self._new_class_ids.clear()
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             raise
+        if self._new_class_ids:
+            self._class_ids.update(self._new_class_ids)
+            self._new_class_ids.clear()
         self._commits = commits
+        if rec.number > self.landed:
+            self.landed = rec.number
         cp = self._checkpointer
         if cp is not None:
             cp.commits = commits
@@ -351,9 +369,10 @@ class SQLiteStore:
             conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?)", rows)
         if rec.partitions:
             conn.executemany(
-                "INSERT INTO partitions VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO partitions (pid, state, key_repr, created_lsn, "
+                "checksum, key, key_group, key_hash) VALUES (?,?,?,?,?,?,?,?)",
                 [(p.pid, p.state, p.key_repr, p.created_lsn, p.checksum(), p.key,
-                  p.key_group) for p in rec.partitions])
+                  p.key_group, p.key_hash) for p in rec.partitions])
         if rec.snapshots:
             self._write_snapshots(conn, rec)
         if rec.pending is not None:
@@ -386,19 +405,34 @@ class SQLiteStore:
             if s.pid in self._parted:
                 conn.execute("DELETE FROM snapshot_parts WHERE pid=?", (s.pid,))
                 self._parted.discard(s.pid)
+            cid = self._class_id(conn, s.classes)
             if len(blob) <= part:
                 rows.append((s.pid, s.lsn, len(blob), s.pickler, s.checksum(),
-                             blob, 0))
+                             blob, 0, cid))
                 continue
             pieces = [blob[i:i + part] for i in range(0, len(blob), part)]
             rows.append((s.pid, s.lsn, len(blob), s.pickler, s.checksum(),
-                         pieces[0], len(pieces) - 1))
+                         pieces[0], len(pieces) - 1, cid))
             split.extend((s.pid, i, p) for i, p in enumerate(pieces[1:], 1))
             self._parted.add(s.pid)
-        conn.executemany("INSERT OR REPLACE INTO snapshots VALUES (?,?,?,?,?,?,?)",
-                         rows)
+        conn.executemany("INSERT OR REPLACE INTO snapshots (pid, lsn, size, "
+                         "pickler, checksum, state, parts, classes) VALUES "
+                         "(?,?,?,?,?,?,?,?)", rows)
         if split:
             conn.executemany("INSERT INTO snapshot_parts VALUES (?,?,?)", split)
+
+    def _class_id(self, conn: sqlite3.Connection, refs: tuple) -> int:
+        """The id of a set of class references, added in this commit when
+        it is new (a worker meets few: one per shape of state)."""
+        cid = self._class_ids.get(refs) or self._new_class_ids.get(refs)
+        if cid is None:
+            cid = 1 + max(max(self._class_ids.values(), default=0),
+                          max(self._new_class_ids.values(), default=0))
+            text = schema.class_set_text(refs)
+            conn.execute("INSERT INTO snapshot_classes VALUES (?,?,?)",
+                         (cid, text, schema.class_set_checksum(cid, text)))
+            self._new_class_ids[refs] = cid
+        return cid
 
     def _write_control(self, conn: sqlite3.Connection, rec: CommitRecord, rf: int,
                        commits: int) -> None:
@@ -443,6 +477,12 @@ class SQLiteStore:
         self._position.write(Position(self._commits, next_lsn, self._lock.size()))
 
     def close(self, update_position: bool = True) -> None:
+        for reader in self._readers:
+            try:
+                reader.close()
+            except sqlite3.Error:
+                pass
+        self._readers.clear()
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -34,8 +35,8 @@ from .dataflow import (Context, Route, StepError, compile_pipeline, first,
                        first_counted_by_source, make_peer_runner, make_runner)
 from .failures import FailureLog
 from .metrics import SIZE_BUCKETS, Histogram, Latency, Stages
-from .placement import DEFAULT_KEY_GROUPS, Placement
-from .replay import Progress, replay
+from .placement import DEFAULT_KEY_GROUPS, Placement, stable_hash
+from .replay import replay
 from .states import DirtyTracker, StateSpace
 
 # A partition whose snapshot cost at least SLOW_SNAPSHOT seconds (pickling,
@@ -99,8 +100,8 @@ class Batch:
 @dataclass(frozen=True)
 class RecoveryReport:
     fresh: bool
-    partitions: int
-    snapshots: int
+    partitions: int  # in the store
+    snapshots: int  # of them loaded (by replay and declared partitions)
     replay_from: int
     replayed_rows: int
     replayed_messages: int
@@ -119,8 +120,8 @@ class RecoveryReport:
         waiting = sum(p.count - p.consumed for p in self.pending)
         more = (f", {waiting} messages read before the last stop wait to be "
                 f"processed first" if waiting else "")
-        return (f"recovered {self.partitions} partitions ({self.snapshots} from "
-                f"snapshots), replayed {self.replayed_messages} inputs from lsn "
+        return (f"recovered {self.partitions} partitions ({self.snapshots} "
+                f"loaded by replay, the rest when a message needs them), replayed {self.replayed_messages} inputs from lsn "
                 f"{self.replay_from} ({self.replayed_rows} log rows), re-queued "
                 f"{outs} undelivered outputs{more}, in {self.seconds:.3f}s")
 
@@ -160,11 +161,13 @@ class WorkerCore:
                  framed_sinks: frozenset[int] = frozenset(),
                  name: str = "initializer", members: list[str] | None = None,
                  key_groups: int = DEFAULT_KEY_GROUPS,
-                 addresses: dict | None = None):
+                 addresses: dict | None = None,
+                 state_cache: int | None = None):
         """``members``: the cluster's workers in order (default: this one
         alone); ``name``: this worker's; ``addresses`` (several hosts):
         every member's control and data addresses, saved with the
-        membership."""
+        membership; ``state_cache``: at most this many partitions stay in
+        memory at a batch boundary (the rest are in the store)."""
         self.app = app
         self.name = name
         self.proposed_membership = {"members": list(members or [name]),
@@ -185,6 +188,20 @@ class WorkerCore:
         # sinks speaking the resumable protocol: outputs kept as its frames
         self.framed_sinks = frozenset(framed_sinks)
         self.spaces = {s.name: StateSpace(s, self.durable) for s in app.states}
+        if state_cache is not None and not self.durable:
+            raise ValueError("--state-cache needs --resilience-dir: evicted "
+                             "partitions live in the store")
+        self.state_cache = state_cache
+        # (space, key) of every partition in memory, least recently used
+        # first (kept only with a state cache)
+        self.recent: dict | None = {} if state_cache is not None else None
+        # evictions waiting for their commit to land: (record number, space, key)
+        self._leaving: deque = deque()
+        self.records = 0  # commit records made (numbered from 1)
+        self.evictions = 0
+        for space in self.spaces.values():
+            space.recent = self.recent
+            space.serializer = app.serializer
         self.downstream = {name: [self.spaces[t] for t in sorted(ts)]
                            for name, ts in app.downstream_states().items()}
         # Kafka records are logged behind a 4-byte length, whatever the decoder
@@ -312,34 +329,8 @@ class WorkerCore:
         t0 = time.perf_counter()
         rec = self.store.open(self.fingerprint(), self.proposed_membership)
         self._settle_membership(rec.membership)
-        progress = Progress(self.log, "recovery: loading state partitions",
-                            len(rec.partitions), "partitions")
-        for i, prow in enumerate(rec.partitions):
-            progress.tick(i)
-            space = self.spaces.get(prow.state)
-            if space is None:
-                raise IncompatibleDirectory(
-                    f"the resilience directory holds partitions of state "
-                    f"{prow.state!r}, which this application does not define")
-            key = snapshots.loads(prow.key)
-            snap = rec.snapshots.get(prow.pid)
-            if snap is not None:
-                try:
-                    state = snapshots.loads(snap.blob, snap.pickler,
-                                            self.app.serializer)
-                except Exception as e:
-                    raise StoreError(
-                        f"cannot load the snapshot of {space.describe_key(key)}: "
-                        f"{type(e).__name__}: {e} (was the state class renamed "
-                        f"or moved?)") from e
-                space.snap_lsn[key] = snap.lsn
-            else:
-                state = space.spec.factory()
-            space.parts[key] = state
-            space.pids[key] = prow.pid
-            if prow.key_group >= 0:
-                space.groups[key] = prow.key_group
-            self.next_pid = max(self.next_pid, prow.pid + 1)
+        if self.store.durable:
+            self._attach_store(rec)
         for space in self.spaces.values():
             space.build_declared()
         self.next_lsn = rec.next_lsn
@@ -366,13 +357,101 @@ class WorkerCore:
                           for i, n in rec.next_out_seq.items())
         self.recovered = True
         return RecoveryReport(
-            fresh=rec.fresh, partitions=len(rec.partitions),
-            snapshots=len(rec.snapshots), replay_from=rec.replay_from,
+            fresh=rec.fresh, partitions=rec.partitions_on_disk,
+            snapshots=sum(s.loaded for s in self.spaces.values()),
+            replay_from=rec.replay_from,
             replayed_rows=rows, replayed_messages=messages,
             replay_mismatches=mismatches, requeued=requeued,
             seconds=time.perf_counter() - t0, pending=tuple(rec.pending),
             undelivered=undelivered, unsplittable=dict(rec.unsplittable),
             notes=tuple(getattr(self.store, "notes", ())))
+
+    def _attach_store(self, rec) -> None:
+        """Partitions stay in the store until a message (or replay) needs
+        one; what made loading them all at the start safe is checked here
+        instead, before the worker is ready: every state the store holds
+        is the application's, and every class a snapshot recorded that it
+        needs can still be found."""
+        store = self.store
+        self.next_pid = rec.partitions_on_disk
+        on_disk = store.partition_states()
+        for state in on_disk:
+            if state not in self.spaces:
+                raise IncompatibleDirectory(
+                    f"the resilience directory holds partitions of state "
+                    f"{state!r}, which this application does not define")
+        for state in on_disk:
+            n = store.hash_partitions(state, _key_hash)
+            if n:
+                self.log.info("recovery: indexed the keys of %d partitions of "
+                              "state %r (written by an earlier release; once)",
+                              n, state)
+        for cid, refs in store.class_sets().items():
+            bad = snapshots.unresolvable(refs)
+            if not bad:
+                continue
+            prow = store.partition_using(cid)
+            if prow is None:
+                continue  # no snapshot uses it any more
+            space = self.spaces[prow.state]
+            raise StoreError(
+                f"cannot load the snapshot of partition {prow.pid} (state "
+                f"{prow.state!r} ({space.spec.class_name}), key {prow.key_repr}) "
+                f"and of every partition like it: it refers to "
+                f"{'; '.join(bad)}.  Was a class renamed or moved?  Restore "
+                f"it under its old name, or start with another "
+                f"--resilience-dir.")
+        finder = store.partition_finder()
+        for space in self.spaces.values():
+            # with a state cache, partitions evicted from now on are there too
+            if space.name in on_disk or self.state_cache is not None:
+                space.finder = finder
+
+    def _purge_leaving(self) -> None:
+        """Partitions evicted in commits that have landed are in the
+        store now: ``leaving`` lets go of them."""
+        landed = getattr(self.store, "landed", 0)
+        q = self._leaving
+        while q and q[0][0] <= landed:
+            number, space, key = q.popleft()
+            entry = space.leaving.get(key)
+            if entry is not None and entry[2] == number:
+                del space.leaving[key]
+
+    def _evict_cold(self, wanted: dict) -> list:
+        """The least recently used partitions beyond the state cache (each
+        dirty one joins this commit's snapshots); evicted once pickled."""
+        excess = len(self.recent) - self.state_cache
+        if excess <= 0:
+            return []
+        out = []
+        for item in self.recent:
+            out.append(item)
+            if len(out) >= excess:
+                break
+        for space, key in out:
+            if key in space.dirty:
+                wanted.setdefault(space, set()).add(key)
+        return out
+
+    def evict_clean(self) -> None:
+        """During replay: evict the least recently used partitions beyond
+        the state cache that replay has not touched (their snapshots are
+        the store's; the touched ones must stay until a commit)."""
+        if self.recent is None:
+            return
+        excess = len(self.recent) - self.state_cache
+        if excess <= 0:
+            return
+        cold = []
+        for space, key in self.recent:
+            if key not in space.touched and key not in space.dirty:
+                cold.append((space, key))
+                if len(cold) >= excess:
+                    break
+        for space, key in cold:
+            space.evict(key, None)
+            self.evictions += 1
 
     # -- the batch cycle ---------------------------------------------------
     def process(self, chunks: Iterable[Chunk], force_checkpoint: bool = False,
@@ -385,6 +464,8 @@ class WorkerCore:
         returned in ``Batch.leftover``."""
         c0 = time.thread_time()  # CPU time: a SIGSTOP is not compute
         m0 = time.monotonic()
+        if self._leaving:
+            self._purge_leaving()
         queued = self.stats.stages.queued.observe_n
         first_lsn = lsn = self.next_lsn
         inputs: list[InputRow] = []
@@ -493,7 +574,9 @@ class WorkerCore:
         the next lsn, ``replay_from`` and the delivery positions noted since
         the last one."""
         oldest = self.tracker.oldest_lsn()
-        record = CommitRecord(delivered=self._delivered_pending,
+        self.records += 1
+        record = CommitRecord(number=self.records,
+                              delivered=self._delivered_pending,
                               sink_bases=self._bases_pending,
                               next_lsn=self.next_lsn,
                               replay_from=self.next_lsn if oldest is None else oldest,
@@ -653,6 +736,7 @@ class WorkerCore:
         tracker = self.tracker
         new_rows: list[PartitionRow] = []
         wanted: dict[StateSpace, set] = {}
+        recent = self.recent
         for space in self.spaces.values():
             touched = space.touched
             if touched:
@@ -661,6 +745,11 @@ class WorkerCore:
                     if key not in pids:
                         new_rows.append(self._new_partition(space, key, first_lsn))
                 tracker.mark(space, touched, first_lsn, now)
+                if recent is not None:  # most recently used last
+                    for key in touched:
+                        item = (space, key)
+                        recent.pop(item, None)
+                        recent[item] = None
                 touched.clear()
             if space.to_save:
                 wanted[space] = set(space.to_save)
@@ -673,6 +762,7 @@ class WorkerCore:
                 if key not in keys:
                     keys.add(key)
                     checkpointed += 1
+        cold = self._evict_cold(wanted) if recent is not None else ()
         for space in list(wanted):
             for down in self.downstream[space.name]:
                 if down.dirty:
@@ -687,8 +777,8 @@ class WorkerCore:
                 if key not in space.dirty:
                     continue
                 t1 = time.perf_counter()
-                blob, pickler = snapshots.dumps(parts[key], space.describe_key(key),
-                                                self.app.serializer)
+                blob, pickler, refs = snapshots.dumps_state(
+                    parts[key], space.describe_key(key), self.app.serializer)
                 # pickling holds the loop; writing the rows holds every
                 # output behind this commit
                 cost = time.perf_counter() - t1 + len(blob) / SNAPSHOT_WRITE_RATE
@@ -696,8 +786,15 @@ class WorkerCore:
                     held[(space.name, key)] = now + SNAPSHOT_SPACING * cost
                 elif held:
                     held.pop((space.name, key), None)
-                snaps.append(SnapshotRow(pids[key], lsn, blob, pickler))
+                snaps.append(SnapshotRow(pids[key], lsn, blob, pickler, refs))
                 tracker.clean(space, key)
+        number = self.records + 1  # the record these rows go in (_record)
+        for space, key in cold:
+            if key in space.dirty:  # dirtied downstream after all: stays
+                continue
+            space.evict(key, number)
+            self._leaving.append((number, space, key))
+            self.evictions += 1
         st = self.stats
         st.checkpoint_snapshots += checkpointed
         elapsed = time.perf_counter() - t0
@@ -715,7 +812,7 @@ class WorkerCore:
         self.next_pid += 1
         space.pids[key] = pid
         return PartitionRow(pid, space.name, blob, _key_repr(key), lsn,
-                            space.group_of(key))
+                            space.group_of(key), stable_hash(key))
 
     def note_base(self, sink: int, base: int) -> None:
         """A resumable sink's receiver numbers its outputs from ``base``
@@ -762,8 +859,25 @@ class WorkerCore:
             self.latency.delivered(sink, end_seq, time.monotonic())
 
     def state(self, state_name: str, key=None):
-        """The current state object of a partition (for tests and tools)."""
-        return self.spaces[state_name].parts[key]
+        """The current state object of a partition (for tests and tools;
+        one not in memory is loaded)."""
+        space = self.spaces[state_name]
+        if key in space.parts:
+            return space.parts[key]
+        back = space.leaving.get(key)
+        if back is not None:
+            return back[0]
+        if space.finder is not None:
+            state = space._load(key, place=False)
+            if state is not None:
+                return state
+        if key in space.spec.keys or space.spec.partitioning == "single":
+            return space.spec.factory()  # never used: as it was built
+        raise KeyError(key)
+
+
+def _key_hash(prow: PartitionRow) -> int:
+    return stable_hash(snapshots.loads(prow.key))
 
 
 def _key_repr(key) -> str:

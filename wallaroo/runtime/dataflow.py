@@ -22,6 +22,7 @@ from time import perf_counter
 from typing import Any, Callable
 
 from .._spec import AppSpec, PipelineSpec, StepSpec
+from ..recovery.errors import StoreError
 from .states import PartitionKeyError, StateSpace
 
 
@@ -253,6 +254,8 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
         except KeyError:
             try:
                 st = create(key)
+            except StoreError:
+                raise  # the store's fault, not the message's: the worker stops
             except Exception as e:
                 fail(part_name if isinstance(e, PartitionKeyError)
                      else f"state {space.name!r} constructor", e)
@@ -332,6 +335,8 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
         except KeyError:
             try:
                 st = create(key)
+            except StoreError:
+                raise  # the store's fault, not the message's: the worker stops
             except Exception as e:
                 fail(part_name if isinstance(e, PartitionKeyError)
                      else f"state {space.name!r} constructor", e)

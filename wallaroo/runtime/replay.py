@@ -114,6 +114,7 @@ def replay(core, replay_from: int, next_lsn: int,
                 row.source, sorted(new_failures))
         rows += 1
         messages += row.count - skip
+        core.evict_clean()
         by = replayed_peer if row.connector == PEER else replayed_src
         by[row.source] = by.get(row.source, 0) + row.count - skip
         if on_row is not None:

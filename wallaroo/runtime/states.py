@@ -14,7 +14,8 @@ from typing import Any
 
 from .._spec import StateSpec
 from ..recovery import snapshots
-from ..recovery.errors import UnpicklableState
+from ..recovery.errors import StoreError, UnpicklableState
+from .placement import stable_hash
 
 _U64_MAX = 2 ** 64 - 1
 
@@ -43,6 +44,17 @@ class StateSpace:
         self.touched: set = set()  # keys a step ran on in this batch
         self.to_save: set = set()  # keys whose step asked save_state
         self.dirty: dict[Any, int] = {}  # key -> lsn of the batch that dirtied it
+        # Partitions not in memory (DESIGN.md §4, "State at scale"):
+        # ``finder(state, key_hash)`` looks one up in the store (None: the
+        # store has none of this state); ``leaving`` holds the partitions
+        # evicted in a commit that has not landed yet (key -> (state, pid,
+        # record number)); ``recent`` (shared by every state, None without
+        # --state-cache) orders (space, key) from least recently used.
+        self.finder = None
+        self.leaving: dict[Any, tuple] = {}
+        self.recent: dict | None = None
+        self.serializer = None  # the application's (serialize, deserialize)
+        self.loaded = 0  # partitions loaded from the store
 
     def build_declared(self) -> None:
         """Create the declared partitions (and the single partition of an
@@ -52,17 +64,84 @@ class StateSpace:
             if p is not None and p.size > 1 and p.owners[self.group_of(key)] != p.me:
                 continue  # another worker's
             if key not in self.parts:
-                if self.durable and key not in self.pids:
-                    self.key_blobs[key] = snapshots.dumps(
-                        key, f"declared partition key {key!r} of state "
-                             f"{self.name!r}")[0]
-                self.parts[key] = self.spec.factory()
+                self.create(key)
 
     def create(self, key: Any) -> Any:
-        """A partition for a key seen for the first time; raises what the
-        state's constructor raises, or PartitionKeyError.  With resilience
-        the key is pickled here, once, so a key that cannot be made durable
-        costs the message that brought it, not the worker."""
+        """The partition of a key not in memory: one evicted in a commit
+        still under way, else the store's, else a new one.  A new one
+        raises what the state's constructor raises, or PartitionKeyError;
+        a damaged or unloadable stored one raises StoreError (the worker
+        stops: it is not the message's fault).  With resilience a new key
+        is pickled here, once, so a key that cannot be made durable costs
+        the message that brought it, not the worker."""
+        if self.leaving:
+            back = self.leaving.pop(key, None)
+            if back is not None:
+                self._place(key, back[0], back[1])
+                return back[0]
+        if self.finder is not None:
+            found = self._load(key)
+            if found is not None:
+                return found
+        return self._new(key)
+
+    def _place(self, key: Any, state: Any, pid: int | None) -> None:
+        self.parts[key] = state
+        if pid is not None:
+            self.pids[key] = pid
+        if self.recent is not None:
+            self.recent[(self, key)] = None
+
+    def _load(self, key: Any, place: bool = True) -> Any:
+        """The stored partition of ``key`` (None: there is none), found by
+        the key's stable hash and Python's ``==`` on the stored keys, its
+        snapshot's checksum checked before anything is computed from it.
+        ``place=False``: only read it (tests and tools)."""
+        for prow, snapshot_of in self.finder(self.name, stable_hash(key)):
+            try:
+                stored = snapshots.loads(prow.key)
+            except Exception as e:
+                raise StoreError(f"cannot load the key of partition {prow.pid} "
+                                 f"(state {self.name!r}, key {prow.key_repr}): "
+                                 f"{type(e).__name__}: {e}") from e
+            if not (stored is key or stored == key):
+                continue
+            snap = snapshot_of(prow)
+            if snap is None:
+                state = self.spec.factory()  # no snapshot yet: replay builds it
+            else:
+                try:
+                    state = snapshots.loads(snap.blob, snap.pickler, self.serializer)
+                except Exception as e:
+                    raise StoreError(
+                        f"cannot load the snapshot of partition {prow.pid} "
+                        f"({self.describe_key(key)}): {type(e).__name__}: {e} "
+                        f"(was the state class renamed or moved?)") from e
+            if not place:
+                return state
+            if snap is not None:
+                self.snap_lsn[key] = snap.lsn
+            if prow.key_group >= 0:
+                self.groups[key] = prow.key_group
+            self._place(key, state, prow.pid)
+            self.loaded += 1
+            return state
+        return None
+
+    def evict(self, key: Any, number: int | None) -> None:
+        """Drop a clean partition from memory.  ``number``: the record
+        whose commit holds its latest snapshot, kept in ``leaving`` until
+        that commit lands (None: the store already has it)."""
+        state = self.parts.pop(key)
+        pid = self.pids.pop(key, None)
+        self.snap_lsn.pop(key, None)
+        self.key_blobs.pop(key, None)
+        if self.recent is not None:
+            self.recent.pop((self, key), None)
+        if number is not None:
+            self.leaving[key] = (state, pid, number)
+
+    def _new(self, key: Any) -> Any:
         if self.spec.partitioning == "u64" and (
                 isinstance(key, bool) or not isinstance(key, int)
                 or not 0 <= key <= _U64_MAX):
@@ -80,7 +159,7 @@ class StateSpace:
         state = self.spec.factory()
         if self.durable:
             self.key_blobs[key] = blob
-        self.parts[key] = state
+        self._place(key, state, None)
         return state
 
     def group_of(self, key: Any) -> int:

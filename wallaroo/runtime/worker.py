@@ -52,6 +52,10 @@ from .metrics import bind as bind_metrics, registry_body, serve as serve_metrics
 from .placement import DEFAULT_KEY_GROUPS
 
 
+SCRUB_STEP = 500  # partitions the background scrub reads at a time
+SCRUB_PAUSE = 0.02  # seconds between its steps, at least
+
+
 @dataclass
 class WorkerOptions:
     name: str = "initializer"
@@ -59,6 +63,7 @@ class WorkerOptions:
     drain_timeout: float = 10.0
     checkpoint_interval: float = 1.0
     checkpoint_max: int = 1000
+    state_cache: int | None = None  # --state-cache N: partitions in memory
     inbox_bytes: int = 32 * 1024 * 1024
     max_batch: int = 10000
     max_batch_time: float = 0.025
@@ -140,6 +145,7 @@ class Worker:
                                max_frame=self.opts.max_frame,
                                checkpoint_interval=self.opts.checkpoint_interval,
                                checkpoint_max=self.opts.checkpoint_max,
+                               state_cache=self.opts.state_cache,
                                framed_sinks=framed, name=self.opts.name,
                                members=cluster.members if cluster else None,
                                key_groups=cluster.key_groups if cluster
@@ -235,6 +241,8 @@ class Worker:
                 nursery.start_soon(sink.run)
             committed = trio.Event()
             nursery.start_soon(self._committer, recv_batches, committed)
+            if self.store.durable and report.partitions:
+                nursery.start_soon(self._scrub, report.partitions)
             # Replay is done and undelivered outputs are queued: open the
             # sources, all together (DESIGN.md §4.5).
             limits = ConnectionLimits(self.opts.max_connections,
@@ -317,6 +325,28 @@ class Worker:
             nursery.cancel_scope.cancel()
         self._write_cluster_entry("down", [])
         self._log_stopped()
+
+    async def _scrub(self, total: int) -> None:
+        """Partitions are loaded (and their snapshots checked) when a
+        message needs them; this reads the rest in small steps in a thread,
+        checking every key and snapshot against its checksum, so damage
+        in state nothing has touched yet is found too.  Damage stops the
+        worker (exit 1), naming the file and the partition."""
+        step = self.store.scrubber()
+        after, checked, t0 = -1, 0, time.monotonic()
+        while True:
+            s0 = time.monotonic()
+            last, n = await trio.to_thread.run_sync(step, after, SCRUB_STEP,
+                                                    abandon_on_cancel=True)
+            checked += n
+            if last is None or n < SCRUB_STEP:
+                break
+            after = last
+            # at most about half of one core, less when steps are quick
+            await trio.sleep(max(SCRUB_PAUSE, time.monotonic() - s0))
+        self.log.info("scrub: checked the keys and snapshots of %d partitions "
+                      "against their checksums in %.1fs: all sound", checked,
+                      time.monotonic() - t0)
 
     async def _serve_metrics(self, nursery) -> None:
         """``--metrics HOST:PORT``: Prometheus text at ``/metrics``."""

@@ -1,0 +1,124 @@
+"""Reading partitions one at a time (DESIGN.md §4, "State at scale"): a
+worker finds a partition by its state and its key's stable hash when a
+message needs it, checks what its snapshots refer to before it is ready,
+and scrubs the rest in the background.  Part of ``SQLiteStore``."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from . import reading, schema
+from .errors import CorruptionError
+from .records import PartitionRow
+
+
+class PartitionReads:
+    """Mixed into ``SQLiteStore``: uses its ``_conn``, ``path`` and
+    ``_readers`` (connections of their own, closed with the store)."""
+
+    def class_sets(self) -> dict[int, tuple]:
+        """Every set of class references a snapshot recorded, by id,
+        checked against its checksum."""
+        out: dict[int, tuple] = {}
+        for cid, text, cs in self._conn.execute(
+                "SELECT id, refs, checksum FROM snapshot_classes"):
+            if schema.class_set_checksum(cid, text) != cs:
+                raise reading.damaged(self.path, f"table snapshot_classes row {cid}")
+            out[cid] = tuple(text.split("\n")) if text else ()
+        return out
+
+    def partition_using(self, class_set: int) -> PartitionRow | None:
+        """A partition whose snapshot records ``class_set`` (None: none
+        does any more)."""
+        row = self._conn.execute(
+            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+            f"WHERE s.classes=? LIMIT 1", (class_set,)).fetchone()
+        return None if row is None else reading.partition_row(self.path, row)
+
+    def partition_states(self) -> list[str]:
+        """The states that have partitions here (read from the index, one
+        step per state, not one per partition)."""
+        out: list[str] = []
+        while True:
+            (state,) = self._conn.execute(
+                "SELECT min(state) FROM partitions WHERE state > ?",
+                (out[-1] if out else "",)).fetchone()
+            if state is None:
+                return out
+            out.append(state)
+
+    def hash_partitions(self, state: str, key_hash) -> int:
+        """Give partitions written before key hashes were stored (schema
+        4 and earlier) their key's hash, ``key_hash(PartitionRow)``, and
+        a checksum that covers it; once per database.  Returns how many."""
+        conn = self._conn
+        rows = conn.execute(
+            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+            f"WHERE p.state=? AND p.key_hash IS NULL", (state,)).fetchall()
+        if not rows:
+            return 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for cols in rows:
+                prow = reading.partition_row(self.path, cols)
+                prow.key_hash = key_hash(prow)
+                conn.execute("UPDATE partitions SET key_hash=?, checksum=? "
+                             "WHERE pid=?", (prow.key_hash, prow.checksum(), prow.pid))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def partition_finder(self):
+        """A function ``(state, key_hash) -> [(PartitionRow, load)]``: the
+        partitions of ``state`` whose key hashes so, each with a function
+        that reads and checks its snapshot (None: it has none yet).  It
+        reads on a connection of its own, so call it from one thread at a
+        time while commits go on in another; it sees what they committed."""
+        path = self.path
+        conn = sqlite3.connect(path, check_same_thread=False)
+        sql = (f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+               f"WHERE p.state=? AND p.key_hash=?")
+        self._readers.append(conn)
+
+        def find(state: str, key_hash: int):
+            try:
+                rows = conn.execute(sql, (state, key_hash)).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise CorruptionError(f"{path}: cannot read partitions of state "
+                                      f"{state!r}: {e}") from e
+            return [(reading.partition_row(path, cols),
+                     lambda prow, cols=cols: reading.snapshot_row(conn, path, prow,
+                                                                  cols))
+                    for cols in rows]
+        return find
+
+    def scrubber(self):
+        """A function ``(after_pid, limit) -> (last_pid, checked)`` that
+        reads up to ``limit`` partitions after ``after_pid`` and checks
+        their keys and snapshots (raising CorruptionError naming the first
+        damaged one); ``last_pid`` is None when there are no more.  The
+        last step (fewer than ``limit`` rows) also looks for snapshots that
+        belong to no partition (a damaged pid).  Its own connection, like
+        ``partition_finder``."""
+        path = self.path
+        conn = sqlite3.connect(path, check_same_thread=False)
+        self._readers.append(conn)
+
+        def step(after: int, limit: int):
+            rows = conn.execute(
+                f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+                f"WHERE p.pid > ? ORDER BY p.pid LIMIT ?", (after, limit)).fetchall()
+            for cols in rows:
+                reading.snapshot_row(conn, path, reading.partition_row(path, cols),
+                                     cols)
+            if len(rows) < limit:  # the last step: snapshots of no partition
+                reading.check_orphans(conn, path)
+            return (rows[-1][0] if rows else None), len(rows)
+        return step
+
+    def all_partitions(self):
+        """Every partition and snapshot, read and checked at once (tests
+        and tools)."""
+        return reading.all_partitions(self._conn, self.path)
