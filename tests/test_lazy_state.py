@@ -106,6 +106,27 @@ def test_a_damaged_snapshot_stops_the_worker_when_loaded_before_any_output(tmp_p
     assert d.received(0) == delivered  # nothing of that batch left
 
 
+def test_a_snapshot_row_moved_to_another_pid_is_not_taken_for_no_snapshot(tmp_path):
+    """A partition without a snapshot is rebuilt from the log; when the log
+    it needs is gone, its snapshot row must have been lost: refused."""
+    d = checkpointed(tmp_path, ["a", "b"])
+    feed(d, ["c"])  # a third partition, never snapshotted: legitimately none
+    d.crash()
+    path = str(tmp_path / "state" / "initializer.db")
+    conn = sqlite3.connect(path)
+    (pid,) = conn.execute("SELECT pid FROM partitions WHERE key_repr=?",
+                          ("'b'",)).fetchone()
+    conn.execute("UPDATE snapshots SET pid=pid+1000 WHERE pid=?", (pid,))
+    conn.commit()
+    conn.close()
+    d.start()
+    assert feed(d, ["c", "a"]) == [b"'c'=2", b"'a'=2"]
+    d.feed("keys", frames=keyed_counts.frame("b"))
+    with pytest.raises(CorruptionError, match=rf"partition {pid} \(state 'counts', "
+                       rf"key 'b'\) has no snapshot"):
+        d.run_batch()
+
+
 def test_the_state_cache_bounds_memory_and_keeps_every_count(tmp_path):
     d = Driver(APP, args=ARGS, resilience_dir=str(tmp_path / "state"), state_cache=50,
                checkpoint_interval=1000.0)
@@ -227,3 +248,28 @@ def test_an_upgraded_directory_gets_its_keys_indexed_once(tmp_path, caplog):
     d.start()
     assert not [r for r in caplog.records if "indexed the keys" in r.getMessage()]
     d.crash()
+
+
+def test_full_collections_wait_for_an_idle_moment_or_ten_minutes():
+    import gc
+
+    from wallaroo.runtime import collections_policy as cp
+    before = gc.get_threshold()
+    now = [0.0]
+    try:
+        fc = cp.FullCollections(clock=lambda: now[0])
+        assert gc.get_threshold()[:2] == before[:2]
+        assert gc.get_threshold()[2] >= 1 << 30  # never started by CPython
+        now[0] = cp.IDLE_EVERY + 1
+        fc.input()
+        assert not fc.due()  # busy: input a moment ago
+        now[0] += cp.IDLE_FOR
+        assert fc.due()  # idle long enough, and the last one is old
+        fc.collect()
+        assert fc.count == 1 and not fc.due()
+        for _ in range(int(cp.AT_LEAST_EVERY)):  # input every second
+            now[0] += 1.0
+            fc.input()
+        assert fc.due()  # under constant load, at least every ten minutes
+    finally:
+        gc.set_threshold(*before)

@@ -337,7 +337,7 @@ class SQLiteStore(PartitionReads):
         cp = self._checkpointer
         if cp is not None:
             cp.commits = commits
-            if commits % 256 == 0 and cp.wal_too_big():  # checkpoints fell behind
+            if cp.wal_too_big():  # checkpoints fell behind (a stat per commit)
                 conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         if rec.pending is not None:
             self._pending_counts = {p.id: p.count for p in rec.pending}

@@ -403,6 +403,8 @@ class WorkerCore:
                 f"--resilience-dir.")
         finder = store.partition_finder()
         for space in self.spaces.values():
+            space.replay_floor = rec.replay_from
+            space.store_path = getattr(store, "path", "the store")
             # with a state cache, partitions evicted from now on are there too
             if space.name in on_disk or self.state_cache is not None:
                 space.finder = finder
@@ -811,8 +813,9 @@ class WorkerCore:
         pid = self.next_pid
         self.next_pid += 1
         space.pids[key] = pid
+        h = stable_hash(key)
         return PartitionRow(pid, space.name, blob, _key_repr(key), lsn,
-                            space.group_of(key), stable_hash(key))
+                            space.group_of(key, h), h)
 
     def note_base(self, sink: int, base: int) -> None:
         """A resumable sink's receiver numbers its outputs from ``base``

@@ -74,8 +74,9 @@ class Placement:
     def size(self) -> int:
         return len(self.members)
 
-    def group_of(self, state, key: Any) -> int:
-        """The key group of ``key`` of state ``state`` (a StateSpec)."""
+    def group_of(self, state, key: Any, key_hash: int | None = None) -> int:
+        """The key group of ``key`` of state ``state`` (a StateSpec);
+        ``key_hash``: its ``stable_hash`` when the caller has it."""
         if state.partitioning == "single":
             return stable_hash(("state", state.name)) % self.key_groups
         declared = self._declared.get(state.name)
@@ -92,7 +93,7 @@ class Placement:
             i = None
         if i is not None:
             return i * self.key_groups // max(1, len(state.keys))
-        return stable_hash(key) % self.key_groups
+        return (stable_hash(key) if key_hash is None else key_hash) % self.key_groups
 
     def owner_of_stream(self, pipeline: str, stream: str) -> int:
         """The member that owns a resumable stream (its RESUME and ACKs

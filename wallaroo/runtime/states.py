@@ -14,7 +14,7 @@ from typing import Any
 
 from .._spec import StateSpec
 from ..recovery import snapshots
-from ..recovery.errors import StoreError, UnpicklableState
+from ..recovery.errors import CorruptionError, StoreError, UnpicklableState
 from .placement import stable_hash
 
 _U64_MAX = 2 ** 64 - 1
@@ -55,6 +55,11 @@ class StateSpace:
         self.recent: dict | None = None
         self.serializer = None  # the application's (serialize, deserialize)
         self.loaded = 0  # partitions loaded from the store
+        # replay_from when the store was opened, and the store's file: a
+        # stored partition without a snapshot must have been created at or
+        # after it (before it, the log it would be rebuilt from is gone)
+        self.replay_floor = 0
+        self.store_path = "the store"
 
     def build_declared(self) -> None:
         """Create the declared partitions (and the single partition of an
@@ -108,6 +113,13 @@ class StateSpace:
                 continue
             snap = snapshot_of(prow)
             if snap is None:
+                if prow.created_lsn < self.replay_floor:
+                    raise CorruptionError(
+                        f"{self.store_path}: partition {prow.pid} (state "
+                        f"{self.name!r}, key {prow.key_repr}) has no snapshot, "
+                        f"but the input log before lsn {self.replay_floor} it "
+                        f"would be rebuilt from is gone: its snapshot row is "
+                        f"missing or damaged; refusing to run on damaged state")
                 state = self.spec.factory()  # no snapshot yet: replay builds it
             else:
                 try:
@@ -162,13 +174,14 @@ class StateSpace:
         self._place(key, state, None)
         return state
 
-    def group_of(self, key: Any) -> int:
+    def group_of(self, key: Any, key_hash: int | None = None) -> int:
         """The key group of ``key`` (cached; raises TypeError for an
-        unhashable key)."""
+        unhashable key); ``key_hash``: its stable hash, when known."""
         groups = self.groups
         g = groups.get(key)
         if g is None:
-            g = self.placement.group_of(self.spec, key) if self.placement else -1
+            g = (self.placement.group_of(self.spec, key, key_hash)
+                 if self.placement else -1)
             if len(groups) >= GROUP_CACHE_MAX:  # keys of other workers too:
                 groups.clear()                  # bounded, not remembered forever
             groups[key] = g

@@ -46,6 +46,7 @@ from ..connectors.kafka_source import KafkaSource
 from ..connectors.tcp_sink import OutboxQueue, TCPSink
 from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSource
 from .cluster_side import ClusterConfig, ClusterSide
+from .collections_policy import FullCollections
 from .inbox import Inbox
 from .metrics import Histogram, WorkerCollector
 from .metrics import bind as bind_metrics, registry_body, serve as serve_metrics
@@ -175,6 +176,7 @@ class Worker:
         self._limiter = None
         self._nursery_ref = None
         self._last_commit = 0.0
+        self._collections = FullCollections()
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -494,7 +496,11 @@ class Worker:
                 self._wait_scope = None
                 if self._stopping and self._past_deadline():
                     break
+                if self._collections.due():
+                    took = self._collections.collect()
+                    self.log.debug("full garbage collection: %.1f ms", took * 1e3)
                 if inbox:
+                    self._collections.input()
                     # while an outbox is full only peers' input flows (two
                     # full workers waiting on each other would deadlock)
                     batch = core.process(inbox.take(opts.max_batch,
