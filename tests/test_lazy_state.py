@@ -53,7 +53,7 @@ def test_a_restart_loads_no_partition_until_a_message_needs_it(tmp_path):
     assert report.partitions == 3000 and report.snapshots == 0
     assert report.replayed_messages == 0
     assert in_memory(d) == 0
-    assert "3000 partitions (0 loaded by replay" in report.summary()
+    assert "3000 partitions (0 loaded, the rest" in report.summary()
     # each message loads its key's partition, with the count it had
     assert feed(d, ["k7", "k2999", "k7", "new"]) == [
         b"'k7'=2", b"'k2999'=2", b"'k7'=3", b"'new'=1"]
@@ -273,3 +273,38 @@ def test_full_collections_wait_for_an_idle_moment_or_ten_minutes():
         assert fc.due()  # under constant load, at least every ten minutes
     finally:
         gc.set_threshold(*before)
+
+
+def test_the_state_caches_metrics(procs, tmp_path):
+    """--state-cache 100 through a real worker: 1,000 keys twice; the
+    partitions in memory stay at the cache, evictions and loads are counted
+    and every count is right."""
+    from .test_metrics import scrape, value, wait_for
+    out = tmp_path / "out.bin"
+    recv, sink = start_receiver(procs, "--framing", "length", "--format", "raw",
+                                "--output", out)
+    w = procs("run", APP, "--in", "127.0.0.1:0", "--out", f"127.0.0.1:{sink}",
+              "--resilience-dir", tmp_path / "state", "--state-cache", "100",
+              "--metrics", "127.0.0.1:0")
+    ready = w.wait_line(lambda line: line.startswith("ready"))
+    port = int(re.search(r"sources=[^:]+:(\d+)", ready).group(1))
+    addr = re.search(r"metrics=(\S+)", ready).group(1)
+    frames = tmp_path / "keys.frames"
+    keys = [f"k{i}" for i in range(1000)]
+    frames.write_bytes(b"".join(keyed_counts.frame(k) for k in keys))
+    for round_ in (1, 2):  # the second round finds every key evicted
+        done = subprocess.run(WALLAROO + ["send", f"127.0.0.1:{port}", "--frames",
+                                          str(frames), "--resumable", f"s{round_}",
+                                          "--quiet"],
+                              capture_output=True, text=True, timeout=WAIT)
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: value(scrape(addr), "wallaroo_sink_delivered_total")
+                 == 1000 * round_)
+    m = scrape(addr)
+    assert value(m, "wallaroo_partitions_in_memory") <= 100
+    assert value(m, "wallaroo_partition_evictions_total") >= 900
+    assert value(m, "wallaroo_partition_loads_total") >= 900  # the second round
+    assert w.terminate() == 0
+    recv.terminate()
+    got = split_frames(out.read_bytes())
+    assert sorted(got) == sorted([f"'{k}'={n}".encode() for k in keys for n in (1, 2)])

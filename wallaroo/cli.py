@@ -657,8 +657,10 @@ def recovery():
               help="List every resumable stream (by default: how many, and the "
                    "ten seen last).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Machine-readable output (every partition and stream).")
-def recovery_inspect(directory, worker, show_all, limit, all_streams, as_json):
+              help="Machine-readable output (every stream, and every partition "
+                   "unless --limit is given; partitions_total counts them).")
+@click.pass_context
+def recovery_inspect(ctx, directory, worker, show_all, limit, all_streams, as_json):
     """What DIRECTORY (a --resilience-dir) holds, per worker: partitions with
     their snapshot positions and sizes, the input-log and outbox backlog, and
     the resumable streams with their durable counts.
@@ -673,8 +675,13 @@ def recovery_inspect(directory, worker, show_all, limit, all_streams, as_json):
       wallaroo recovery inspect ./state --worker initializer --json
     """
     from .recovery.inspect import inspect_dir, to_json
+    if show_all:
+        limit = None
+    elif as_json and ctx.get_parameter_source("limit") is not \
+            click.core.ParameterSource.COMMANDLINE:
+        limit = None  # --json lists every partition unless told otherwise
     try:
-        infos = inspect_dir(directory, worker)
+        infos = inspect_dir(directory, worker, limit)
     except (FileNotFoundError, OSError) as e:
         raise click.ClickException(str(e)) from None
     except Exception as e:  # a damaged or foreign database
@@ -684,7 +691,7 @@ def recovery_inspect(directory, worker, show_all, limit, all_streams, as_json):
         return
     from rich.console import Console
     from .tools.inspect_view import render
-    render(infos, Console(), None if show_all else limit, all_streams)
+    render(infos, Console(), limit, all_streams)
 
 
 @recovery.command("discard-outputs", context_settings=CONTEXT)

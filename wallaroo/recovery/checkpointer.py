@@ -15,8 +15,12 @@ too); a checkpoint only moves them into the database file.
 
 Should checkpoints fall behind (a writer never idle long enough for the
 WAL to restart), the WAL would grow: past ``wal_limit`` bytes the commit
-path runs a blocking ``wal_checkpoint(RESTART)`` itself, once, as SQLite
-would have.
+path runs ``wal_checkpoint(RESTART)`` itself, as SQLite would have.  It
+does not wait for readers (``wallaroo status`` or ``recovery inspect``
+reading the database, a partition being loaded): while one holds an old
+snapshot, the RESTART checkpoints what it can and returns, and is tried
+again at most every ``RESTART_RETRY`` seconds, instead of stalling the
+commit for SQLite's 5 s busy timeout.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 
 # seconds between checkpoints while commits come; the environment variable
 # lets tests keep commits in the WAL (to damage it) for as long as they need
 EVERY = float(os.environ.get("WALLAROO_WAL_CHECKPOINT_EVERY", 0.1))
 WAL_LIMIT = 64 << 20  # bytes: beyond, the commit path checkpoints itself
+RESTART_RETRY = 1.0  # seconds between RESTART attempts that readers blocked
+BUSY_TIMEOUT_MS = 5000  # the committing connection's (sqlite3's default)
 
 log = logging.getLogger("wallaroo")
 
@@ -48,13 +55,32 @@ class Checkpointer:
                                         name="wal-checkpoint")
         self.checkpoints = 0
         self.failures = 0
+        self.restarts = 0  # RESTART checkpoints the commit path ran
+        self.blocked = 0  # of them, those a reader kept from restarting the WAL
+        self._retry_at = 0.0
         self._thread.start()
 
     def wal_too_big(self) -> bool:
+        if time.monotonic() < self._retry_at:
+            return False
         try:
             return os.path.getsize(self.wal_path) > self.wal_limit
         except OSError:
             return False
+
+    def restart(self, conn: sqlite3.Connection) -> bool:
+        """``wal_checkpoint(RESTART)`` on the committing connection, without
+        waiting for readers; False when one kept the WAL from restarting."""
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self.restarts += 1
+        if busy:
+            self.blocked += 1
+            self._retry_at = time.monotonic() + RESTART_RETRY
+        return not busy
 
     def _run(self) -> None:
         seen = 0

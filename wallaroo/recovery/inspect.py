@@ -39,6 +39,7 @@ class WorkerInfo:
     replay_from: int
     lock: str
     partitions: list[PartitionInfo] = field(default_factory=list)
+    partitions_total: int = 0  # partitions listed or not
     states: dict[str, dict] = field(default_factory=dict)
     input_rows: int = 0
     input_messages: int = 0
@@ -62,7 +63,9 @@ def _connect(path: str) -> sqlite3.Connection:
         return sqlite3.connect(path)
 
 
-def inspect_db(path: str) -> WorkerInfo:
+def inspect_db(path: str, limit: int | None = None) -> WorkerInfo:
+    """What ``wallaroo recovery inspect`` shows of one database; at most
+    ``limit`` partitions are listed (``partitions_total`` counts them all)."""
     conn = _connect(path)
     try:
         meta = dict(conn.execute("SELECT key, value FROM meta"))
@@ -78,20 +81,24 @@ def inspect_db(path: str) -> WorkerInfo:
             created_at=meta.get("created_at", "?"), commits=commits,
             next_lsn=next_lsn, replay_from=replay_from, lock=holder_status(path),
             position=_position_status(path, commits))
+        classes = fp.get("states", {})
+        # per state, counted by SQLite (millions of partitions are not read
+        # into Python); the partitions listed, up to ``limit``
+        for state, n, snapped, snap_bytes in conn.execute(
+                "SELECT p.state, count(*), count(s.lsn), coalesce(sum(s.size), 0) "
+                "FROM partitions p LEFT JOIN snapshots s USING (pid) "
+                "GROUP BY p.state ORDER BY p.state"):
+            info.states[state] = {"partitions": n, "snapshotted": snapped,
+                                  "snapshot_bytes": snap_bytes,
+                                  "class": classes.get(state, {}).get("class", "?")}
+        info.partitions_total = sum(st["partitions"] for st in info.states.values())
         for pid, state, key, created, lsn, size, pickler in conn.execute(
                 "SELECT p.pid, p.state, p.key_repr, p.created_lsn, s.lsn, s.size, "
                 "s.pickler FROM partitions p LEFT JOIN snapshots s USING (pid) "
-                "ORDER BY p.state, p.pid"):
+                "ORDER BY p.state, p.pid" + ("" if limit is None else " LIMIT ?"),
+                () if limit is None else (limit,)):
             info.partitions.append(PartitionInfo(pid, state, key, created, lsn, size,
                                                  pickler))
-            st = info.states.setdefault(state, {"partitions": 0, "snapshotted": 0,
-                                                "snapshot_bytes": 0,
-                                                "class": fp.get("states", {}).get(
-                                                    state, {}).get("class", "?")})
-            st["partitions"] += 1
-            if lsn is not None:
-                st["snapshotted"] += 1
-                st["snapshot_bytes"] += size
         rows, msgs, size, lo, hi = conn.execute(
             "SELECT count(*), coalesce(sum(count), 0), coalesce(sum(size), 0), "
             "min(first_lsn), max(first_lsn + count) FROM input_log").fetchone()
@@ -137,7 +144,8 @@ def _position_status(path: str, commits: int) -> str:
     return f"ok (commit {pos.commits})"
 
 
-def inspect_dir(directory: str, worker: str | None = None) -> list[WorkerInfo]:
+def inspect_dir(directory: str, worker: str | None = None,
+                limit: int | None = None) -> list[WorkerInfo]:
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} is not a directory")
     pattern = f"{worker}.db" if worker else "*.db"
@@ -146,7 +154,7 @@ def inspect_dir(directory: str, worker: str | None = None) -> list[WorkerInfo]:
         raise FileNotFoundError(
             f"no worker database ({pattern}) in {directory}: is it a "
             f"--resilience-dir?")
-    return [inspect_db(p) for p in paths]
+    return [inspect_db(p, limit) for p in paths]
 
 
 def to_json(infos: list[WorkerInfo]) -> str:

@@ -338,7 +338,7 @@ class SQLiteStore(PartitionReads):
         if cp is not None:
             cp.commits = commits
             if cp.wal_too_big():  # checkpoints fell behind (a stat per commit)
-                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                cp.restart(conn)
         if rec.pending is not None:
             self._pending_counts = {p.id: p.count for p in rec.pending}
         for pid, consumed in rec.pending_consumed.items():

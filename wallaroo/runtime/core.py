@@ -121,7 +121,8 @@ class RecoveryReport:
         more = (f", {waiting} messages read before the last stop wait to be "
                 f"processed first" if waiting else "")
         return (f"recovered {self.partitions} partitions ({self.snapshots} "
-                f"loaded by replay, the rest when a message needs them), replayed {self.replayed_messages} inputs from lsn "
+                f"loaded, the rest when a message needs them), replayed "
+                f"{self.replayed_messages} inputs from lsn "
                 f"{self.replay_from} ({self.replayed_rows} log rows), re-queued "
                 f"{outs} undelivered outputs{more}, in {self.seconds:.3f}s")
 

@@ -207,6 +207,17 @@ class WorkerCollector:
         m = counter("wallaroo_snapshots", "Partition snapshots written")
         m.add_metric([name], st.snapshots)
         yield m
+        m = counter("wallaroo_partition_loads", "Partitions loaded from the "
+                    "store (on first use after a start, or back after an eviction)")
+        m.add_metric([name], sum(s.loaded for s in core.spaces.values()))
+        yield m
+        m = counter("wallaroo_partition_evictions", "Partitions dropped from "
+                    "memory by --state-cache")
+        m.add_metric([name], core.evictions)
+        yield m
+        g = gauge("wallaroo_partitions_in_memory", "State partitions in memory")
+        g.add_metric([name], sum(len(s.parts) for s in core.spaces.values()))
+        yield g
         for metric, doc, h in (
                 ("wallaroo_batch_compute_seconds", "CPU time of a batch's compute",
                  st.batch_seconds),

@@ -43,9 +43,10 @@ def render(infos: list[WorkerInfo], console: Console, limit: int | None,
             states.add_row(name, st["class"], str(st["partitions"]),
                            str(st["snapshotted"]), _size(st["snapshot_bytes"]))
         console.print(states)
-        parts = Table(title="partitions" + (f" (first {limit} of {len(info.partitions)}; "
+        total = max(info.partitions_total, len(info.partitions))
+        parts = Table(title="partitions" + (f" (first {limit} of {total}; "
                                             f"--all for every one)"
-                                            if limit is not None and len(info.partitions) > limit
+                                            if limit is not None and total > limit
                                             else ""), title_justify="left")
         for col in ("pid", "state", "key", "created at lsn", "snapshot lsn", "size", "pickler"):
             parts.add_column(col)

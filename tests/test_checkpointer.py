@@ -1,0 +1,52 @@
+"""SQLite's WAL checkpoints off the commit path (recovery/checkpointer.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from wallaroo.recovery import checkpointer
+from wallaroo.recovery.checkpointer import Checkpointer
+
+
+def wal_db(tmp_path, rows=200):
+    path = str(tmp_path / "x.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t (x)")
+    for _ in range(rows):
+        conn.execute("INSERT INTO t VALUES (randomblob(4000))")
+    return path, conn
+
+
+def test_a_reader_does_not_stall_the_commit_paths_restart(tmp_path):
+    """A reader holding an old snapshot (``wallaroo status``, a partition
+    load) kept SQLite's RESTART waiting for its 5 s busy timeout, inside a
+    commit.  Now it returns at once and is retried a second later."""
+    path, conn = wal_db(tmp_path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()
+    conn.execute("INSERT INTO t VALUES (1)")
+    cp = Checkpointer(path, wal_limit=1000)
+    try:
+        assert cp.wal_too_big()
+        t0 = time.perf_counter()
+        assert cp.restart(conn) is False
+        assert time.perf_counter() - t0 < 1.0
+        assert not cp.wal_too_big()  # not again until RESTART_RETRY has passed
+        reader.execute("COMMIT")
+        cp._retry_at = 0.0
+        assert cp.restart(conn) is True
+        conn.execute("INSERT INTO t VALUES (2)")  # the WAL starts over
+        _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames < 10
+        assert (cp.restarts, cp.blocked) == (2, 1)
+        # the connection's busy timeout is back to sqlite3's default
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == \
+            checkpointer.BUSY_TIMEOUT_MS
+    finally:
+        cp.close()
+        reader.close()
+        conn.close()
