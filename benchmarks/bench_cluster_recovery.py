@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -98,7 +99,14 @@ def main() -> int:
     ap.add_argument("--restart-delay", type=float, default=2.0)
     ap.add_argument("--json")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="wallaroo-bench-recovery-"))
+    work = Path(tempfile.mkdtemp(prefix="wallaroo-bench-cluster-recovery-"))
+    try:
+        return measure(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(a, work: Path) -> int:
     counter = Counter()
     py = [sys.executable, "-m", "wallaroo.cli"]
     sup = subprocess.Popen(py + ["run", str(APP), "--in", "127.0.0.1:0,127.0.0.1:0",
