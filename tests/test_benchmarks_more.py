@@ -59,3 +59,28 @@ def test_big_state_benchmark_reports_one_checkpoint(tmp_path):
     assert row["database_mb"] > 4  # the snapshot is on disk
     assert row["busy_pings"] > 0 and row["restart_to_ready_s"] > 0
     assert row["plain"]["pickled_mb"] > 4
+
+
+def test_recovery_benchmark_reports_every_size_and_the_touch_time(tmp_path):
+    out = tmp_path / "rec.json"
+    stdout = run("bench_recovery.py", "--sizes", "300,3000", "--modes", "checkpointed",
+                 "--repeat", "1", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["keys"], r["partitions"], r["replayed"]) for r in rows] == [
+        (300, 300, 0), (3000, 3000, 0)]
+    for r in rows:
+        assert 0 < r["port_s"] and r["touch_all_s"] > 0 and r["db_bytes"] > 0
+        assert r["longest_commit_ms"] is not None
+    assert "touching every key again" in stdout
+
+
+def test_state_cache_benchmark_compares_with_and_without(tmp_path):
+    out = tmp_path / "cache.json"
+    stdout = run("bench_state_cache.py", "--keys", "3000", "--cache", "300",
+                 "--hot", "100", "--hot-messages", "3000", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["cache"] for r in rows] == [None, 300]
+    for r in rows:
+        assert r["hot_msgs_per_s"] > 0 and r["touch_all_s"] > 0
+        assert r["peak_rss_mb"] >= r["rss_start_mb"] > 0
+    assert "--state-cache 300" in stdout

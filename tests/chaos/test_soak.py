@@ -11,6 +11,7 @@ neither grows by 5% or more.  The curve is printed (``-s``).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -61,7 +62,10 @@ def test_a_long_steady_run_reaches_a_plateau(procs, tmp_path):
         sender.wait()
     assert w.terminate() == 0, w.stderr
     recv.terminate()
-    print("\n  seconds  directory MB  RSS MB")
+    taken = int(re.search(r"stopped: (\d+) messages in", w.stderr).group(1))
+    print(f"\n  {taken} messages in {SECONDS:.0f}s ({taken / SECONDS:,.0f}/s)")
+    assert taken >= 0.9 * RATE * SECONDS, "the load was not steady"
+    print("  seconds  directory MB  RSS MB")
     for t, d, r in samples:
         print(f"  {t:7.0f}  {d:12.1f}  {r:6.1f}")
     third = samples[len(samples) * 2 // 3:]
