@@ -117,11 +117,15 @@ def main(argv=None) -> int:
                          "no cache")
     ap.add_argument("--hot", type=int, default=10_000)
     ap.add_argument("--hot-messages", type=int, default=1_000_000)
+    ap.add_argument("--no-unbounded", action="store_true",
+                    help="only the --cache sizes, not the run without a cache")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    caches = [None] + [int(x) for x in args.cache.split(",") if x]
+    caches = ([] if args.no_unbounded else [None]) + [
+        int(x) for x in args.cache.split(",") if x]
     print(f"command: python benchmarks/bench_state_cache.py --keys {args.keys} "
-          f"--cache {args.cache} --hot {args.hot} --hot-messages {args.hot_messages}")
+          f"--cache {args.cache} --hot {args.hot} --hot-messages {args.hot_messages}"
+          + (" --no-unbounded" if args.no_unbounded else ""))
     print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
           f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
     workdir = tempfile.mkdtemp(prefix="wallaroo-bench-cache-")

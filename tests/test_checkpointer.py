@@ -50,3 +50,26 @@ def test_a_reader_does_not_stall_the_commit_paths_restart(tmp_path):
         cp.close()
         reader.close()
         conn.close()
+
+
+def test_the_thread_restarts_a_growing_wal_between_commits(tmp_path):
+    """A writer that never pauses: the thread's PASSIVE checkpoints alone
+    would let the WAL grow for ever; past the limit it restarts it between
+    two commits, so the commit path never has to."""
+    path, conn = wal_db(tmp_path, rows=0)
+    conn.execute("PRAGMA journal_size_limit=65536")  # as the store sets it
+    cp = Checkpointer(path, wal_limit=256 * 1024)
+    try:
+        deadline = time.monotonic() + 10
+        while cp.background_restarts < 3 and time.monotonic() < deadline:
+            conn.execute("BEGIN")
+            for _ in range(20):
+                conn.execute("INSERT INTO t VALUES (randomblob(4000))")
+            conn.execute("COMMIT")
+            cp.commits += 1
+            time.sleep(0.005)
+        assert cp.background_restarts >= 3
+        assert not cp.wal_too_big()
+    finally:
+        cp.close()
+        conn.close()

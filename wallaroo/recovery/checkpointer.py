@@ -13,14 +13,18 @@ Checkpoints do not change what is durable: a commit is durable once its
 WAL frames are written (NORMAL: against a process crash; FULL: fsynced
 too); a checkpoint only moves them into the database file.
 
-Should checkpoints fall behind (a writer never idle long enough for the
-WAL to restart), the WAL would grow: past ``wal_limit`` bytes the commit
-path runs ``wal_checkpoint(RESTART)`` itself, as SQLite would have.  It
-does not wait for readers (``wallaroo status`` or ``recovery inspect``
-reading the database, a partition being loaded): while one holds an old
-snapshot, the RESTART checkpoints what it can and returns, and is tried
-again at most every ``RESTART_RETRY`` seconds, instead of stalling the
-commit for SQLite's 5 s busy timeout.
+A WAL restarts (is written again from its start) only when a writer
+begins while every frame has been checkpointed, which a busy writer never
+leaves time for: the WAL would grow.  So once it passes ``wal_limit`` the
+thread follows its PASSIVE checkpoint with ``wal_checkpoint(RESTART)``:
+it has only the frames of the last commit or two left to copy, and it
+needs the write lock, which it takes between two commits without waiting
+(``busy_timeout`` 0; a commit in flight or a reader holding an old
+snapshot makes it give up and try again at the next round).  A commit
+that comes meanwhile waits for it: a few milliseconds.  Only past
+``HARD_LIMIT_FACTOR`` times ``wal_limit`` (the thread kept failing) does
+the commit path restart the WAL itself, again without waiting for readers
+(``restart``; retried at most every ``RESTART_RETRY`` seconds).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import time
 # seconds between checkpoints while commits come; the environment variable
 # lets tests keep commits in the WAL (to damage it) for as long as they need
 EVERY = float(os.environ.get("WALLAROO_WAL_CHECKPOINT_EVERY", 0.1))
-WAL_LIMIT = 64 << 20  # bytes: beyond, the commit path checkpoints itself
+WAL_LIMIT = 64 << 20  # bytes: beyond, the thread restarts the WAL
+HARD_LIMIT_FACTOR = 4  # beyond this many times WAL_LIMIT, the commit path does
 RESTART_RETRY = 1.0  # seconds between RESTART attempts that readers blocked
 BUSY_TIMEOUT_MS = 5000  # the committing connection's (sqlite3's default)
 
@@ -51,22 +56,29 @@ class Checkpointer:
         self._stop = False
         self._conn = sqlite3.connect(path, isolation_level=None,
                                      check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout=0")
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="wal-checkpoint")
         self.checkpoints = 0
         self.failures = 0
+        self.background_restarts = 0  # WAL restarts the thread managed
         self.restarts = 0  # RESTART checkpoints the commit path ran
         self.blocked = 0  # of them, those a reader kept from restarting the WAL
         self._retry_at = 0.0
         self._thread.start()
 
+    def _wal_bytes(self) -> int:
+        try:
+            return os.path.getsize(self.wal_path)
+        except OSError:
+            return 0
+
     def wal_too_big(self) -> bool:
+        """For the commit path: the WAL is past the hard limit (the
+        thread could not restart it) and no attempt failed just now."""
         if time.monotonic() < self._retry_at:
             return False
-        try:
-            return os.path.getsize(self.wal_path) > self.wal_limit
-        except OSError:
-            return False
+        return self._wal_bytes() > self.wal_limit * HARD_LIMIT_FACTOR
 
     def restart(self, conn: sqlite3.Connection) -> bool:
         """``wal_checkpoint(RESTART)`` on the committing connection, without
@@ -94,6 +106,13 @@ class Checkpointer:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 self.checkpoints += 1
+                if self._wal_bytes() > self.wal_limit:
+                    busy, _, _ = self._conn.execute(
+                        "PRAGMA wal_checkpoint(RESTART)").fetchone()
+                    if not busy:
+                        self.background_restarts += 1
+            except sqlite3.OperationalError as e:  # a commit held the lock
+                log.debug("%s: background WAL restart deferred: %s", self.path, e)
             except sqlite3.Error as e:  # the commit path reports disk trouble
                 self.failures += 1
                 log.debug("%s: background checkpoint failed: %s", self.path, e)

@@ -12,6 +12,9 @@ from .errors import CorruptionError
 from .records import PartitionRow
 
 
+FINDER_CACHE_KIB = 16384  # the partition finder's page cache (SQLite's default: 2 MB)
+
+
 class PartitionReads:
     """Mixed into ``SQLiteStore``: uses its ``_conn``, ``path`` and
     ``_readers`` (connections of their own, closed with the store)."""
@@ -78,6 +81,7 @@ class PartitionReads:
         time while commits go on in another; it sees what they committed."""
         path = self.path
         conn = sqlite3.connect(path, check_same_thread=False)
+        conn.execute(f"PRAGMA cache_size=-{FINDER_CACHE_KIB}")
         sql = (f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
                f"WHERE p.state=? AND p.key_hash=?")
         self._readers.append(conn)

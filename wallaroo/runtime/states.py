@@ -133,7 +133,7 @@ class StateSpace:
                 return state
             if snap is not None:
                 self.snap_lsn[key] = snap.lsn
-            if prow.key_group >= 0:
+            if prow.key_group >= 0 and self._routed():
                 self.groups[key] = prow.key_group
             self._place(key, state, prow.pid)
             self.loaded += 1
@@ -174,17 +174,26 @@ class StateSpace:
         self._place(key, state, None)
         return state
 
+    def _routed(self) -> bool:
+        p = self.placement
+        return p is not None and p.size > 1
+
     def group_of(self, key: Any, key_hash: int | None = None) -> int:
-        """The key group of ``key`` (cached; raises TypeError for an
-        unhashable key); ``key_hash``: its stable hash, when known."""
+        """The key group of ``key`` (raises TypeError for an unhashable
+        key); ``key_hash``: its stable hash, when known.  Cached on a
+        cluster, where every message is routed by it; a worker on its own
+        needs it only for a new partition's row, and a cache of every key
+        would only hold memory (and keep freed state's memory from going
+        back to the system)."""
         groups = self.groups
         g = groups.get(key)
         if g is None:
             g = (self.placement.group_of(self.spec, key, key_hash)
                  if self.placement else -1)
-            if len(groups) >= GROUP_CACHE_MAX:  # keys of other workers too:
-                groups.clear()                  # bounded, not remembered forever
-            groups[key] = g
+            if self._routed():
+                if len(groups) >= GROUP_CACHE_MAX:  # keys of other workers too:
+                    groups.clear()                  # bounded, not remembered forever
+                groups[key] = g
         return g
 
     def describe_key(self, key: Any) -> str:
