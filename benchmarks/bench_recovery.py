@@ -69,6 +69,19 @@ def wait_line(proc, pattern, timeout, sink):
     raise RuntimeError(f"no {pattern!r} line; got:\n{''.join(sink[-20:])}")
 
 
+def send_u64(port: int, n: int, stream: str, repeat: int = 1) -> float:
+    """``wallaroo send --u64 n --start 0 --resumable stream``: seconds until
+    every message is acknowledged."""
+    t0 = time.perf_counter()
+    done = subprocess.run(wallaroo("send", f"127.0.0.1:{port}", "--u64", str(n),
+                                   "--start", "0", "--repeat", str(repeat),
+                                   "--resumable", stream, "--quiet"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=7200)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    return time.perf_counter() - t0
+
+
 def progress(state) -> tuple[int, int]:
     """(next_lsn, replay_from) of the worker's database, read directly
     (``recovery inspect`` counts every partition: too slow to poll)."""
@@ -133,13 +146,7 @@ def one_size(k, mode, repeat, workdir):
         interval = 0.2 if mode == "checkpointed" else 1e9
         w = Worker(free_port(), out, state, interval)
         w.start()
-        t0 = time.perf_counter()
-        send = subprocess.run(wallaroo("send", f"127.0.0.1:{w.port}", "--u64", str(k),
-                                       "--start", "0", "--resumable", "keys", "--quiet"),
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
-        if send.returncode != 0:
-            raise RuntimeError(send.stderr)
-        feed_s = time.perf_counter() - t0
+        feed_s = send_u64(w.port, k, "keys")
         stall = snap = commit = None
         if mode == "checkpointed":
             # wait until the incremental checkpoints have snapshotted every
@@ -165,13 +172,7 @@ def one_size(k, mode, repeat, workdir):
             t_port, t_ready = w.start()
             results.append((t_port, t_ready))
         # every key once more: each message loads its partition
-        t0 = time.perf_counter()
-        send = subprocess.run(wallaroo("send", f"127.0.0.1:{w.port}", "--u64", str(k),
-                                       "--start", "0", "--resumable", "touch", "--quiet"),
-                              cwd=ROOT, capture_output=True, text=True, timeout=3600)
-        if send.returncode != 0:
-            raise RuntimeError(send.stderr)
-        touch_s = time.perf_counter() - t0
+        touch_s = send_u64(w.port, k, "touch")
         w.stop()
         log = "".join(w.lines)
         inside = [float(x) for x in re.findall(r"recovered .* in ([0-9.]+)s", log)]

@@ -31,17 +31,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_recovery import (APP, ROOT, free_port, wait_line,  # noqa: E402
                             wallaroo)
-
-
-def send(port: int, n: int, stream: str, repeat: int = 1) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(wallaroo("send", f"127.0.0.1:{port}", "--u64", str(n),
-                                   "--start", "0", "--repeat", str(repeat),
-                                   "--resumable", stream, "--quiet"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=7200)
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr)
-    return time.perf_counter() - t0
+from bench_recovery import send_u64 as send  # noqa: E402
 
 
 def status_kib(pid: int, field: str) -> int:
