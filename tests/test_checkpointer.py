@@ -53,29 +53,32 @@ def test_a_reader_does_not_stall_the_commit_paths_restart(tmp_path):
         conn.close()
 
 
-def test_the_thread_restarts_a_growing_wal_between_commits(tmp_path):
-    """A writer that never pauses: the thread's PASSIVE checkpoints alone
-    would let the WAL grow for ever; past the limit it restarts it between
-    two commits, so the commit path never has to."""
+def test_the_thread_restarts_a_wal_past_its_limit_between_commits(tmp_path):
+    """Past the limit (here 1 KB: every commit passes it) the thread
+    follows its PASSIVE checkpoint with a RESTART, which succeeds between
+    two commits, so the WAL stays about one commit long and the commit
+    path never has to restart it.  The thread is woken after each commit
+    and the writer waits for its round, so nothing depends on scheduling."""
     path, conn = wal_db(tmp_path, rows=0)
     conn.execute("PRAGMA journal_size_limit=65536")  # as the store sets it
-    limit = 256 * 1024
-    cp = Checkpointer(path, wal_limit=limit)
-    written = largest = 0
+    cp = Checkpointer(path, wal_limit=1024)
+    largest = 0
     try:
-        deadline = time.monotonic() + 20
-        while written < 40 * limit and time.monotonic() < deadline:
+        for _ in range(20):
             conn.execute("BEGIN")
             for _ in range(20):
                 conn.execute("INSERT INTO t VALUES (randomblob(4000))")
             conn.execute("COMMIT")
-            written += 20 * 4096
-            cp.commits += 1
             largest = max(largest, os.path.getsize(path + "-wal"))
-            time.sleep(0.005)
-        assert written >= 40 * limit
-        assert cp.background_restarts >= 3
-        assert largest < 16 * limit, (largest, written)  # not all 40 written
+            rounds = cp.rounds
+            cp.commits += 1
+            cp.wake()
+            deadline = time.monotonic() + 10
+            while cp.rounds == rounds and time.monotonic() < deadline:
+                time.sleep(0.001)
+        assert cp.background_restarts == 20
+        assert cp.failures == 0
+        assert largest < 3 * 20 * 4096, largest  # about one commit
     finally:
         cp.close()
         conn.close()

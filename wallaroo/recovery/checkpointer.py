@@ -60,6 +60,7 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="wal-checkpoint")
         self.checkpoints = 0
+        self.rounds = 0  # rounds done (a checkpoint, and a restart if due)
         self.failures = 0
         self.background_restarts = 0  # WAL restarts the thread managed
         self.restarts = 0  # RESTART checkpoints the commit path ran
@@ -98,6 +99,7 @@ class Checkpointer:
         seen = 0
         while not self._stop:
             self._wake.wait(EVERY)
+            self._wake.clear()
             if self._stop:
                 break
             if self.commits == seen:
@@ -116,6 +118,11 @@ class Checkpointer:
             except sqlite3.Error as e:  # the commit path reports disk trouble
                 self.failures += 1
                 log.debug("%s: background checkpoint failed: %s", self.path, e)
+            self.rounds += 1
+
+    def wake(self) -> None:
+        """Run a round now instead of at the next tick."""
+        self._wake.set()
 
     def close(self) -> None:
         self._stop = True
