@@ -88,11 +88,15 @@ def partition_row(path: str, cols: tuple) -> PartitionRow:
     pid, state, key_repr, created, key_cs, key, key_type, group, khash = cols[:9]
     prow = PartitionRow(pid, state, key, key_repr, created, group, khash)
     if key_type != "blob" or prow.checksum() != key_cs:
-        raise CorruptionError(
-            f"{path}: the key of partition {pid} (state {state!r}, key "
-            f"{key_repr}) failed its checksum; refusing to run on damaged "
-            f"state")
+        raise _damaged_partition(path, "the key of", prow, "failed its checksum")
     return prow
+
+
+def _damaged_partition(path: str, what: str, prow: PartitionRow,
+                       why: str) -> CorruptionError:
+    return CorruptionError(
+        f"{path}: {what} partition {prow.pid} (state {prow.state!r}, key "
+        f"{prow.key_repr}) {why}; refusing to run on damaged state")
 
 
 def snapshot_row(conn: sqlite3.Connection, path: str, prow: PartitionRow,
@@ -102,23 +106,19 @@ def snapshot_row(conn: sqlite3.Connection, path: str, prow: PartitionRow,
     lsn, pickler, snap_cs, blob, blob_type, parts, _classes = cols[9:]
     if lsn is None:
         return None
-    pid, state, key_repr = prow.pid, prow.state, prow.key_repr
     if parts:
         rest = [d for (d,) in conn.execute(
             "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
-            "ORDER BY part", (pid,))]
+            "ORDER BY part", (prow.pid,))]
         if len(rest) != parts:
-            raise CorruptionError(
-                f"{path}: the snapshot of partition {pid} (state {state!r}, "
-                f"key {key_repr}) has {len(rest)} of its {parts} extra parts "
-                f"in table snapshot_parts; refusing to run on damaged state")
+            raise _damaged_partition(path, "the snapshot of", prow,
+                                     f"has {len(rest)} of its {parts} extra "
+                                     f"parts in table snapshot_parts")
         blob = b"".join([blob or b"", *rest])
-    snap = SnapshotRow(pid, lsn, blob, pickler)
+    snap = SnapshotRow(prow.pid, lsn, blob, pickler)
     if blob_type != "blob" or snap.checksum() != snap_cs:
-        raise CorruptionError(
-            f"{path}: the snapshot of partition {pid} (state {state!r}, key "
-            f"{key_repr}) at lsn {lsn} failed its checksum; refusing to run "
-            f"on damaged state")
+        raise _damaged_partition(path, "the snapshot of", prow,
+                                 f"at lsn {lsn} failed its checksum")
     return snap
 
 
