@@ -3,7 +3,6 @@ sinks, inspect resilience directories."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 
@@ -777,12 +776,10 @@ def recovery_compact(directory, worker):
     Example:
       wallaroo recovery compact ./state
     """
-    import glob
     from .recovery.errors import StoreError
+    from .recovery.files import worker_names
     from .recovery.sqlite_store import compact_database
-    names = [worker] if worker else sorted(
-        os.path.basename(p)[:-3] for p in glob.glob(os.path.join(
-            glob.escape(directory), "*.db")))
+    names = [worker] if worker else worker_names(directory)
     if not names:
         raise click.ClickException(f"{directory} holds no worker database (*.db)")
     for name in names:

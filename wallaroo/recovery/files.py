@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import struct
@@ -94,6 +95,13 @@ def _holder(info_path: str) -> str:
     except OSError:
         return ""
     return f" (pid {pid})" if pid else ""
+
+
+def worker_names(directory: str) -> list[str]:
+    """The workers that have a database (``<worker>.db``) in ``directory``,
+    sorted."""
+    return sorted(os.path.basename(p)[:-3] for p in glob.glob(
+        os.path.join(glob.escape(directory), "*.db")))
 
 
 def holder_status(db_path: str) -> str:

@@ -5,14 +5,13 @@ backlog, and the known streams with their durable counts."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 
 from .errors import CorruptionError
-from .files import POSITION_SUFFIX, PositionFile, holder_status
+from .files import POSITION_SUFFIX, PositionFile, holder_status, worker_names
 
 
 @dataclass
@@ -149,7 +148,9 @@ def inspect_dir(directory: str, worker: str | None = None,
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory} is not a directory")
     pattern = f"{worker}.db" if worker else "*.db"
-    paths = sorted(glob.glob(os.path.join(directory, pattern)))
+    paths = [p for p in (os.path.join(directory, f"{n}.db")
+                         for n in ([worker] if worker else worker_names(directory)))
+             if os.path.isfile(p)]
     if not paths:
         raise FileNotFoundError(
             f"no worker database ({pattern}) in {directory}: is it a "

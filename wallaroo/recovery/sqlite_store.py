@@ -16,7 +16,6 @@ position is refused before anything is served from it.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import sqlite3
@@ -29,7 +28,7 @@ from .partition_reads import PartitionReads
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
 from .files import (MANIFEST_SUFFIX, DatabaseLock, Position, PositionFile,
                     check_database_file, check_position, new_manifest,
-                    read_manifest, trial_write, write_manifest)
+                    read_manifest, trial_write, worker_names, write_manifest)
 from .records import (CommitRecord, InputRow, OutputRow, PendingRow,
                       Recovered, control_checksum, sinks_checksum)
 
@@ -156,8 +155,7 @@ class SQLiteStore(PartitionReads):
 
     def _note_other_workers(self, membership: dict | None) -> None:
         siblings = set((membership or {}).get("members", ()))
-        others = sorted(n for n in (os.path.basename(p)[:-3] for p in glob.glob(
-            os.path.join(glob.escape(self.directory), "*.db"))) if n not in siblings)
+        others = [n for n in worker_names(self.directory) if n not in siblings]
         if others:
             self.notes.append(
                 f"{self.directory} holds no database for worker {self.worker!r} "
