@@ -19,6 +19,13 @@ class PartitionReads:
     """Mixed into ``SQLiteStore``: uses its ``_conn``, ``path`` and
     ``_readers`` (connections of their own, closed with the store)."""
 
+    def _reader(self) -> sqlite3.Connection:
+        """A read connection of its own, closed with the store; use it from
+        one thread at a time."""
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        self._readers.append(conn)
+        return conn
+
     def class_sets(self) -> dict[int, tuple]:
         """Every set of class references a snapshot recorded, by id,
         checked against its checksum."""
@@ -80,11 +87,10 @@ class PartitionReads:
         reads on a connection of its own, so call it from one thread at a
         time while commits go on in another; it sees what they committed."""
         path = self.path
-        conn = sqlite3.connect(path, check_same_thread=False)
+        conn = self._reader()
         conn.execute(f"PRAGMA cache_size=-{FINDER_CACHE_KIB}")
         sql = (f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
                f"WHERE p.state=? AND p.key_hash=?")
-        self._readers.append(conn)
 
         def find(state: str, key_hash: int):
             try:
@@ -107,8 +113,7 @@ class PartitionReads:
         belong to no partition (a damaged pid).  Its own connection, like
         ``partition_finder``."""
         path = self.path
-        conn = sqlite3.connect(path, check_same_thread=False)
-        self._readers.append(conn)
+        conn = self._reader()
 
         def step(after: int, limit: int):
             rows = conn.execute(

@@ -107,9 +107,7 @@ def snapshot_row(conn: sqlite3.Connection, path: str, prow: PartitionRow,
     if lsn is None:
         return None
     if parts:
-        rest = [d for (d,) in conn.execute(
-            "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
-            "ORDER BY part", (prow.pid,))]
+        rest = snapshot_parts(conn, prow.pid)
         if len(rest) != parts:
             raise _damaged_partition(path, "the snapshot of", prow,
                                      f"has {len(rest)} of its {parts} extra "
@@ -120,6 +118,13 @@ def snapshot_row(conn: sqlite3.Connection, path: str, prow: PartitionRow,
         raise _damaged_partition(path, "the snapshot of", prow,
                                  f"at lsn {lsn} failed its checksum")
     return snap
+
+
+def snapshot_parts(conn: sqlite3.Connection, pid: int) -> list[bytes]:
+    """The extra parts of a split snapshot (``snapshot_parts``), in order."""
+    return [d for (d,) in conn.execute(
+        "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? ORDER BY part",
+        (pid,))]
 
 
 def all_partitions(conn: sqlite3.Connection, path: str

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from typing import Callable, Union
 
+from . import reading
 from .errors import StoreError
 from .records import control_checksum
 
@@ -145,9 +146,7 @@ def _v5_lazy_state(conn: sqlite3.Connection) -> None:
             (blob,) = conn.execute("SELECT CAST(state AS BLOB) FROM snapshots "
                                    "WHERE pid=?", (pid,)).fetchone()
             if parts:
-                blob = b"".join([blob or b"", *(d for (d,) in conn.execute(
-                    "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
-                    "ORDER BY part", (pid,)))])
+                blob = b"".join([blob or b"", *reading.snapshot_parts(conn, pid)])
             try:
                 refs = pickle_refs(blob or b"")
             except Exception:  # damaged: its checksum says so when it is read
