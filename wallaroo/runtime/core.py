@@ -405,7 +405,7 @@ class WorkerCore:
         finder = store.partition_finder()
         for space in self.spaces.values():
             space.replay_floor = rec.replay_from
-            space.store_path = getattr(store, "path", "the store")
+            space.store_path = store.path
             # with a state cache, partitions evicted from now on are there too
             if space.name in on_disk or self.state_cache is not None:
                 space.finder = finder
@@ -421,21 +421,30 @@ class WorkerCore:
             if entry is not None and entry[2] == number:
                 del space.leaving[key]
 
-    def _evict_cold(self, wanted: dict) -> list:
-        """The least recently used partitions beyond the state cache (each
-        dirty one joins this commit's snapshots); evicted once pickled."""
+    def _coldest(self, clean_only: bool) -> list:
+        """The least recently used partitions beyond the state cache, as
+        (space, key); ``clean_only``: none a step touched or left dirty."""
         excess = len(self.recent) - self.state_cache
+        out: list = []
         if excess <= 0:
-            return []
-        out = []
+            return out
         for item in self.recent:
+            space, key = item
+            if clean_only and (key in space.touched or key in space.dirty):
+                continue
             out.append(item)
             if len(out) >= excess:
                 break
-        for space, key in out:
+        return out
+
+    def _evict_cold(self, wanted: dict) -> list:
+        """The partitions to evict at this batch boundary; each dirty one
+        joins this commit's snapshots (they are evicted once pickled)."""
+        cold = self._coldest(clean_only=False)
+        for space, key in cold:
             if key in space.dirty:
                 wanted.setdefault(space, set()).add(key)
-        return out
+        return cold
 
     def evict_clean(self) -> None:
         """During replay: evict the least recently used partitions beyond
@@ -443,16 +452,7 @@ class WorkerCore:
         the store's; the touched ones must stay until a commit)."""
         if self.recent is None:
             return
-        excess = len(self.recent) - self.state_cache
-        if excess <= 0:
-            return
-        cold = []
-        for space, key in self.recent:
-            if key not in space.touched and key not in space.dirty:
-                cold.append((space, key))
-                if len(cold) >= excess:
-                    break
-        for space, key in cold:
+        for space, key in self._coldest(clean_only=True):
             space.evict(key, None)
             self.evictions += 1
 
@@ -793,7 +793,7 @@ class WorkerCore:
                 tracker.clean(space, key)
         number = self.records + 1  # the record these rows go in (_record)
         for space, key in cold:
-            if key in space.dirty:  # dirtied downstream after all: stays
+            if key in space.dirty:  # a guard: unsaved changes never leave memory
                 continue
             space.evict(key, number)
             self._leaving.append((number, space, key))
@@ -864,20 +864,8 @@ class WorkerCore:
 
     def state(self, state_name: str, key=None):
         """The current state object of a partition (for tests and tools;
-        one not in memory is loaded)."""
-        space = self.spaces[state_name]
-        if key in space.parts:
-            return space.parts[key]
-        back = space.leaving.get(key)
-        if back is not None:
-            return back[0]
-        if space.finder is not None:
-            state = space._load(key, place=False)
-            if state is not None:
-                return state
-        if key in space.spec.keys or space.spec.partitioning == "single":
-            return space.spec.factory()  # never used: as it was built
-        raise KeyError(key)
+        one not in memory is read, not loaded)."""
+        return self.spaces[state_name].peek(key)
 
 
 def _key_hash(prow: PartitionRow) -> int:

@@ -90,6 +90,23 @@ class StateSpace:
                 return found
         return self._new(key)
 
+    def peek(self, key: Any) -> Any:
+        """The state of ``key`` wherever it is, as ``create`` would find it,
+        without placing it in memory (tests and tools); KeyError for a key
+        that has no partition."""
+        if key in self.parts:
+            return self.parts[key]
+        back = self.leaving.get(key)
+        if back is not None:
+            return back[0]
+        if self.finder is not None:
+            state = self._load(key, place=False)
+            if state is not None:
+                return state
+        if key in self.spec.keys or self.spec.partitioning == "single":
+            return self.spec.factory()  # never used: as it was built
+        raise KeyError(key)
+
     def _place(self, key: Any, state: Any, pid: int | None) -> None:
         self.parts[key] = state
         if pid is not None:

@@ -126,17 +126,17 @@ class Worker:
                                  f"(TCP and Kafka)")
         # a Kafka sink's outputs are kept as frames of (key, partition, value)
         app = self.app = with_kafka_encoders(app)
-        if any(p.source.kind == "kafka" for p in app.pipelines) or any(
-                s.kind == "kafka" for s in app.sinks):
+        uses_kafka = any(p.source.kind == "kafka" for p in app.pipelines) or any(
+            s.kind == "kafka" for s in app.sinks)
+        if uses_kafka:
             kafka()  # imported now: an import in a thread holds the event loop
             check_options(self.opts.kafka_options)
-            # the client's threads take the GIL for every batch of records
-            # they hand over; a shorter switch interval bounds how long the
-            # event loop waits for it (CPython's default is 5 ms)
-            sys.setswitchinterval(SWITCH_INTERVAL)
-        if self.store.durable:
-            # the commit thread and the event loop hand the GIL to each other
-            # for every batch; the same bound on how long either waits for it
+        if uses_kafka or self.store.durable:
+            # Kafka's client threads take the GIL for every batch of records
+            # they hand over, and the commit thread and the event loop hand
+            # it to each other for every batch: a shorter switch interval
+            # bounds how long the event loop waits for it (CPython's
+            # default is 5 ms)
             sys.setswitchinterval(SWITCH_INTERVAL)
         framed = frozenset(s.index for s in app.sinks
                            if (self.opts.resumable_sinks and s.kind == "tcp")
@@ -244,7 +244,7 @@ class Worker:
             committed = trio.Event()
             nursery.start_soon(self._committer, recv_batches, committed)
             if self.store.durable and report.partitions:
-                nursery.start_soon(self._scrub, report.partitions)
+                nursery.start_soon(self._scrub)
             # Replay is done and undelivered outputs are queued: open the
             # sources, all together (DESIGN.md §4.5).
             limits = ConnectionLimits(self.opts.max_connections,
@@ -328,7 +328,7 @@ class Worker:
         self._write_cluster_entry("down", [])
         self._log_stopped()
 
-    async def _scrub(self, total: int) -> None:
+    async def _scrub(self) -> None:
         """Partitions are loaded (and their snapshots checked) when a
         message needs them; this reads the rest in small steps in a thread,
         checking every key and snapshot against its checksum, so damage

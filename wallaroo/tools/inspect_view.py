@@ -43,7 +43,7 @@ def render(infos: list[WorkerInfo], console: Console, limit: int | None,
             states.add_row(name, st["class"], str(st["partitions"]),
                            str(st["snapshotted"]), _size(st["snapshot_bytes"]))
         console.print(states)
-        total = max(info.partitions_total, len(info.partitions))
+        total = info.partitions_total
         parts = Table(title="partitions" + (f" (first {limit} of {total}; "
                                             f"--all for every one)"
                                             if limit is not None and total > limit
