@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import pickle
-import platform
 import re
 import shutil
 import signal
@@ -50,6 +49,7 @@ ROOT = os.path.dirname(HERE)
 APP = os.path.join(HERE, "big_state_app.py")
 sys.path.insert(0, HERE)
 from big_state_app import build  # noqa: E402
+from _machine import machine_line  # noqa: E402
 
 
 def wallaroo(*args):
@@ -287,9 +287,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     print(f"command: python benchmarks/bench_big_state.py --mb {args.mb} "
           f"--shapes {args.shapes}")
-    print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
-          f"sqlite={sqlite3.sqlite_version} {platform.platform()}; load average "
-          f"{os.getloadavg()[0]:.2f}", flush=True)
+    print(machine_line(with_sqlite=True), flush=True)
     workdir = tempfile.mkdtemp(prefix="wallaroo-bench-big-")
     rows = []
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import statistics
@@ -29,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _machine import machine_line
 
 REPO = Path(__file__).resolve().parent.parent
 WORD_COUNT = REPO / "examples" / "word_count" / "word_count.py"
@@ -266,8 +267,7 @@ def main() -> int:
     print(f"command: python benchmarks/bench_cluster.py --lines {a.lines} --votes "
           f"{a.votes} --repeat {a.repeat}" + (" --no-bytewax" if a.no_bytewax else "")
           + (" --profile" if a.profile else ""))
-    print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
-          f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
+    print(machine_line())
     results = {}
     cases = [("word_count", WORD_COUNT, lines, words, "lines"),
              ("alphabet", ALPHABET, votes, len(votes), "length")]

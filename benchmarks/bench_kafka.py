@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -47,6 +46,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from wallaroo.tools.kafka_broker import Broker  # noqa: E402
+from _machine import machine_line  # noqa: E402
 
 APP = os.path.join(ROOT, "examples", "celsius_kafka", "celsius_kafka.py")
 OUT_PARTITIONS = 3
@@ -206,8 +206,7 @@ def main(argv=None) -> int:
     print(f"Kafka benchmark: {n:,} records (celsius text in, Fahrenheit text out), "
           f"repeat {a.repeat}")
     print("command: python benchmarks/bench_kafka.py " + " ".join(sys.argv[1:]))
-    print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
-          f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
+    print(machine_line())
     rows = {"plain loop": [], "engine (off)": [], "engine (NORMAL)": [],
             "plain loop, transactional": [],
             "engine (NORMAL, transactional sinks)": []}

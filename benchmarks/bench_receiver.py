@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import socket
 import statistics
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from _machine import machine_line
 
 SLICE = 64 * 1024
 
@@ -145,8 +146,7 @@ def main() -> int:
     print(f"receiver benchmark: {total:,} outputs ({a.size}-byte records) on "
           f"{a.streams} streams, --framing length --format {a.format}, repeat {a.repeat}")
     print(f"command: {sys.executable} {' '.join(sys.argv)}")
-    print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
-          f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
+    print(machine_line())
     res, plain = [], []
     for i in range(a.repeat):
         seconds, line = run_resumable(n, a.streams, a.size, a.format)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -39,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from _machine import machine_line
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -219,8 +220,7 @@ def main(argv=None):
     modes = [m.strip() for m in args.modes.split(",")]
     print(f"command: python benchmarks/bench_recovery.py --sizes {args.sizes} "
           f"--repeat {args.repeat} --modes {args.modes!r}")
-    print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
-          f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
+    print(machine_line())
     workdir = tempfile.mkdtemp(prefix="wallaroo-bench-recovery-")
     rows = []
     try:

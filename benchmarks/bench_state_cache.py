@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_recovery import (APP, ROOT, free_port, wait_line,  # noqa: E402
                             wallaroo)
 from bench_recovery import send_u64 as send  # noqa: E402
+from _machine import machine_line  # noqa: E402
 
 
 def status_kib(pid: int, field: str) -> int:
@@ -116,8 +116,7 @@ def main(argv=None) -> int:
     print(f"command: python benchmarks/bench_state_cache.py --keys {args.keys} "
           f"--cache {args.cache} --hot {args.hot} --hot-messages {args.hot_messages}"
           + (" --no-unbounded" if args.no_unbounded else ""))
-    print(f"machine: nproc={os.cpu_count()} python={platform.python_version()} "
-          f"{platform.platform()}; load average {os.getloadavg()[0]:.2f}")
+    print(machine_line())
     workdir = tempfile.mkdtemp(prefix="wallaroo-bench-cache-")
     try:
         base = os.path.join(workdir, "base")
