@@ -5,8 +5,11 @@ while the worker runs, and on a rolled-back database."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 
 from .conftest import (APPS, WAIT, WALLAROO, start_receiver, start_worker,
@@ -57,3 +60,24 @@ def test_compact_refuses_a_rolled_back_database(procs, tmp_path):
     done = compact(state)
     assert done.returncode == 1
     assert "is behind this worker's last committed position" in done.stderr
+
+
+def test_compact_turns_incremental_vacuum_on_in_an_earlier_releases_database(procs, tmp_path):
+    """Databases made before incremental vacuum (tests/fixtures/upgrade)
+    keep working without it; compacting one turns it on, and the worker
+    starts on it with what it had."""
+    from .test_upgrades import APP, FIXTURES
+    state = tmp_path / "state"
+    shutil.copytree(FIXTURES / "v4" / "state", state)
+    db = str(state / "initializer.db")
+
+    def mode() -> int:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return conn.execute("PRAGMA auto_vacuum").fetchone()[0]
+    assert mode() == 0
+    done = compact(str(state))
+    assert done.returncode == 0, done.stderr
+    assert mode() == 2  # INCREMENTAL
+    w, port = start_worker(procs, APP, "--resilience-dir", str(state))
+    assert resume_count(port, "up-1") == 1000
+    assert w.terminate() == 0

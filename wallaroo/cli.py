@@ -767,8 +767,10 @@ def recovery_compact(directory, worker):
     """Give the free pages of stopped workers' databases back to the file
     system (a full VACUUM), offline.
 
-    A running worker reuses the pages its deleted rows free, so its file
-    stays at its high-water mark; after a burst this shrinks it.  Refused
+    A running worker reuses the pages its deleted rows free, and gives
+    them back in small steps when more than a quarter of its file is free
+    (incremental vacuum); this gives back every one at once.  A database
+    made before incremental vacuum existed is converted to it.  Refused
     while a worker runs on a database, and on a database a worker would
     refuse to start on (damaged, rolled back).
 

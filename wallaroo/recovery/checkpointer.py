@@ -25,6 +25,13 @@ that comes meanwhile waits for it: a few milliseconds.  Only past
 ``HARD_LIMIT_FACTOR`` times ``wal_limit`` (the thread kept failing) does
 the commit path restart the WAL itself, again without waiting for readers
 (``restart``; retried at most every ``RESTART_RETRY`` seconds).
+
+A checkpoint that copies every frame also truncates the database file to
+the size of the last commit, which is smaller after an incremental vacuum
+(``sqlite_store``).  The thread holds ``lock`` while it checkpoints, and
+the commit path holds it from a vacuum step's commit until the position
+file records the smaller size: the file never shrinks below what the
+position file says it was.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ class Checkpointer:
         self.wal_limit = wal_limit
         self.commits = 0  # commits so far (the committing thread counts)
         self._wake = threading.Event()
+        self.lock = threading.Lock()  # held while checkpointing (see above)
         self._stop = False
         self._conn = sqlite3.connect(path, isolation_level=None,
                                      check_same_thread=False)
@@ -106,13 +114,14 @@ class Checkpointer:
                 continue
             seen = self.commits
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                self.checkpoints += 1
-                if self._wal_bytes() > self.wal_limit:
-                    busy, _, _ = self._conn.execute(
-                        "PRAGMA wal_checkpoint(RESTART)").fetchone()
-                    if not busy:
-                        self.background_restarts += 1
+                with self.lock:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.checkpoints += 1
+                    if self._wal_bytes() > self.wal_limit:
+                        busy, _, _ = self._conn.execute(
+                            "PRAGMA wal_checkpoint(RESTART)").fetchone()
+                        if not busy:
+                            self.background_restarts += 1
             except sqlite3.OperationalError as e:  # a commit held the lock
                 log.debug("%s: background WAL restart deferred: %s", self.path, e)
             except sqlite3.Error as e:  # the commit path reports disk trouble

@@ -1,9 +1,11 @@
 """``wallaroo recovery compact DIR``: give a stopped worker's free pages
-back to the file system (a full ``VACUUM``), offline.
+back to the file system (a full ``VACUUM``), offline.  A database made
+before incremental vacuum (``vacuum.py``) is converted to it on the way.
 
 A running worker reuses the pages its deleted rows free (the input log
-below ``replay_from``, delivered outputs, replaced snapshots), so its file
-stays at its high-water mark; after a burst this shrinks it.  Refused while
+below ``replay_from``, delivered outputs, replaced snapshots) and gives a
+burst's back in small steps (``vacuum.py``); this gives back all of them
+at once.  Refused while
 a worker runs on the database, and refused on a database that fails the
 same checks a worker makes before starting (a rolled-back database is
 never compacted into looking whole).
@@ -52,6 +54,9 @@ def compact(path: str, progress_read_only) -> tuple[int, int]:
         conn = sqlite3.connect(path, isolation_level=None)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            # databases made before incremental vacuum (vacuum.py) take it
+            # here: VACUUM rebuilds the file with the mode set
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("VACUUM")
             (pages,) = conn.execute("PRAGMA page_count").fetchone()
             (page_size,) = conn.execute("PRAGMA page_size").fetchone()

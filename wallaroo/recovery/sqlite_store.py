@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sqlite3
 import time
 from typing import Iterator
 
-from . import reading, schema, sink_identities
+from . import reading, schema, sink_identities, vacuum
 from .checkpointer import Checkpointer
 from .partition_reads import PartitionReads
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
@@ -31,6 +32,8 @@ from .files import (MANIFEST_SUFFIX, DatabaseLock, Position, PositionFile,
                     read_manifest, trial_write, worker_names, write_manifest)
 from .records import (CommitRecord, InputRow, OutputRow, PendingRow,
                       Recovered, control_checksum, sinks_checksum)
+
+log = logging.getLogger("wallaroo")
 
 SYNCHRONOUS = ("NORMAL", "FULL")
 # Snapshots larger than this are split over rows of ``snapshot_parts``, so a
@@ -50,6 +53,8 @@ class SQLiteStore(PartitionReads):
     durable = True
     starts = 0  # times the database was opened (known once open)
     landed = 0  # the number of the last CommitRecord committed
+    vacuum_steps = 0  # incremental vacuum steps run (vacuum.py)
+    vacuum_pending = False  # free pages remain to give back
 
     def __init__(self, directory: str, worker: str, synchronous: str = "NORMAL",
                  part_bytes: int | None = None):
@@ -78,6 +83,7 @@ class SQLiteStore(PartitionReads):
         self._class_ids: dict[tuple, int] = {}  # class references -> set id
         self._new_class_ids: dict[tuple, int] = {}  # in the commit under way
         self._last_next_lsn = 0
+        self._vacuums = False  # the database vacuums incrementally
         self.notes: list[str] = []  # warnings for the worker's log
         self._readers: list[sqlite3.Connection] = []  # finders, scrubbers
 
@@ -113,6 +119,8 @@ class SQLiteStore(PartitionReads):
             conn = sqlite3.connect(self.path, isolation_level=None,
                                    check_same_thread=False)
             self._conn = conn
+            if not existed:  # only a new database takes it (vacuum.py)
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA foreign_keys=OFF")
@@ -121,6 +129,7 @@ class SQLiteStore(PartitionReads):
             # a burst it is truncated back to this when it restarts
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             schema.migrate(conn, self.path)
+            self._vacuums = vacuum.enabled(conn)
             # WAL checkpoints run in a thread of their own (checkpointer.py)
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = Checkpointer(self.path)
@@ -349,6 +358,32 @@ class SQLiteStore(PartitionReads):
             if d > self._delivered.get(s, 0):
                 self._delivered[s] = d
         self._write_position(rec.next_lsn)
+        if self._vacuums and cp is not None:
+            idle = not (rec.inputs or rec.outputs or rec.partitions or rec.snapshots)
+            self._vacuum_step(cp, rec.next_lsn, vacuum.IDLE_STEP_PAGES if idle
+                              else vacuum.STEP_PAGES)
+
+    def _vacuum_step(self, cp: Checkpointer, next_lsn: int, most: int) -> None:
+        """Give back a few free pages when many are free (vacuum.py); the
+        checkpointer's lock is held until the position file records the
+        smaller size, and a busy checkpointer puts the step off."""
+        conn = self._conn
+        excess = vacuum.excess_pages(conn)
+        self.vacuum_pending = excess > 0
+        if not excess or not cp.lock.acquire(blocking=False):
+            return
+        try:
+            vacuum.step(conn, min(excess, most))
+            self.vacuum_steps += 1
+            self.vacuum_pending = excess > most
+            self._write_position(next_lsn)
+        except sqlite3.Error as e:
+            # the batch is committed; giving pages back is not needed for it
+            self._vacuums = self.vacuum_pending = False
+            log.warning("%s: incremental vacuum failed, and is off until the "
+                        "next start: %s", self.path, e)
+        finally:
+            cp.lock.release()
 
     def _write_rows(self, conn: sqlite3.Connection, rec: CommitRecord, rf: int) -> None:
         inputs = [r for r in rec.inputs if r.end_lsn > rf]
@@ -472,7 +507,12 @@ class SQLiteStore(PartitionReads):
 
     def _write_position(self, next_lsn: int) -> None:
         self._last_next_lsn = next_lsn
-        self._position.write(Position(self._commits, next_lsn, self._lock.size()))
+        size = self._lock.size()
+        if self._conn is not None and self._vacuums:
+            # no more than the database as of this commit: a checkpoint
+            # truncates the file to that after a vacuum step (vacuum.py)
+            size = min(size, vacuum.logical_size(self._conn))
+        self._position.write(Position(self._commits, next_lsn, size))
 
     def close(self, update_position: bool = True) -> None:
         for reader in self._readers:

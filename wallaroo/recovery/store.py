@@ -13,6 +13,7 @@ class Store(Protocol):
     ``commit`` from one thread at a time, in order."""
 
     durable: bool
+    vacuum_pending: bool  # free pages remain to give back: commit when idle
 
     def open(self, fingerprint: dict, membership: dict | None = None) -> Recovered: ...
 
@@ -32,6 +33,7 @@ class MemoryStore:
 
     durable = False
     starts = 1  # nothing is kept: every start is the first
+    vacuum_pending = False  # no file to give pages back from
 
     def __init__(self) -> None:
         self.commits = 0

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .._spec import AppSpec
+from ..recovery import vacuum
 from ..recovery.errors import IncompatibleDirectory
 from ..recovery.store import MemoryStore, Store
 from .core import Batch, Chunk, WorkerCore
@@ -486,7 +487,10 @@ class Worker:
                 with trio.CancelScope(deadline=self._deadline) as scope:
                     self._wait_scope = scope
                     if not (durable and core.idle_commit_due()):
-                        await inbox.wait(opts.idle_tick)
+                        # free pages to give back: idle commits run the
+                        # store's incremental vacuum (recovery/vacuum.py)
+                        await inbox.wait(vacuum.IDLE_TICK if self.store.vacuum_pending
+                                         else opts.idle_tick)
                     full = self._full()
                     while full is not None and not inbox.has_peer_input():
                         # room, or input from another worker (which flows
@@ -508,7 +512,7 @@ class Worker:
                                          deadline=time.perf_counter()
                                          + opts.max_batch_time)
                     inbox.unget(batch.leftover, batch.cut)
-                elif durable and core.idle_commit_due():
+                elif durable and (core.idle_commit_due() or self.store.vacuum_pending):
                     batch = core.process(())
                 elif forget_every and trio.current_time() >= next_forget:
                     next_forget = trio.current_time() + forget_every
