@@ -11,13 +11,19 @@ Two situations per size:
   log only      checkpoints never ran (--checkpoint-interval 1e9): recovery
                 builds K partitions by replaying all K logged inputs.
 Also reported: the worker's own account of its recovery; (checkpointed
-runs) the longest batch compute time, i.e. the longest stall of the event
-loop, the longest snapshot work in one commit and the longest commit while
-it took the K messages and checkpointed them (at most --checkpoint-max 1000
-per commit); and, after the last restart, how long traffic that touches all
-K keys once takes until every message is acknowledged (each partition is
-loaded from the store when its first message needs it), against the same
-traffic when the K partitions were created.
+runs) the longest stalls (batch compute, i.e. the event loop held; the
+snapshot work of one commit; a commit) in three phases, each reported by
+the worker on SIGUSR1: "creating", while it took the K messages that
+create the K partitions and checkpointed them (at most --checkpoint-max
+1000 per commit); "checkpointing", K more messages, one per key, with every
+partition in memory, so that the only work besides the computation is
+checkpointing 1000 snapshots per commit; "loading", the same after the
+restart, each partition loaded from the store by its first message.  And
+how long that last traffic takes until every message is acknowledged,
+against the same traffic when the K partitions were created.  With
+--no-resilience-creating, the creating phase is also run on a worker
+without --resilience-dir (its longest batch: what creating K keys costs
+with no log at all).
 
     python benchmarks/bench_recovery.py --sizes 10000,100000 --repeat 3
     python benchmarks/bench_recovery.py --sizes 100000,1000000,10000000 \
@@ -95,6 +101,33 @@ def progress(state) -> tuple[int, int]:
         conn.close()
 
 
+def caught_up(state, n: int) -> None:
+    """Until the worker has taken n messages and checkpointed them all."""
+    deadline = time.monotonic() + 3600
+    while progress(state) != (n, n):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"checkpoints did not reach lsn {n}")
+        time.sleep(0.2)
+
+
+def no_resilience_creating(k: int) -> dict:
+    """The creating phase on a worker without --resilience-dir."""
+    recv = subprocess.Popen(wallaroo("receive", "--listen", "127.0.0.1:0", "--output",
+                                     os.devnull, "--quiet"),
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        out = wait_line(recv, r"^listening on (\S+)", 30, []).group(1)
+        w = Worker(free_port(), out, None, 1)
+        w.start()
+        t = send_u64(w.port, k, "keys")
+        stalls = w.stalls()
+        w.stop()
+        return {**stalls, "feed_seconds": t}
+    finally:
+        recv.kill()
+        recv.wait()
+
+
 def accepting(port) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.05):
@@ -103,14 +136,25 @@ def accepting(port) -> bool:
         return False
 
 
+STALLS = (r"longest batch compute ([0-9.]+) ms \((\d+) messages\), longest "
+          r"snapshot work in one commit ([0-9.]+) ms, longest commit ([0-9.]+) ms")
+
+
 class Worker:
     def __init__(self, port, out, state_dir, checkpoint_interval):
         self.cmd = wallaroo("run", APP, "--in", f"127.0.0.1:{port}", "--out", out,
-                            "--resilience-dir", state_dir,
+                            *(("--resilience-dir", state_dir) if state_dir else ()),
                             "--checkpoint-interval", str(checkpoint_interval),
                             "--checkpoint-max", "1000")
         self.port = port
         self.lines = []
+
+    def stalls(self) -> dict:
+        """SIGUSR1: the worker's longest stalls since the last report."""
+        self.p.send_signal(signal.SIGUSR1)
+        m = wait_line(self.p, r"stalls since .*: " + STALLS, 60, self.lines)
+        return {"batch_ms": float(m.group(1)), "batch_messages": int(m.group(2)),
+                "snapshot_work_ms": float(m.group(3)), "commit_ms": float(m.group(4))}
 
     def start(self):
         """Start; return (seconds to port accepting, seconds to ready line)."""
@@ -148,23 +192,16 @@ def one_size(k, mode, repeat, workdir):
         w = Worker(free_port(), out, state, interval)
         w.start()
         feed_s = send_u64(w.port, k, "keys")
-        stall = snap = commit = None
+        stalls = {}
         if mode == "checkpointed":
             # wait until the incremental checkpoints have snapshotted every
-            # partition (replay_from reaches next_lsn), then stop cleanly to
-            # read the worker's longest stall
-            deadline = time.monotonic() + 3600
-            while time.monotonic() < deadline:
-                if progress(state) == (k, k):
-                    break
-                time.sleep(0.2)
+            # partition (replay_from reaches next_lsn) before each report
+            caught_up(state, k)
+            stalls["creating"] = w.stalls()
+            send_u64(w.port, k, "again")
+            caught_up(state, 2 * k)
+            stalls["checkpointing"] = w.stalls()
             w.stop()
-            stopped = "".join(w.lines)
-            m = re.search(r"longest batch compute ([0-9.]+) ms \((\d+) messages\), "
-                          r"longest snapshot work in one commit ([0-9.]+) ms", stopped)
-            stall, snap = (float(m.group(1)), float(m.group(3))) if m else (None, None)
-            m = re.search(r"longest commit ([0-9.]+) ms", stopped)
-            commit = float(m.group(1)) if m else None
             w.start()
         # "log only": killed without a clean stop, so nothing was checkpointed
         results = []
@@ -174,6 +211,9 @@ def one_size(k, mode, repeat, workdir):
             results.append((t_port, t_ready))
         # every key once more: each message loads its partition
         touch_s = send_u64(w.port, k, "touch")
+        if mode == "checkpointed":
+            caught_up(state, 3 * k)
+            stalls["loading"] = w.stalls()
         w.stop()
         log = "".join(w.lines)
         inside = [float(x) for x in re.findall(r"recovered .* in ([0-9.]+)s", log)]
@@ -187,9 +227,7 @@ def one_size(k, mode, repeat, workdir):
             "worker_recovery_s": statistics.median(inside[-repeat:]) if inside else None,
             "partitions": parts[-1] if parts else None,
             "replayed": replayed[-1] if replayed else None,
-            "longest_batch_ms": stall,
-            "longest_snapshot_work_ms": snap,
-            "longest_commit_ms": commit,
+            "stalls": stalls,
             "touch_all_s": touch_s,
             "db_bytes": sum(os.path.getsize(os.path.join(state, f))
                             for f in os.listdir(state)),
@@ -214,12 +252,15 @@ def main(argv=None):
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", default="checkpointed,log only")
+    ap.add_argument("--no-resilience-creating", action="store_true",
+                    help="also create the keys on a worker without --resilience-dir")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
     print(f"command: python benchmarks/bench_recovery.py --sizes {args.sizes} "
-          f"--repeat {args.repeat} --modes {args.modes!r}")
+          f"--repeat {args.repeat} --modes {args.modes!r}"
+          + (" --no-resilience-creating" if args.no_resilience_creating else ""))
     print(machine_line())
     workdir = tempfile.mkdtemp(prefix="wallaroo-bench-recovery-")
     rows = []
@@ -234,15 +275,21 @@ def main(argv=None):
                       f"(runs {', '.join(f'{x:.3f}' for x in r['port_all'])}), ready line "
                       f"{r['ready_s']:.3f}s; worker's recovery {r['worker_recovery_s']:.3f}s "
                       f"({r['partitions']} partitions, {r['replayed']} inputs replayed)"
-                      + (f"; while feeding and checkpointing: longest batch compute "
-                         f"{r['longest_batch_ms']} ms, longest snapshot work in one "
-                         f"commit {r['longest_snapshot_work_ms']} ms, longest commit "
-                         f"{r['longest_commit_ms']} ms"
-                         if r["longest_batch_ms"] is not None else "")
                       + f"; all {k} keys touched again in {r['touch_all_s']:.2f}s "
                         f"(created in {r['feed_seconds']:.2f}s); directory "
                         f"{r['db_bytes'] / 1e6:.0f} MB",
                       flush=True)
+                for phase, st in r["stalls"].items():
+                    print(f"{'':>8} {phase:<13} longest batch compute {st['batch_ms']} ms "
+                          f"({st['batch_messages']} messages), snapshot work in one "
+                          f"commit {st['snapshot_work_ms']} ms, commit "
+                          f"{st['commit_ms']} ms", flush=True)
+            if args.no_resilience_creating:
+                st = no_resilience_creating(k)
+                rows.append({"keys": k, "mode": "no resilience", **st})
+                print(f"{k:>8} keys, no resilience: created in {st['feed_seconds']:.2f}s; "
+                      f"longest batch compute {st['batch_ms']} ms "
+                      f"({st['batch_messages']} messages)", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if len(sizes) > 1:

@@ -64,14 +64,20 @@ def test_big_state_benchmark_reports_one_checkpoint(tmp_path):
 def test_recovery_benchmark_reports_every_size_and_the_touch_time(tmp_path):
     out = tmp_path / "rec.json"
     stdout = run("bench_recovery.py", "--sizes", "300,3000", "--modes", "checkpointed",
-                 "--repeat", "1", "--json", str(out))
+                 "--repeat", "1", "--no-resilience-creating", "--json", str(out))
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["keys"], r["partitions"], r["replayed"]) for r in rows] == [
+    durable = [r for r in rows if r["mode"] == "checkpointed"]
+    assert [(r["keys"], r["partitions"], r["replayed"]) for r in durable] == [
         (300, 300, 0), (3000, 3000, 0)]
-    for r in rows:
+    for r in durable:
         assert 0 < r["port_s"] and r["touch_all_s"] > 0 and r["db_bytes"] > 0
-        assert r["longest_commit_ms"] is not None
+        # each phase's stalls, reported by the worker on SIGUSR1
+        assert list(r["stalls"]) == ["creating", "checkpointing", "loading"]
+        for st in r["stalls"].values():  # each phase ran batches and snapshots
+            assert st["batch_ms"] > 0 and st["snapshot_work_ms"] > 0
+    assert [r["keys"] for r in rows if r["mode"] == "no resilience"] == [300, 3000]
     assert "touching every key again" in stdout
+    assert "checkpointing longest batch compute" in stdout
 
 
 def test_state_cache_benchmark_compares_with_and_without(tmp_path):

@@ -186,3 +186,23 @@ def _line(s: socket.socket) -> bytes:
         assert b, f"closed after {buf!r}"
         buf += b
     return buf
+
+
+def test_sigusr1_reports_the_longest_stalls_and_measures_afresh(procs, tmp_path):
+    """One phase of a long run at a time: SIGUSR1 logs the longest stalls
+    so far and starts again from nothing; the stop line covers what came
+    after the last report."""
+    recv, sink = start_receiver(procs, "--framing", "length", "--expect", "3")
+    w, port = start_worker(procs, SLOW, "--delay-ms", "1", out_port=sink)
+    send_all_and_close(port, u64_frames(range(1, 4)))
+    assert recv.wait() == 0  # the three were computed and delivered
+    w.signal(signal.SIGUSR1)
+    first = w.wait_line("stalls since the start: longest batch compute")
+    m = re.search(r"compute ([0-9.]+) ms \((\d+) messages\)", first)
+    assert float(m.group(1)) > 0 and int(m.group(2)) >= 1, first
+    w.signal(signal.SIGUSR1)  # nothing happened since
+    last = w.wait_line("stalls since the last report")
+    assert "compute 0.0 ms (0 messages)" in last and "longest commit 0.0 ms" in last
+    w.signal(signal.SIGTERM)
+    assert w.wait() == 0
+    assert "longest batch compute 0.0 ms (0 messages)" in stopped_line(w)

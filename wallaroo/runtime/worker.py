@@ -172,6 +172,7 @@ class Worker:
         self.commits = 0
         self.longest_commit = 0.0
         self.longest_stall = 0.0  # of the event loop (_watch_loop)
+        self._stalls_since = "the start"  # the longest_* maxima's (SIGUSR1)
         self.commit_hist = Histogram()  # commit wall times, for --metrics
         self.metrics_address: tuple[str, int] | None = None
         self._limiter = None
@@ -285,6 +286,7 @@ class Worker:
             nursery.start_soon(self._watch_loop)
             if self.opts.handle_signals:  # before "ready": a SIGTERM right
                 await nursery.start(self._signals)  # after it must drain
+                await nursery.start(self._stall_reports)
             shown = iter(f"{h}:{p}" for h, p in bound)
             addrs = ",".join(s.address if isinstance(s, KafkaSource) else
                              next(shown, None) or "-" for s in self.sources) or "-"
@@ -456,6 +458,29 @@ class Worker:
 
     def _past_deadline(self) -> bool:
         return trio.current_time() >= self._deadline
+
+    async def _stall_reports(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """SIGUSR1: log the longest stalls so far and start measuring
+        afresh (one phase of a long run at a time; the stop line reports
+        those since the last such report)."""
+        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+            task_status.started()
+            async for _ in signals:
+                self.log.info("stalls since %s: %s", self._stalls_since,
+                              self._stall_text())
+                st = self.core.stats
+                st.longest_batch_seconds = st.longest_snapshot_seconds = 0.0
+                st.longest_batch_messages = 0
+                self.longest_commit = self.longest_stall = 0.0
+                self._stalls_since = "the last report"
+
+    def _stall_text(self) -> str:
+        st = self.core.stats
+        return (f"longest batch compute {st.longest_batch_seconds * 1e3:.1f} ms "
+                f"({st.longest_batch_messages} messages), longest snapshot work "
+                f"in one commit {st.longest_snapshot_seconds * 1e3:.1f} ms, "
+                f"longest commit {self.longest_commit * 1e3:.1f} ms, longest "
+                f"event-loop stall {self.longest_stall * 1e3:.1f} ms")
 
     async def _signals(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -659,12 +684,7 @@ class Worker:
             what = "no resilience"
         line = (f"stopped: {st.messages} messages in, {st.outputs} outputs, "
                 f"{st.failures} failed messages, {bad} oversized and {torn} torn "
-                f"frames, {what}; longest batch compute "
-                f"{st.longest_batch_seconds * 1e3:.1f} ms ({st.longest_batch_messages} "
-                f"messages), longest snapshot work in one commit "
-                f"{st.longest_snapshot_seconds * 1e3:.1f} ms, longest commit "
-                f"{self.longest_commit * 1e3:.1f} ms, longest event-loop stall "
-                f"{self.longest_stall * 1e3:.1f} ms")
+                f"frames, {what}; {self._stall_text()}")
         if rep.pending_messages:
             line += (f"; {rep.pending_messages} messages read but not processed "
                      f"are logged and wait for the next start")
