@@ -21,9 +21,10 @@ checkpointing 1000 snapshots per commit; "loading", the same after the
 restart, each partition loaded from the store by its first message.  And
 how long that last traffic takes until every message is acknowledged,
 against the same traffic when the K partitions were created.  With
---no-resilience-creating, the creating phase is also run on a worker
-without --resilience-dir (its longest batch: what creating K keys costs
-with no log at all).
+--creating-baselines, the creating phase is also run on a worker with
+--resilience-dir but no checkpoints (--checkpoint-interval 1e9: what
+logging the K new keys costs, without checkpoint work) and on one
+without --resilience-dir (no log at all).
 
     python benchmarks/bench_recovery.py --sizes 10000,100000 --repeat 3
     python benchmarks/bench_recovery.py --sizes 100000,1000000,10000000 \
@@ -110,14 +111,15 @@ def caught_up(state, n: int) -> None:
         time.sleep(0.2)
 
 
-def no_resilience_creating(k: int) -> dict:
-    """The creating phase on a worker without --resilience-dir."""
+def baseline_creating(k: int, state) -> dict:
+    """The creating phase on a worker without checkpoints (``state``: its
+    resilience directory) or without --resilience-dir (None)."""
     recv = subprocess.Popen(wallaroo("receive", "--listen", "127.0.0.1:0", "--output",
                                      os.devnull, "--quiet"),
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         out = wait_line(recv, r"^listening on (\S+)", 30, []).group(1)
-        w = Worker(free_port(), out, None, 1)
+        w = Worker(free_port(), out, state, 1e9)
         w.start()
         t = send_u64(w.port, k, "keys")
         stalls = w.stalls()
@@ -252,15 +254,16 @@ def main(argv=None):
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--modes", default="checkpointed,log only")
-    ap.add_argument("--no-resilience-creating", action="store_true",
-                    help="also create the keys on a worker without --resilience-dir")
+    ap.add_argument("--creating-baselines", action="store_true",
+                    help="also create the keys on a worker without checkpoints "
+                    "and on one without --resilience-dir")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
     print(f"command: python benchmarks/bench_recovery.py --sizes {args.sizes} "
           f"--repeat {args.repeat} --modes {args.modes!r}"
-          + (" --no-resilience-creating" if args.no_resilience_creating else ""))
+          + (" --creating-baselines" if args.creating_baselines else ""))
     print(machine_line())
     workdir = tempfile.mkdtemp(prefix="wallaroo-bench-recovery-")
     rows = []
@@ -284,12 +287,15 @@ def main(argv=None):
                           f"({st['batch_messages']} messages), snapshot work in one "
                           f"commit {st['snapshot_work_ms']} ms, commit "
                           f"{st['commit_ms']} ms", flush=True)
-            if args.no_resilience_creating:
-                st = no_resilience_creating(k)
-                rows.append({"keys": k, "mode": "no resilience", **st})
-                print(f"{k:>8} keys, no resilience: created in {st['feed_seconds']:.2f}s; "
-                      f"longest batch compute {st['batch_ms']} ms "
-                      f"({st['batch_messages']} messages)", flush=True)
+            if args.creating_baselines:
+                for label, state in (("no checkpoints", os.path.join(workdir, f"nc-{k}")),
+                                     ("no resilience", None)):
+                    st = baseline_creating(k, state)
+                    rows.append({"keys": k, "mode": label, **st})
+                    print(f"{k:>8} keys, {label:<14}: created in {st['feed_seconds']:.2f}s; "
+                          f"longest batch compute {st['batch_ms']} ms "
+                          f"({st['batch_messages']} messages), commit "
+                          f"{st['commit_ms']} ms", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if len(sizes) > 1:

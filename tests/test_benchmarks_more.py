@@ -64,7 +64,7 @@ def test_big_state_benchmark_reports_one_checkpoint(tmp_path):
 def test_recovery_benchmark_reports_every_size_and_the_touch_time(tmp_path):
     out = tmp_path / "rec.json"
     stdout = run("bench_recovery.py", "--sizes", "300,3000", "--modes", "checkpointed",
-                 "--repeat", "1", "--no-resilience-creating", "--json", str(out))
+                 "--repeat", "1", "--creating-baselines", "--json", str(out))
     rows = json.loads(out.read_text())["rows"]
     durable = [r for r in rows if r["mode"] == "checkpointed"]
     assert [(r["keys"], r["partitions"], r["replayed"]) for r in durable] == [
@@ -75,7 +75,9 @@ def test_recovery_benchmark_reports_every_size_and_the_touch_time(tmp_path):
         assert list(r["stalls"]) == ["creating", "checkpointing", "loading"]
         for st in r["stalls"].values():  # each phase ran batches and snapshots
             assert st["batch_ms"] > 0 and st["snapshot_work_ms"] > 0
-    assert [r["keys"] for r in rows if r["mode"] == "no resilience"] == [300, 3000]
+    assert [(r["keys"], r["mode"]) for r in rows if r["mode"] != "checkpointed"] == [
+        (300, "no checkpoints"), (300, "no resilience"),
+        (3000, "no checkpoints"), (3000, "no resilience")]
     assert "touching every key again" in stdout
     assert "checkpointing longest batch compute" in stdout
 

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from typing import Iterator
 
-from . import reading, schema, sink_identities, vacuum
+from . import bulk, reading, schema, sink_identities, vacuum
 from .checkpointer import Checkpointer
 from .partition_reads import PartitionReads
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
@@ -388,33 +388,31 @@ class SQLiteStore(PartitionReads):
     def _write_rows(self, conn: sqlite3.Connection, rec: CommitRecord, rf: int) -> None:
         inputs = [r for r in rec.inputs if r.end_lsn > rf]
         if inputs:
-            conn.executemany(
-                "INSERT INTO input_log VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(r.first_lsn, r.count, r.source, r.stream, r.first_seq,
-                  ",".join(map(str, r.failed)), len(r.frames),
-                  r.checksum(), r.frames, r.connector) for r in inputs])
+            bulk.insert(conn, "INSERT INTO input_log VALUES", [
+                (r.first_lsn, r.count, r.source, r.stream, r.first_seq,
+                 ",".join(map(str, r.failed)), len(r.frames), r.checksum(),
+                 r.frames, r.connector) for r in inputs])
         if rec.outputs:
             rows = []
             for o in rec.outputs:
                 o = dataclasses.replace(o, sink=self._sink_ids[o.sink])
                 rows.append((o.sink, o.first_seq, o.count, len(o.data),
                              o.checksum(), o.data, int(o.framed)))
-            conn.executemany("INSERT INTO outbox VALUES (?,?,?,?,?,?,?)", rows)
+            bulk.insert(conn, "INSERT INTO outbox VALUES", rows)
         if rec.partitions:
-            conn.executemany(
-                "INSERT INTO partitions (pid, state, key_repr, created_lsn, "
-                "checksum, key, key_group, key_hash) VALUES (?,?,?,?,?,?,?,?)",
-                [(p.pid, p.state, p.key_repr, p.created_lsn, p.checksum(), p.key,
-                  p.key_group, p.key_hash) for p in rec.partitions])
+            bulk.insert(
+                conn, "INSERT INTO partitions (pid, state, key_repr, created_lsn, "
+                "checksum, key, key_group, key_hash) VALUES", [
+                    (p.pid, p.state, p.key_repr, p.created_lsn, p.checksum(),
+                     p.key, p.key_group, p.key_hash) for p in rec.partitions])
         if rec.snapshots:
             self._write_snapshots(conn, rec)
         if rec.pending is not None:
             conn.execute("DELETE FROM pending_input")
-            conn.executemany(
-                "INSERT INTO pending_input VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [(p.id, p.source, p.stream, p.first_seq, p.count, p.consumed,
-                  len(p.frames), p.checksum(), p.consumed_checksum(), p.frames)
-                 for p in rec.pending])
+            bulk.insert(conn, "INSERT INTO pending_input VALUES", [
+                (p.id, p.source, p.stream, p.first_seq, p.count, p.consumed,
+                 len(p.frames), p.checksum(), p.consumed_checksum(), p.frames)
+                for p in rec.pending])
         counts = self._pending_counts if rec.pending is None else {
             p.id: p.count for p in rec.pending}
         for pid, consumed in rec.pending_consumed.items():
@@ -448,11 +446,9 @@ class SQLiteStore(PartitionReads):
                          pieces[0], len(pieces) - 1, cid))
             split.extend((s.pid, i, p) for i, p in enumerate(pieces[1:], 1))
             self._parted.add(s.pid)
-        conn.executemany("INSERT OR REPLACE INTO snapshots (pid, lsn, size, "
-                         "pickler, checksum, state, parts, classes) VALUES "
-                         "(?,?,?,?,?,?,?,?)", rows)
-        if split:
-            conn.executemany("INSERT INTO snapshot_parts VALUES (?,?,?)", split)
+        bulk.insert(conn, "INSERT OR REPLACE INTO snapshots (pid, lsn, size, "
+                    "pickler, checksum, state, parts, classes) VALUES", rows)
+        bulk.insert(conn, "INSERT INTO snapshot_parts VALUES", split)
 
     def _class_id(self, conn: sqlite3.Connection, refs: tuple) -> int:
         """The id of a set of class references, added in this commit when
@@ -471,12 +467,13 @@ class SQLiteStore(PartitionReads):
                        commits: int) -> None:
         if rec.streams:
             now = int(time.time())
-            conn.executemany(
-                "INSERT INTO streams VALUES (?,?,?,?,?) ON CONFLICT(source, "
-                "stream) DO UPDATE SET count=excluded.count, "
-                "last_seen=excluded.last_seen, checksum=excluded.checksum",
+            bulk.insert(
+                conn, "INSERT INTO streams VALUES",
                 [(src, st, n, now, control_checksum("streams", src, st, n, now))
-                 for (src, st), n in rec.streams.items()])
+                 for (src, st), n in rec.streams.items()],
+                tail="ON CONFLICT(source, stream) DO UPDATE SET "
+                "count=excluded.count, last_seen=excluded.last_seen, "
+                "checksum=excluded.checksum")
         if rec.forget_streams:
             conn.executemany("DELETE FROM streams WHERE source=? AND stream=?",
                              rec.forget_streams)
@@ -490,8 +487,8 @@ class SQLiteStore(PartitionReads):
                 n, d, sid = next_seq.get(s, 0), delivered.get(s, 0), self._sink_ids[s]
                 b = bases.get(s, 0)
                 rows.append((sid, n, d, sinks_checksum(sid, n, d, b), b))
-            conn.executemany("INSERT OR REPLACE INTO sinks (sink, next_seq, "
-                             "delivered, checksum, base) VALUES (?,?,?,?,?)", rows)
+            bulk.insert(conn, "INSERT OR REPLACE INTO sinks (sink, next_seq, "
+                        "delivered, checksum, base) VALUES", rows)
         conn.execute(
             "UPDATE progress SET next_lsn=?, replay_from=?, commits=?, "
             "updated_at=?, checksum=?",

@@ -221,7 +221,8 @@ class WorkerCollector:
         for metric, doc, h in (
                 ("wallaroo_batch_compute_seconds", "CPU time of a batch's compute",
                  st.batch_seconds),
-                ("wallaroo_commit_seconds", "Wall time of a commit", w.commit_hist),
+                ("wallaroo_commit_seconds", "Wall time of a commit, in its thread",
+                 w.commit_hist),
                 ("wallaroo_snapshot_work_seconds",
                  "Snapshot work (pickling) in one commit", st.snapshot_seconds)):
             hm = HistogramMetricFamily(metric, doc, labels=["worker"])
