@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, note, settings
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
                                  precondition, rule)
 
+from wallaroo.recovery import key_index
 from wallaroo.testing import Driver, SimulatedCrash, split_frames
 
 from .apps import model_app as m
@@ -34,8 +35,14 @@ class EngineWithCrashes(RuleBasedStateMachine):
     @initialize(a=st.lists(a_message, min_size=1, max_size=60),
                 b=st.lists(st.integers(0, 60), max_size=30),
                 checkpoint_max=st.integers(1, 4),
-                state_cache=st.sampled_from([None, None, 1, 2, 4]))
-    def setup(self, a, b, checkpoint_max, state_cache):
+                state_cache=st.sampled_from([None, None, 1, 2, 4]),
+                epoch=st.sampled_from([None, 2, 3, 5]))
+    def setup(self, a, b, checkpoint_max, state_cache, epoch):
+        # a small key-index epoch: new partitions merged into the index in
+        # steps (two buckets) across commits and crashes, found through it
+        self.epoch = (key_index.EPOCH, key_index.BUCKETS)
+        if epoch is not None:
+            key_index.EPOCH, key_index.BUCKETS = epoch, 2
         self.dir = tempfile.mkdtemp(prefix="wallaroo-model-")
         self.a, self.b = a, b
         self.driver = Driver(m, resilience_dir=self.dir,
@@ -46,6 +53,8 @@ class EngineWithCrashes(RuleBasedStateMachine):
         self.sent_a = self.sent_b = 0  # the senders' cursors
 
     def teardown(self):
+        if getattr(self, "epoch", None) is not None:
+            key_index.EPOCH, key_index.BUCKETS = self.epoch
         if getattr(self, "driver", None) is not None and self.driver.core is not None:
             self.driver.crash()
         if getattr(self, "dir", None):

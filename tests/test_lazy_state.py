@@ -308,3 +308,34 @@ def test_the_state_caches_metrics(procs, tmp_path):
     recv.terminate()
     got = split_frames(out.read_bytes())
     assert sorted(got) == sorted([f"'{k}'={n}".encode() for k in keys for n in (1, 2)])
+
+
+def test_a_batch_stops_taking_messages_at_max_new_partitions(tmp_path):
+    """Each new partition is a row of the batch's commit: a batch with a
+    deadline takes no more messages once it has created
+    MAX_NEW_PARTITIONS, and the rest follow in the next batches with
+    nothing lost."""
+    import time
+    from wallaroo.runtime.core import MAX_NEW_PARTITIONS
+    d = Driver(APP, args=ARGS, resilience_dir=str(tmp_path / "state"))
+    d.start()
+    n = MAX_NEW_PARTITIONS * 2 + 500
+    d.feed("keys", frames=b"".join(keyed_counts.frame(f"k{i}") for i in range(n)))
+    chunks, d.pending = d.pending, []
+    made = []
+    while chunks:
+        batch = d.core.process(chunks, deadline=time.perf_counter() + 60)
+        d.store.commit(batch.record)
+        made.append(len(batch.record.partitions))
+        chunks = batch.leftover
+    assert made == [MAX_NEW_PARTITIONS, MAX_NEW_PARTITIONS, 500]
+    d.stop()
+    d.start()
+    assert feed(d, ["k0", f"k{n - 1}"]) == [b"'k0'=2", f"'k{n - 1}'=2".encode()]
+    # without resilience nothing is written per partition: no bound
+    m = Driver(APP, args=ARGS)
+    m.start()
+    m.feed("keys", frames=b"".join(keyed_counts.frame(f"k{i}") for i in range(n)))
+    chunks, m.pending = m.pending, []
+    batch = m.core.process(chunks, deadline=time.perf_counter() + 60)
+    assert not batch.leftover

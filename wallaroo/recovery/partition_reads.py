@@ -16,8 +16,9 @@ FINDER_CACHE_KIB = 16384  # the partition finder's page cache (SQLite's default:
 
 
 class PartitionReads:
-    """Mixed into ``SQLiteStore``: uses its ``_conn``, ``path`` and
-    ``_readers`` (connections of their own, closed with the store)."""
+    """Mixed into ``SQLiteStore``: uses its ``_conn``, ``path``, ``_keys``
+    (the key index) and ``_readers`` (connections of their own, closed
+    with the store)."""
 
     def _reader(self) -> sqlite3.Connection:
         """A read connection of its own, closed with the store; use it from
@@ -46,16 +47,20 @@ class PartitionReads:
         return None if row is None else reading.partition_row(self.path, row)
 
     def partition_states(self) -> list[str]:
-        """The states that have partitions here (read from the index, one
-        step per state, not one per partition)."""
+        """The states that have partitions here (read from the key index,
+        one step per state, not one per partition; with those not merged
+        into it yet and those of earlier releases not hashed yet)."""
         out: list[str] = []
         while True:
             (state,) = self._conn.execute(
-                "SELECT min(state) FROM partitions WHERE state > ?",
+                "SELECT min(state) FROM partition_keys WHERE state > ?",
                 (out[-1] if out else "",)).fetchone()
             if state is None:
-                return out
+                break
             out.append(state)
+        unhashed = {s for (s,) in self._conn.execute(
+            "SELECT DISTINCT state FROM partitions WHERE key_hash IS NULL")}
+        return sorted(set(out) | self._keys.states() | unhashed)
 
     def hash_partitions(self, state: str, key_hash) -> int:
         """Give partitions written before key hashes were stored (schema
@@ -74,6 +79,10 @@ class PartitionReads:
                 prow.key_hash = key_hash(prow)
                 conn.execute("UPDATE partitions SET key_hash=?, checksum=? "
                              "WHERE pid=?", (prow.key_hash, prow.checksum(), prow.pid))
+                # below the key index's watermark (set past every partition
+                # when the index was made): its entry goes in the table
+                conn.execute("INSERT OR IGNORE INTO partition_keys VALUES (?,?,?)",
+                             (state, prow.key_hash, prow.pid))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -89,12 +98,29 @@ class PartitionReads:
         path = self.path
         conn = self._reader()
         conn.execute(f"PRAGMA cache_size=-{FINDER_CACHE_KIB}")
-        sql = (f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
-               f"WHERE p.state=? AND p.key_hash=?")
+        select = f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+        indexed = select + ("JOIN partition_keys k ON k.pid = p.pid "
+                            "WHERE k.state=? AND k.key_hash=?")
+        by_pid = select + "WHERE p.pid=?"
+        keys = self._keys
 
         def find(state: str, key_hash: int):
+            # the partitions not merged yet first: one a merge moves into
+            # the table meanwhile is then found there (key_index.py)
+            recent = keys.pids(state, key_hash)
             try:
-                rows = conn.execute(sql, (state, key_hash)).fetchall()
+                rows = conn.execute(indexed, (state, key_hash)).fetchall()
+                seen = {cols[0] for cols in rows}
+                for pid in recent:
+                    if pid in seen:
+                        continue
+                    cols = conn.execute(by_pid, (pid,)).fetchone()
+                    if cols is None:
+                        raise CorruptionError(
+                            f"{path}: partition {pid} (state {state!r}) was "
+                            f"committed but its row is gone; refusing to run "
+                            f"on damaged state")
+                    rows.append(cols)
             except sqlite3.DatabaseError as e:
                 raise CorruptionError(f"{path}: cannot read partitions of state "
                                       f"{state!r}: {e}") from e

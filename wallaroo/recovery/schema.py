@@ -160,6 +160,35 @@ def _v5_lazy_state(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE snapshots SET classes=? WHERE pid=?", (cid, pid))
 
 
+_V6_SQL = """
+    CREATE TABLE partition_keys (
+        state TEXT NOT NULL,
+        key_hash INTEGER NOT NULL,
+        pid INTEGER NOT NULL,
+        PRIMARY KEY (state, key_hash, pid)
+    ) WITHOUT ROWID;
+    INSERT INTO partition_keys
+        SELECT state, key_hash, pid FROM partitions WHERE key_hash IS NOT NULL;
+    DROP INDEX partitions_by_key;
+    CREATE INDEX partitions_unhashed ON partitions (state) WHERE key_hash IS NULL;
+    """
+
+
+def _v6_key_index(conn: sqlite3.Connection) -> None:
+    """Migration 6, the key index (``key_index.py``): partitions are found
+    through table ``partition_keys``, merged in sorted steps, instead of
+    an index on ``partitions`` that took a random insert per new key.
+    Every partition there now is in it (the watermark is past them); those
+    of schema 4 and earlier, whose key hashes the worker fills in at its
+    first start, are added then (the partial index finds them)."""
+    from .key_index import META_KEY, watermark_text
+    for stmt in _statements(_V6_SQL):
+        conn.execute(stmt)
+    (top,) = conn.execute("SELECT max(pid) FROM partitions").fetchone()
+    conn.execute("INSERT INTO meta VALUES (?, ?)",
+                 (META_KEY, watermark_text(0 if top is None else top + 1)))
+
+
 def class_set_text(refs) -> str:
     return "\n".join(refs)
 
@@ -239,6 +268,8 @@ MIGRATIONS: list[Migration] = [
     _v4_cluster,
     # 5: state at scale (see _v5_lazy_state).
     _v5_lazy_state,
+    # 6: the key index (see _v6_key_index).
+    _v6_key_index,
 ]
 
 

@@ -24,6 +24,7 @@ import time
 from typing import Iterator
 
 from . import bulk, reading, schema, sink_identities, vacuum
+from .key_index import KeyIndex
 from .checkpointer import Checkpointer
 from .partition_reads import PartitionReads
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
@@ -84,6 +85,8 @@ class SQLiteStore(PartitionReads):
         self._new_class_ids: dict[tuple, int] = {}  # in the commit under way
         self._last_next_lsn = 0
         self._vacuums = False  # the database vacuums incrementally
+        self._keys: KeyIndex | None = None  # the key index (key_index.py)
+        self._merges = True  # merge steps run (until one fails)
         self.notes: list[str] = []  # warnings for the worker's log
         self._readers: list[sqlite3.Connection] = []  # finders, scrubbers
 
@@ -141,6 +144,7 @@ class SQLiteStore(PartitionReads):
             saved = self._settle_membership(membership)
             self.starts = self._count_start()
             rec, self._parted = reading.load(conn, self.path)
+            self._keys = KeyIndex(conn, self.path)
             self._class_ids = {refs: cid for cid, refs in self.class_sets().items()}
             rec.membership = saved
             rec.next_out_seq = self._by_app(rec.next_out_seq)
@@ -339,6 +343,8 @@ class SQLiteStore(PartitionReads):
             self._class_ids.update(self._new_class_ids)
             self._new_class_ids.clear()
         self._commits = commits
+        if rec.partitions:  # findable before the commit is said to have landed
+            self._keys.committed(rec.partitions)
         if rec.number > self.landed:
             self.landed = rec.number
         cp = self._checkpointer
@@ -358,10 +364,24 @@ class SQLiteStore(PartitionReads):
             if d > self._delivered.get(s, 0):
                 self._delivered[s] = d
         self._write_position(rec.next_lsn)
+        if self._keys.merging and self._merges:
+            self._merge_step()
         if self._vacuums and cp is not None:
             idle = not (rec.inputs or rec.outputs or rec.partitions or rec.snapshots)
             self._vacuum_step(cp, rec.next_lsn, vacuum.IDLE_STEP_PAGES if idle
                               else vacuum.STEP_PAGES)
+
+    def _merge_step(self) -> None:
+        """One step of merging new partitions into the key index
+        (key_index.py), after a commit."""
+        try:
+            self._keys.step(self._conn)
+        except sqlite3.Error as e:
+            # the batch is committed; the partitions are found through
+            # memory meanwhile, and the next start merges them
+            self._merges = False
+            log.warning("%s: merging new partitions into the key index failed, "
+                        "and is put off until the next start: %s", self.path, e)
 
     def _vacuum_step(self, cp: Checkpointer, next_lsn: int, most: int) -> None:
         """Give back a few free pages when many are free (vacuum.py); the

@@ -46,6 +46,11 @@ from .states import DirtyTracker, StateSpace
 SLOW_SNAPSHOT = 0.05
 SNAPSHOT_SPACING = 10
 SNAPSHOT_WRITE_RATE = 100e6  # bytes per second
+# A batch (with a deadline: not replay) stops taking messages once it has
+# created this many partitions: each is a row of its commit, and the
+# commit thread's Python work for it (the row, its checksum, its key-index
+# entry) competes with the loop for the GIL.
+MAX_NEW_PARTITIONS = 2000
 
 
 @dataclass(slots=True)
@@ -259,6 +264,11 @@ class WorkerCore:
 
     def _compile(self) -> None:
         ctx = Context(fail=None)
+        if self.durable:  # every new partition is a row of the batch's commit
+            ctx.max_created = MAX_NEW_PARTITIONS
+        self.created = ctx.created
+        for space in self.spaces.values():
+            space.created = ctx.created
         self.failures = FailureLog(ctx.cell, self.log)
         ctx.fail = self.failures.fail
         route = self.route = self.route_for()
@@ -469,6 +479,7 @@ class WorkerCore:
         m0 = time.monotonic()
         if self._leaving:
             self._purge_leaving()
+        self.created[0] = 0
         queued = self.stats.stages.queued.observe_n
         first_lsn = lsn = self.next_lsn
         inputs: list[InputRow] = []

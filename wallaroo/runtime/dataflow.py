@@ -36,14 +36,19 @@ class Context:
     ``cell[0]`` is the index of the frame being processed in its chunk; the
     source loop sets it.  ``base`` is the chunk's first lsn (used in rebuild
     mode).  ``fail(step, exc)`` records a failure of the current frame.
+    ``created[0]`` counts the partitions the batch created (the state
+    spaces add to it); a batch with a deadline stops taking messages once
+    it reaches ``max_created`` (None: no bound).
     """
 
-    __slots__ = ("cell", "base", "fail")
+    __slots__ = ("cell", "base", "fail", "created", "max_created")
 
     def __init__(self, fail: Callable[[str, BaseException], None]):
         self.cell = [0]
         self.base = 0
         self.fail = fail
+        self.created = [0]
+        self.max_created: int | None = None
 
 
 Push = Callable[[Any], None]
@@ -454,6 +459,7 @@ def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
     ``skip`` messages at the front are not run (replay from inside a row).
     A unit that cannot be decoded fails its messages (``fail_unit``)."""
     cell = ctx.cell
+    created, cap = ctx.created, ctx.max_created
 
     def run(units: list[bytes], base: int, deadline: float | None = None,
             skip: int = 0) -> int:
@@ -476,7 +482,8 @@ def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
                         apply(key, item)
                     i += 1
             done += 1
-            if deadline is not None and perf_counter() >= deadline:
+            if deadline is not None and (perf_counter() >= deadline or (
+                    cap is not None and created[0] >= cap)):
                 break
         return done
     return run
@@ -489,10 +496,13 @@ def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
     ``run(payloads, base, deadline=None)`` returns how many payloads it
     processed: all of them without a deadline, otherwise at least one, and
     no more once ``time.perf_counter()`` passed ``deadline`` (so a slow
-    application cannot hold the loop for a whole batch).  ``seen``: the
-    first step's count, which gets what was decoded, per slice."""
+    application cannot hold the loop for a whole batch) or the batch
+    created ``ctx.max_created`` partitions (each new partition is a row
+    its commit writes).  ``seen``: the first step's count, which gets what
+    was decoded, per slice."""
     cell = ctx.cell
     fail = ctx.fail
+    created, cap = ctx.created, ctx.max_created
     name = f"decoder {decoder_name}"
 
     counted = [0] if seen is None else seen
@@ -530,5 +540,9 @@ def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
             per = (t1 - t0) / done
             size = MAX_SLICE if per <= 0 else max(1, min(MAX_SLICE, int(
                 (deadline - t1) / per / 2) or 1))
+            if cap is not None:
+                if created[0] >= cap:
+                    break
+                size = min(size, cap - created[0])  # one new partition each, at most
         return i
     return run

@@ -54,6 +54,7 @@ class StateSpace:
         self.leaving: dict[Any, tuple] = {}
         self.recent: dict | None = None
         self.serializer = None  # the application's (serialize, deserialize)
+        self.created = [0]  # partitions created (the batch's count: Context)
         self.loaded = 0  # partitions loaded from the store
         # replay_from when the store was opened, and the store's file: a
         # stored partition without a snapshot must have been created at or
@@ -188,6 +189,7 @@ class StateSpace:
         state = self.spec.factory()
         if self.durable:
             self.key_blobs[key] = blob
+            self.created[0] += 1
         self._place(key, state, None)
         return state
 

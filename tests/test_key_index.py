@@ -1,0 +1,109 @@
+"""The key index (wallaroo/recovery/key_index.py): new partitions wait in
+memory and are merged into ``partition_keys`` in sorted steps; a partition
+is found by its state and key hash before, during and after its merge,
+across a reopen and a crash in the middle of a merge; the watermark is
+checksummed."""
+
+from __future__ import annotations
+
+import pickle
+import sqlite3
+
+import pytest
+
+from wallaroo.recovery import CommitRecord, CorruptionError, PartitionRow, key_index
+from wallaroo.recovery.sqlite_store import SQLiteStore
+
+from .test_store import FP, WORKER
+
+
+@pytest.fixture
+def small_epochs(monkeypatch):
+    monkeypatch.setattr(key_index, "EPOCH", 40)
+    monkeypatch.setattr(key_index, "BUCKETS", 4)
+
+
+def spread(pid: int) -> int:
+    return (pid * 2654435761) % 2 ** 32  # over the 32-bit range, no order
+
+
+def rows(first_pid: int, n: int) -> list[PartitionRow]:
+    # two keys share a hash (a collision)
+    return [PartitionRow(pid, "counts", pickle.dumps(f"k{pid}"), repr(f"k{pid}"), 0,
+                         pid % 4, spread(5 if pid == 3 else pid))
+            for pid in range(first_pid, first_pid + n)]
+
+
+def found(store: SQLiteStore, made: list[PartitionRow]) -> None:
+    """Every partition made is found by its state and key hash."""
+    find = store.partition_finder()
+    for p in made:
+        pids = [prow.pid for prow, _ in find(p.state, p.key_hash)]
+        assert p.pid in pids, (p.pid, pids, store._keys.below)
+        assert len(pids) == len(set(pids))
+
+
+def index_entries(store: SQLiteStore) -> int:
+    return store._conn.execute("SELECT count(*) FROM partition_keys").fetchone()[0]
+
+
+def test_partitions_are_found_before_during_and_after_their_merge(tmp_path, small_epochs):
+    store = SQLiteStore(str(tmp_path), WORKER)
+    store.open(FP)
+    made: list[PartitionRow] = []
+    for batch in range(12):
+        new = rows(len(made), 9)
+        store.commit(CommitRecord(partitions=new))
+        made += new
+        found(store, made)  # mid-merge included: merges take several commits
+    keys = store._keys
+    assert keys.merges >= 1 and keys.below > 0
+    assert index_entries(store) >= keys.below  # every pid below it is in the table
+    # memory holds exactly the partitions at or past the watermark
+    assert sorted(p for pids in keys.recent.values() for p in pids) == list(
+        range(keys.below, len(made)))
+    store.close()
+    again = SQLiteStore(str(tmp_path), WORKER)
+    again.open(FP)
+    assert again._keys.below == keys.below
+    found(again, made)
+    assert again.partition_states() == ["counts"]
+    again.close()
+
+
+def test_a_crash_in_the_middle_of_a_merge_is_redone_at_the_next_start(tmp_path, small_epochs):
+    store = SQLiteStore(str(tmp_path), WORKER)
+    store.open(FP)
+    made = rows(0, 45)  # past the epoch: its merge starts after this commit
+    store.commit(CommitRecord(partitions=made))
+    assert store._keys._merge is not None and store._keys.below == 0  # one step done
+    store.close()  # what a crash leaves: some entries in the table, the watermark not moved
+    again = SQLiteStore(str(tmp_path), WORKER)
+    again.open(FP)
+    assert again._keys.below == 0
+    assert 0 < index_entries(again) < 45
+    found(again, made)
+    for _ in range(4):  # the merge again, from its start (INSERT OR IGNORE)
+        again.commit(CommitRecord())
+    assert again._keys.below == 45 and index_entries(again) == 45
+    assert not again._keys.recent
+    found(again, made)
+    again.close()
+
+
+def test_a_damaged_watermark_is_refused(tmp_path):
+    store = SQLiteStore(str(tmp_path), WORKER)
+    store.open(FP)
+    store.commit(CommitRecord(partitions=rows(0, 3)))
+    path = store.path
+    store.close()
+    conn = sqlite3.connect(path)
+    value = conn.execute("SELECT value FROM meta WHERE key=?",
+                         (key_index.META_KEY,)).fetchone()[0]
+    # a watermark moved past partitions not in the table would hide them
+    conn.execute("UPDATE meta SET value=? WHERE key=?",
+                 (value.replace('"below": 0', '"below": 3'), key_index.META_KEY))
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptionError, match="watermark in table meta failed its checksum"):
+        SQLiteStore(str(tmp_path), WORKER).open(FP)
