@@ -16,6 +16,7 @@ from .._spec import StateSpec
 from ..recovery import snapshots
 from ..recovery.errors import CorruptionError, StoreError, UnpicklableState
 from .placement import stable_hash
+from .sharded import ShardedDict
 
 _U64_MAX = 2 ** 64 - 1
 
@@ -39,11 +40,13 @@ class StateSpace:
         # durable mode: key -> pickled key, for partitions not yet written
         self.key_blobs: dict[Any, bytes] = {}
         self.parts: dict[Any, Any] = {}  # key -> state object
-        self.pids: dict[Any, int] = {}  # key -> partition id, once durable
-        self.snap_lsn: dict[Any, int] = {}  # key -> lsn its snapshot absorbed
+        # the bookkeeping of every partition: sharded, so that a million of
+        # them never resize at once (sharded.py)
+        self.pids = ShardedDict()  # key -> partition id, once durable
+        self.snap_lsn = ShardedDict()  # key -> lsn its snapshot absorbed
         self.touched: set = set()  # keys a step ran on in this batch
         self.to_save: set = set()  # keys whose step asked save_state
-        self.dirty: dict[Any, int] = {}  # key -> lsn of the batch that dirtied it
+        self.dirty = ShardedDict()  # key -> lsn of the batch that dirtied it
         # Partitions not in memory (DESIGN.md §4, "State at scale"):
         # ``finder(state, key_hash)`` looks one up in the store (None: the
         # store has none of this state); ``leaving`` holds the partitions
