@@ -22,9 +22,9 @@ fall in one sixteenth of the tree, so a merge dirties each leaf page about
 once, not once per key, and no step sorts more than one bucket.  The
 partitions created while a merge runs wait for the next one, so an epoch
 is at most the partitions of ``BUCKETS`` commits more than ``EPOCH``.  The
-last step moves the watermark in the same transaction; only then do the
-merged entries leave ``recent``.  A crash mid-merge leaves the watermark where it
-was: the next start finds those partitions in its scan, and the merge is
+last step moves the watermark in the same transaction.  A bucket's
+entries leave ``recent`` once its step has committed.  A crash mid-merge
+leaves the watermark where it was: the next start finds those partitions in its scan, and the merge is
 redone (``INSERT OR IGNORE``).
 
 A lookup reads ``recent`` first, then the table, so an entry that a merge
@@ -141,15 +141,18 @@ class KeyIndex:
             except sqlite3.Error:
                 pass
             raise
+        # in the table now (committed): memory lets go of them, one bucket
+        # at a time (the next start finds them past the watermark again
+        # until the last step moves it, and merges them once more)
+        recent = self.recent
+        for state, key_hash, pid in chunk:
+            pids = recent[(state, key_hash)]
+            pids.remove(pid)
+            if not pids:
+                del recent[(state, key_hash)]
+        self._merge[self._merge_at] = []
         self._merge_at += 1
         if last:
-            recent = self.recent
-            for bucket in self._merge:
-                for state, key_hash, pid in bucket:
-                    pids = recent[(state, key_hash)]
-                    pids.remove(pid)
-                    if not pids:
-                        del recent[(state, key_hash)]
             self.below = self._merge_below
             self._merge = None
             self.merges += 1
