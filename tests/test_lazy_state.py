@@ -316,7 +316,7 @@ def test_a_batch_stops_taking_messages_at_max_new_partitions(tmp_path):
     MAX_NEW_PARTITIONS, and the rest follow in the next batches with
     nothing lost."""
     import time
-    from wallaroo.runtime.core import MAX_NEW_PARTITIONS
+    from wallaroo.runtime.checkpoints import MAX_NEW_PARTITIONS
     d = Driver(APP, args=ARGS, resilience_dir=str(tmp_path / "state"))
     d.start()
     n = MAX_NEW_PARTITIONS * 2 + 500

@@ -11,7 +11,7 @@ import sqlite3
 import time
 
 import wallaroo
-from wallaroo.runtime.core import SLOW_SNAPSHOT, SNAPSHOT_SPACING
+from wallaroo.runtime.checkpoints import SLOW_SNAPSHOT, SNAPSHOT_SPACING
 from wallaroo.testing import Driver
 
 PICKLE_SECONDS = SLOW_SNAPSHOT * 1.2
