@@ -33,3 +33,18 @@ def test_the_tail_takes_an_upsert_clause():
         ("a", 5), ("b", 2), ("c", 3)]
     with pytest.raises(sqlite3.IntegrityError):  # without it, a conflict fails
         bulk.insert(conn, "INSERT INTO s VALUES", [("a", 9)])
+
+
+def test_an_sqlite_that_takes_999_variables_gets_smaller_statements():
+    """SQLite before 3.32 takes 999 variables in a statement (32,766 after):
+    the chunks shrink to fit instead of failing the commit."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    if not hasattr(conn, "setlimit"):
+        pytest.skip("needs Python 3.11 to lower the limit")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    conn.execute("CREATE TABLE w (a, b, c, d, e, f, g, h, i, j)")  # input_log's width
+    assert bulk.rows_per_statement(conn, 10) == 64  # 640 variables
+    rows = [tuple(range(i, i + 10)) for i in range(1000)]
+    bulk.insert(conn, "INSERT INTO w VALUES", rows)
+    assert conn.execute("SELECT count(*), sum(a) FROM w").fetchone() == (
+        1000, sum(range(1000)))
