@@ -11,7 +11,8 @@ import sqlite3
 
 import pytest
 
-from wallaroo.recovery import CommitRecord, CorruptionError, PartitionRow, key_index
+from wallaroo.recovery import (CommitRecord, CorruptionError, InputRow, PartitionRow,
+                               key_index)
 from wallaroo.recovery.sqlite_store import SQLiteStore
 
 from .test_store import FP, WORKER
@@ -34,6 +35,11 @@ def rows(first_pid: int, n: int) -> list[PartitionRow]:
             for pid in range(first_pid, first_pid + n)]
 
 
+def an_input(lsn: int) -> list[InputRow]:
+    """A commit that took input: merges wait for EPOCH partitions."""
+    return [InputRow(lsn, "words", None, None, 1, b"\x00\x00\x00\x01a")]
+
+
 def found(store: SQLiteStore, made: list[PartitionRow]) -> None:
     """Every partition made is found by its state and key hash."""
     find = store.partition_finder()
@@ -53,7 +59,7 @@ def test_partitions_are_found_before_during_and_after_their_merge(tmp_path, smal
     made: list[PartitionRow] = []
     for batch in range(12):
         new = rows(len(made), 9)
-        store.commit(CommitRecord(partitions=new))
+        store.commit(CommitRecord(partitions=new, inputs=an_input(batch)))
         made += new
         found(store, made)  # mid-merge included: merges take several commits
     keys = store._keys
@@ -71,6 +77,23 @@ def test_partitions_are_found_before_during_and_after_their_merge(tmp_path, smal
     found(again, made)
     assert again.partition_states() == ["counts"]
     again.close()
+
+
+def test_a_commit_without_input_merges_what_waits(tmp_path, small_epochs):
+    """Below EPOCH, partitions wait while input comes; the first commit
+    that took none (checkpointing, idle) starts merging them, so a restart
+    after the input stopped has nothing to scan."""
+    store = SQLiteStore(str(tmp_path), WORKER)
+    store.open(FP)
+    made = rows(0, 10)
+    store.commit(CommitRecord(partitions=made, inputs=an_input(0)))
+    assert store._keys.waiting == 10 and store._keys.merges == 0
+    for _ in range(4):  # one bucket per commit
+        store.commit(CommitRecord(next_lsn=1))
+    assert store._keys.merges == 1 and store._keys.below == 10
+    assert not store._keys.recent and index_entries(store) == 10
+    found(store, made)
+    store.close()
 
 
 def test_a_crash_in_the_middle_of_a_merge_is_redone_at_the_next_start(tmp_path, small_epochs):

@@ -16,16 +16,18 @@ are in memory, in ``recent`` ((state, key_hash) -> pids), built at open
 from a pid-range scan of ``partitions`` and added to after each commit.
 Waiting partitions are kept in ``BUCKETS`` buckets by the top bits of
 their key hash (the hash is 32 bits: ``placement.stable_hash``).  Once
-``EPOCH`` wait, they are merged into the table, one bucket per step, each
-step a transaction of its own after a commit: a bucket's entries, sorted,
-fall in one sixteenth of the tree, so a merge dirties each leaf page about
-once, not once per key, and no step sorts more than one bucket.  The
-partitions created while a merge runs wait for the next one, so an epoch
-is at most the partitions of ``BUCKETS`` commits more than ``EPOCH``.  The
-last step moves the watermark in the same transaction.  A bucket's
-entries leave ``recent`` once its step has committed.  A crash mid-merge
-leaves the watermark where it was: the next start finds those partitions in its scan, and the merge is
-redone (``INSERT OR IGNORE``).
+``EPOCH`` wait (or any, after a commit that took no input: the worker is
+checkpointing or idle), they are merged into the table, one bucket per
+step, each step a transaction of its own after a commit: a bucket's
+entries, sorted, fall in one sixteenth of the tree, so a merge dirties
+each leaf page about once, not once per key, and no step sorts more than
+one bucket.  The partitions created while a merge runs wait for the next
+one, so an epoch is at most the partitions of ``BUCKETS`` commits more
+than ``EPOCH``.  The last step moves the watermark in the same
+transaction.  A bucket's entries leave ``recent`` once its step has
+committed.  A crash mid-merge leaves the watermark where it was: the next
+start finds those partitions in its scan, and the merge is redone
+(``INSERT OR IGNORE``).
 
 A lookup reads ``recent`` first, then the table, so an entry that a merge
 moves in between is found in one or the other.  ``recent`` is changed only
@@ -113,15 +115,18 @@ class KeyIndex:
     def states(self) -> set[str]:
         return {state for state, _ in list(self.recent)}
 
-    @property
-    def merging(self) -> bool:
-        return self._merge is not None or self.waiting >= EPOCH
+    def due(self, quiet: bool) -> bool:
+        """A merge step is due: one is under way, or EPOCH partitions wait,
+        or (``quiet``: the commit took no input) any do, so a worker whose
+        input has stopped leaves none for the next start to scan."""
+        return self._merge is not None or self.waiting >= EPOCH or (
+            quiet and self.waiting > 0)
 
-    def step(self, conn: sqlite3.Connection) -> bool:
+    def step(self, conn: sqlite3.Connection, quiet: bool = False) -> bool:
         """One merge step (a bucket), in a transaction of its own (the
         committing thread, after a commit); False when none is due."""
         if self._merge is None:
-            if self.waiting < EPOCH:
+            if not self.due(quiet):
                 return False
             self._merge, self._waiting, self.waiting = self._waiting, self._buckets(), 0
             self._merge_below = self._next_pid

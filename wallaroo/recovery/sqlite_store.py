@@ -364,18 +364,19 @@ class SQLiteStore(PartitionReads):
             if d > self._delivered.get(s, 0):
                 self._delivered[s] = d
         self._write_position(rec.next_lsn)
-        if self._keys.merging and self._merges:
-            self._merge_step()
+        quiet = not rec.inputs
+        if self._merges and self._keys.due(quiet):
+            self._merge_step(quiet)
         if self._vacuums and cp is not None:
             idle = not (rec.inputs or rec.outputs or rec.partitions or rec.snapshots)
             self._vacuum_step(cp, rec.next_lsn, vacuum.IDLE_STEP_PAGES if idle
                               else vacuum.STEP_PAGES)
 
-    def _merge_step(self) -> None:
+    def _merge_step(self, quiet: bool) -> None:
         """One step of merging new partitions into the key index
         (key_index.py), after a commit."""
         try:
-            self._keys.step(self._conn)
+            self._keys.step(self._conn, quiet)
         except sqlite3.Error as e:
             # the batch is committed; the partitions are found through
             # memory meanwhile, and the next start merges them
