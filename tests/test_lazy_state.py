@@ -339,3 +339,36 @@ def test_a_batch_stops_taking_messages_at_max_new_partitions(tmp_path):
     chunks, m.pending = m.pending, []
     batch = m.core.process(chunks, deadline=time.perf_counter() + 60)
     assert not batch.leftover
+
+
+def test_a_batch_stops_taking_messages_at_max_touched_partitions(tmp_path):
+    """Each partition a batch touches is marked dirty at its boundary, on
+    the loop: a batch with a deadline takes no more messages once it has
+    touched MAX_TOUCHED partitions (existing ones here), and the rest
+    follow with nothing lost."""
+    import time
+    from wallaroo.runtime.checkpoints import MAX_TOUCHED
+
+    def run_all(d: Driver) -> list[int]:
+        chunks, d.pending = d.pending, []
+        sizes = []
+        while chunks:
+            batch = d.core.process(chunks, deadline=time.perf_counter() + 60)
+            d.store.commit(batch.record)
+            sizes.append(batch.messages)
+            chunks = batch.leftover
+        return sizes
+
+    d = Driver(APP, args=ARGS, resilience_dir=str(tmp_path / "state"))
+    d.start()
+    n = MAX_TOUCHED + 300
+    keys = [f"k{i}" for i in range(n)]
+    d.feed("keys", frames=b"".join(keyed_counts.frame(k) for k in keys))
+    run_all(d)  # created (in batches of MAX_NEW_PARTITIONS)
+    # each key twice: the first MAX_TOUCHED distinct keys fill a batch
+    d.feed("keys", frames=b"".join(keyed_counts.frame(k) for k in keys + keys))
+    sizes = run_all(d)
+    assert sizes[0] == MAX_TOUCHED and sum(sizes) == 2 * n
+    d.stop()
+    d.start()
+    assert feed(d, ["k0", keys[-1]]) == [b"'k0'=4", f"'{keys[-1]}'=4".encode()]

@@ -12,6 +12,7 @@ import time
 from ..recovery import snapshots
 from ..recovery.records import PartitionRow, SnapshotRow
 from .placement import stable_hash
+from .sharded import MASK as SHARD_MASK
 from .states import StateSpace
 
 # A partition whose snapshot cost at least SLOW_SNAPSHOT seconds (pickling,
@@ -26,6 +27,10 @@ SNAPSHOT_WRITE_RATE = 100e6  # bytes per second
 # commit thread's Python work for it (the row, its checksum, its key-index
 # entry) competes with the loop for the GIL.
 MAX_NEW_PARTITIONS = 2000
+# ... and once it has touched this many partitions: at its boundary each is
+# marked dirty (and maybe snapshotted), about 3.5 µs apiece in Python (36
+# ms for 10,000 touched and 1,000 snapshots at 1,000,000 keys), on the loop.
+MAX_TOUCHED = 5000
 
 
 class Checkpoints:
@@ -90,9 +95,9 @@ class Checkpoints:
         for space in self.spaces.values():
             touched = space.touched
             if touched:
-                pids = space.pids
+                shards = space.pids.shards  # many keys: no method calls
                 for key in touched:
-                    if key not in pids:
+                    if key not in shards[hash(key) & SHARD_MASK]:
                         new_rows.append(self._new_partition(space, key, first_lsn))
                 tracker.mark(space, touched, first_lsn, now)
                 if recent is not None:  # most recently used last

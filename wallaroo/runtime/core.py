@@ -30,7 +30,7 @@ from ..recovery.records import (MAX_OUTPUT_BYTES, MAX_ROW_BYTES, CommitRecord,
 from ..recovery.sink_identities import peer_identity
 from ..recovery.store import Store
 from . import channels
-from .checkpoints import MAX_NEW_PARTITIONS, Checkpoints
+from .checkpoints import MAX_NEW_PARTITIONS, MAX_TOUCHED, Checkpoints
 from .dataflow import (Context, Route, StepError, compile_pipeline, first,
                        first_counted_by_source, make_peer_runner, make_runner)
 from .failures import FailureLog
@@ -252,8 +252,10 @@ class WorkerCore(Checkpoints):
 
     def _compile(self) -> None:
         ctx = Context(fail=None)
-        if self.durable:  # every new partition is a row of the batch's commit
-            ctx.max_created = MAX_NEW_PARTITIONS
+        if self.durable:  # every new partition is a row of the batch's commit,
+            ctx.max_created = MAX_NEW_PARTITIONS  # every touched one bookkeeping
+            ctx.touched = [space.touched for space in self.spaces.values()]
+            ctx.max_touched = MAX_TOUCHED
         self.created = ctx.created
         for space in self.spaces.values():
             space.created = ctx.created

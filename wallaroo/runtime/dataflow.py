@@ -38,10 +38,12 @@ class Context:
     mode).  ``fail(step, exc)`` records a failure of the current frame.
     ``created[0]`` counts the partitions the batch created (the state
     spaces add to it); a batch with a deadline stops taking messages once
-    it reaches ``max_created`` (None: no bound).
+    it reaches ``max_created``, or once the partitions it touched (the sets
+    in ``touched``) reach ``max_touched`` (None: no bound).
     """
 
-    __slots__ = ("cell", "base", "fail", "created", "max_created")
+    __slots__ = ("cell", "base", "fail", "created", "max_created", "touched",
+                 "max_touched")
 
     def __init__(self, fail: Callable[[str, BaseException], None]):
         self.cell = [0]
@@ -49,6 +51,8 @@ class Context:
         self.fail = fail
         self.created = [0]
         self.max_created: int | None = None
+        self.touched: list[set] = []
+        self.max_touched: int | None = None
 
 
 Push = Callable[[Any], None]
@@ -443,6 +447,23 @@ def first(entries: list) -> Push:
     return e[0] if isinstance(e, tuple) else e
 
 
+def _bounds(ctx: Context) -> Callable[[int], int]:
+    """``room(size)``: how many of the next ``size`` messages a batch may
+    still take under ``ctx.max_created`` and ``ctx.max_touched`` (0: none;
+    each message creates and touches at most one partition per state step,
+    so the next slice is cut to what is left)."""
+    created, cap = ctx.created, ctx.max_created
+    touched, tcap = ctx.touched, ctx.max_touched
+
+    def room(size: int) -> int:
+        if cap is not None:
+            size = min(size, max(0, cap - created[0]))
+        if tcap is not None:
+            size = min(size, max(0, tcap - sum(map(len, touched))))
+        return size
+    return room
+
+
 # A batch with a deadline runs its messages in slices and reads the clock
 # between slices only: the first slice is small, later ones are sized from
 # the measured time per message to end near the deadline.
@@ -459,7 +480,7 @@ def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
     ``skip`` messages at the front are not run (replay from inside a row).
     A unit that cannot be decoded fails its messages (``fail_unit``)."""
     cell = ctx.cell
-    created, cap = ctx.created, ctx.max_created
+    bounds = _bounds(ctx)
 
     def run(units: list[bytes], base: int, deadline: float | None = None,
             skip: int = 0) -> int:
@@ -482,8 +503,8 @@ def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
                         apply(key, item)
                     i += 1
             done += 1
-            if deadline is not None and (perf_counter() >= deadline or (
-                    cap is not None and created[0] >= cap)):
+            if deadline is not None and (perf_counter() >= deadline
+                                         or bounds(1) == 0):
                 break
         return done
     return run
@@ -502,7 +523,7 @@ def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
     was decoded, per slice."""
     cell = ctx.cell
     fail = ctx.fail
-    created, cap = ctx.created, ctx.max_created
+    bounds = _bounds(ctx)
     name = f"decoder {decoder_name}"
 
     counted = [0] if seen is None else seen
@@ -540,9 +561,8 @@ def make_runner(decode: Callable[[bytes], Any], decoder_name: str, first: Push,
             per = (t1 - t0) / done
             size = MAX_SLICE if per <= 0 else max(1, min(MAX_SLICE, int(
                 (deadline - t1) / per / 2) or 1))
-            if cap is not None:
-                if created[0] >= cap:
-                    break
-                size = min(size, cap - created[0])  # one new partition each, at most
+            size = bounds(size)
+            if size == 0:
+                break
         return i
     return run

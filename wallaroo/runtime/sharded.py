@@ -12,8 +12,9 @@ each resize copies 1/``SHARDS`` of the entries.  Keys equal as dict keys
 (``1``, ``1.0``, ``True``) hash alike, so they land in the same shard.
 
 Each operation costs a method call more than a dict's (a few hundred
-nanoseconds); the hot per-message path (``StateSpace.parts``) stays a
-plain dict.
+nanoseconds); loops over many keys reach the shards directly
+(``shards[hash(key) & MASK]``).  The hot per-message path
+(``StateSpace.parts``) stays a plain dict.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 SHARDS = 64
-_MASK = SHARDS - 1
+MASK = _MASK = SHARDS - 1
 _MISSING = object()
 
 
 class ShardedDict:
-    __slots__ = ("_shards",)
+    __slots__ = ("_shards", "shards")
 
     def __init__(self) -> None:
         self._shards: list[dict] = [{} for _ in range(SHARDS)]
+        self.shards = self._shards  # for loops: shards[hash(key) & MASK]
 
     def __contains__(self, key: Any) -> bool:
         return key in self._shards[hash(key) & _MASK]

@@ -16,7 +16,7 @@ from .._spec import StateSpec
 from ..recovery import snapshots
 from ..recovery.errors import CorruptionError, StoreError, UnpicklableState
 from .placement import stable_hash
-from .sharded import ShardedDict
+from .sharded import MASK as SHARD_MASK, ShardedDict
 
 _U64_MAX = 2 ** 64 - 1
 
@@ -235,9 +235,10 @@ class DirtyTracker:
         self.count = 0
 
     def mark(self, space: StateSpace, keys, lsn: int, now: float) -> None:
-        dirty = space.dirty
+        shards = space.dirty.shards  # a loop over many keys: no method calls
         group = None
         for key in keys:
+            dirty = shards[hash(key) & SHARD_MASK]
             if key not in dirty:
                 dirty[key] = lsn
                 if group is None:
