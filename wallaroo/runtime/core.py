@@ -40,7 +40,6 @@ from .replay import replay
 from .states import DirtyTracker, StateSpace
 
 
-
 @dataclass(slots=True)
 class Chunk:
     """Complete frames that one connection delivered, in order; or (source
