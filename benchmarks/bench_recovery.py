@@ -195,12 +195,13 @@ def one_size(k, mode, repeat, workdir):
         w.start()
         feed_s = send_u64(w.port, k, "keys")
         stalls = {}
+        again_s = None
         if mode == "checkpointed":
             # wait until the incremental checkpoints have snapshotted every
             # partition (replay_from reaches next_lsn) before each report
             caught_up(state, k)
             stalls["creating"] = w.stalls()
-            send_u64(w.port, k, "again")
+            again_s = send_u64(w.port, k, "again")
             caught_up(state, 2 * k)
             stalls["checkpointing"] = w.stalls()
             w.stop()
@@ -230,6 +231,7 @@ def one_size(k, mode, repeat, workdir):
             "partitions": parts[-1] if parts else None,
             "replayed": replayed[-1] if replayed else None,
             "stalls": stalls,
+            "again_seconds": again_s,
             "touch_all_s": touch_s,
             "db_bytes": sum(os.path.getsize(os.path.join(state, f))
                             for f in os.listdir(state)),
@@ -282,6 +284,10 @@ def main(argv=None):
                         f"(created in {r['feed_seconds']:.2f}s); directory "
                         f"{r['db_bytes'] / 1e6:.0f} MB",
                       flush=True)
+                if r["again_seconds"]:
+                    print(f"{'':>8} every key again with all in memory: {k} messages "
+                          f"in {r['again_seconds']:.2f}s ({k / r['again_seconds']:,.0f} "
+                          f"msgs/s)", flush=True)
                 for phase, st in r["stalls"].items():
                     print(f"{'':>8} {phase:<13} longest batch compute {st['batch_ms']} ms "
                           f"({st['batch_messages']} messages), snapshot work in one "

@@ -80,6 +80,8 @@ def test_recovery_benchmark_reports_every_size_and_the_touch_time(tmp_path):
         (3000, "no checkpoints"), (3000, "no resilience")]
     assert "touching every key again" in stdout
     assert "checkpointing longest batch compute" in stdout
+    assert all(r["again_seconds"] > 0 for r in durable)
+    assert "every key again with all in memory: 3000 messages" in stdout
 
 
 def test_state_cache_benchmark_compares_with_and_without(tmp_path):
