@@ -85,6 +85,7 @@ class SQLiteStore(PartitionReads):
         self._new_class_ids: dict[tuple, int] = {}  # in the commit under way
         self._last_next_lsn = 0
         self._vacuums = False  # the database vacuums incrementally
+        self._page_bytes = 4096  # its page size (read at open)
         self._keys: KeyIndex | None = None  # the key index (key_index.py)
         self._merges = True  # merge steps run (until one fails)
         self.notes: list[str] = []  # warnings for the worker's log
@@ -133,6 +134,7 @@ class SQLiteStore(PartitionReads):
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             schema.migrate(conn, self.path)
             self._vacuums = vacuum.enabled(conn)
+            self._page_bytes = vacuum.page_size(conn)
             # WAL checkpoints run in a thread of their own (checkpointer.py)
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = Checkpointer(self.path)
@@ -529,7 +531,7 @@ class SQLiteStore(PartitionReads):
         if self._conn is not None and self._vacuums:
             # no more than the database as of this commit: a checkpoint
             # truncates the file to that after a vacuum step (vacuum.py)
-            size = min(size, vacuum.logical_size(self._conn))
+            size = min(size, vacuum.logical_size(self._conn, self._page_bytes))
         self._position.write(Position(self._commits, next_lsn, size))
 
     def close(self, update_position: bool = True) -> None:

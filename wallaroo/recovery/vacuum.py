@@ -40,13 +40,18 @@ def enabled(conn: sqlite3.Connection) -> bool:
     return mode == INCREMENTAL
 
 
-def logical_size(conn: sqlite3.Connection) -> int:
+def page_size(conn: sqlite3.Connection) -> int:
+    (size,) = conn.execute("PRAGMA page_size").fetchone()
+    return size
+
+
+def logical_size(conn: sqlite3.Connection, page_bytes: int) -> int:
     """The database's size as of the last commit on ``conn``, in bytes
     (the file is longer until a checkpoint truncates it, or shorter while
-    the WAL holds pages it has not copied yet)."""
+    the WAL holds pages it has not copied yet); ``page_bytes``: its page
+    size (``page_size``, fixed for a database: read once)."""
     (pages,) = conn.execute("PRAGMA page_count").fetchone()
-    (size,) = conn.execute("PRAGMA page_size").fetchone()
-    return pages * size
+    return pages * page_bytes
 
 
 def excess_pages(conn: sqlite3.Connection) -> int:

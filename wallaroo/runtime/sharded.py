@@ -22,54 +22,54 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 SHARDS = 64
-MASK = _MASK = SHARDS - 1
+MASK = SHARDS - 1
 _MISSING = object()
 
 
 class ShardedDict:
-    __slots__ = ("_shards", "shards")
+    __slots__ = ("shards",)
 
     def __init__(self) -> None:
-        self._shards: list[dict] = [{} for _ in range(SHARDS)]
-        self.shards = self._shards  # for loops: shards[hash(key) & MASK]
+        # loops over many keys read them directly: shards[hash(key) & MASK]
+        self.shards: list[dict] = [{} for _ in range(SHARDS)]
 
     def __contains__(self, key: Any) -> bool:
-        return key in self._shards[hash(key) & _MASK]
+        return key in self.shards[hash(key) & MASK]
 
     def __getitem__(self, key: Any) -> Any:
-        return self._shards[hash(key) & _MASK][key]
+        return self.shards[hash(key) & MASK][key]
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._shards[hash(key) & _MASK][key] = value
+        self.shards[hash(key) & MASK][key] = value
 
     def __delitem__(self, key: Any) -> None:
-        del self._shards[hash(key) & _MASK][key]
+        del self.shards[hash(key) & MASK][key]
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self._shards[hash(key) & _MASK].get(key, default)
+        return self.shards[hash(key) & MASK].get(key, default)
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        shard = self._shards[hash(key) & _MASK]
+        shard = self.shards[hash(key) & MASK]
         if default is _MISSING:
             return shard.pop(key)
         return shard.pop(key, default)
 
     def __len__(self) -> int:
-        return sum(map(len, self._shards))
+        return sum(map(len, self.shards))
 
     def __bool__(self) -> bool:
-        return any(self._shards)
+        return any(self.shards)
 
     def __iter__(self) -> Iterator[Any]:
-        for shard in self._shards:
+        for shard in self.shards:
             yield from shard
 
     def items(self) -> Iterator[tuple[Any, Any]]:
-        for shard in self._shards:
+        for shard in self.shards:
             yield from shard.items()
 
     def clear(self) -> None:
-        for shard in self._shards:
+        for shard in self.shards:
             shard.clear()
 
     def __repr__(self) -> str:
