@@ -160,6 +160,7 @@ class _RawArgsCommand(click.Command):
                    "hold before its sources stop reading.")
 @click.option("--cluster-members", hidden=True)
 @click.option("--supervisor-fd", type=int, hidden=True)
+@click.option("--rescale-drain", is_flag=True, hidden=True)
 @click.option("--forget-streams-after", type=click.FloatRange(min=0, min_open=True),
               metavar="SECONDS",
               help="With --resilience-dir: forget resumable streams nobody has "
@@ -187,8 +188,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         restart_delay,
         cluster_initializer, worker_count, control_addr, data_addr, my_control,
         my_data, cluster_secret_file, peer_outbox_max, cluster_members,
-        supervisor_fd, forget_streams_after, drain_timeout, log_level, profile_dir,
-        app_args):
+        supervisor_fd, rescale_drain, forget_streams_after, drain_timeout, log_level,
+        profile_dir, app_args):
     """Run the application APP (a .py file, or an importable module).
 
     Every argument after `run` is passed, in order, to the application's
@@ -250,6 +251,10 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     cluster = _cluster_args(cluster_initializer, worker_count, control_addr,
                             data_addr, my_control, my_data, cluster_secret_file,
                             cluster_members, supervisor_fd, peer_outbox_max, name)
+    if rescale_drain:
+        if cluster is None or cluster["kind"] != "supervised":
+            raise click.UsageError("--rescale-drain is the supervisor's")
+        cluster["drain_only"] = True
     code = run_worker(target, ctx.meta["raw_args"], name=name, cluster=cluster,
                       resilience_dir=resilience_dir, synchronous=synchronous,
                       checkpoint_interval=checkpoint_interval,

@@ -49,6 +49,10 @@ class WorkerInfo:
     pending_rows: int = 0
     pending_messages: int = 0  # read before a stop, not yet processed
     position: str = ""  # the position file against the database
+    # the cluster it belongs to (None: recorded before clusters existed)
+    members: list[str] | None = None
+    # set once the worker left its cluster in a rescale: {"plan", "at"}
+    retired: dict | None = None
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -80,6 +84,10 @@ def inspect_db(path: str, limit: int | None = None) -> WorkerInfo:
             created_at=meta.get("created_at", "?"), commits=commits,
             next_lsn=next_lsn, replay_from=replay_from, lock=holder_status(path),
             position=_position_status(path, commits))
+        if "membership" in meta:
+            info.members = json.loads(meta["membership"]).get("members")
+        if "retired" in meta:
+            info.retired = json.loads(meta["retired"])
         classes = fp.get("states", {})
         # per state, counted by SQLite (millions of partitions are not read
         # into Python); the partitions listed, up to ``limit``

@@ -35,7 +35,12 @@ def load(conn: sqlite3.Connection, path: str) -> tuple[Recovered, set[int]]:
     rec = Recovered(fresh=(commits == 0), next_lsn=next_lsn,
                     replay_from=replay_from, commits=commits)
     (top,) = conn.execute("SELECT max(pid) FROM partitions").fetchone()
-    rec.partitions_on_disk = 0 if top is None else top + 1  # pids never go
+    # pids are never used twice: a partition given to another worker
+    # (moves.py) leaves a gap, and its old pid may be below the key
+    # index's watermark, where a new partition would not be looked for
+    from .key_index import read_watermark
+    rec.partitions_on_disk = max(0 if top is None else top + 1,
+                                 read_watermark(conn, path))
     parted = {pid for (pid,) in conn.execute(
         "SELECT DISTINCT pid FROM snapshot_parts")}
     for source, stream, count, seen, cs in conn.execute(

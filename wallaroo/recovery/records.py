@@ -181,7 +181,12 @@ class SnapshotRow:
     classes: tuple = field(default=(), compare=False)
 
     def checksum(self) -> int:
-        return checksum(self.blob, f"{self.pid}\x1f{self.lsn}\x1f{self.pickler!r}")
+        return checksum(self.blob, snapshot_head(self.pid, self.lsn, self.pickler))
+
+
+def snapshot_head(pid: int, lsn: int, pickler: str) -> str:
+    """What a snapshot's checksum covers besides its bytes."""
+    return f"{pid}\x1f{lsn}\x1f{pickler!r}"
 
 
 @dataclass(slots=True)

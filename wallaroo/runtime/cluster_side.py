@@ -43,6 +43,9 @@ class ClusterConfig:
     # several hosts: every member's {"control", "data"} (saved with the
     # membership in each worker's database)
     addresses: dict | None = None
+    # one host, before a rescale (supervisor.py): no sources; at the stop,
+    # every partition checkpointed whatever the time, sinks not waited for
+    drain_only: bool = False
 
 
 class ClusterSide:

@@ -111,7 +111,8 @@ async def cluster_setup(c: dict, name: str, resilience_dir: str | None,
         return ClusterConfig(members=c["members"], secret=secret,
                              supervisor_fd=c["supervisor_fd"],
                              peer_outbox_max=c["peer_outbox_max"],
-                             control_bind=("127.0.0.1", 0))
+                             control_bind=("127.0.0.1", 0),
+                             drain_only=c.get("drain_only", False))
     if c["kind"] == "initializer":
         control, data = c["control"], c["data"]
     else:

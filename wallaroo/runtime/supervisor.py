@@ -60,7 +60,8 @@ class Supervisor:
     def __init__(self, app_path: str, worker_args: list[str], workers: int,
                  resilience_dir: str | None, restart_delay: float,
                  log: logging.Logger, spec, stop_grace: float = 60.0,
-                 metrics: tuple[str, int] | None = None):
+                 metrics: tuple[str, int] | None = None,
+                 names: list[str] | None = None):
         self.app_path = app_path
         self.worker_args = worker_args  # what each `wallaroo run` gets
         self.n = workers
@@ -75,7 +76,8 @@ class Supervisor:
             self.worker_args = [*worker_args, "--metrics", f"{metrics[0]}:0"]
         self.dir = resilience_dir or tempfile.mkdtemp(prefix="wallaroo-cluster-")
         self.cluster_file = os.path.join(self.dir, "cluster.json")
-        self.names = ["initializer"] + [f"worker-{i}" for i in range(1, workers)]
+        self.names = names or (["initializer"]
+                               + [f"worker-{i}" for i in range(1, workers)])
         self.members = [Member(n) for n in self.names]
         self.listeners: list[trio.SocketListener] = []
         self.sources: list[str] = []
@@ -137,27 +139,31 @@ class Supervisor:
         """Why this directory's databases belong to a cluster other than
         the one asked for (None: they do not)."""
         from .formation import saved_membership
+        from ..recovery.moves import is_retired
         if not self.resilience_dir or not os.path.isdir(self.resilience_dir):
             return None
         for f in sorted(os.listdir(self.resilience_dir)):
-            if not f.endswith(".db"):
+            if not f.endswith(".db") or is_retired(self.resilience_dir, f[:-3]):
                 continue
             saved = saved_membership(self.resilience_dir, f[:-3])
             if saved is not None and saved["members"] != self.names:
                 n = len(saved["members"])
                 return (f"{self.resilience_dir} holds a cluster of {n} workers "
                         f"({', '.join(saved['members'])}; see {f}); this run asks "
-                        f"for --workers {self.n}.  Run it with --workers {n} "
-                        f"(moving keys to another number of workers is not "
-                        f"supported yet)")
+                        f"for --workers {self.n}.  Run it with --workers {n}")
         return None
 
     async def run(self) -> int:
+        secret = self._secret()
+        if self.resilience_dir:
+            from .rescale import rescale_if_asked
+            code = await rescale_if_asked(self, secret)
+            if code is not None:
+                return code
         why = self.formed_elsewhere()
         if why is not None:
             self.log.error("%s", why)
             return 2
-        secret = self._secret()
         await self._bind_sources()
         metrics_listeners = await self._bind_metrics()
         self.write_cluster_file()
@@ -173,14 +179,7 @@ class Supervisor:
             for i, ls in enumerate(self.listeners):
                 for listener in ls:
                     nursery.start_soon(self._accept, i, listener)
-            while True:
-                for m in self.members:
-                    await m.ready_event.wait()
-                if self.stopping or all(m.state == "ready" for m in self.members):
-                    break
-                for m in self.members:  # one exited before it was ready
-                    if m.state != "ready":
-                        m.ready_event = trio.Event()
+            await self.all_ready()
             if not self.stopping:
                 sinks = ",".join(s.address for s in self.spec.sinks) or "-"
                 more = (f" metrics={self.metrics_address}"
@@ -201,6 +200,17 @@ class Supervisor:
         if any(c not in (0, 3) for c in codes):  # an error, or killed
             return 1
         return 3 if 3 in codes else 0
+
+    async def all_ready(self) -> None:
+        """Until every worker is ready (or the cluster stops)."""
+        while True:
+            for m in self.members:
+                await m.ready_event.wait()
+            if self.stopping or all(m.state == "ready" for m in self.members):
+                return
+            for m in self.members:  # one exited before it was ready
+                if m.state != "ready":
+                    m.ready_event = trio.Event()
 
     async def _keep_running(self, m: Member, secret: str, nursery) -> None:
         try:

@@ -257,7 +257,8 @@ class Worker:
             handed = self.cluster is not None and \
                 self.cluster.config.supervisor_fd is not None
             placement = self.core.placement
-            self.sources = [
+            drain_only = self.cluster is not None and self.cluster.config.drain_only
+            self.sources = [] if drain_only else [
                 KafkaSource(p.index, p.source, self.inbox, self.core.stream_counts,
                             self.registry, log, self.app.name,
                             placement.me if placement else 0,
@@ -318,7 +319,7 @@ class Worker:
             await self._log_or_drop(self.inbox.take_all())
             with trio.move_on_at(self._deadline) as self._drain_scope:
                 for dest in self.dests:  # a second signal ends this too
-                    if dest is not None:
+                    if dest is not None and not drain_only:
                         await dest.wait_empty()
             self._drain_scope = None
             self.stop_report.undelivered_outputs = sum(s.queued_outputs
@@ -672,8 +673,9 @@ class Worker:
         batch = self.core.process(())
         if not batch.record.is_empty():
             await self._commit(batch)
-        with trio.move_on_at(self._deadline):
-            while not self._past_deadline():
+        whole = self.cluster is not None and self.cluster.config.drain_only
+        with trio.move_on_at(float("inf") if whole else self._deadline):
+            while whole or not self._past_deadline():
                 batch = self.core.process((), force_checkpoint=True)
                 if batch.record.is_empty():
                     break

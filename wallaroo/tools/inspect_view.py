@@ -36,6 +36,15 @@ def render(infos: list[WorkerInfo], console: Console, limit: int | None,
             f"{info.commits} commits; next lsn {info.next_lsn}, replay from "
             f"{info.replay_from} ({info.next_lsn - info.replay_from} inputs to "
             f"replay after a crash)")
+        if info.retired is not None:
+            waiting = sum(max(0, o["next_seq"] - o["delivered"]) for o in info.outbox)
+            console.print(
+                f"[bold]retired[/bold] at {info.retired.get('at', '?')}: left the "
+                f"cluster in a rescale (now {', '.join(info.members or ['?'])}); "
+                + (f"{waiting} outputs still wait for delivery" if waiting else
+                   "nothing left to deliver") + "; its file is kept")
+        elif info.members is not None and len(info.members) > 1:
+            console.print(f"member of the cluster {', '.join(info.members)}")
         states = Table(title="states", title_justify="left")
         for col in ("state", "class", "partitions", "snapshotted", "snapshot bytes"):
             states.add_column(col, justify="right" if col[0] in "ps" and col != "state" else "left")

@@ -1,0 +1,96 @@
+"""Rescaling a one-host cluster at a restart (DESIGN.md §6 "Rescaling"):
+the same resilience directory run with ``--workers 1``, then 3, 2 and 1,
+the input sent once per run, gives every example application the outputs
+(per key, in order) and the final state of one worker that got the input
+four times.  Key groups move with their state; workers that leave are
+marked retired, never deleted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from .conftest import WALLAROO, start_receiver
+from .test_cluster_examples import CASES, EXAMPLES, per_key, run_cluster, send
+
+STAGES = (1, 3, 2, 1)
+
+
+def _votes(tmp_path):
+    votes = tmp_path / "votes.frames"
+    if not votes.exists():
+        subprocess.run(["python", str(EXAMPLES / "alphabet" / "make_votes.py"),
+                        "--count", "2000", str(votes)], check=True,
+                       capture_output=True)
+    return votes
+
+
+def _send_args(name, tmp_path):
+    return [str(_votes(tmp_path)) if a == "VOTES" else
+            (str(EXAMPLES / a) if "/" in a else a) for a in CASES[name][1]]
+
+
+def _wait_records(path, split, n: int, timeout: float = 60) -> list[bytes]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = split(path.read_bytes()) if path.exists() else []
+        if len(got) >= n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def run_stages(procs, tmp_path, name: str, stages, tag: str) -> list[bytes]:
+    """One receiver; a cluster per stage on one directory, the input sent
+    once to each; every output as the receiver got it."""
+    app, _, framing, split, _ = CASES[name]
+    out = tmp_path / f"{name}-{tag}.bin"
+    recv, sink = start_receiver(procs, "--framing", framing, "--format", "raw",
+                                "--output", out)
+    state = str(tmp_path / f"state-{tag}")
+    expected = 0
+    for i, workers in enumerate(stages):
+        sup, fields = run_cluster(procs, EXAMPLES / app, workers, "--out",
+                                  f"127.0.0.1:{sink}", resilience_dir=state)
+        send(fields["sources"], *_send_args(name, tmp_path))
+        if i == 0:  # how many outputs one pass of the input makes
+            expected = len(_wait_records(out, split, 1 << 30, timeout=3))
+            assert expected, "no output at all"
+        else:
+            _wait_records(out, split, expected * (i + 1))
+        assert sup.terminate(timeout=60) == 0, sup.stderr
+        if i and stages[i] != stages[i - 1]:
+            assert f"rescaling from {stages[i - 1]} workers" in sup.stderr
+    recv.terminate()
+    return split(out.read_bytes())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rescale_1_3_2_1_gives_the_outputs_of_one_worker(procs, tmp_path, name):
+    key = CASES[name][4]
+    rescaled = run_stages(procs, tmp_path, name, STAGES, "rescaled")
+    plain = run_stages(procs, tmp_path, name, (1,) * len(STAGES), "plain")
+    assert len(plain) == len(rescaled)
+    assert Counter(rescaled) == Counter(plain)
+    if key is not None:  # per key, in the same order: the state moved whole
+        assert per_key(rescaled, key) == per_key(plain, key)
+    state = tmp_path / "state-rescaled"
+    # worker-1 and worker-2 left at the last rescale: retired, files kept
+    shown = subprocess.run(WALLAROO + ["recovery", "inspect", str(state), "--json"],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    workers = {w["worker"]: w for w in json.loads(shown.stdout)}
+    assert set(workers) == {"initializer", "worker-1", "worker-2"}
+    assert workers["worker-1"]["retired"] and workers["worker-2"]["retired"]
+    assert not workers["initializer"]["retired"]
+    if key is not None:
+        for w in ("worker-1", "worker-2"):
+            assert workers[w]["partitions_total"] == 0, workers[w]
+    # each records the cluster it left
+    assert workers["worker-1"]["members"] == ["initializer"]
+    assert workers["worker-2"]["members"] == ["initializer", "worker-1"]
+    assert not os.path.exists(state / "rescale.json")

@@ -1,0 +1,138 @@
+"""Moving key groups between in-process workers' databases (DESIGN.md §6
+"Rescaling"), with a crash at every step of a move, against the reference
+fold of the input.
+
+N workers (``wallaroo.testing.ClusterDriver``) take the first part of the
+input, some crashing and recovering as they go, and stop as the
+supervisor's drain stops them.  The plan from N to M members then runs and
+crashes before one of its steps or before one of their commits (hypothesis
+picks which); a second run of the plan, as the next supervisor does,
+finishes it.  M workers then take the rest of the input.  Every key's state
+on its new owner must be the fold of the whole input, every expected
+output delivered, nothing produced that the input does not make, and the
+workers that left must hold no partition.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+from collections import Counter
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, note, settings
+
+from wallaroo.recovery import moves
+from wallaroo.testing import ClusterDriver, SimulatedCrash, split_frames
+
+from .apps import model_app as m
+
+a_message = st.tuples(st.integers(0, 7), st.integers(0, 60), st.integers(0, 1),
+                      st.sampled_from([0, 0, 0, 0, 1, 2, 3]))
+
+
+def _outputs(c: ClusterDriver) -> Counter:
+    got = Counter()
+    for d in c.drivers:
+        got += Counter(split_frames(d.received(0)) + split_frames(d.received(1)))
+    return got
+
+
+def _feed(c: ClusterDriver, a, b) -> None:
+    # one entry for pipeline A: messages of one key arriving at two workers
+    # take two routes, whose order nothing promises (DESIGN.md §6)
+    n = len(c.drivers)
+    for i in range(0, len(a), 7):
+        c.feed(0, "A", [m.payload_a(*x) for x in a[i:i + 7]])
+    if b:
+        c.feed(n - 1, "B", [m.payload_b(x) for x in b])
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(old=st.integers(1, 3), new=st.integers(1, 4),
+       a1=st.lists(a_message, min_size=1, max_size=40),
+       b1=st.lists(st.integers(0, 60), max_size=10),
+       a2=st.lists(a_message, max_size=30),
+       crash_worker=st.none() | st.integers(0, 2),
+       crashes=st.lists(st.floats(0, 1, exclude_max=True), max_size=2))
+def test_moves_with_a_crash_at_any_step_keep_every_state(
+        old, new, a1, b1, a2, crash_worker, crashes):
+    if old == new:
+        new += 1
+    d = tempfile.mkdtemp(prefix="wallaroo-rescale-model-")
+    try:
+        c = ClusterDriver(m, old, resilience_dir=d, checkpoint_max=2)
+        c.start_all()
+        _feed(c, a1, b1)
+        if crash_worker is not None and crash_worker < old:
+            # a worker dies with its batch committed but not released
+            c.run_batch(crash_worker, crash_at="after_commit")
+            c.start(crash_worker)
+        c.run_until_quiet()
+        before = _outputs(c)
+        for drv in c.drivers:  # the drain's stop: every partition checkpointed
+            drv.stop()
+        for name in c.names:
+            assert moves.check_quiet(d, name) == [], name
+
+        plan = moves.new_plan(c.names, ClusterDriver(m, new, resilience_dir=d).names,
+                              1024)
+        moves.write_plan(d, plan)
+        # steps: each take, give and membership, and each one's commit; finish
+        total = 2 * (len(plan.new) + len(plan.old)
+                     + len(set(plan.old) | set(plan.new))) + 1
+        for frac in crashes:  # each run of the plan crashes once, then the last ends it
+            steps = []
+
+            def before_step(step, at=int(frac * total)):
+                steps.append(step)
+                if len(steps) - 1 == at:
+                    raise SimulatedCrash(step)
+            again = moves.read_plan(d)
+            if again is None:
+                break
+            assert again == plan
+            try:
+                moves.run_plan(d, again, before=before_step)
+            except SimulatedCrash as e:
+                note(f"crashed before {e}")
+        again = moves.read_plan(d)
+        if again is not None:
+            moves.run_plan(d, again)
+        assert moves.read_plan(d) is None
+
+        c2 = ClusterDriver(m, new, resilience_dir=d, checkpoint_max=2)
+        c2.start_all()
+        _feed(c2, a2, [])
+        c2.run_until_quiet()
+        counts, total, expected = m.reference(a1 + a2, b1)
+        for key, (n, tot) in counts.items():
+            got = c2.state_of("counts", key)
+            assert (got.n, got.total) == (n, tot), f"key {key}"
+        t = c2.state_of("total")
+        assert (t.sum, t.count) == tuple(total)
+        got = before + _outputs(c2)
+        want = Counter(expected)
+        assert not want - got, f"outputs lost: {want - got}"
+        assert not set(got) - set(want), "outputs the input never made"
+        if crash_worker is None or crash_worker >= old:
+            assert got == want, "duplicates without a crash"
+        # a key's partition lives once, on one worker: its owner
+        seen = Counter()
+        for drv in c2.drivers:
+            p = drv.core.placement
+            with sqlite3.connect(moves.db_file(d, drv.worker_name)) as conn:
+                rows = conn.execute("SELECT state, key_repr, key_group "
+                                    "FROM partitions").fetchall()
+            assert all(p.owners[g] == p.me for _, _, g in rows), drv.worker_name
+            seen.update((state, key) for state, key, _ in rows)
+        assert all(n == 1 for n in seen.values()), seen
+        for name in plan.old:
+            if name not in plan.new:
+                assert moves.is_retired(d, name)
+        for drv in c2.drivers:
+            drv.stop()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

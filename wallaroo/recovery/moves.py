@@ -1,0 +1,413 @@
+"""Moving key groups between workers' databases while no worker runs on
+them: rescaling a cluster at a restart (DESIGN.md §6 "Rescaling").
+
+The supervisor first runs the old cluster without sources until nothing is
+in flight between its workers and every worker has checkpointed every
+partition (``check_quiet`` says whether a database is so: no input log tail
+to replay, no input read but not processed, no peer batch unacknowledged).
+Then a plan (``rescale.json`` in the resilience directory: the old and the
+new members) is written, and these steps run, each one transaction of one
+database, each marked in that database's ``meta`` so a step already done is
+never done twice:
+
+1. **take**, for every new member: copy the partitions whose key group it
+   now owns, with their snapshots, from each worker that holds them; pids
+   are its own, snapshot positions re-based onto its log (every input of
+   the giver is absorbed, so ``next_lsn - 1``).  Resumable-stream counts
+   and Kafka offsets it now owns come with them (the larger count wins).
+2. **give**, for every old member: delete what the others took.  Givers
+   keep their rows until every taker has committed, so a crash between the
+   steps redoes only what is not marked.
+3. **membership**, for every database: the new membership; a worker that
+   is no longer a member is marked ``retired`` (its file is kept: its
+   outputs keep their stream names, and it holds them until delivered).
+
+The plan file goes last; a supervisor that finds one finishes it before
+anything else.  Rows are copied as bytes: nothing is unpickled, so a state
+that lives on disk (``--state-cache``) moves without being loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import zlib
+from dataclasses import dataclass
+
+from . import schema
+from .errors import StoreError
+from .files import DatabaseLock
+from .records import PartitionRow, checksum, control_checksum, snapshot_head
+from .sink_identities import PEER_PREFIX
+
+PLAN_FILE = "rescale.json"
+TAKEN = "rescale_taken"  # meta keys: the plan id a step was done for
+GIVEN = "rescale_given"
+RETIRED = "retired"
+KAFKA_PREFIX = "kafka:"
+
+
+class RescaleError(StoreError):
+    """A rescale cannot go on (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    id: str
+    old: tuple[str, ...]
+    new: tuple[str, ...]
+    key_groups: int
+
+    def owner(self, group: int) -> str:
+        """The new member that owns ``group`` (placement.Placement's rule)."""
+        return self.new[group * len(self.new) // self.key_groups]
+
+    def stream_owner(self, source: str, stream: str) -> str | None:
+        """The new member that owns a resumable stream or a Kafka
+        partition's offset; None: a channel's count, which stays."""
+        if source == "peer":
+            return None
+        if stream.startswith(KAFKA_PREFIX):  # kafka:<topic>:<partition>
+            try:
+                partition = int(stream.rpartition(":")[2])
+            except ValueError:
+                return None
+            return self.new[partition % len(self.new)]
+        from ..runtime.placement import stable_hash
+        return self.new[stable_hash((source, stream)) % len(self.new)]
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "old": list(self.old), "new": list(self.new),
+                "key_groups": self.key_groups}
+
+
+def plan_path(directory: str) -> str:
+    return os.path.join(directory, PLAN_FILE)
+
+
+def new_plan(old: list[str], new: list[str], key_groups: int) -> Plan:
+    return Plan(f"{time.time_ns():x}", tuple(old), tuple(new), key_groups)
+
+
+def write_plan(directory: str, plan: Plan) -> None:
+    path = plan_path(directory)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(plan.to_json(), f)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+
+
+def read_plan(directory: str) -> Plan | None:
+    path = plan_path(directory)
+    try:
+        with open(path) as f:
+            body = json.load(f)
+        return Plan(str(body["id"]), tuple(body["old"]), tuple(body["new"]),
+                    int(body["key_groups"]))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:
+        raise RescaleError(f"{path} is damaged ({e}): it records a rescale "
+                           f"in progress; restore it, or remove it only if "
+                           f"no step of it ran") from None
+
+
+def finish(directory: str) -> None:
+    os.unlink(plan_path(directory))
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def db_file(directory: str, worker: str) -> str:
+    return os.path.join(directory, f"{worker}.db")
+
+
+class _Open:
+    """A worker's database, locked as a worker would lock it."""
+
+    def __init__(self, directory: str, worker: str):
+        self.path = db_file(directory, worker)
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        self.lock = DatabaseLock(self.path)
+        self.lock.acquire()
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None)
+            if new:  # a new member's database, made as a worker makes one
+                self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            schema.migrate(self.conn, self.path)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            self.lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# -- before a rescale -----------------------------------------------------
+
+def check_quiet(directory: str, worker: str) -> list[str]:
+    """Why this worker's database cannot give or take key groups yet
+    (empty: it can)."""
+    with _Open(directory, worker) as db:
+        c = db.conn
+        problems = []
+        next_lsn, replay_from = c.execute(
+            "SELECT next_lsn, replay_from FROM progress").fetchone()
+        if replay_from < next_lsn:
+            problems.append(f"inputs from lsn {replay_from} to {next_lsn - 1} are "
+                            f"not absorbed by snapshots")
+        (pending,) = c.execute("SELECT count(*) FROM pending_input").fetchone()
+        if pending:
+            problems.append(f"{pending} rows of input read but not processed")
+        for sink, pipeline, waiting in c.execute(
+                "SELECT s.sink, i.pipeline, s.next_seq - s.delivered FROM sinks s "
+                "JOIN sink_identities i ON i.sink = s.sink "
+                "WHERE s.next_seq > s.delivered"):
+            if pipeline.startswith(PEER_PREFIX):
+                problems.append(f"{waiting} peer batches for worker "
+                                f"{pipeline[len(PEER_PREFIX):]!r} not acknowledged")
+        return problems
+
+
+def membership_of(directory: str, worker: str) -> dict | None:
+    with _Open(directory, worker) as db:
+        text = db.meta("membership")
+        return None if text is None else _checked_membership(text, db.path)
+
+
+def is_retired(directory: str, worker: str) -> bool:
+    """Read-only: whether a database is marked retired."""
+    path = db_file(directory, worker)
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key=?",
+                               (RETIRED,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return row is not None
+
+
+# -- the steps ------------------------------------------------------------
+
+def _nothing(step: str) -> None:
+    pass
+
+
+def take(directory: str, taker: str, plan: Plan, before=_nothing) -> int:
+    """Step 1 for ``taker``: copy what it now owns from every old member.
+    Returns how many partitions it took (0 when already done)."""
+    givers = [g for g in plan.old if g != taker]
+    with _Open(directory, taker) as db:
+        if db.meta(TAKEN) == plan.id:
+            return 0
+        c = db.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            n = 0
+            for g in givers:
+                n += _take_from(c, db_file(directory, g), taker, plan)
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TAKEN, plan.id))
+            before(f"commit take {taker}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return n
+
+
+def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
+               plan: Plan) -> int:
+    g = sqlite3.connect(f"file:{giver_path}?mode=ro", uri=True)
+    try:
+        next_lsn = c.execute("SELECT next_lsn FROM progress").fetchone()[0]
+        lsn = next_lsn - 1  # every input the taker logged is absorbed
+        (top,) = c.execute("SELECT max(pid) FROM partitions").fetchone()
+        from .key_index import read_watermark
+        pid = max(0 if top is None else top + 1, read_watermark(c, "taker"))
+        classes = {refs: cid for cid, refs in c.execute(
+            "SELECT id, refs FROM snapshot_classes")}
+        mine = [grp for grp in range(plan.key_groups) if plan.owner(grp) == taker]
+        g.execute("CREATE TEMP TABLE taking (key_group INTEGER PRIMARY KEY)")
+        g.executemany("INSERT INTO taking VALUES (?)", [(x,) for x in mine])
+        rows = g.execute(
+            "SELECT p.pid, p.state, p.key_repr, CAST(p.key AS BLOB), p.key_group, "
+            "p.key_hash, s.pid, s.pickler, CAST(s.state AS BLOB), s.parts, "
+            "c.refs FROM partitions p JOIN taking t ON t.key_group = p.key_group "
+            "LEFT JOIN snapshots s ON s.pid = p.pid "
+            "LEFT JOIN snapshot_classes c ON c.id = s.classes ORDER BY p.pid")
+        n = 0
+        for (old_pid, state, key_repr, key, group, key_hash, snap, pickler,
+             blob, parts, refs) in rows:
+            prow = PartitionRow(pid, state, key, key_repr, next_lsn, group, key_hash)
+            c.execute("INSERT INTO partitions (pid, state, key_repr, created_lsn, "
+                      "checksum, key, key_group, key_hash) VALUES (?,?,?,?,?,?,?,?)",
+                      (pid, state, key_repr, next_lsn, prow.checksum(), key,
+                       group, key_hash))
+            if snap is not None:
+                pieces = [blob or b""] + [d for (d,) in g.execute(
+                    "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
+                    "ORDER BY part", (old_pid,))] if parts else [blob or b""]
+                crc = _snapshot_checksum(pid, lsn, pickler, pieces)
+                cid = None
+                if refs is not None:
+                    cid = classes.get(refs)
+                    if cid is None:
+                        cid = classes[refs] = 1 + max(classes.values(), default=0)
+                        c.execute("INSERT INTO snapshot_classes VALUES (?,?,?)",
+                                  (cid, refs, schema.class_set_checksum(cid, refs)))
+                c.execute("INSERT INTO snapshots (pid, lsn, size, pickler, checksum, "
+                          "state, parts, classes) VALUES (?,?,?,?,?,?,?,?)",
+                          (pid, lsn, sum(map(len, pieces)), pickler, crc,
+                           pieces[0], len(pieces) - 1, cid))
+                for i, piece in enumerate(pieces[1:], 1):
+                    c.execute("INSERT INTO snapshot_parts VALUES (?,?,?)",
+                              (pid, i, piece))
+            pid += 1
+            n += 1
+        now = int(time.time())
+        for source, stream, count in g.execute(
+                "SELECT source, stream, count FROM streams"):
+            if plan.stream_owner(source, stream) != taker:
+                continue
+            row = c.execute("SELECT count FROM streams WHERE source=? AND stream=?",
+                            (source, stream)).fetchone()
+            count = max(count, row[0] if row else 0)
+            c.execute("INSERT OR REPLACE INTO streams VALUES (?,?,?,?,?)",
+                      (source, stream, count, now,
+                       control_checksum("streams", source, stream, count, now)))
+        return n
+    finally:
+        g.close()
+
+
+def _snapshot_checksum(pid: int, lsn: int, pickler: str, pieces: list) -> int:
+    """``SnapshotRow.checksum`` of the blob the pieces make, without
+    joining them."""
+    crc = checksum(b"", snapshot_head(pid, lsn, pickler))
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+    return crc
+
+
+def give(directory: str, giver: str, plan: Plan, before=_nothing) -> int:
+    """Step 2 for ``giver``: delete what the new members took from it
+    (everything, when it leaves).  Returns how many partitions went."""
+    with _Open(directory, giver) as db:
+        if db.meta(GIVEN) == plan.id:
+            return 0
+        c = db.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("CREATE TEMP TABLE giving (key_group INTEGER PRIMARY KEY)")
+            c.executemany("INSERT INTO giving VALUES (?)", [
+                (x,) for x in range(plan.key_groups) if plan.owner(x) != giver])
+            c.execute("CREATE TEMP TABLE gone AS SELECT p.pid FROM partitions p "
+                      "JOIN giving g ON g.key_group = p.key_group")
+            (n,) = c.execute("SELECT count(*) FROM gone").fetchone()
+            for table in ("snapshot_parts", "snapshots", "partitions"):
+                c.execute(f"DELETE FROM {table} WHERE pid IN (SELECT pid FROM gone)")
+            c.execute("DELETE FROM partition_keys WHERE pid IN (SELECT pid FROM gone)")
+            for source, stream in c.execute(
+                    "SELECT source, stream FROM streams").fetchall():
+                owner = plan.stream_owner(source, stream)
+                if owner is not None and owner != giver:
+                    c.execute("DELETE FROM streams WHERE source=? AND stream=?",
+                              (source, stream))
+            c.execute("DROP TABLE gone")
+            c.execute("DROP TABLE giving")
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (GIVEN, plan.id))
+            before(f"commit give {giver}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return n
+
+
+def set_membership(directory: str, worker: str, plan: Plan,
+                   before=_nothing) -> None:
+    """Step 3: the new membership; ``retired`` set for a worker that left,
+    cleared for one that is a member (again)."""
+    body = {"members": list(plan.new), "key_groups": plan.key_groups}
+    text = json.dumps({**body, "checksum": control_checksum(
+        "membership", json.dumps(body, sort_keys=True))}, sort_keys=True)
+    with _Open(directory, worker) as db:
+        c = db.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('membership', ?)", (text,))
+            if worker in plan.new:
+                c.execute("DELETE FROM meta WHERE key=?", (RETIRED,))
+            elif db.meta(RETIRED) is None:
+                c.execute("INSERT INTO meta VALUES (?, ?)", (RETIRED, json.dumps({
+                    "plan": plan.id, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})))
+            before(f"commit membership {worker}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+
+def _checked_membership(text: str, path: str) -> dict:
+    body = json.loads(text)
+    cs = body.pop("checksum", None)
+    if control_checksum("membership", json.dumps(body, sort_keys=True)) != cs:
+        raise RescaleError(f"{path}: the membership in table meta failed its "
+                           f"checksum; refusing to run on damaged state")
+    return body
+
+
+def run_plan(directory: str, plan: Plan, log=None,
+             before=_nothing) -> dict[str, int]:
+    """Steps 1-3 and the plan file's removal; safe to run again after a
+    crash at any point.  Returns partitions taken per new member.
+    ``before(step)`` is called before each step and before each step's
+    commit (tests crash there)."""
+    taken = {}
+    for t in plan.new:
+        before(f"take {t}")
+        taken[t] = take(directory, t, plan, before)
+    for g in plan.old:
+        before(f"give {g}")
+        give(directory, g, plan, before)
+    for w in dict.fromkeys([*plan.old, *plan.new]):
+        before(f"membership {w}")
+        set_membership(directory, w, plan, before)
+    before("finish")
+    finish(directory)
+    if log is not None:
+        log.info("rescale %s: %d -> %d workers; partitions taken: %s", plan.id,
+                 len(plan.old), len(plan.new),
+                 ", ".join(f"{w} {n}" for w, n in taken.items()) or "none")
+    return taken
