@@ -802,5 +802,13 @@ def main() -> None:
     cli(prog_name="wallaroo")
 
 
+def _add_groups() -> None:
+    from ._cluster_cli import cluster
+    cli.add_command(cluster)
+
+
+_add_groups()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

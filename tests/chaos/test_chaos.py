@@ -104,3 +104,28 @@ def test_kafka_transactional_sinks_give_every_output_exactly_once(tmp_path):
     assert {"initializer", "worker-1", "worker-2"} <= set(res.kills)
     assert res.duplicate_outputs == 0 and res.outputs == 50000, res.summary()
     assert res.ok, res.summary()
+
+
+def test_grow_shrink_crash_recover_sequence_then_kills_during_moves(tmp_path):
+    """Wallaroo's resilience-test sequence on a growing and shrinking
+    cluster (Wait 2 s, Grow 1, Wait 2 s, Shrink 1, Wait 2 s, Crash 2, Wait
+    2 s, Recover 2, Wait 5 s), resumable senders and sinks, then grows and
+    shrinks each with a SIGKILL of a worker or of the supervisor mid-move:
+    every window exactly once, every vote total exact."""
+    from .rescale_chaos import run as rescale_run
+    res = rescale_run(messages=8000, votes=8000, moves=3, rate=1200, seed=7,
+                      workdir=str(tmp_path))
+    print(res.summary())
+    assert res.events[:2] == ["grow --count 1", "shrink --count 1"]
+    assert sum("mid-move" in e for e in res.events) == 3
+    assert len(res.rescale_seconds) >= 2
+    assert res.ok, res.summary()
+
+
+@pytest.mark.slow
+def test_long_rescale_chaos_run(tmp_path):
+    from .rescale_chaos import run as rescale_run
+    res = rescale_run(messages=60000, votes=60000, moves=12, rate=3000,
+                      workdir=str(tmp_path))
+    print(res.summary())
+    assert res.ok, res.summary()

@@ -90,9 +90,11 @@ def merged_body(bodies: dict[str, bytes | None], members) -> bytes:
     return generate_latest(registry)
 
 
-def cluster_body(members):
-    """A ``metrics.serve`` body for the supervisor."""
+def cluster_body(current):
+    """A ``metrics.serve`` body for the supervisor; ``current()``: its
+    members now (they change with a rescale)."""
     async def body() -> bytes:
+        members = current()
         bodies: dict[str, bytes | None] = {m.name: None for m in members}
 
         async def one(m):

@@ -231,6 +231,9 @@ class ClusterSide:
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
                 self.worker.sources[msg["connection"]].hand(stream)
             if msg.get("stop"):
+                if msg["stop"] == "rescale":  # what is in flight waits for the
+                    self.config.drain_only = True  # drain before the move
+                    self.worker.skip_final_wait = True
                 self.worker.request_stop()
 
     async def tell_supervisor(self, msg: dict) -> None:

@@ -175,3 +175,165 @@ async def _wait_quiet(drain, secret: bytes) -> None:
         if quiet and counts == last:
             return
         last = counts if quiet else None
+
+
+# -- while the cluster runs ------------------------------------------------
+
+SOCKET_NAME = "supervisor.sock"
+
+
+def socket_path(directory: str) -> str:
+    return os.path.join(directory, SOCKET_NAME)
+
+
+def next_names(names: list[str], count: int) -> list[str]:
+    """``count`` more workers, named by the cluster's rule: the lowest
+    ``worker-<i>`` not in use."""
+    out, i = list(names), 1
+    while len(out) < len(names) + count:
+        if f"worker-{i}" not in out:
+            out.append(f"worker-{i}")
+        i += 1
+    return out
+
+
+def shrunk_names(names: list[str], leaving: list[str] | None,
+                 count: int | None) -> list[str]:
+    if leaving is None:
+        if not count or count >= len(names):
+            raise RescaleRefused(f"--count must be 1 to {len(names) - 1}: the "
+                                 f"initializer stays")
+        leaving = names[-count:]
+    bad = [n for n in leaving if n not in names]
+    if bad:
+        raise RescaleRefused(f"not a member: {', '.join(bad)} (members: "
+                             f"{', '.join(names)})")
+    if names[0] in leaving:
+        raise RescaleRefused(f"{names[0]} cannot leave: the cluster's first "
+                             f"member stays (it forms the cluster)")
+    return [n for n in names if n not in leaving]
+
+
+async def rescale_live(sup, secret_path: str) -> bool:
+    """Between two generations of ``sup``'s members (they stopped as on
+    SIGTERM): drain, move, and let the next generation start with the new
+    names.  False: the supervisor stops instead."""
+    names, old = sup._next_names, list(sup.names)
+    sup._next_names = None
+    t0 = sup.rescale_started
+    sup.names, sup.n = list(names), len(names)
+    code = await rescale_if_asked(sup, secret_path)
+    if code is not None:
+        if moves.read_plan(sup.resilience_dir) is not None or code == 0:
+            sup.rescale_result = {"error": "the supervisor stopped during the "
+                                           "rescale; see its log"}
+            sup.stopping = True
+            return False
+        sup.names, sup.n = old, len(old)  # nothing moved: the old members go on
+        sup.rescale_result = {"error": "the rescale failed before anything moved "
+                                       "(see the supervisor's log); the cluster "
+                                       "goes on with its members"}
+    else:
+        sup.rescale_result = {"ok": True, "members": list(names),
+                              "seconds": round(trio.current_time() - t0, 3)}
+    restarts = {m.name: m.restarts for m in sup.members}
+    sup.members = [type(sup.members[0])(n) for n in sup.names]
+    for m in sup.members:
+        m.restarts = restarts.get(m.name, 0)
+    sup.write_cluster_file()
+    return True
+
+
+async def serve_requests(sup, secret_path: str,
+                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The supervisor's Unix socket (``<dir>/supervisor.sock``, reachable
+    by whoever may read the resilience directory): ``wallaroo cluster grow``
+    and ``shrink`` send one JSON line; the answer is one JSON line."""
+    path = socket_path(sup.resilience_dir)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+    except OSError as e:
+        sup.log.warning("cannot listen on %s (%s): `wallaroo cluster grow/shrink` "
+                        "cannot reach this supervisor", path, e)
+        task_status.started()
+        return
+    os.chmod(path, 0o600)
+    sock.listen(8)
+    listener = trio.SocketListener(sock)
+    task_status.started()
+    try:
+        await trio.serve_listeners(
+            lambda stream: _request(sup, stream), [listener])
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+_lock = None
+
+
+async def _request(sup, stream) -> None:
+    import json
+    global _lock
+    if _lock is None:
+        _lock = trio.Lock()
+    try:
+        data = b""
+        with trio.move_on_after(10):
+            while not data.endswith(b"\n") and len(data) < 4096:
+                more = await stream.receive_some(4096)
+                if not more:
+                    break
+                data += more
+        try:
+            req = json.loads(data)
+            answer = await _answer(sup, req)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            answer = {"error": f"bad request: {e}"}
+        except RescaleRefused as e:
+            answer = {"error": str(e)}
+        await stream.send_all(json.dumps(answer).encode() + b"\n")
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _answer(sup, req: dict) -> dict:
+    op = req["op"]
+    if op == "query":
+        return {"members": sup.names, "may_leave": sup.names[1:],
+                "rescaling": sup.pausing}
+    if op not in ("grow", "shrink"):
+        raise ValueError(f"unknown op {op!r}")
+    if _lock.locked() or sup.pausing:
+        raise RescaleRefused("a rescale is in progress; try again when it is done")
+    async with _lock:
+        await sup.generation_ready.wait()
+        if sup.stopping:
+            raise RescaleRefused("the cluster is stopping")
+        if op == "grow":
+            count = int(req.get("count", 1))
+            if count < 1:
+                raise RescaleRefused("--count must be at least 1")
+            names = next_names(sup.names, count)
+        else:
+            names = shrunk_names(sup.names, req.get("names"), req.get("count"))
+        sup.log.info("%s asked: %d workers (%s) -> %d (%s)", op, len(sup.names),
+                     ", ".join(sup.names), len(names), ", ".join(names))
+        sup.rescale_result = None
+        sup.pause_for_rescale(names)
+        while sup.rescale_result is None and not sup.stopping:
+            await trio.sleep(0.05)
+        result = sup.rescale_result or {"error": "the cluster stopped"}
+        if result.get("ok"):
+            await sup.generation_ready.wait()
+            result["members"] = sup.names
+        return result

@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 
 import trio
@@ -86,6 +85,12 @@ class Supervisor:
         self.exit_codes: dict[str, int] = {}
         self._done = 0
         self._all_done = trio.Event()
+        self.pausing = False  # the members stop for a rescale
+        self._next_names: list[str] | None = None
+        self.rescale_result: dict | None = None  # what a grow/shrink came to
+        self.rescale_started = 0.0
+        self.generation_ready = trio.Event()  # set when the members are ready
+        self._gen = self._outer = None  # the nurseries: members', everything
 
     # -- setup -----------------------------------------------------------
     def _secret(self) -> str:
@@ -168,26 +173,28 @@ class Supervisor:
         metrics_listeners = await self._bind_metrics()
         self.write_cluster_file()
         async with trio.open_nursery() as nursery:
+            self._outer = nursery
             nursery.start_soon(self._signals, nursery)
             if metrics_listeners:
                 from .cluster_metrics import cluster_body
                 from .metrics import serve
                 nursery.start_soon(serve, metrics_listeners,
-                                   cluster_body(self.members), self.log)
-            for m in self.members:
-                nursery.start_soon(self._keep_running, m, secret, nursery)
+                                   cluster_body(lambda: self.members), self.log)
             for i, ls in enumerate(self.listeners):
                 for listener in ls:
                     nursery.start_soon(self._accept, i, listener)
-            await self.all_ready()
-            if not self.stopping:
-                sinks = ",".join(s.address for s in self.spec.sinks) or "-"
-                more = (f" metrics={self.metrics_address}"
-                        if self.metrics_address else "")
-                self.log.info("ready workers=%d sources=%s sinks=%s cluster_file=%s%s",
-                              self.n, ",".join(self.sources), sinks,
-                              self.cluster_file, more, extra={"bare": True})
-            await self._all_done.wait()
+            if self.resilience_dir:
+                from .rescale import serve_requests
+                await nursery.start(serve_requests, self, secret)
+            first = True
+            while True:
+                await self._generation(secret, first)
+                first = False
+                if self.stopping or self.failure or self._next_names is None:
+                    break
+                from .rescale import rescale_live
+                if not await rescale_live(self, secret):
+                    break
             nursery.cancel_scope.cancel()
         if self.failure:
             self.log.error("%s; the workers' logs are in %s", self.failure, self.dir)
@@ -201,12 +208,52 @@ class Supervisor:
             return 1
         return 3 if 3 in codes else 0
 
+    async def _generation(self, secret: str, first: bool) -> None:
+        """Run the members until the cluster stops or pauses for a rescale."""
+        self._done = 0
+        self._all_done = trio.Event()
+        self.pausing = False
+        async with trio.open_nursery() as gen:
+            self._gen = gen
+            for m in self.members:
+                gen.start_soon(self._keep_running, m, secret, gen)
+            await self.all_ready()
+            if not (self.stopping or self.pausing):
+                sinks = ",".join(s.address for s in self.spec.sinks) or "-"
+                more = (f" metrics={self.metrics_address}"
+                        if self.metrics_address else "")
+                if first:
+                    self.log.info("ready workers=%d sources=%s sinks=%s "
+                                  "cluster_file=%s%s", self.n, ",".join(self.sources),
+                                  sinks, self.cluster_file, more, extra={"bare": True})
+                else:
+                    self.log.info("rescaled: %d workers (%s) ready", self.n,
+                                  ", ".join(self.names))
+                self.generation_ready.set()
+            await self._all_done.wait()
+            gen.cancel_scope.cancel()
+
+    def pause_for_rescale(self, names: list[str]) -> None:
+        """Stop the members (they drain and checkpoint as on SIGTERM, and
+        are not restarted); the next generation has ``names``."""
+        self._next_names = list(names)
+        self.pausing = True
+        self.generation_ready = trio.Event()
+        self.rescale_started = trio.current_time()
+        for m in self.members:
+            m.ready_event.set()
+            if m.proc is not None and m.proc.returncode is None:
+                if not self._send(m, {"stop": "rescale"}):
+                    m.proc.send_signal(signal.SIGTERM)
+        self._gen.start_soon(self._kill_after_grace)
+
     async def all_ready(self) -> None:
         """Until every worker is ready (or the cluster stops)."""
         while True:
             for m in self.members:
                 await m.ready_event.wait()
-            if self.stopping or all(m.state == "ready" for m in self.members):
+            if self.stopping or self.pausing or all(
+                    m.state == "ready" for m in self.members):
                 return
             for m in self.members:  # one exited before it was ready
                 if m.state != "ready":
@@ -221,13 +268,13 @@ class Supervisor:
                 self._all_done.set()
 
     async def _keep_running_loop(self, m: Member, secret: str, nursery) -> None:
-        while not self.stopping:
+        while not (self.stopping or self.pausing):
             code = await self._run_once(m, secret)
             self.exit_codes[m.name] = code
             m.state, m.pid, m.exit_code = "down", None, code
             self.write_cluster_file()
             m.ready_event.set()  # whoever waits for readiness: it ended
-            if self.stopping:
+            if self.stopping or self.pausing:
                 return
             if not self.resilience_dir:
                 self._fail(f"worker {m.name!r} exited ({_status(code)}) and there "
@@ -372,18 +419,20 @@ class Supervisor:
     async def _hand(self, index: int, stream: trio.SocketStream) -> None:
         """To the ready worker holding the fewest connections; waits (a
         little) for one when none is ready."""
-        with trio.move_on_after(30):
-            while not self.stopping:
-                ready = [m for m in self.members
-                         if m.state == "ready" and m.link and not m.stopping]
-                if ready:
-                    m = min(ready, key=lambda x: x.connections)
-                    fd = stream.socket.fileno()
-                    if self._send(m, {"connection": index}, fd):
-                        m.connections += 1
-                        stream.socket.close()  # the worker has its own copy
-                        return
-                await trio.sleep(0.05)
+        deadline = trio.current_time() + 30
+        while not self.stopping and trio.current_time() < deadline:
+            if self.pausing:  # a rescale: the client waits for the new members
+                deadline = trio.current_time() + 30
+            ready = [m for m in self.members if m.state == "ready" and m.link
+                     and not m.stopping and not self.pausing]
+            if ready:
+                m = min(ready, key=lambda x: x.connections)
+                fd = stream.socket.fileno()
+                if self._send(m, {"connection": index}, fd):
+                    m.connections += 1
+                    stream.socket.close()  # the worker has its own copy
+                    return
+            await trio.sleep(0.05)
         await trio.aclose_forcefully(stream)
 
     async def _signals(self, nursery) -> None:

@@ -180,6 +180,10 @@ class Worker:
         self._last_commit = 0.0
         self._collections = FullCollections()
 
+    # the supervisor stops this worker for a rescale: nothing is waited
+    # for at the stop (the old cluster's drain delivers what is in flight)
+    skip_final_wait = False
+
     def request_stop(self) -> None:
         if self._stop is not None:
             self._stop.set()
@@ -319,7 +323,8 @@ class Worker:
             await self._log_or_drop(self.inbox.take_all())
             with trio.move_on_at(self._deadline) as self._drain_scope:
                 for dest in self.dests:  # a second signal ends this too
-                    if dest is not None and not drain_only:
+                    if dest is not None and not (drain_only or
+                                                 self.skip_final_wait):
                         await dest.wait_empty()
             self._drain_scope = None
             self.stop_report.undelivered_outputs = sum(s.queued_outputs
@@ -673,7 +678,8 @@ class Worker:
         batch = self.core.process(())
         if not batch.record.is_empty():
             await self._commit(batch)
-        whole = self.cluster is not None and self.cluster.config.drain_only
+        whole = self.cluster is not None and self.cluster.config.drain_only \
+            and not self.skip_final_wait
         with trio.move_on_at(float("inf") if whole else self._deadline):
             while whole or not self._past_deadline():
                 batch = self.core.process((), force_checkpoint=True)
