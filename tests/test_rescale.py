@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ import pytest
 
 from .conftest import WALLAROO, start_receiver
 from .test_cluster_examples import CASES, EXAMPLES, per_key, run_cluster, send
+from .test_upgrades import VERSIONS as UPGRADE_VERSIONS
 
 STAGES = (1, 3, 2, 1)
 
@@ -94,3 +96,38 @@ def test_rescale_1_3_2_1_gives_the_outputs_of_one_worker(procs, tmp_path, name):
     assert workers["worker-1"]["members"] == ["initializer"]
     assert workers["worker-2"]["members"] == ["initializer", "worker-1"]
     assert not os.path.exists(state / "rescale.json")
+
+
+@pytest.mark.parametrize("version", UPGRADE_VERSIONS)
+def test_a_directory_of_an_earlier_release_rescales_like_any_other(
+        procs, tmp_path, version):
+    """DESIGN.md §4.8: a fixture directory of an earlier release (one worker,
+    an input log tail to replay, 500 outputs undelivered, stream 'up-1' at
+    1000) opened by --workers 2: the old worker drains (replays, delivers),
+    the key groups and the stream's count move, and the stream resumes at
+    1000 on its new owner, every window exact."""
+    from .chaos.validate import read_frames, validate
+    from .conftest import u64_frames
+    from .test_upgrades import APP, FIXTURES
+    fixture = FIXTURES / version
+    state = tmp_path / "state"
+    shutil.copytree(fixture / "state", state)
+    out = tmp_path / "out.bin"
+    recv, sink = start_receiver(procs, "--framing", "length", "--format", "raw",
+                                "--output", out)
+    sup, fields = run_cluster(procs, APP, 2, "--out", f"127.0.0.1:{sink}",
+                              resilience_dir=str(state))
+    assert "rescaling from 1 workers (initializer) to 2" in sup.stderr
+    frames = tmp_path / "more.frames"
+    frames.write_bytes(u64_frames(range(1, 1201)))
+    done = subprocess.run(WALLAROO + ["send", fields["sources"], "--frames",
+                                      str(frames), "--resumable", "up-1", "--quiet"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "resumed at message 1000" in done.stderr
+    _wait_records(out, read_frames, 700)
+    assert sup.terminate(timeout=60) == 0, sup.stderr
+    recv.terminate()
+    before = read_frames((fixture / "received-before.bin").read_bytes())
+    report = validate(before + read_frames(out.read_bytes()), 1200)
+    assert report.ok, report.summary()

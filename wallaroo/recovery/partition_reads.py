@@ -89,6 +89,32 @@ class PartitionReads:
             raise
         return len(rows)
 
+    def group_partitions(self, group_of) -> int:
+        """Give partitions written before key groups were stored (schema 3
+        and earlier: ``key_group`` -1) their group, ``group_of(PartitionRow)``,
+        so they can move with it (``moves.py``); one pass per database,
+        remembered in ``meta``.  Returns how many."""
+        conn = self._conn
+        if conn.execute("SELECT 1 FROM meta WHERE key='key_groups_filled'").fetchone():
+            return 0
+        rows = conn.execute(
+            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+            f"WHERE p.key_group < 0").fetchall()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for cols in rows:
+                prow = reading.partition_row(self.path, cols)
+                prow.key_group = group_of(prow)
+                conn.execute("UPDATE partitions SET key_group=?, checksum=? "
+                             "WHERE pid=?", (prow.key_group, prow.checksum(),
+                                             prow.pid))
+            conn.execute("INSERT INTO meta VALUES ('key_groups_filled', '1')")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(rows)
+
     def partition_finder(self):
         """A function ``(state, key_hash) -> [(PartitionRow, load)]``: the
         partitions of ``state`` whose key hashes so, each with a function

@@ -386,6 +386,10 @@ class WorkerCore(Checkpoints):
                 self.log.info("recovery: indexed the keys of %d partitions of "
                               "state %r (written by an earlier release; once)",
                               n, state)
+        n = store.group_partitions(self._key_group)
+        if n:
+            self.log.info("recovery: gave %d partitions written by an earlier "
+                          "release their key groups (once)", n)
         for cid, refs in store.class_sets().items():
             bad = snapshots.unresolvable(refs)
             if not bad:
@@ -711,6 +715,12 @@ class WorkerCore(Checkpoints):
         """The current state object of a partition (for tests and tools;
         one not in memory is read, not loaded)."""
         return self.spaces[state_name].peek(key)
+
+
+    def _key_group(self, prow: PartitionRow) -> int:
+        key = snapshots.loads(prow.key)
+        return self.placement.group_of(self.spaces[prow.state].spec, key,
+                                       prow.key_hash)
 
 
 def _key_hash(prow: PartitionRow) -> int:
