@@ -231,17 +231,25 @@ def test_a_stream_whose_owner_does_not_answer_is_closed_not_fatal(procs, tmp_pat
     assert sup.terminate(timeout=60) == 0, sup.stderr
 
 
-def test_another_number_of_workers_on_a_formed_directory_is_refused(procs, tmp_path):
+def test_another_number_of_workers_on_a_formed_directory_rescales(procs, tmp_path):
+    """A different --workers on one host is a rescale (tests/test_rescale.py
+    checks the outputs); a stray database of a worker the cluster never
+    had is refused before anything moves."""
     state = str(tmp_path / "state")
     sup, _ = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
                          resilience_dir=state)
     assert sup.terminate(timeout=60) == 0, sup.stderr
+    shutil.copy(os.path.join(state, "worker-1.db"), os.path.join(state, "worker-2.db"))
     again = procs("run", str(ALPHABET), "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
                   "--workers", "3", "--resilience-dir", state)
     assert again.wait(timeout=WAIT) == 2
-    assert "holds a cluster of 2 workers (initializer, worker-1" in again.stderr
-    assert "Run it with --workers 2" in again.stderr
-    assert not os.path.exists(os.path.join(state, "worker-2.db"))
+    assert "holds a database for worker 'worker-2', which is not a member" \
+        in again.stderr
+    os.unlink(os.path.join(state, "worker-2.db"))
+    sup, _ = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
+                         resilience_dir=state)
+    assert "rescaling from 2 workers (initializer, worker-1) to 3" in sup.stderr
+    assert sup.terminate(timeout=60) == 0, sup.stderr
 
 
 def test_a_channel_from_another_application_is_refused_before_any_batch(

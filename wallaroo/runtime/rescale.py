@@ -26,6 +26,7 @@ when the sinks are up.
 from __future__ import annotations
 
 import os
+import time
 
 import trio
 
@@ -38,6 +39,9 @@ from .formation import saved_membership
 from .placement import DEFAULT_KEY_GROUPS
 
 QUIET_POLL = 0.2  # seconds between two looks at the draining workers
+# how long the drain waits for a leaving worker's sinks to take its outputs
+# (what is left stays in its retired database)
+LEAVING_WAIT = 30.0
 
 
 class RescaleRefused(Exception):
@@ -100,7 +104,21 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
     log.info("rescaling from %d workers (%s) to %d (%s): draining the old "
              "cluster first", len(old), ", ".join(old), len(sup.names),
              ", ".join(sup.names))
-    code = await _drain(sup, old, secret_path)
+    sup.rescale_state = {"from": list(old), "to": list(sup.names),
+                         "phase": "draining",
+                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        return await _rescale(sup, old, key_groups, secret_path)
+    finally:
+        sup.rescale_state = None
+        sup.write_cluster_file()
+
+
+async def _rescale(sup, old: list[str], key_groups: int,
+                   secret_path: str) -> int | None:
+    directory, log = sup.resilience_dir, sup.log
+    code = await _drain(sup, old, secret_path,
+                        leaving=[n for n in old if n not in sup.names])
     if code is not None:
         return code
     try:
@@ -111,6 +129,8 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
                           "moved.  Start the cluster with --workers %d, stop it, "
                           "and try again.", name, "; ".join(problems), len(old))
                 return 1
+        sup.rescale_state["phase"] = "moving"
+        sup.write_cluster_file()
         plan = moves.new_plan(old, sup.names, key_groups)
         moves.write_plan(directory, plan)
         moves.run_plan(directory, plan, log)
@@ -120,13 +140,15 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
     return None
 
 
-async def _drain(sup, old: list[str], secret_path: str) -> int | None:
+async def _drain(sup, old: list[str], secret_path: str,
+                 leaving: list[str]) -> int | None:
     """Phase 1: the old cluster without sources, until nothing is in flight,
     then stopped (each worker checkpoints everything as it stops)."""
     from .supervisor import Supervisor
     drain = Supervisor(sup.app_path, [*sup.worker_args, "--rescale-drain"],
                        len(old), sup.resilience_dir, sup.restart_delay, sup.log,
                        sup.spec, stop_grace=sup.stop_grace, names=list(old))
+    drain.rescale_state = sup.rescale_state  # in its cluster.json too
     secret = load_secret(secret_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(drain._signals, nursery)
@@ -134,7 +156,7 @@ async def _drain(sup, old: list[str], secret_path: str) -> int | None:
             nursery.start_soon(drain._keep_running, m, secret_path, nursery)
         await drain.all_ready()
         if not drain.stopping:
-            await _wait_quiet(drain, secret)
+            await _wait_quiet(drain, secret, leaving)
         interrupted = drain.stopping
         drain._stop_all(nursery)
         await drain._all_done.wait()
@@ -153,8 +175,11 @@ async def _drain(sup, old: list[str], secret_path: str) -> int | None:
     return None
 
 
-async def _wait_quiet(drain, secret: bytes) -> None:
+async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> None:
+    """Until nothing is in flight between the workers (and the leaving
+    ones delivered their outputs, for at most ``LEAVING_WAIT``)."""
     last = None
+    give_up = trio.current_time() + LEAVING_WAIT
     while not drain.stopping:
         await trio.sleep(QUIET_POLL)
         try:
@@ -171,6 +196,19 @@ async def _wait_quiet(drain, secret: bytes) -> None:
         quiet = all(a.get("inbox", {}).get("messages", 1) == 0 and all(
             c.get("batches", 1) == 0 for c in a.get("channels", ()))
             for a in answers)
+        waiting = {m.name: sum(s.get("outputs", 0) for s in a.get("sinks", ()))
+                   for m, a in zip(drain.members, answers) if m.name in leaving}
+        if any(waiting.values()):
+            if trio.current_time() < give_up:
+                last = None
+                continue
+            if give_up > 0:
+                give_up = 0.0
+                drain.log.warning(
+                    "rescale: leaving workers still hold undelivered outputs "
+                    "after %.0fs (%s): they stay in their databases, marked "
+                    "retired (docs/cluster.md, 'Rescaling')", LEAVING_WAIT,
+                    ", ".join(f"{n}: {k}" for n, k in waiting.items() if k))
         counts = tuple((a.get("messages_in"), a.get("outputs")) for a in answers)
         if quiet and counts == last:
             return

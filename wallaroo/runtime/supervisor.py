@@ -89,6 +89,8 @@ class Supervisor:
         self._next_names: list[str] | None = None
         self.rescale_result: dict | None = None  # what a grow/shrink came to
         self.rescale_started = 0.0
+        # while a rescale runs: {"from", "to", "phase", "since"} (cluster.json)
+        self.rescale_state: dict | None = None
         self.generation_ready = trio.Event()  # set when the members are ready
         self._gen = self._outer = None  # the nurseries: members', everything
 
@@ -133,6 +135,8 @@ class Supervisor:
                      "control": m.control, "data": m.data,
                      "sources": self.sources, "metrics": m.metrics,
                      "restarts": m.restarts} for m in self.members]}
+        if self.rescale_state is not None:
+            body["rescale"] = self.rescale_state
         tmp = self.cluster_file + ".tmp"
         with open(tmp, "w") as f:
             json.dump(body, f, indent=1)

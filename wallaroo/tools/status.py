@@ -17,7 +17,9 @@ The ``--json`` shape::
                   "inbox": {"messages": 0, "bytes": 0},
                   "sinks": [{"sink": "...", "outputs": 0, "bytes": 0}],
                   "channels": [{"peer": "worker-1", "batches": 0, "bytes": 0}],
-                  "error": "..." (only when it did not answer)}, ...]}
+                  "error": "..." (only when it did not answer)}, ...],
+     "rescale": {"from": [...], "to": [...], "phase": "draining" | "moving",
+                 "since": "..."} (only while the cluster rescales)}
 """
 
 from __future__ import annotations
@@ -86,7 +88,10 @@ def status_from_dir(directory: str, secret_file: str | None = None) -> dict:
     entries = [{k: w.get(k) for k in ("name", "state", "pid", "restarts",
                                       "control", "data")} for w in body["workers"]]
     workers = trio.run(_ask_all, entries, secret)
-    return {"application": body.get("application"), "workers": workers}
+    out = {"application": body.get("application"), "workers": workers}
+    if body.get("rescale"):
+        out["rescale"] = body["rescale"]
+    return out
 
 
 def status_from_control(control: str, secret_file: str) -> dict:
@@ -130,3 +135,8 @@ def render(status: dict, console) -> None:
     for w in status["workers"]:
         if w.get("error"):
             console.print(f"{w['name']}: {w['error']}")
+    r = status.get("rescale")
+    if r:
+        console.print(f"rescaling from {len(r['from'])} workers ({', '.join(r['from'])}) "
+                      f"to {len(r['to'])} ({', '.join(r['to'])}): {r['phase']} "
+                      f"since {r['since']}")
