@@ -1,0 +1,233 @@
+"""Rescaling a running cluster on this host (``wallaroo cluster grow``).
+
+Part 1, moving K keys of state: ``recovery_app.py`` (one partition per u64
+key) on ``--workers 1 --resilience-dir``; K messages create K partitions;
+then a paced probe sends every key again (``--probe-rate`` messages per
+second, resumable) and, a few seconds in, ``wallaroo cluster grow`` takes
+the cluster to 2 workers: half the key groups move to the new worker with
+their state.  Reported: the grow command's time; the longest gap between two
+outputs of the probe, for the keys that moved and for those that stayed;
+the probe's outputs per second for the keys that stayed, while the grow ran
+(the "other groups' throughput during the move"); and whether every key
+counted exactly 2 (its state moved whole).
+
+Part 2, throughput before and after growing: word count fed the same lines
+at full speed on 1 worker, then again after ``wallaroo cluster grow`` to 2,
+same supervisor and directory (lines per second: from the sender's start to
+the last output at the receiver).  The sender and the receiver share the machine's cores
+with the workers.
+
+    python benchmarks/bench_rescale.py --keys 100000 --lines 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _machine import machine_line
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from wallaroo.runtime.placement import stable_hash  # noqa: E402
+
+APP = REPO / "benchmarks" / "recovery_app.py"
+WORD_COUNT = REPO / "examples" / "word_count" / "word_count.py"
+
+
+def wallaroo(*args) -> list[str]:
+    return [sys.executable, "-m", "wallaroo.cli", *map(str, args)]
+
+
+class Receiver:
+    """Records every output with its arrival time, over any number of
+    connections: fixed-size records (``size``) or lines (size 0)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.records: list[tuple[float, bytes]] = []
+        self.lock = threading.Lock()
+        self.ls = socket.create_server(("127.0.0.1", 0))
+        self.port = self.ls.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            c, _ = self.ls.accept()
+            threading.Thread(target=self._read, args=(c,), daemon=True).start()
+
+    def _read(self, c):
+        buf = b""
+        while True:
+            data = c.recv(1 << 20)
+            if not data:
+                return
+            now = time.perf_counter()
+            buf += data
+            if self.size:
+                n = len(buf) // self.size * self.size
+                recs = [buf[i:i + self.size] for i in range(0, n, self.size)]
+                buf = buf[n:]
+            else:
+                *recs, buf = buf.split(b"\n")
+            with self.lock:
+                self.records.extend((now, r) for r in recs)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.records)
+
+    def wait(self, n: int, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count() < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.count()} of {n} outputs after {timeout}s")
+            time.sleep(0.05)
+
+
+def start_cluster(app: Path, state: Path, sink: int, log: Path, *extra):
+    sup = subprocess.Popen(wallaroo("run", app, "--in", "127.0.0.1:0", "--out",
+                                    f"127.0.0.1:{sink}", "--workers", 1,
+                                    "--resilience-dir", state, *extra),
+                           stderr=subprocess.PIPE, text=True)
+    logf = open(log, "w")
+    for line in sup.stderr:
+        logf.write(line)
+        if line.startswith("ready "):
+            fields = dict(f.split("=", 1) for f in line.split()[1:])
+            break
+    else:
+        raise RuntimeError(f"the cluster did not start (see {log})")
+    threading.Thread(target=lambda: [logf.write(x) for x in sup.stderr],
+                     daemon=True).start()
+    return sup, fields["sources"]
+
+
+def grow(state: Path) -> float:
+    t = time.perf_counter()
+    done = subprocess.run(wallaroo("cluster", "grow", state), capture_output=True,
+                          text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(done.stdout + done.stderr)
+    return time.perf_counter() - t
+
+
+def send(source: str, *args) -> None:
+    done = subprocess.run(wallaroo("send", source, *args, "--quiet"),
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(done.stderr)
+
+
+def moving_keys(keys: int) -> dict[int, bool]:
+    """Whether each key's group changes owner from 1 worker to 2."""
+    return {k: stable_hash(k) % 1024 >= 512 for k in range(keys)}
+
+
+def part1(keys: int, probe_rate: int, workdir: Path) -> dict:
+    recv = Receiver(20)  # >IQQ: length 16, key, count
+    state = workdir / "state-keys"
+    sup, source = start_cluster(APP, state, recv.port, workdir / "keys.log",
+                                "--checkpoint-interval", "0.5")
+    try:
+        t = time.perf_counter()
+        send(source, "--u64", keys, "--start", 0, "--resumable", "create")
+        recv.wait(keys)
+        create_s = time.perf_counter() - t
+        time.sleep(2)  # checkpoints settle
+        probe = subprocess.Popen(wallaroo("send", source, "--u64", keys, "--start", 0,
+                                          "--rate", probe_rate, "--resumable", "probe",
+                                          "--connect-timeout", 300, "--quiet"))
+        time.sleep(min(3.0, keys / probe_rate / 4))
+        g0 = time.perf_counter()
+        grow_s = grow(state)
+        g1 = g0 + grow_s
+        probe.wait(timeout=900)
+        recv.wait(2 * keys)
+    finally:
+        sup.terminate()
+        sup.wait(120)
+    moves = moving_keys(keys)
+    with recv.lock:
+        probe_out = [(t, int.from_bytes(r[4:12], "big"), int.from_bytes(r[12:20], "big"))
+                     for t, r in recv.records[keys:]]
+    counts_ok = sorted(k for _, k, n in probe_out if n == 2) == list(range(keys))
+    gaps = {True: 0.0, False: 0.0}
+    last = {True: None, False: None}
+    for t, k, _ in probe_out:
+        m = moves[k]
+        if last[m] is not None:
+            gaps[m] = max(gaps[m], t - last[m])
+        last[m] = t
+    stayed_during = sum(1 for t, k, _ in probe_out if not moves[k] and g0 <= t <= g1)
+    return {"keys": keys, "moved": sum(moves.values()), "create_s": create_s,
+            "grow_s": grow_s, "gap_moved_s": gaps[True], "gap_stayed_s": gaps[False],
+            "stayed_rate_during": stayed_during / grow_s,
+            "probe_rate": probe_rate, "exact": counts_ok}
+
+
+def part2(lines: int, workdir: Path) -> dict:
+    rnd = random.Random(7)
+    vocab = ["".join(rnd.choices("abcdefghijklmnopqrstuvwxyz", k=rnd.randint(3, 9)))
+             for _ in range(5000)]
+    text = workdir / "lines.txt"
+    text.write_text("\n".join(" ".join(rnd.choices(vocab, k=6))
+                              for _ in range(lines)) + "\n")
+    recv = Receiver(0)
+    state = workdir / "state-words"
+    sup, source = start_cluster(WORD_COUNT, state, recv.port, workdir / "words.log")
+    rates = []
+    try:
+        for step in ("1 worker", "2 workers"):
+            if step == "2 workers":
+                grow(state)
+            before = recv.count()
+            t0 = time.perf_counter()
+            send(source, "--file", text)
+            recv.wait(before + 6 * lines)
+            with recv.lock:
+                last = recv.records[-1][0]
+            rates.append((step, lines / (last - t0)))
+    finally:
+        sup.terminate()
+        sup.wait(120)
+    return {"lines": lines, "rates": rates}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keys", type=int, default=100000)
+    ap.add_argument("--probe-rate", type=int, default=5000)
+    ap.add_argument("--lines", type=int, default=20000)
+    a = ap.parse_args(argv)
+    print(machine_line())
+    work = Path(tempfile.mkdtemp(prefix="wallaroo-bench-rescale-"))
+    r = part1(a.keys, a.probe_rate, work)
+    print(f"moving state: {r['keys']:,} keys created in {r['create_s']:.1f}s; "
+          f"`wallaroo cluster grow` 1 -> 2 workers moved {r['moved']:,} of them "
+          f"in {r['grow_s']:.2f}s (command to answer)")
+    print(f"  probe at {r['probe_rate']:,} msgs/s over every key: longest output "
+          f"gap {r['gap_moved_s']:.2f}s for keys that moved, "
+          f"{r['gap_stayed_s']:.2f}s for keys that stayed; keys that stayed "
+          f"during the grow: {r['stayed_rate_during']:,.0f} outputs/s")
+    print(f"  every key counted exactly twice after the move: "
+          f"{'yes' if r['exact'] else 'NO'}")
+    w = part2(a.lines, work)
+    base = w["rates"][0][1]
+    for step, rate in w["rates"]:
+        print(f"word count, {w['lines']:,} lines of 6 words, {step}: "
+              f"{rate:,.0f} lines/s ({rate / base:.2f}x)")
+    print(f"(logs in {work})")
+    return 0 if r["exact"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
