@@ -36,7 +36,7 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from . import schema
+from . import bulk, schema
 from .errors import StoreError
 from .files import DatabaseLock
 from .records import PartitionRow, checksum, control_checksum, snapshot_head
@@ -184,6 +184,11 @@ def check_quiet(directory: str, worker: str) -> list[str]:
         if replay_from < next_lsn:
             problems.append(f"inputs from lsn {replay_from} to {next_lsn - 1} are "
                             f"not absorbed by snapshots")
+        (ungrouped,) = c.execute(
+            "SELECT count(*) FROM partitions WHERE key_group < 0").fetchone()
+        if ungrouped:  # a worker gives them their groups when it opens them
+            problems.append(f"{ungrouped} partitions written by an earlier "
+                            f"release have no key group yet")
         (pending,) = c.execute("SELECT count(*) FROM pending_input").fetchone()
         if pending:
             problems.append(f"{pending} rows of input read but not processed")
@@ -266,14 +271,12 @@ def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
             "c.refs FROM partitions p JOIN taking t ON t.key_group = p.key_group "
             "LEFT JOIN snapshots s ON s.pid = p.pid "
             "LEFT JOIN snapshot_classes c ON c.id = s.classes ORDER BY p.pid")
-        n = 0
+        parts_rows, snap_rows, piece_rows = [], [], []
         for (old_pid, state, key_repr, key, group, key_hash, snap, pickler,
              blob, parts, refs) in rows:
             prow = PartitionRow(pid, state, key, key_repr, next_lsn, group, key_hash)
-            c.execute("INSERT INTO partitions (pid, state, key_repr, created_lsn, "
-                      "checksum, key, key_group, key_hash) VALUES (?,?,?,?,?,?,?,?)",
-                      (pid, state, key_repr, next_lsn, prow.checksum(), key,
-                       group, key_hash))
+            parts_rows.append((pid, state, key_repr, next_lsn, prow.checksum(), key,
+                               group, key_hash))
             if snap is not None:
                 pieces = [blob or b""] + [d for (d,) in g.execute(
                     "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
@@ -286,15 +289,18 @@ def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
                         cid = classes[refs] = 1 + max(classes.values(), default=0)
                         c.execute("INSERT INTO snapshot_classes VALUES (?,?,?)",
                                   (cid, refs, schema.class_set_checksum(cid, refs)))
-                c.execute("INSERT INTO snapshots (pid, lsn, size, pickler, checksum, "
-                          "state, parts, classes) VALUES (?,?,?,?,?,?,?,?)",
-                          (pid, lsn, sum(map(len, pieces)), pickler, crc,
-                           pieces[0], len(pieces) - 1, cid))
-                for i, piece in enumerate(pieces[1:], 1):
-                    c.execute("INSERT INTO snapshot_parts VALUES (?,?,?)",
-                              (pid, i, piece))
+                snap_rows.append((pid, lsn, sum(map(len, pieces)), pickler, crc,
+                                  pieces[0], len(pieces) - 1, cid))
+                piece_rows.extend((pid, i, piece)
+                                  for i, piece in enumerate(pieces[1:], 1))
             pid += 1
-            n += 1
+        # multi-row statements: one per up to 256 rows, not one per row
+        bulk.insert(c, "INSERT INTO partitions (pid, state, key_repr, created_lsn, "
+                    "checksum, key, key_group, key_hash) VALUES", parts_rows)
+        bulk.insert(c, "INSERT INTO snapshots (pid, lsn, size, pickler, checksum, "
+                    "state, parts, classes) VALUES", snap_rows)
+        bulk.insert(c, "INSERT INTO snapshot_parts VALUES", piece_rows)
+        n = len(parts_rows)
         now = int(time.time())
         for source, stream, count in g.execute(
                 "SELECT source, stream, count FROM streams"):

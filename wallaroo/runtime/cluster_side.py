@@ -230,10 +230,11 @@ class ClusterSide:
                 sock = socket.socket(fileno=fds[0])
                 stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
                 self.worker.sources[msg["connection"]].hand(stream)
+            if msg.get("drain"):  # a rescale: no new input from now on
+                self.worker.close_sources()
             if msg.get("stop"):
-                if msg["stop"] == "rescale":  # what is in flight waits for the
-                    self.config.drain_only = True  # drain before the move
-                    self.worker.skip_final_wait = True
+                if msg["stop"] in ("rescale", "drained"):  # worker.stop_mode
+                    self.worker.stop_mode = msg["stop"]
                 self.worker.request_stop()
 
     async def tell_supervisor(self, msg: dict) -> None:

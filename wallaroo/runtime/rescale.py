@@ -38,7 +38,10 @@ from .control import ask
 from .formation import saved_membership
 from .placement import DEFAULT_KEY_GROUPS
 
-QUIET_POLL = 0.2  # seconds between two looks at the draining workers
+QUIET_POLL = 0.05  # seconds between two looks at the draining workers
+# a running cluster's drain in place that takes longer than this gives way
+# to the drain of the stopped cluster
+IN_PLACE_TIMEOUT = 60.0
 # how long the drain waits for a leaving worker's sinks to take its outputs
 # (what is left stays in its retired database)
 LEAVING_WAIT = 30.0
@@ -101,9 +104,8 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
                       "refusing to mix its state in.  Remove its files if that "
                       "state is not wanted.", directory, name, ", ".join(old))
             return 2
-    log.info("rescaling from %d workers (%s) to %d (%s): draining the old "
-             "cluster first", len(old), ", ".join(old), len(sup.names),
-             ", ".join(sup.names))
+    log.info("rescaling from %d workers (%s) to %d (%s)", len(old),
+             ", ".join(old), len(sup.names), ", ".join(sup.names))
     sup.rescale_state = {"from": list(old), "to": list(sup.names),
                          "phase": "draining",
                          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -117,10 +119,17 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
 async def _rescale(sup, old: list[str], key_groups: int,
                    secret_path: str) -> int | None:
     directory, log = sup.resilience_dir, sup.log
-    code = await _drain(sup, old, secret_path,
-                        leaving=[n for n in old if n not in sup.names])
-    if code is not None:
-        return code
+    try:
+        drained = not any(moves.check_quiet(directory, n) for n in old)
+    except (StoreError, OSError):
+        drained = False
+    if not drained:
+        log.info("rescale: draining the old cluster first (no sources; what "
+                 "was in flight between its workers is delivered)")
+        code = await _drain(sup, old, secret_path,
+                            leaving=[n for n in old if n not in sup.names])
+        if code is not None:
+            return code
     try:
         for name in old:
             problems = moves.check_quiet(directory, name)
@@ -175,9 +184,11 @@ async def _drain(sup, old: list[str], secret_path: str,
     return None
 
 
-async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> None:
+async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> bool:
     """Until nothing is in flight between the workers (and the leaving
-    ones delivered their outputs, for at most ``LEAVING_WAIT``)."""
+    ones delivered their outputs, for at most ``LEAVING_WAIT``); False: a
+    member of a running cluster died meanwhile (it is not restarted while
+    a rescale is coming)."""
     last = None
     give_up = trio.current_time() + LEAVING_WAIT
     while not drain.stopping:
@@ -185,6 +196,8 @@ async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> None:
         try:
             answers = []
             for m in drain.members:
+                if m.state == "down" and drain.pausing:
+                    return False  # a drain in place: a member died
                 if m.state != "ready" or not m.control:
                     raise OSError(f"worker {m.name} is {m.state}")
                 host, _, port = m.control.rpartition(":")
@@ -211,8 +224,9 @@ async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> None:
                     ", ".join(f"{n}: {k}" for n, k in waiting.items() if k))
         counts = tuple((a.get("messages_in"), a.get("outputs")) for a in answers)
         if quiet and counts == last:
-            return
+            return True
         last = counts if quiet else None
+    return False
 
 
 # -- while the cluster runs ------------------------------------------------
@@ -306,7 +320,7 @@ async def serve_requests(sup, secret_path: str,
     task_status.started()
     try:
         await trio.serve_listeners(
-            lambda stream: _request(sup, stream), [listener])
+            lambda stream: _request(sup, stream, secret_path), [listener])
     finally:
         try:
             os.unlink(path)
@@ -317,7 +331,7 @@ async def serve_requests(sup, secret_path: str,
 _lock = None
 
 
-async def _request(sup, stream) -> None:
+async def _request(sup, stream, secret_path: str) -> None:
     import json
     global _lock
     if _lock is None:
@@ -332,7 +346,7 @@ async def _request(sup, stream) -> None:
                 data += more
         try:
             req = json.loads(data)
-            answer = await _answer(sup, req)
+            answer = await _answer(sup, req, secret_path)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             answer = {"error": f"bad request: {e}"}
         except RescaleRefused as e:
@@ -344,7 +358,7 @@ async def _request(sup, stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def _answer(sup, req: dict) -> dict:
+async def _answer(sup, req: dict, secret_path: str) -> dict:
     op = req["op"]
     if op == "query":
         return {"members": sup.names, "may_leave": sup.names[1:],
@@ -367,7 +381,20 @@ async def _answer(sup, req: dict) -> dict:
         sup.log.info("%s asked: %d workers (%s) -> %d (%s)", op, len(sup.names),
                      ", ".join(sup.names), len(names), ", ".join(names))
         sup.rescale_result = None
-        sup.pause_for_rescale(names)
+        # drain in place: sources closed, what is in flight delivered; then
+        # the members stop checkpointing everything and the move needs no
+        # drain of its own (otherwise they stop at once and it drains them)
+        sup.begin_rescale()
+        sup.rescale_state = {"from": list(sup.names), "to": names,
+                             "phase": "draining",
+                             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        sup.write_cluster_file()
+        sup.close_sources()
+        drained = False
+        with trio.move_on_after(IN_PLACE_TIMEOUT):
+            drained = await _wait_quiet(sup, load_secret(secret_path), [
+                n for n in sup.names if n not in names])
+        sup.pause_for_rescale(names, "drained" if drained else "rescale")
         while sup.rescale_result is None and not sup.stopping:
             await trio.sleep(0.05)
         result = sup.rescale_result or {"error": "the cluster stopped"}

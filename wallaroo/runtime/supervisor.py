@@ -237,17 +237,27 @@ class Supervisor:
             await self._all_done.wait()
             gen.cancel_scope.cancel()
 
-    def pause_for_rescale(self, names: list[str]) -> None:
-        """Stop the members (they drain and checkpoint as on SIGTERM, and
-        are not restarted); the next generation has ``names``."""
-        self._next_names = list(names)
+    def begin_rescale(self) -> None:
+        """From now on: no client connection is handed to a member and no
+        member is restarted (a rescale is coming)."""
         self.pausing = True
         self.generation_ready = trio.Event()
         self.rescale_started = trio.current_time()
+
+    def close_sources(self) -> None:
+        for m in self.members:
+            self._send(m, {"drain": True})
+
+    def pause_for_rescale(self, names: list[str], mode: str = "rescale") -> None:
+        """Stop the members (``mode``: worker.stop_mode; they are not
+        restarted); the next generation has ``names``."""
+        if not self.pausing:
+            self.begin_rescale()
+        self._next_names = list(names)
         for m in self.members:
             m.ready_event.set()
             if m.proc is not None and m.proc.returncode is None:
-                if not self._send(m, {"stop": "rescale"}):
+                if not self._send(m, {"stop": mode}):
                     m.proc.send_signal(signal.SIGTERM)
         self._gen.start_soon(self._kill_after_grace)
 

@@ -180,9 +180,19 @@ class Worker:
         self._last_commit = 0.0
         self._collections = FullCollections()
 
-    # the supervisor stops this worker for a rescale: nothing is waited
-    # for at the stop (the old cluster's drain delivers what is in flight)
-    skip_final_wait = False
+    # how the supervisor stops this worker for a rescale (supervisor.py):
+    # "rescale", nothing is waited for (the old cluster's drain delivers
+    # what is in flight); "drained", the same after its sources were
+    # closed and nothing was left in flight, and every partition is
+    # checkpointed whatever the time.  None: a stop like any other.
+    stop_mode: str | None = None
+    _sources_scope: trio.CancelScope | None = None
+
+    def close_sources(self) -> None:
+        """A rescale's drain in place: no new input; what is in flight
+        goes on (the supervisor waits until nothing is)."""
+        if self._sources_scope is not None:
+            self._sources_scope.cancel()
 
     def request_stop(self) -> None:
         if self._stop is not None:
@@ -278,7 +288,7 @@ class Worker:
             tcp = [s for s in self.sources if isinstance(s, TCPSource)]
             bound = [await s.bind() for s in tcp] if not handed else []
             data = (await self.cluster.start(nursery)) if self.cluster else None
-            sources_scope = trio.CancelScope()
+            sources_scope = self._sources_scope = trio.CancelScope()
 
             async def serve_sources():
                 with sources_scope:
@@ -323,8 +333,7 @@ class Worker:
             await self._log_or_drop(self.inbox.take_all())
             with trio.move_on_at(self._deadline) as self._drain_scope:
                 for dest in self.dests:  # a second signal ends this too
-                    if dest is not None and not (drain_only or
-                                                 self.skip_final_wait):
+                    if dest is not None and not (drain_only or self.stop_mode):
                         await dest.wait_empty()
             self._drain_scope = None
             self.stop_report.undelivered_outputs = sum(s.queued_outputs
@@ -678,8 +687,9 @@ class Worker:
         batch = self.core.process(())
         if not batch.record.is_empty():
             await self._commit(batch)
-        whole = self.cluster is not None and self.cluster.config.drain_only \
-            and not self.skip_final_wait
+        whole = self.stop_mode == "drained" or (
+            self.stop_mode is None and self.cluster is not None
+            and self.cluster.config.drain_only)
         with trio.move_on_at(float("inf") if whole else self._deadline):
             while whole or not self._past_deadline():
                 batch = self.core.process((), force_checkpoint=True)
