@@ -114,6 +114,22 @@ def test_rescale_1_3_2_1_gives_the_outputs_of_one_worker(procs, tmp_path, name):
     assert not os.path.exists(state / "rescale.json")
 
 
+def test_a_worker_that_left_comes_back_with_its_retired_database(procs, tmp_path):
+    """1 -> 3 -> 2 -> 3: worker-2 retires, then is a member again on the
+    database it kept (its channel and output counts still agree with the
+    others'); word count's outputs per key are those of one worker."""
+    key = CASES["word_count"][4]
+    rescaled = run_stages(procs, tmp_path, "word_count", (1, 3, 2, 3), "back")
+    plain = run_stages(procs, tmp_path, "word_count", (1,), "plain", passes=4)
+    assert per_key(rescaled, key) == per_key(plain, key)
+    shown = subprocess.run(WALLAROO + ["recovery", "inspect",
+                                       str(tmp_path / "state-back"), "--json"],
+                           capture_output=True, text=True, timeout=60)
+    workers = {w["worker"]: w for w in json.loads(shown.stdout)}
+    assert not any(w["retired"] for w in workers.values())
+    assert workers["worker-2"]["partitions_total"] > 0
+
+
 @pytest.mark.parametrize("version", UPGRADE_VERSIONS)
 def test_a_directory_of_an_earlier_release_rescales_like_any_other(
         procs, tmp_path, version):

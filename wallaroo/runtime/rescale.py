@@ -272,7 +272,6 @@ async def rescale_live(sup, secret_path: str) -> bool:
     names.  False: the supervisor stops instead."""
     names, old = sup._next_names, list(sup.names)
     sup._next_names = None
-    t0 = sup.rescale_started
     sup.names, sup.n = list(names), len(names)
     code = await rescale_if_asked(sup, secret_path)
     if code is not None:
@@ -286,8 +285,7 @@ async def rescale_live(sup, secret_path: str) -> bool:
                                        "(see the supervisor's log); the cluster "
                                        "goes on with its members"}
     else:
-        sup.rescale_result = {"ok": True, "members": list(names),
-                              "seconds": round(trio.current_time() - t0, 3)}
+        sup.rescale_result = {"ok": True, "members": list(names)}
     restarts = {m.name: m.restarts for m in sup.members}
     sup.members = [type(sup.members[0])(n) for n in sup.names]
     for m in sup.members:
@@ -401,4 +399,6 @@ async def _answer(sup, req: dict, secret_path: str) -> dict:
         if result.get("ok"):
             await sup.generation_ready.wait()
             result["members"] = sup.names
+            # from the request to the new members all ready
+            result["seconds"] = round(trio.current_time() - sup.rescale_started, 3)
         return result
