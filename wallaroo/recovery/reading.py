@@ -39,8 +39,13 @@ def load(conn: sqlite3.Connection, path: str) -> tuple[Recovered, set[int]]:
     # (moves.py) leaves a gap, and its old pid may be below the key
     # index's watermark, where a new partition would not be looked for
     from .key_index import read_watermark
-    rec.partitions_on_disk = max(0 if top is None else top + 1,
-                                 read_watermark(conn, path))
+    from .moves import GIVEN
+    rec.next_pid = max(0 if top is None else top + 1, read_watermark(conn, path))
+    # without a give, pids run without gaps: no count(*) over every row
+    gave = conn.execute("SELECT 1 FROM meta WHERE key=?", (GIVEN,)).fetchone()
+    rec.partitions_on_disk = conn.execute(
+        "SELECT count(*) FROM partitions").fetchone()[0] if gave else (
+            0 if top is None else top + 1)
     parted = {pid for (pid,) in conn.execute(
         "SELECT DISTINCT pid FROM snapshot_parts")}
     for source, stream, count, seen, cs in conn.execute(

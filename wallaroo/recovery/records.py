@@ -260,6 +260,8 @@ class Recovered:
     replay_from: int = 0
     # partitions the store holds (loaded one by one as a worker needs them)
     partitions_on_disk: int = 0
+    # the pid of the next new partition (pids are never used twice)
+    next_pid: int = field(default=0, compare=False)
     streams: dict[tuple[str, str], int] = field(default_factory=dict)
     delivered: dict[int, int] = field(default_factory=dict)
     next_out_seq: dict[int, int] = field(default_factory=dict)

@@ -373,7 +373,7 @@ class WorkerCore(Checkpoints):
         is the application's, and every class a snapshot recorded that it
         needs can still be found."""
         store = self.store
-        self.next_pid = rec.partitions_on_disk
+        self.next_pid = rec.next_pid
         on_disk = store.partition_states()
         for state in on_disk:
             if state not in self.spaces:
