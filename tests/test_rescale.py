@@ -16,6 +16,8 @@ from collections import Counter
 
 import pytest
 
+from wallaroo.recovery import moves
+
 from .conftest import WALLAROO, start_receiver
 from .test_cluster_examples import CASES, EXAMPLES, per_key, run_cluster, send
 from .test_upgrades import VERSIONS as UPGRADE_VERSIONS
@@ -197,3 +199,43 @@ def test_kafka_offsets_follow_their_partitions(procs, kafka_broker, kafka_topic,
         assert all(seen[f"{k}:{i}"] == 1 for i in range(1, n + 1)), k
     assert len(got) == 3000
     assert sup.terminate() == 0
+
+
+def test_a_retired_worker_delivers_what_its_sink_did_not_take(procs, tmp_path):
+    """The sink is away while 2 workers count words and when the cluster
+    shrinks to 1: worker-1 leaves holding outputs.  The supervisor runs it
+    on its own, with no sources, until they are delivered; once the
+    receiver is back, every output of both workers arrives exactly once."""
+    from .conftest import free_port
+    app = EXAMPLES / "word_count" / "word_count.py"
+    sink = free_port()
+    state = str(tmp_path / "state")
+    sup, fields = run_cluster(procs, app, 2, "--out", f"127.0.0.1:{sink}",
+                              resilience_dir=state)
+    send(fields["sources"], "--file", str(EXAMPLES / "word_count" / "sample.txt"))
+    time.sleep(1)
+    assert sup.terminate(timeout=60) == 0, sup.stderr
+    held = {w: moves.undelivered_outputs(state, w) for w in ("initializer", "worker-1")}
+    assert all(held.values()), held
+    sup = procs("run", str(app), "--in", "127.0.0.1:0", "--out", f"127.0.0.1:{sink}",
+                "--workers", "1", "--resilience-dir", state,
+                env={**os.environ, "WALLAROO_RESCALE_LEAVING_WAIT": "0.5"})
+    sup.wait_line(lambda line: line.startswith("ready "), timeout=60)
+    sup.wait_line(lambda line: "retired worker worker-1 holds" in line, timeout=30)
+    out = tmp_path / "out.txt"
+    recv = procs("receive", "--listen", f"127.0.0.1:{sink}", "--framing", "lines",
+                 "--format", "raw", "--output", str(out))
+    sup.wait_line(lambda line: "retired worker worker-1: every output delivered"
+                  in line, timeout=60)
+    got = _wait_records(out, lines_of, sum(held.values()))
+    assert sup.terminate(timeout=60) == 0, sup.stderr
+    recv.terminate()
+    plain = run_stages(procs, tmp_path, "word_count", (1,), "plain")
+    assert Counter(lines_of(out.read_bytes())) == Counter(plain)
+    assert len(got) == sum(held.values())
+    assert moves.is_retired(state, "worker-1")
+    assert moves.undelivered_outputs(state, "worker-1") == 0
+
+
+def lines_of(data: bytes) -> list[bytes]:
+    return data.splitlines()

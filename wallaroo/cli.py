@@ -161,6 +161,7 @@ class _RawArgsCommand(click.Command):
 @click.option("--cluster-members", hidden=True)
 @click.option("--supervisor-fd", type=int, hidden=True)
 @click.option("--rescale-drain", is_flag=True, hidden=True)
+@click.option("--deliver-retired", is_flag=True, hidden=True)
 @click.option("--forget-streams-after", type=click.FloatRange(min=0, min_open=True),
               metavar="SECONDS",
               help="With --resilience-dir: forget resumable streams nobody has "
@@ -188,8 +189,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         restart_delay,
         cluster_initializer, worker_count, control_addr, data_addr, my_control,
         my_data, cluster_secret_file, peer_outbox_max, cluster_members,
-        supervisor_fd, rescale_drain, forget_streams_after, drain_timeout, log_level,
-        profile_dir, app_args):
+        supervisor_fd, rescale_drain, deliver_retired, forget_streams_after,
+        drain_timeout, log_level, profile_dir, app_args):
     """Run the application APP (a .py file, or an importable module).
 
     Every argument after `run` is passed, in order, to the application's
@@ -270,7 +271,7 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                       metrics=metrics,
                       sink_outbox_max=sink_outbox_max,
                       drain_timeout=drain_timeout, log_level=log_level,
-                      profile_dir=profile_dir)
+                      profile_dir=profile_dir, deliver_only=deliver_retired)
     sys.exit(code)
 
 

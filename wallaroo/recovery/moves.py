@@ -202,6 +202,23 @@ def check_quiet(directory: str, worker: str) -> list[str]:
         return problems
 
 
+def undelivered_outputs(directory: str, worker: str) -> int:
+    """Read-only: outputs for the application's sinks (not peers) that
+    the worker's database holds undelivered."""
+    path = db_file(directory, worker)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        (n,) = conn.execute(
+            "SELECT coalesce(sum(s.next_seq - s.delivered), 0) FROM sinks s "
+            "LEFT JOIN sink_identities i ON i.sink = s.sink WHERE "
+            "s.next_seq > s.delivered AND (i.pipeline IS NULL OR "
+            "substr(i.pipeline, 1, ?) != ?)",
+            (len(PEER_PREFIX), PEER_PREFIX)).fetchone()
+    finally:
+        conn.close()
+    return n
+
+
 def membership_of(directory: str, worker: str) -> dict | None:
     with _Open(directory, worker) as db:
         text = db.meta("membership")

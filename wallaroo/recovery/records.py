@@ -262,6 +262,8 @@ class Recovered:
     partitions_on_disk: int = 0
     # the pid of the next new partition (pids are never used twice)
     next_pid: int = field(default=0, compare=False)
+    # the worker left its cluster in a rescale (moves.py: meta "retired")
+    retired: bool = field(default=False, compare=False)
     streams: dict[tuple[str, str], int] = field(default_factory=dict)
     delivered: dict[int, int] = field(default_factory=dict)
     next_out_seq: dict[int, int] = field(default_factory=dict)

@@ -149,6 +149,8 @@ class SQLiteStore(PartitionReads):
             self._keys = KeyIndex(conn, self.path)
             self._class_ids = {refs: cid for cid, refs in self.class_sets().items()}
             rec.membership = saved
+            rec.retired = conn.execute(
+                "SELECT 1 FROM meta WHERE key='retired'").fetchone() is not None
             rec.next_out_seq = self._by_app(rec.next_out_seq)
             rec.delivered = self._by_app(rec.delivered)
             rec.sink_bases = self._by_app(rec.sink_bases)

@@ -155,7 +155,7 @@ class WorkerCore(Checkpoints):
                  name: str = "initializer", members: list[str] | None = None,
                  key_groups: int = DEFAULT_KEY_GROUPS,
                  addresses: dict | None = None,
-                 state_cache: int | None = None):
+                 state_cache: int | None = None, deliver_only: bool = False):
         """``members``: the cluster's workers in order (default: this one
         alone); ``name``: this worker's; ``addresses`` (several hosts):
         every member's control and data addresses, saved with the
@@ -163,6 +163,9 @@ class WorkerCore(Checkpoints):
         memory at a batch boundary (the rest are in the store)."""
         self.app = app
         self.name = name
+        # a retired worker's database, run only to deliver its outputs
+        # (rescale.py): on its own, whatever cluster it left
+        self.deliver_only = deliver_only
         self.proposed_membership = {"members": list(members or [name]),
                                     "key_groups": key_groups}
         if addresses:
@@ -328,6 +331,19 @@ class WorkerCore(Checkpoints):
     def _recover(self, on_row, requeue: bool) -> RecoveryReport:
         t0 = time.perf_counter()
         rec = self.store.open(self.fingerprint(), self.proposed_membership)
+        if self.deliver_only:
+            if not rec.retired:
+                raise IncompatibleDirectory(
+                    f"{getattr(self.store, 'path', 'the store')} is not a retired "
+                    f"worker's database: only those are run to deliver their "
+                    f"outputs alone")
+            rec.membership = None
+        elif rec.retired:
+            raise IncompatibleDirectory(
+                f"worker {self.name!r} left its cluster in a rescale (its "
+                f"database is marked retired; `wallaroo recovery inspect` shows "
+                f"it): it runs again only as a member the cluster takes back "
+                f"(`wallaroo cluster grow`, or `--workers` with it)")
         self._settle_membership(rec.membership)
         if self.store.durable:
             self._attach_store(rec)

@@ -43,8 +43,9 @@ QUIET_POLL = 0.05  # seconds between two looks at the draining workers
 # to the drain of the stopped cluster
 IN_PLACE_TIMEOUT = 60.0
 # how long the drain waits for a leaving worker's sinks to take its outputs
-# (what is left stays in its retired database)
-LEAVING_WAIT = 30.0
+# (what is left is delivered by the retired worker run on its own:
+# deliver_retired); WALLAROO_RESCALE_LEAVING_WAIT=SECONDS changes it
+LEAVING_WAIT = float(os.environ.get("WALLAROO_RESCALE_LEAVING_WAIT", "30"))
 
 
 class RescaleRefused(Exception):
@@ -96,6 +97,11 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
     if saved is None or saved[0] == sup.names:
         return None
     old, key_groups = saved
+    for name in sup.names:  # a retired worker comes back: its own run ends
+        proc = getattr(sup, "retired_procs", {}).get(name)
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
     for name in sup.names:
         if name not in old and os.path.exists(moves.db_file(directory, name)) \
                 and not moves.is_retired(directory, name):
@@ -402,3 +408,68 @@ async def _answer(sup, req: dict, secret_path: str) -> dict:
             # from the request to the new members all ready
             result["seconds"] = round(trio.current_time() - sup.rescale_started, 3)
         return result
+
+
+# -- retired workers' outputs ---------------------------------------------
+
+async def deliver_retired(sup, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run every retired worker whose database still holds outputs on its
+    own, with no sources (``--deliver-retired``), until its sinks have
+    them all; again after ``--restart-delay`` when it fails.  Its log goes
+    to ``<name>.log`` and to the supervisor's stderr as ``<name> | ...``."""
+    import subprocess
+    import sys
+    from ..recovery.files import worker_names
+    directory = sup.resilience_dir
+    waiting = []
+    for name in worker_names(directory):
+        if name in sup.names or not moves.is_retired(directory, name):
+            continue
+        try:
+            n = moves.undelivered_outputs(directory, name)
+        except Exception as e:  # its own run reports what is wrong
+            sup.log.warning("retired worker %s: cannot read its outputs: %s", name, e)
+            continue
+        if n:
+            waiting.append((name, n))
+    task_status.started()
+    async with trio.open_nursery() as nursery:
+        for name, n in waiting:
+            sup.log.info("retired worker %s holds %d undelivered outputs: "
+                         "delivering them", name, n)
+            nursery.start_soon(_deliver_one, sup, name, subprocess, sys)
+
+
+async def _deliver_one(sup, name: str, subprocess, sys) -> None:
+    cmd = [sys.executable, "-m", "wallaroo.cli", "run", sup.app_path,
+           *sup.worker_args, "--name", name, "--deliver-retired"]
+    while not sup.stopping:
+        proc = await trio.lowlevel.open_process(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, start_new_session=True)
+        sup.retired_procs[name] = proc
+        try:
+            with open(os.path.join(sup.resilience_dir, f"{name}.log"), "ab",
+                      buffering=0) as logf:
+                buf = b""
+                async for data in proc.stderr:
+                    logf.write(data)
+                    buf += data
+                    *lines, buf = buf.split(b"\n")
+                    for raw in lines:
+                        sys.stderr.write(f"{name} | {raw.decode('utf-8', 'replace')}\n")
+                    sys.stderr.flush()
+            code = await proc.wait()
+        finally:
+            sup.retired_procs.pop(name, None)
+            if proc.returncode is None:  # cancelled: it must not outlive us
+                proc.kill()
+        if code == 0:
+            sup.log.info("retired worker %s: every output delivered", name)
+            return
+        if code == 2 or sup.stopping:
+            sup.log.error("retired worker %s could not deliver its outputs (exit "
+                          "%s; see %s.log); they stay in its database", name,
+                          code, name)
+            return
+        await trio.sleep(max(sup.restart_delay, 1.0))

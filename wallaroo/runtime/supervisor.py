@@ -89,6 +89,7 @@ class Supervisor:
         self._next_names: list[str] | None = None
         self.rescale_result: dict | None = None  # what a grow/shrink came to
         self.rescale_started = 0.0
+        self.retired_procs: dict = {}  # name -> a retired worker delivering
         # while a rescale runs: {"from", "to", "phase", "since"} (cluster.json)
         self.rescale_state: dict | None = None
         self.generation_ready = trio.Event()  # set when the members are ready
@@ -188,17 +189,19 @@ class Supervisor:
                 for listener in ls:
                     nursery.start_soon(self._accept, i, listener)
             if self.resilience_dir:
-                from .rescale import serve_requests
+                from .rescale import deliver_retired, serve_requests
                 await nursery.start(serve_requests, self, secret)
+                await nursery.start(deliver_retired, self)
             first = True
             while True:
                 await self._generation(secret, first)
                 first = False
                 if self.stopping or self.failure or self._next_names is None:
                     break
-                from .rescale import rescale_live
+                from .rescale import deliver_retired, rescale_live
                 if not await rescale_live(self, secret):
                     break
+                await nursery.start(deliver_retired, self)
             nursery.cancel_scope.cancel()
         if self.failure:
             self.log.error("%s; the workers' logs are in %s", self.failure, self.dir)
@@ -474,6 +477,9 @@ class Supervisor:
             m.ready_event.set()
             if m.proc is not None and m.proc.returncode is None:
                 m.proc.send_signal(signal.SIGTERM)
+        for proc in list(self.retired_procs.values()):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
         nursery.start_soon(self._kill_after_grace)
 
     async def _kill_after_grace(self) -> None:

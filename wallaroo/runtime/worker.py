@@ -82,6 +82,9 @@ class WorkerOptions:
     idle_timeout: float | None = None
     overdraft_timeout: float = 10.0
     forget_streams_after: float | None = None
+    # a retired worker's database (rescale.py): no sources; it stops by
+    # itself once its sinks have every output it holds
+    deliver_only: bool = False
     cluster: ClusterConfig | None = None  # None: a worker on its own
 
 
@@ -152,7 +155,8 @@ class Worker:
                                members=cluster.members if cluster else None,
                                key_groups=cluster.key_groups if cluster
                                else DEFAULT_KEY_GROUPS,
-                               addresses=cluster.addresses if cluster else None)
+                               addresses=cluster.addresses if cluster else None,
+                               deliver_only=self.opts.deliver_only)
         self.inbox = Inbox(max(self.opts.inbox_bytes, self.opts.max_frame),
                            self.core.header_lengths)
         self.sinks: list[TCPSink] = []  # made once recovery knows positions
@@ -271,7 +275,8 @@ class Worker:
             handed = self.cluster is not None and \
                 self.cluster.config.supervisor_fd is not None
             placement = self.core.placement
-            drain_only = self.cluster is not None and self.cluster.config.drain_only
+            drain_only = (self.cluster is not None and self.cluster.config.drain_only) \
+                or self.opts.deliver_only
             self.sources = [] if drain_only else [
                 KafkaSource(p.index, p.source, self.inbox, self.core.stream_counts,
                             self.registry, log, self.app.name,
@@ -315,6 +320,8 @@ class Worker:
             for sink in self.sinks:
                 if isinstance(sink, ResumableTCPSink):
                     log.info("%s: resumable, stream %r", sink.spec.label, sink.stream)
+            if self.opts.deliver_only:
+                nursery.start_soon(self._stop_once_delivered)
             self._write_cluster_entry("ready", bound)
             log.info("ready worker=%s sources=%s sinks=%s", self.opts.name,
                      addrs, sinks, extra={"bare": True})
@@ -345,6 +352,12 @@ class Worker:
             nursery.cancel_scope.cancel()
         self._write_cluster_entry("down", [])
         self._log_stopped()
+
+    async def _stop_once_delivered(self) -> None:
+        while any(s.queued_outputs for s in self.sinks):
+            await trio.sleep(0.2)
+        self.log.info("retired: every output this worker held is delivered")
+        self.request_stop()
 
     async def _scrub(self) -> None:
         """Partitions are loaded (and their snapshots checked) when a
