@@ -21,7 +21,6 @@ import re
 import signal
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,12 +35,12 @@ VOTE_KEYS = 1000
 NAMES = ["initializer", "worker-1", "worker-2"]
 
 
-@dataclass
-class ClusterChaosResult:
-    messages: int
-    votes: int
-    kills: list[str] = field(default_factory=list)
-    pauses: list[str] = field(default_factory=list)
+@dataclass(kw_only=True)
+class WindowsAndVotes:
+    """What ``check`` finds in the outputs of ``cluster_app.py`` and how the
+    senders and the supervisor ended (keyword fields: a run's own fields
+    come first)."""
+
     lost_windows: int = 0
     duplicate_windows: int = 0
     bad_windows: int = 0
@@ -50,7 +49,6 @@ class ClusterChaosResult:
     wrong_totals: int = 0
     senders_exit: tuple = ()
     supervisor_exit: int | None = None
-    restart_to_ready_s: list[float] = field(default_factory=list)
     seconds: float = 0.0
     workdir: str = ""
 
@@ -59,6 +57,25 @@ class ClusterChaosResult:
         return (not (self.lost_windows or self.duplicate_windows or self.bad_windows
                      or self.lost_votes or self.duplicate_votes or self.wrong_totals)
                 and self.senders_exit == (0, 0) and self.supervisor_exit == 0)
+
+    def outcome_lines(self, *between: str) -> list[str]:
+        """The outputs' check, ``between``, then how the processes ended."""
+        return [
+            f"windows: lost {self.lost_windows}, duplicates {self.duplicate_windows}, "
+            f"bad {self.bad_windows}; votes: lost {self.lost_votes}, duplicates "
+            f"{self.duplicate_votes}, keys with a wrong final total {self.wrong_totals}",
+            *between,
+            f"senders exit {self.senders_exit}, supervisor exit {self.supervisor_exit}",
+            f"verdict: {'PASS' if self.ok else 'FAIL'}  (logs in {self.workdir})"]
+
+
+@dataclass
+class ClusterChaosResult(WindowsAndVotes):
+    messages: int
+    votes: int
+    kills: list[str] = field(default_factory=list)
+    pauses: list[str] = field(default_factory=list)
+    restart_to_ready_s: list[float] = field(default_factory=list)
 
     def summary(self) -> str:
         r = self.restart_to_ready_s
@@ -69,12 +86,7 @@ class ClusterChaosResult:
             f"3 workers; SIGKILLs {len(self.kills)} ({', '.join(self.kills)}), "
             f"SIGSTOPs {len(self.pauses)} ({', '.join(self.pauses)}), wall time "
             f"{self.seconds:.1f}s",
-            f"windows: lost {self.lost_windows}, duplicates {self.duplicate_windows}, "
-            f"bad {self.bad_windows}; votes: lost {self.lost_votes}, duplicates "
-            f"{self.duplicate_votes}, keys with a wrong final total {self.wrong_totals}",
-            f"kill -> the supervisor's 'ready again': {rs}",
-            f"senders exit {self.senders_exit}, supervisor exit {self.supervisor_exit}",
-            f"verdict: {'PASS' if self.ok else 'FAIL'}  (logs in {self.workdir})"])
+            *self.outcome_lines(f"kill -> the supervisor's 'ready again': {rs}")])
 
 
 def vote_keys(n: int, seed: int) -> list[int]:

@@ -33,34 +33,18 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
-from .cluster_chaos import check, read_frames, vote_keys
+from .cluster_chaos import WindowsAndVotes, check, read_frames, vote_keys
 from .run_chaos import ROOT, Proc, free_port, wallaroo
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_app.py")
 
 
 @dataclass
-class RescaleChaosResult:
+class RescaleChaosResult(WindowsAndVotes):
     messages: int
     votes: int
     events: list[str] = field(default_factory=list)
     rescale_seconds: list[float] = field(default_factory=list)
-    lost_windows: int = 0
-    duplicate_windows: int = 0
-    bad_windows: int = 0
-    lost_votes: int = 0
-    duplicate_votes: int = 0
-    wrong_totals: int = 0
-    senders_exit: tuple = ()
-    supervisor_exit: int | None = None
-    seconds: float = 0.0
-    workdir: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return (not (self.lost_windows or self.duplicate_windows or self.bad_windows
-                     or self.lost_votes or self.duplicate_votes or self.wrong_totals)
-                and self.senders_exit == (0, 0) and self.supervisor_exit == 0)
 
     def summary(self) -> str:
         r = self.rescale_seconds
@@ -69,11 +53,7 @@ class RescaleChaosResult:
             f"{'; '.join(self.events)}; wall time {self.seconds:.1f}s",
             f"rescales that completed: {len(r)}, each "
             + (f"{min(r):.2f}-{max(r):.2f}s" if r else "-"),
-            f"windows: lost {self.lost_windows}, duplicates {self.duplicate_windows}, "
-            f"bad {self.bad_windows}; votes: lost {self.lost_votes}, duplicates "
-            f"{self.duplicate_votes}, keys with a wrong final total {self.wrong_totals}",
-            f"senders exit {self.senders_exit}, supervisor exit {self.supervisor_exit}",
-            f"verdict: {'PASS' if self.ok else 'FAIL'}  (logs in {self.workdir})"])
+            *self.outcome_lines()])
 
 
 class Cluster:

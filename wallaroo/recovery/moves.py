@@ -29,6 +29,7 @@ that lives on disk (``--state-cache``) moves without being loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -158,6 +159,20 @@ class _Open:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else row[0]
 
+    @contextlib.contextmanager
+    def transaction(self, step: str, before):
+        """One step: committed whole (``before("commit " + step)`` runs
+        just before the commit), or rolled back."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+            before(f"commit {step}")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
     def close(self) -> None:
         try:
             self.conn.close()
@@ -249,22 +264,13 @@ def _nothing(step: str) -> None:
 def take(directory: str, taker: str, plan: Plan, before=_nothing) -> int:
     """Step 1 for ``taker``: copy what it now owns from every old member.
     Returns how many partitions it took (0 when already done)."""
-    givers = [g for g in plan.old if g != taker]
     with _Open(directory, taker) as db:
         if db.meta(TAKEN) == plan.id:
             return 0
-        c = db.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            n = 0
-            for g in givers:
-                n += _take_from(c, db_file(directory, g), taker, plan)
+        with db.transaction(f"take {taker}", before) as c:
+            n = sum(_take_from(c, db_file(directory, g), taker, plan)
+                    for g in plan.old if g != taker)
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TAKEN, plan.id))
-            before(f"commit take {taker}")
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return n
 
 
@@ -349,9 +355,7 @@ def give(directory: str, giver: str, plan: Plan, before=_nothing) -> int:
     with _Open(directory, giver) as db:
         if db.meta(GIVEN) == plan.id:
             return 0
-        c = db.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with db.transaction(f"give {giver}", before) as c:
             c.execute("CREATE TEMP TABLE giving (key_group INTEGER PRIMARY KEY)")
             c.executemany("INSERT INTO giving VALUES (?)", [
                 (x,) for x in range(plan.key_groups) if plan.owner(x) != giver])
@@ -370,11 +374,6 @@ def give(directory: str, giver: str, plan: Plan, before=_nothing) -> int:
             c.execute("DROP TABLE gone")
             c.execute("DROP TABLE giving")
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (GIVEN, plan.id))
-            before(f"commit give {giver}")
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return n
 
 
@@ -386,20 +385,13 @@ def set_membership(directory: str, worker: str, plan: Plan,
     text = json.dumps({**body, "checksum": control_checksum(
         "membership", json.dumps(body, sort_keys=True))}, sort_keys=True)
     with _Open(directory, worker) as db:
-        c = db.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with db.transaction(f"membership {worker}", before) as c:
             c.execute("INSERT OR REPLACE INTO meta VALUES ('membership', ?)", (text,))
             if worker in plan.new:
                 c.execute("DELETE FROM meta WHERE key=?", (RETIRED,))
             elif db.meta(RETIRED) is None:
                 c.execute("INSERT INTO meta VALUES (?, ?)", (RETIRED, json.dumps({
                     "plan": plan.id, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})))
-            before(f"commit membership {worker}")
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
 
 def _checked_membership(text: str, path: str) -> dict:
