@@ -136,3 +136,26 @@ def test_moves_with_a_crash_at_any_step_keep_every_state(
             drv.stop()
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_damaged_row_of_a_giver_is_refused_not_copied(tmp_path):
+    """DESIGN.md §4.7 holds across a move: a snapshot whose bytes no longer
+    match its checksum stops the take, naming the giver's file; nothing is
+    copied under a fresh checksum, and the giver keeps its rows."""
+    from wallaroo.recovery.errors import CorruptionError
+    d = str(tmp_path)
+    c = ClusterDriver(m, 1, resilience_dir=d)
+    c.start_all()
+    _feed(c, [(k, 5, 0, 0) for k in range(8)], [])
+    c.run_until_quiet()
+    c.drivers[0].stop()
+    with sqlite3.connect(moves.db_file(d, "initializer")) as conn:
+        conn.execute("UPDATE snapshots SET state = CAST(x'00' || state AS BLOB)")
+    plan = moves.new_plan(["initializer"], ["initializer", "worker-1"], 1024)
+    moves.write_plan(d, plan)
+    import pytest
+    with pytest.raises(CorruptionError, match="initializer.db.*failed its checksum"):
+        for w in ("initializer", "worker-1"):
+            moves.take(d, w, plan)
+    with sqlite3.connect(moves.db_file(d, "worker-1")) as conn:
+        assert conn.execute("SELECT count(*) FROM partitions").fetchone() == (0,)

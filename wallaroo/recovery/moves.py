@@ -34,13 +34,12 @@ import json
 import os
 import sqlite3
 import time
-import zlib
 from dataclasses import dataclass
 
-from . import bulk, schema
+from . import bulk, reading, schema
 from .errors import StoreError
 from .files import DatabaseLock
-from .records import PartitionRow, checksum, control_checksum, snapshot_head
+from .records import PartitionRow, SnapshotRow, control_checksum
 from .sink_identities import PEER_PREFIX
 
 PLAN_FILE = "rescale.json"
@@ -68,8 +67,8 @@ class Plan:
     def stream_owner(self, source: str, stream: str) -> str | None:
         """The new member that owns a resumable stream or a Kafka
         partition's offset; None: a channel's count, which stays."""
-        if source == "peer":
-            return None
+        if source == "peer" and stream.startswith("peer:"):
+            return None  # (a pipeline may be named "peer"; its streams move)
         if stream.startswith(KAFKA_PREFIX):  # kafka:<topic>:<partition>
             try:
                 partition = int(stream.rpartition(":")[2])
@@ -274,59 +273,76 @@ def take(directory: str, taker: str, plan: Plan, before=_nothing) -> int:
         return n
 
 
+# a take writes what it copied every this many partitions or bytes, so a
+# giver's state never sits in memory whole
+FLUSH_ROWS = 4096
+FLUSH_BYTES = 32 * 1024 * 1024
+
+
 def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
                plan: Plan) -> int:
+    """Copy into the taker's transaction ``c`` what it now owns of one
+    giver, every row checked against its checksum first (a damaged row is
+    refused, naming the file, never copied under a fresh checksum)."""
     g = sqlite3.connect(f"file:{giver_path}?mode=ro", uri=True)
     try:
         next_lsn = c.execute("SELECT next_lsn FROM progress").fetchone()[0]
         lsn = next_lsn - 1  # every input the taker logged is absorbed
         (top,) = c.execute("SELECT max(pid) FROM partitions").fetchone()
         from .key_index import read_watermark
+        from .sqlite_store import snapshot_pieces
         pid = max(0 if top is None else top + 1, read_watermark(c, "taker"))
         classes = {refs: cid for cid, refs in c.execute(
             "SELECT id, refs FROM snapshot_classes")}
+        given_classes = {}
+        for cid, refs, cs in g.execute("SELECT id, refs, checksum FROM snapshot_classes"):
+            if schema.class_set_checksum(cid, refs) != cs:
+                raise reading.damaged(giver_path, f"table snapshot_classes row {cid}")
+            given_classes[cid] = refs
         mine = [grp for grp in range(plan.key_groups) if plan.owner(grp) == taker]
         g.execute("CREATE TEMP TABLE taking (key_group INTEGER PRIMARY KEY)")
         g.executemany("INSERT INTO taking VALUES (?)", [(x,) for x in mine])
         rows = g.execute(
-            "SELECT p.pid, p.state, p.key_repr, CAST(p.key AS BLOB), p.key_group, "
-            "p.key_hash, s.pid, s.pickler, CAST(s.state AS BLOB), s.parts, "
-            "c.refs FROM partitions p JOIN taking t ON t.key_group = p.key_group "
-            "LEFT JOIN snapshots s ON s.pid = p.pid "
-            "LEFT JOIN snapshot_classes c ON c.id = s.classes ORDER BY p.pid")
-        parts_rows, snap_rows, piece_rows = [], [], []
-        for (old_pid, state, key_repr, key, group, key_hash, snap, pickler,
-             blob, parts, refs) in rows:
-            prow = PartitionRow(pid, state, key, key_repr, next_lsn, group, key_hash)
-            parts_rows.append((pid, state, key_repr, next_lsn, prow.checksum(), key,
-                               group, key_hash))
+            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+            f"JOIN taking t ON t.key_group = p.key_group ORDER BY p.pid")
+        batch: list = [[], [], []]  # partitions, snapshots, snapshot parts
+        held = n = 0
+        for cols in rows:
+            prow = reading.partition_row(giver_path, cols)
+            snap = reading.snapshot_row(g, giver_path, prow, cols)
+            new = PartitionRow(pid, prow.state, prow.key, prow.key_repr, next_lsn,
+                               prow.key_group, prow.key_hash)
+            batch[0].append((pid, new.state, new.key_repr, next_lsn, new.checksum(),
+                             new.key, new.key_group, new.key_hash))
+            held += len(new.key)
             if snap is not None:
-                pieces = [blob or b""] + [d for (d,) in g.execute(
-                    "SELECT CAST(data AS BLOB) FROM snapshot_parts WHERE pid=? "
-                    "ORDER BY part", (old_pid,))] if parts else [blob or b""]
-                crc = _snapshot_checksum(pid, lsn, pickler, pieces)
+                pieces = snapshot_pieces(c, snap.blob)
+                moved = SnapshotRow(pid, lsn, snap.blob, snap.pickler)
                 cid = None
+                refs = given_classes.get(cols[-1])
                 if refs is not None:
                     cid = classes.get(refs)
                     if cid is None:
                         cid = classes[refs] = 1 + max(classes.values(), default=0)
                         c.execute("INSERT INTO snapshot_classes VALUES (?,?,?)",
                                   (cid, refs, schema.class_set_checksum(cid, refs)))
-                snap_rows.append((pid, lsn, sum(map(len, pieces)), pickler, crc,
-                                  pieces[0], len(pieces) - 1, cid))
-                piece_rows.extend((pid, i, piece)
-                                  for i, piece in enumerate(pieces[1:], 1))
+                batch[1].append((pid, lsn, len(snap.blob), snap.pickler,
+                                 moved.checksum(), pieces[0], len(pieces) - 1, cid))
+                batch[2].extend((pid, i, piece)
+                                for i, piece in enumerate(pieces[1:], 1))
+                held += len(snap.blob)
             pid += 1
-        # multi-row statements: one per up to 256 rows, not one per row
-        bulk.insert(c, "INSERT INTO partitions (pid, state, key_repr, created_lsn, "
-                    "checksum, key, key_group, key_hash) VALUES", parts_rows)
-        bulk.insert(c, "INSERT INTO snapshots (pid, lsn, size, pickler, checksum, "
-                    "state, parts, classes) VALUES", snap_rows)
-        bulk.insert(c, "INSERT INTO snapshot_parts VALUES", piece_rows)
-        n = len(parts_rows)
+            n += 1
+            if len(batch[0]) >= FLUSH_ROWS or held >= FLUSH_BYTES:
+                _write_taken(c, batch)
+                held = 0
+        _write_taken(c, batch)
         now = int(time.time())
-        for source, stream, count in g.execute(
-                "SELECT source, stream, count FROM streams"):
+        for source, stream, count, seen, cs in g.execute(
+                "SELECT source, stream, count, last_seen, checksum FROM streams"):
+            if control_checksum("streams", source, stream, count, seen) != cs:
+                raise reading.damaged(giver_path, f"table streams row (source "
+                                                  f"{source!r}, stream {stream!r})")
             if plan.stream_owner(source, stream) != taker:
                 continue
             row = c.execute("SELECT count FROM streams WHERE source=? AND stream=?",
@@ -340,13 +356,16 @@ def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
         g.close()
 
 
-def _snapshot_checksum(pid: int, lsn: int, pickler: str, pieces: list) -> int:
-    """``SnapshotRow.checksum`` of the blob the pieces make, without
-    joining them."""
-    crc = checksum(b"", snapshot_head(pid, lsn, pickler))
-    for piece in pieces:
-        crc = zlib.crc32(piece, crc)
-    return crc
+def _write_taken(c: sqlite3.Connection, batch: list) -> None:
+    """Multi-row statements: one per up to 256 rows, not one per row."""
+    parts, snaps, pieces = batch
+    bulk.insert(c, "INSERT INTO partitions (pid, state, key_repr, created_lsn, "
+                "checksum, key, key_group, key_hash) VALUES", parts)
+    bulk.insert(c, "INSERT INTO snapshots (pid, lsn, size, pickler, checksum, "
+                "state, parts, classes) VALUES", snaps)
+    bulk.insert(c, "INSERT INTO snapshot_parts VALUES", pieces)
+    for rows in batch:
+        rows.clear()
 
 
 def give(directory: str, giver: str, plan: Plan, before=_nothing) -> int:

@@ -32,9 +32,10 @@ def load(conn: sqlite3.Connection, path: str) -> tuple[Recovered, set[int]]:
     if not 0 <= replay_from <= next_lsn:
         raise CorruptionError(f"{path}: table progress: replay_from {replay_from} "
                               f"is not within 0..next_lsn {next_lsn}")
-    rec = Recovered(fresh=(commits == 0), next_lsn=next_lsn,
-                    replay_from=replay_from, commits=commits)
     (top,) = conn.execute("SELECT max(pid) FROM partitions").fetchone()
+    # a new member's database holds the partitions it took before any commit
+    rec = Recovered(fresh=(commits == 0 and top is None), next_lsn=next_lsn,
+                    replay_from=replay_from, commits=commits)
     # pids are never used twice: a partition given to another worker
     # (moves.py) leaves a gap, and its old pid may be below the key
     # index's watermark, where a new partition would not be looked for

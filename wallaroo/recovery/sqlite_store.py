@@ -454,7 +454,6 @@ class SQLiteStore(PartitionReads):
                         pid))
 
     def _write_snapshots(self, conn: sqlite3.Connection, rec: CommitRecord) -> None:
-        part = min(self.part_bytes, _blob_limit(conn) // 2)
         rows, split = [], []
         for s in rec.snapshots:
             blob = s.blob
@@ -462,11 +461,11 @@ class SQLiteStore(PartitionReads):
                 conn.execute("DELETE FROM snapshot_parts WHERE pid=?", (s.pid,))
                 self._parted.discard(s.pid)
             cid = self._class_id(conn, s.classes)
-            if len(blob) <= part:
+            pieces = snapshot_pieces(conn, blob, self.part_bytes)
+            if len(pieces) == 1:
                 rows.append((s.pid, s.lsn, len(blob), s.pickler, s.checksum(),
                              blob, 0, cid))
                 continue
-            pieces = [blob[i:i + part] for i in range(0, len(blob), part)]
             rows.append((s.pid, s.lsn, len(blob), s.pickler, s.checksum(),
                          pieces[0], len(pieces) - 1, cid))
             split.extend((s.pid, i, p) for i, p in enumerate(pieces[1:], 1))
@@ -555,6 +554,17 @@ class SQLiteStore(PartitionReads):
                 self._write_position(self._last_next_lsn)
         self._position.close()
         self._lock.release()
+
+
+def snapshot_pieces(conn: sqlite3.Connection, blob: bytes,
+                    part_bytes: int = PART_BYTES) -> list[bytes]:
+    """A snapshot's bytes as the rows it is stored in: the first in
+    ``snapshots``, the rest in ``snapshot_parts`` (each under SQLite's
+    blob limit)."""
+    part = min(part_bytes, _blob_limit(conn) // 2)
+    if len(blob) <= part:
+        return [blob]
+    return [blob[i:i + part] for i in range(0, len(blob), part)]
 
 
 def _blob_limit(conn: sqlite3.Connection) -> int:

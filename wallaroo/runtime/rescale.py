@@ -26,6 +26,7 @@ when the sinks are up.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 
 import trio
@@ -91,7 +92,7 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
                         moves.plan_path(directory))
             moves.run_plan(directory, plan, log)
         saved = saved_cluster(directory)
-    except (StoreError, RescaleRefused, OSError) as e:
+    except (StoreError, RescaleRefused, OSError, sqlite3.Error) as e:
         log.error("%s", e)
         return 2
     if saved is None or saved[0] == sup.names:
@@ -127,7 +128,7 @@ async def _rescale(sup, old: list[str], key_groups: int,
     directory, log = sup.resilience_dir, sup.log
     try:
         drained = not any(moves.check_quiet(directory, n) for n in old)
-    except (StoreError, OSError):
+    except (StoreError, OSError, sqlite3.Error):
         drained = False
     if not drained:
         log.info("rescale: draining the old cluster first (no sources; what "
@@ -149,7 +150,7 @@ async def _rescale(sup, old: list[str], key_groups: int,
         plan = moves.new_plan(old, sup.names, key_groups)
         moves.write_plan(directory, plan)
         moves.run_plan(directory, plan, log)
-    except (StoreError, OSError) as e:
+    except (StoreError, OSError, sqlite3.Error) as e:
         log.error("rescale: %s", e)
         return 1
     return None
@@ -228,7 +229,10 @@ async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> bool:
                     "after %.0fs (%s): they stay in their databases, marked "
                     "retired (docs/cluster.md, 'Rescaling')", LEAVING_WAIT,
                     ", ".join(f"{n}: {k}" for n, k in waiting.items() if k))
-        counts = tuple((a.get("messages_in"), a.get("outputs")) for a in answers)
+        # a batch being committed is counted in but not yet in a channel:
+        # commits must stand still too
+        counts = tuple((a.get("messages_in"), a.get("outputs"), a.get("commits"))
+                       for a in answers)
         if quiet and counts == last:
             return True
         last = counts if quiet else None
@@ -280,6 +284,9 @@ async def rescale_live(sup, secret_path: str) -> bool:
     sup._next_names = None
     sup.names, sup.n = list(names), len(names)
     code = await rescale_if_asked(sup, secret_path)
+    if sup.stopping:  # a signal during the rescale: no new generation
+        sup.rescale_result = {"error": "the supervisor stopped during the rescale"}
+        return False
     if code is not None:
         if moves.read_plan(sup.resilience_dir) is not None or code == 0:
             sup.rescale_result = {"error": "the supervisor stopped during the "
@@ -292,6 +299,7 @@ async def rescale_live(sup, secret_path: str) -> bool:
                                        "goes on with its members"}
     else:
         sup.rescale_result = {"ok": True, "members": list(names)}
+    sup.exit_codes = {}  # the stop line names the last members
     restarts = {m.name: m.restarts for m in sup.members}
     sup.members = [type(sup.members[0])(n) for n in sup.names]
     for m in sup.members:
@@ -423,7 +431,8 @@ async def deliver_retired(sup, task_status=trio.TASK_STATUS_IGNORED) -> None:
     directory = sup.resilience_dir
     waiting = []
     for name in worker_names(directory):
-        if name in sup.names or not moves.is_retired(directory, name):
+        if name in sup.names or name in sup.delivering \
+                or not moves.is_retired(directory, name):
             continue
         try:
             n = moves.undelivered_outputs(directory, name)
@@ -437,13 +446,26 @@ async def deliver_retired(sup, task_status=trio.TASK_STATUS_IGNORED) -> None:
         for name, n in waiting:
             sup.log.info("retired worker %s holds %d undelivered outputs: "
                          "delivering them", name, n)
+            sup.delivering.add(name)
             nursery.start_soon(_deliver_one, sup, name, subprocess, sys)
 
 
 async def _deliver_one(sup, name: str, subprocess, sys) -> None:
+    try:
+        await _deliver_loop(sup, name, subprocess, sys)
+    finally:
+        sup.delivering.discard(name)
+
+
+def _still_retired(sup, name: str) -> bool:
+    return not sup.stopping and name not in sup.names
+
+
+async def _deliver_loop(sup, name: str, subprocess, sys) -> None:
     cmd = [sys.executable, "-m", "wallaroo.cli", "run", sup.app_path,
            *sup.worker_args, "--name", name, "--deliver-retired"]
-    while not sup.stopping:
+    failures = 0
+    while _still_retired(sup, name):
         proc = await trio.lowlevel.open_process(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, start_new_session=True)
@@ -461,15 +483,26 @@ async def _deliver_one(sup, name: str, subprocess, sys) -> None:
                     sys.stderr.flush()
             code = await proc.wait()
         finally:
-            sup.retired_procs.pop(name, None)
-            if proc.returncode is None:  # cancelled: it must not outlive us
-                proc.kill()
-        if code == 0:
+            if sup.retired_procs.get(name) is proc:
+                del sup.retired_procs[name]
+            if proc.returncode is None:  # cancelled: it must not outlive us;
+                proc.terminate()  # a stop keeps its delivery positions
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(10):
+                        await proc.wait()
+                if proc.returncode is None:
+                    proc.kill()
+        if not _still_retired(sup, name):
+            return
+        left = moves.undelivered_outputs(sup.resilience_dir, name)
+        if code == 0 and not left:
             sup.log.info("retired worker %s: every output delivered", name)
             return
-        if code == 2 or sup.stopping:
-            sup.log.error("retired worker %s could not deliver its outputs (exit "
-                          "%s; see %s.log); they stay in its database", name,
-                          code, name)
+        failures = 0 if code == 0 else failures + 1
+        if failures >= 5:
+            sup.log.error("retired worker %s failed %d times in a row (see "
+                          "%s.log); its %d undelivered outputs stay in its "
+                          "database until the next start", name, failures,
+                          name, left)
             return
         await trio.sleep(max(sup.restart_delay, 1.0))

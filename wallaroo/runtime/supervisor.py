@@ -90,6 +90,7 @@ class Supervisor:
         self.rescale_result: dict | None = None  # what a grow/shrink came to
         self.rescale_started = 0.0
         self.retired_procs: dict = {}  # name -> a retired worker delivering
+        self.delivering: set[str] = set()  # retired workers being run
         # while a rescale runs: {"from", "to", "phase", "since"} (cluster.json)
         self.rescale_state: dict | None = None
         self.generation_ready = trio.Event()  # set when the members are ready
@@ -220,6 +221,8 @@ class Supervisor:
         self._done = 0
         self._all_done = trio.Event()
         self.pausing = False
+        if self.stopping:
+            return
         async with trio.open_nursery() as gen:
             self._gen = gen
             for m in self.members:
@@ -238,6 +241,10 @@ class Supervisor:
                                   ", ".join(self.names))
                 self.generation_ready.set()
             await self._all_done.wait()
+            # every member died during a drain in place: the rescale goes
+            # on (it drains the stopped cluster) once its request says so
+            while self.pausing and self._next_names is None and not self.stopping:
+                await trio.sleep(0.05)
             gen.cancel_scope.cancel()
 
     def begin_rescale(self) -> None:
