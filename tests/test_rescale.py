@@ -239,3 +239,21 @@ def test_a_retired_worker_delivers_what_its_sink_did_not_take(procs, tmp_path):
 
 def lines_of(data: bytes) -> list[bytes]:
     return data.splitlines()
+
+
+def test_another_application_is_refused_before_anything_moves(procs, tmp_path):
+    """A rescale never moves state another application wrote: --workers 2
+    with word count on alphabet's directory is refused (exit 2), and the
+    directory is as it was."""
+    state = str(tmp_path / "state")
+    sup, _ = run_cluster(procs, EXAMPLES / "alphabet" / "alphabet.py", 1, "--out",
+                         "127.0.0.1:9", resilience_dir=state)
+    assert sup.terminate(timeout=60) == 0, sup.stderr
+    other = procs("run", str(EXAMPLES / "word_count" / "word_count.py"), "--in",
+                  "127.0.0.1:0", "--out", "127.0.0.1:9", "--workers", "2",
+                  "--resilience-dir", state)
+    assert other.wait(timeout=60) == 2
+    assert "holds state this application cannot use" in other.stderr
+    assert "nothing was moved" in other.stderr
+    assert not os.path.exists(os.path.join(state, "worker-1.db"))
+    assert not os.path.exists(os.path.join(state, "rescale.json"))

@@ -216,6 +216,17 @@ def check_quiet(directory: str, worker: str) -> list[str]:
         return problems
 
 
+def stored_fingerprint(directory: str, worker: str) -> dict | None:
+    """Read-only: the application fingerprint a worker's database holds."""
+    path = db_file(directory, worker)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+    finally:
+        conn.close()
+    return None if row is None else json.loads(row[0])
+
+
 def undelivered_outputs(directory: str, worker: str) -> int:
     """Read-only: outputs for the application's sinks (not peers) that
     the worker's database holds undelivered."""

@@ -98,6 +98,18 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
     if saved is None or saved[0] == sup.names:
         return None
     old, key_groups = saved
+    from ..recovery.sqlite_store import fingerprint_problems
+    for name in old:  # never move another application's state
+        try:
+            fp = moves.stored_fingerprint(directory, name)
+        except (sqlite3.Error, ValueError):
+            fp = None  # the worker's own open reports a damaged database
+        problems = fingerprint_problems(fp, sup.spec.fingerprint()) if fp else []
+        if problems:
+            log.error("%s holds state this application cannot use (%s.db: %s); "
+                      "nothing was moved.  Use another --resilience-dir.",
+                      directory, name, "; ".join(problems))
+            return 2
     for name in sup.names:  # a retired worker comes back: its own run ends
         proc = getattr(sup, "retired_procs", {}).get(name)
         if proc is not None and proc.returncode is None:
