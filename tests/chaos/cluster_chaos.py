@@ -249,26 +249,34 @@ def _pid(state: str, name: str) -> int | None:
     return None
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=50000)
-    ap.add_argument("--votes", type=int, default=50000)
-    ap.add_argument("--kills", type=int, default=8)
-    ap.add_argument("--pauses", type=int, default=1)
-    ap.add_argument("--rate", type=int, default=5000)
+def chaos_main(module: str, doc: str, options: dict[str, int], run_fn,
+               argv=None) -> int:
+    """The command line of a chaos run: ``options`` (name -> default) in
+    the order ``run_fn`` takes them, then ``--seed`` and ``--json``; prints
+    the command that repeats the run, and the run's summary."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    for name, default in options.items():
+        ap.add_argument(f"--{name}", type=int, default=default)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
-    print(f"cluster chaos: seed {seed}; command: python -m tests.chaos.cluster_chaos "
-          f"--messages {a.messages} --votes {a.votes} --kills {a.kills} --pauses "
-          f"{a.pauses} --rate {a.rate} --seed {seed}")
-    res = run(a.messages, a.votes, a.kills, a.pauses, a.rate, seed)
+    values = [getattr(a, name) for name in options]
+    flags = " ".join(f"--{n} {v}" for n, v in zip(options, values))
+    print(f"{module.rsplit('.', 1)[-1].replace('_', ' ')}: seed {seed}; command: "
+          f"python -m {module} {flags} --seed {seed}")
+    res = run_fn(*values, seed)
     print(res.summary())
     if a.json:
         with open(a.json, "w") as f:
             json.dump({**asdict(res), "ok": res.ok, "seed": seed}, f, indent=2)
     return 0 if res.ok else 1
+
+
+def main(argv=None) -> int:
+    return chaos_main("tests.chaos.cluster_chaos", __doc__,
+                      {"messages": 50000, "votes": 50000, "kills": 8, "pauses": 1,
+                       "rate": 5000}, run, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ once, and the last total of every key equal to its votes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -31,9 +30,10 @@ import struct
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from .cluster_chaos import WindowsAndVotes, check, read_frames, vote_keys
+from .cluster_chaos import (WindowsAndVotes, chaos_main, check, read_frames,
+                            vote_keys)
 from .run_chaos import ROOT, Proc, free_port, wallaroo
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_app.py")
@@ -198,24 +198,9 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 4, rate: int = 1
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=20000)
-    ap.add_argument("--votes", type=int, default=20000)
-    ap.add_argument("--moves", type=int, default=4)
-    ap.add_argument("--rate", type=int, default=1500)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--json")
-    a = ap.parse_args(argv)
-    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
-    print(f"rescale chaos: seed {seed}; command: python -m tests.chaos.rescale_chaos "
-          f"--messages {a.messages} --votes {a.votes} --moves {a.moves} --rate "
-          f"{a.rate} --seed {seed}")
-    res = run(a.messages, a.votes, a.moves, a.rate, seed)
-    print(res.summary())
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({**asdict(res), "ok": res.ok, "seed": seed}, f, indent=2)
-    return 0 if res.ok else 1
+    return chaos_main("tests.chaos.rescale_chaos", __doc__,
+                      {"messages": 20000, "votes": 20000, "moves": 4, "rate": 1500},
+                      run, argv)
 
 
 if __name__ == "__main__":
