@@ -124,6 +124,24 @@ def check(records: list[bytes], messages: int, keys: list[int], res) -> None:
             res.wrong_totals += 1
 
 
+def finish(res, senders, sup, receiver, out: str, keys: list[int], t0: float,
+           timeout: float) -> None:
+    """The end of a run: the senders done, every output arrived (and
+    anything beyond it, a duplicate), the supervisor and the receiver
+    stopped, the outputs checked into ``res``."""
+    res.senders_exit = tuple(s.p.wait(timeout=timeout) for s in senders)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if len(read_frames(open(out, "rb").read())) >= res.messages + res.votes:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    res.supervisor_exit = sup.stop(timeout=60)
+    receiver.stop()
+    check(read_frames(open(out, "rb").read()), res.messages, keys, res)
+    res.seconds = time.perf_counter() - t0
+
+
 def read_frames(data: bytes) -> list[bytes]:
     out, pos = [], 0
     while pos + 4 <= len(data):
@@ -205,18 +223,7 @@ def run(messages: int = 20000, votes: int = 20000, kills: int = 5, pauses: int =
                       in line) <= seen and time.monotonic() < deadline:
                 time.sleep(0.02)
             res.restart_to_ready_s.append(time.perf_counter() - k0)
-        res.senders_exit = tuple(s.p.wait(timeout=300) for s in senders)
-        total = messages + votes
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if len(read_frames(open(out, "rb").read())) >= total:
-                break
-            time.sleep(0.2)
-        time.sleep(0.5)  # anything beyond (a duplicate) arrives too
-        res.supervisor_exit = sup.stop(timeout=60)
-        receiver.stop()
-        check(read_frames(open(out, "rb").read()), messages, keys, res)
-        res.seconds = time.perf_counter() - t0
+        finish(res, senders, sup, receiver, out, keys, t0, timeout=300)
         return res
     finally:
         for p in (senders or []) + [sup, receiver]:

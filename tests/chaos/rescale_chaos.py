@@ -32,8 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from .cluster_chaos import (WindowsAndVotes, chaos_main, check, read_frames,
-                            vote_keys)
+from .cluster_chaos import WindowsAndVotes, chaos_main, finish, vote_keys
 from .run_chaos import ROOT, Proc, free_port, wallaroo
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_app.py")
@@ -178,18 +177,7 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 4, rate: int = 1
             else:
                 rescale("shrink", "--count", "1", kill=True)
             time.sleep(rnd.uniform(0.5, 2.0))
-        res.senders_exit = tuple(s.p.wait(timeout=600) for s in senders)
-        total = messages + votes
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if len(read_frames(open(out, "rb").read())) >= total:
-                break
-            time.sleep(0.2)
-        time.sleep(0.5)  # anything beyond (a duplicate) arrives too
-        res.supervisor_exit = c.sup.stop(timeout=60)
-        receiver.stop()
-        check(read_frames(open(out, "rb").read()), messages, keys, res)
-        res.seconds = time.perf_counter() - t0
+        finish(res, senders, c.sup, receiver, out, keys, t0, timeout=600)
         return res
     finally:
         for p in senders + [c.sup, receiver]:

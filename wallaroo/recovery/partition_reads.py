@@ -66,23 +66,33 @@ class PartitionReads:
         """Give partitions written before key hashes were stored (schema
         4 and earlier) their key's hash, ``key_hash(PartitionRow)``, and
         a checksum that covers it; once per database.  Returns how many."""
+        def fill(conn, prow):
+            prow.key_hash = key_hash(prow)
+            conn.execute("UPDATE partitions SET key_hash=?, checksum=? "
+                         "WHERE pid=?", (prow.key_hash, prow.checksum(), prow.pid))
+            # below the key index's watermark (set past every partition
+            # when the index was made): its entry goes in the table
+            conn.execute("INSERT OR IGNORE INTO partition_keys VALUES (?,?,?)",
+                         (state, prow.key_hash, prow.pid))
+        return self._rewrite_partitions("p.state=? AND p.key_hash IS NULL",
+                                        (state,), fill)
+
+    def _rewrite_partitions(self, where: str, args: tuple, fill,
+                            done: str | None = None) -> int:
+        """Every partition ``where`` says, read and checked, then
+        ``fill(conn, PartitionRow)``, in one transaction (with ``done``, a
+        statement that remembers the pass); how many there were."""
         conn = self._conn
-        rows = conn.execute(
-            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
-            f"WHERE p.state=? AND p.key_hash IS NULL", (state,)).fetchall()
-        if not rows:
+        rows = conn.execute(f"SELECT {reading.PARTITION_COLUMNS} "
+                            f"{reading.PARTITIONS_FROM} WHERE {where}", args).fetchall()
+        if not rows and done is None:
             return 0
         conn.execute("BEGIN IMMEDIATE")
         try:
             for cols in rows:
-                prow = reading.partition_row(self.path, cols)
-                prow.key_hash = key_hash(prow)
-                conn.execute("UPDATE partitions SET key_hash=?, checksum=? "
-                             "WHERE pid=?", (prow.key_hash, prow.checksum(), prow.pid))
-                # below the key index's watermark (set past every partition
-                # when the index was made): its entry goes in the table
-                conn.execute("INSERT OR IGNORE INTO partition_keys VALUES (?,?,?)",
-                             (state, prow.key_hash, prow.pid))
+                fill(conn, reading.partition_row(self.path, cols))
+            if done is not None:
+                conn.execute(done)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -94,26 +104,17 @@ class PartitionReads:
         and earlier: ``key_group`` -1) their group, ``group_of(PartitionRow)``,
         so they can move with it (``moves.py``); one pass per database,
         remembered in ``meta``.  Returns how many."""
-        conn = self._conn
-        if conn.execute("SELECT 1 FROM meta WHERE key='key_groups_filled'").fetchone():
+        if self._conn.execute(
+                "SELECT 1 FROM meta WHERE key='key_groups_filled'").fetchone():
             return 0
-        rows = conn.execute(
-            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
-            f"WHERE p.key_group < 0").fetchall()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for cols in rows:
-                prow = reading.partition_row(self.path, cols)
-                prow.key_group = group_of(prow)
-                conn.execute("UPDATE partitions SET key_group=?, checksum=? "
-                             "WHERE pid=?", (prow.key_group, prow.checksum(),
-                                             prow.pid))
-            conn.execute("INSERT INTO meta VALUES ('key_groups_filled', '1')")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return len(rows)
+
+        def fill(conn, prow):
+            prow.key_group = group_of(prow)
+            conn.execute("UPDATE partitions SET key_group=?, checksum=? WHERE pid=?",
+                         (prow.key_group, prow.checksum(), prow.pid))
+        return self._rewrite_partitions(
+            "p.key_group < 0", (), fill,
+            done="INSERT INTO meta VALUES ('key_groups_filled', '1')")
 
     def partition_finder(self):
         """A function ``(state, key_hash) -> [(PartitionRow, load)]``: the
