@@ -950,6 +950,10 @@ def test_public_names_are_the_documented_api():
         "kafka_parse_source_options", "kafka_parse_sink_options",
         "CustomKafkaSourceCLIParser", "CustomKafkaSinkCLIParser",
         "DefaultKafkaSourceCLIParser", "DefaultKafkaSinkCLIParser",
+        # Wallaroo 0.6's API: partial pipelines, generators, windows.
+        "source", "build_application", "GenSourceConfig", "Aggregation",
+        "count_windows", "range_windows", "nanoseconds", "microseconds",
+        "milliseconds", "seconds", "minutes", "hours",
     }
     names = set(_public_names())
     assert documented <= names

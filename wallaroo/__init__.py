@@ -1,11 +1,13 @@
 """The Wallaroo Python API: describe a stream-processing application.
 
 ``wallaroo run app.py`` loads the application, calls its
-``application_setup(args)`` and runs what ``ApplicationBuilder.build()``
-returns.  This package only re-exports; see the private modules for code.
+``application_setup(args)`` and runs what it returns: either
+``ApplicationBuilder(...).build()`` (the 0.4/0.5 API) or
+``wallaroo.build_application(name, pipeline)`` (the 0.6 API).  This package only re-exports; see the private modules for code.
 """
 
 from ._builder import ApplicationBuilder as ApplicationBuilder
+from ._configs import GenSourceConfig as GenSourceConfig
 from ._configs import KafkaSinkConfig as KafkaSinkConfig
 from ._configs import KafkaSourceConfig as KafkaSourceConfig
 from ._configs import TCPSinkConfig as TCPSinkConfig
@@ -21,6 +23,17 @@ from ._decorators import partition as partition
 from ._decorators import state_computation as state_computation
 from ._decorators import state_computation_multi as state_computation_multi
 from ._errors import WallarooParameterError as WallarooParameterError
+from ._pipelines import build_application as build_application
+from ._pipelines import source as source
+from ._windows import Aggregation as Aggregation
+from ._windows import count_windows as count_windows
+from ._windows import hours as hours
+from ._windows import microseconds as microseconds
+from ._windows import milliseconds as milliseconds
+from ._windows import minutes as minutes
+from ._windows import nanoseconds as nanoseconds
+from ._windows import range_windows as range_windows
+from ._windows import seconds as seconds
 from ._kafka_cli import CustomKafkaSinkCLIParser as CustomKafkaSinkCLIParser
 from ._kafka_cli import CustomKafkaSourceCLIParser as CustomKafkaSourceCLIParser
 from ._kafka_cli import DefaultKafkaSinkCLIParser as DefaultKafkaSinkCLIParser

@@ -3,16 +3,22 @@ them and returns an immutable ``AppSpec``."""
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 from . import _kafka_cli as kafka
 from . import _normalize as norm
-from ._configs import TCPSinkConfig, TCPSourceConfig
+from ._configs import GenSourceConfig, TCPSinkConfig, TCPSourceConfig
 from ._errors import WallarooParameterError
-from ._spec import (AppSpec, PipelineSpec, SinkSpec, SourceSpec, StateSpec,
-                    StepSpec)
+from ._spec import (AppSpec, DecoderSpec, PipelineSpec, SinkSpec, SourceSpec,
+                    StateSpec, StepSpec)
 
 _U64_MAX = 2 ** 64 - 1
+
+# what a generator source's messages are logged as: each value pickled,
+# behind a 4-byte big-endian length (connectors/gen_source.py)
+GENERATED = DecoderSpec(name="generator source", header_length=4,
+                        length_fmt=">I", payload_length=None, decode=pickle.loads)
 
 
 class _Pipeline:
@@ -157,7 +163,7 @@ class ApplicationBuilder:
             raise WallarooParameterError(
                 f"{where}: another pipeline already has this name")
         names.add(p.name)
-        source = self._source(p, where)
+        source = source_spec(p.source_config, p.name, where)
         steps = []
         for i, (method, args) in enumerate(p.steps, start=1):
             steps.append(self._build_step(p, i, method, args, states))
@@ -175,43 +181,9 @@ class ApplicationBuilder:
         else:
             for position, cfg in enumerate(p.sinks):
                 sink_indices.append(len(sinks))
-                sinks.append(self._sink(cfg, len(sinks), p, where, position))
+                sinks.append(sink_spec(cfg, len(sinks), p.name, where, position))
         return PipelineSpec(index=p.index, name=p.name, source=source,
                             steps=tuple(steps), sinks=tuple(sink_indices))
-
-    def _source(self, p: _Pipeline, where: str) -> SourceSpec:
-        cfg = p.source_config
-        if isinstance(cfg, TCPSourceConfig):
-            dec = norm.decoder(cfg.decoder, f"{where} source")
-            return SourceSpec(pipeline=p.name, kind="tcp", host=cfg.host,
-                              port=cfg.port, decoder=dec, config=cfg)
-        if isinstance(cfg, kafka.SOURCE_FORMS):
-            # A KafkaSourceConfig or a CLI parser: always a checked
-            # KafkaSourceConfig, brokers as (host, port) str pairs.
-            cfg = _named(kafka.source_config, cfg, f"{where} source")
-            dec = norm.decoder(cfg.decoder, f"{where} source")
-            return SourceSpec(pipeline=p.name, kind="kafka", host=str(cfg.topic),
-                              port="", decoder=dec, config=cfg)
-        raise WallarooParameterError(
-            f"{where}: new_pipeline() needs a source config such as "
-            f"wallaroo.TCPSourceConfig(host, port, decoder), got {cfg!r}")
-
-    def _sink(self, cfg, index: int, p: _Pipeline, where: str,
-              position: int) -> SinkSpec:
-        if isinstance(cfg, TCPSinkConfig):
-            enc = norm.encoder(cfg.encoder, f"{where} sink {index}")
-            return SinkSpec(index=index, pipeline=p.name, kind="tcp",
-                            host=cfg.host, port=cfg.port, encoder=enc,
-                            config=cfg, position=position)
-        if isinstance(cfg, kafka.SINK_FORMS):
-            cfg = _named(kafka.sink_config, cfg, f"{where} sink {index}")
-            enc = norm.encoder(cfg.encoder, f"{where} sink {index}")
-            return SinkSpec(index=index, pipeline=p.name, kind="kafka",
-                            host=str(cfg.topic), port="", encoder=enc,
-                            config=cfg, position=position)
-        raise WallarooParameterError(
-            f"{where}: to_sink() needs a sink config such as "
-            f"wallaroo.TCPSinkConfig(host, port, encoder), got {cfg!r}")
 
     def _build_step(self, p, i, method, args, states) -> StepSpec:
         where = f"pipeline {p.name!r}, step {i} {method}()"
@@ -276,6 +248,50 @@ class ApplicationBuilder:
                 f"{other_where} ({_describe(other)}) than here "
                 f"({_describe(spec)}); a shared state needs the same "
                 f"partitioning everywhere")
+
+
+def source_spec(cfg, pipeline: str, where: str,
+                call: str = "new_pipeline()") -> SourceSpec:
+    """The source of pipeline ``pipeline`` from its config (both APIs)."""
+    if isinstance(cfg, TCPSourceConfig):
+        dec = norm.decoder(cfg.decoder, f"{where} source")
+        return SourceSpec(pipeline=pipeline, kind="tcp", host=cfg.host,
+                          port=cfg.port, decoder=dec, config=cfg)
+    if isinstance(cfg, GenSourceConfig):
+        gen = cfg.generator
+        return SourceSpec(pipeline=pipeline, kind="gen",
+                          host=type(gen).__qualname__, port="",
+                          decoder=GENERATED, config=cfg)
+    if isinstance(cfg, kafka.SOURCE_FORMS):
+        # A KafkaSourceConfig or a CLI parser: always a checked
+        # KafkaSourceConfig, brokers as (host, port) str pairs.
+        cfg = _named(kafka.source_config, cfg, f"{where} source")
+        dec = norm.decoder(cfg.decoder, f"{where} source")
+        return SourceSpec(pipeline=pipeline, kind="kafka", host=str(cfg.topic),
+                          port="", decoder=dec, config=cfg)
+    raise WallarooParameterError(
+        f"{where}: {call} needs a source config such as "
+        f"wallaroo.TCPSourceConfig(host, port, decoder), got {cfg!r}")
+
+
+def sink_spec(cfg, index: int, pipeline: str, where: str,
+              position: int) -> SinkSpec:
+    """Sink ``position`` of pipeline ``pipeline`` (``index`` among all the
+    application's sinks) from its config (both APIs)."""
+    if isinstance(cfg, TCPSinkConfig):
+        enc = norm.encoder(cfg.encoder, f"{where} sink {index}")
+        return SinkSpec(index=index, pipeline=pipeline, kind="tcp",
+                        host=cfg.host, port=cfg.port, encoder=enc,
+                        config=cfg, position=position)
+    if isinstance(cfg, kafka.SINK_FORMS):
+        cfg = _named(kafka.sink_config, cfg, f"{where} sink {index}")
+        enc = norm.encoder(cfg.encoder, f"{where} sink {index}")
+        return SinkSpec(index=index, pipeline=pipeline, kind="kafka",
+                        host=str(cfg.topic), port="", encoder=enc,
+                        config=cfg, position=position)
+    raise WallarooParameterError(
+        f"{where}: to_sink() needs a sink config such as "
+        f"wallaroo.TCPSinkConfig(host, port, encoder), got {cfg!r}")
 
 
 def _named(resolve, cfg, where: str):

@@ -9,18 +9,52 @@ from ._errors import WallarooParameterError
 class TCPSourceConfig:
     """Listen on ``host:port`` and decode Wallaroo-framed messages with
     ``decoder``.  Port ``0`` binds a free port (reported in the ``ready``
-    log line)."""
+    log line).
 
-    def __init__(self, host, port, decoder):
+    ``parallelism`` (the 0.6 API's, default 10) is accepted and not used:
+    each worker serves every connection of its sources itself."""
+
+    def __init__(self, host, port, decoder, parallelism=10):
         self.host = str(host)
         self.port = str(port)
         self.decoder = decoder
+        if isinstance(parallelism, bool) or not isinstance(parallelism, int) \
+                or parallelism < 1:
+            raise WallarooParameterError(
+                f"TCPSourceConfig(parallelism=...) must be a positive int, "
+                f"got {parallelism!r}")
+        self.parallelism = parallelism
 
     def to_tuple(self):
         return ("tcp", self.host, self.port, self.decoder)
 
     def __repr__(self):
         return f"TCPSourceConfig({self.host!r}, {self.port!r}, {self.decoder!r})"
+
+
+class GenSourceConfig:
+    """A source that makes its own messages (the 0.6 API): the first is
+    ``generator.initial_value()``, each next one ``generator.apply(previous)``.
+
+    It runs on one worker of a cluster, as fast as the engine takes its
+    messages; its position (how many it made) is part of every commit, so a
+    restart continues the sequence instead of starting it over (the
+    generator is built again by ``application_setup`` and advanced to that
+    position, so ``apply`` must be deterministic).  ``apply`` returning
+    ``None`` ends the stream (an addition to Wallaroo's API, for finite runs).
+    """
+
+    def __init__(self, generator):
+        missing = [m for m in ("initial_value", "apply")
+                   if not callable(getattr(generator, m, None))]
+        if missing:
+            raise WallarooParameterError(
+                f"GenSourceConfig({generator!r:.60}): the generator needs "
+                f"{' and '.join(m + '()' for m in missing)}")
+        self.generator = generator
+
+    def __repr__(self):
+        return f"GenSourceConfig({self.generator!r})"
 
 
 class TCPSinkConfig:
@@ -152,6 +186,7 @@ def tcp_parse_output_addrs(args):
 
 
 for _obj in (TCPSourceConfig, TCPSinkConfig, KafkaSourceConfig, KafkaSinkConfig,
+             GenSourceConfig,
              tcp_parse_input_addrs, tcp_parse_output_addrs):
     _obj.__module__ = "wallaroo"
 del _obj

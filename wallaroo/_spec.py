@@ -33,7 +33,7 @@ class EncoderSpec:
 @dataclass(frozen=True)
 class SourceSpec:
     pipeline: str
-    kind: str  # "tcp" | "kafka"
+    kind: str  # "tcp" | "kafka" | "gen"
     host: str
     port: str
     decoder: DecoderSpec
@@ -43,6 +43,8 @@ class SourceSpec:
     def address(self) -> str:
         if self.kind == "kafka":  # host holds the topic
             return f"kafka:{self.host}"
+        if self.kind == "gen":  # host holds the generator's class
+            return f"gen:{self.host}"
         return f"{self.host}:{self.port}"
 
 
@@ -85,6 +87,11 @@ class StateSpec:
     partition_fn: Callable[[Any], Any] | None
     partition_name: str | None
     keys: tuple
+    # a window step's state (the 0.6 API): state -> when it next fires (ns;
+    # None: nothing open).  Its partitions are loaded at start and
+    # scheduled to fire as the watermark passes them (runtime/timers.py).
+    next_fire: Callable[[Any], int | None] | None = field(default=None,
+                                                          compare=False)
 
     def fingerprint(self) -> dict:
         """What a resilience directory remembers about this state, so a restart

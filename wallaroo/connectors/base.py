@@ -29,6 +29,8 @@ from ..recovery.records import OutputRow
 
 # The connector kind an input row was logged by (input_log.connector).
 TCP = "tcp"
+# a clock tick of the 0.6 API's windows: no message, one lsn (runtime/windowing.py)
+TICK = "tick"
 PEER = "peer"
 KAFKA = "kafka"
 

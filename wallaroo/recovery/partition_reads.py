@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from . import reading, schema
+from . import reading, schema, snapshots
 from .errors import CorruptionError
 from .records import PartitionRow
 
@@ -184,3 +184,17 @@ class PartitionReads:
         """Every partition and snapshot, read and checked at once (tests
         and tools)."""
         return reading.all_partitions(self._conn, self.path)
+
+    def keys_of(self, state: str):
+        """The keys of every stored partition of ``state`` (its window
+        partitions are all loaded at start: runtime/windowing.py)."""
+        rows = self._conn.execute(
+            "SELECT pid, CAST(key AS BLOB) FROM partitions WHERE state=? "
+            "ORDER BY pid", (state,)).fetchall()
+        for pid, blob in rows:
+            try:
+                yield snapshots.loads(blob)
+            except Exception as e:
+                raise CorruptionError(
+                    f"{self.path}: cannot load the key of partition {pid} "
+                    f"(state {state!r}): {type(e).__name__}: {e}") from e

@@ -168,15 +168,16 @@ def check_orphans(conn: sqlite3.Connection, path: str) -> None:
 def input_rows(conn: sqlite3.Connection, path: str, from_lsn: int) -> Iterator[InputRow]:
     cur = conn.execute(
         "SELECT first_lsn, count, source, stream, first_seq, failed, checksum, "
-        "CAST(frames AS BLOB), typeof(frames), connector FROM input_log "
+        "CAST(frames AS BLOB), typeof(frames), connector, ingest_ns FROM input_log "
         "WHERE first_lsn + count > ? ORDER BY first_lsn", (from_lsn,))
-    for first, count, source, stream, seq, failed, cs, frames, ftype, conn_kind in cur:
+    for (first, count, source, stream, seq, failed, cs, frames, ftype, conn_kind,
+         ingest) in cur:
         try:
             failed_idx = tuple(int(x) for x in failed.split(",") if x)
         except (AttributeError, ValueError):
             failed_idx = None  # damaged: the checksum will not match
         row = InputRow(first, source, stream, seq, count, frames, failed_idx,
-                       conn_kind)
+                       conn_kind, ingest)
         if ftype != "blob" or row.checksum() != cs:
             raise CorruptionError(
                 f"{path}: input-log record at lsn {first} ({count} messages "

@@ -49,6 +49,10 @@ class InputRow:
     # how the bytes arrived: "tcp" (frames of a pipeline's source), "peer"
     # (peer batches from the worker named by ``source``), "kafka"
     connector: str = "tcp"
+    # when the worker took the row in (ns since the epoch; 0: not recorded,
+    # as in applications without windows): the event time of its messages
+    # and the watermark of the windows they reach (the 0.6 API)
+    ingest_ns: int = 0
 
     @property
     def end_lsn(self) -> int:
@@ -59,6 +63,8 @@ class InputRow:
                 f"{self.stream!r}\x1f{self.first_seq}\x1f{self.failed}")
         if self.connector != "tcp":
             head += f"\x1f{self.connector}"
+        if self.ingest_ns:
+            head += f"\x1ft{self.ingest_ns}"
         return checksum(self.frames, head)
 
 

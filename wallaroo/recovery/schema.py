@@ -270,6 +270,12 @@ MIGRATIONS: list[Migration] = [
     _v5_lazy_state,
     # 6: the key index (see _v6_key_index).
     _v6_key_index,
+    # 7: windows (the 0.6 API): each input row's ingest time, the event
+    # time and watermark its messages had, so a replay puts them in the
+    # same windows.  0 in rows of earlier versions (no windows then).
+    """
+    ALTER TABLE input_log ADD COLUMN ingest_ns INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -416,7 +416,7 @@ class SQLiteStore(PartitionReads):
             bulk.insert(conn, "INSERT INTO input_log VALUES", [
                 (r.first_lsn, r.count, r.source, r.stream, r.first_seq,
                  ",".join(map(str, r.failed)), len(r.frames), r.checksum(),
-                 r.frames, r.connector) for r in inputs])
+                 r.frames, r.connector, r.ingest_ns) for r in inputs])
         if rec.outputs:
             rows = []
             for o in rec.outputs:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .._spec import AppSpec
-from ..connectors.base import PEER, TCP
+from ..connectors.base import PEER, TCP, TICK
 from ..connectors.framing import DEFAULT_MAX_FRAME, Framer
 from ..connectors.kafka_source import RECORD_FRAMING
 from ..recovery import snapshots
@@ -38,6 +38,7 @@ from .metrics import SIZE_BUCKETS, Histogram, Latency, Stages
 from .placement import DEFAULT_KEY_GROUPS, Placement, stable_hash
 from .replay import replay
 from .states import DirtyTracker, StateSpace
+from .windowing import Windowing, tick_appliers
 
 
 @dataclass(slots=True)
@@ -144,7 +145,7 @@ class CoreStats:
     longest_snapshot_seconds: float = 0.0  # pickling snapshots in one commit
 
 
-class WorkerCore(Checkpoints):
+class WorkerCore(Checkpoints, Windowing):
     def __init__(self, app: AppSpec, store: Store, *,
                  log: logging.Logger | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME,
@@ -229,6 +230,7 @@ class WorkerCore(Checkpoints):
         self.runners: list = []  # compiled once the membership is settled
         self.step_counts: list = []  # (pipeline, step, [messages it took])
         self.recovered = False
+        self._init_windows(app)
 
     @property
     def destinations(self) -> int:
@@ -278,6 +280,8 @@ class WorkerCore(Checkpoints):
             for p in self.app.pipelines]
         self.runners.append(make_peer_runner(self.entries, self.codec.decode, ctx,
                                              self.peer_unit_failed(self.failures)))
+        self.ctx = ctx
+        self.appliers = tick_appliers(self.app, self.entries)
 
     def peer_unit_failed(self, flog: FailureLog):
         """What a peer batch that cannot be decoded costs: its messages."""
@@ -349,6 +353,10 @@ class WorkerCore(Checkpoints):
             self._attach_store(rec)
         for space in self.spaces.values():
             space.build_declared()
+        loaded = self.load_windows()
+        if loaded:
+            self.log.info("recovery: loaded the %d partitions of the windows, "
+                          "to fire them on time", loaded)
         self.next_lsn = rec.next_lsn
         self.next_out_seq.update(rec.next_out_seq)
         self.delivered.update(rec.delivered)
@@ -458,6 +466,7 @@ class WorkerCore(Checkpoints):
         by_source = self.stats.by_source
         chunks = chunks if isinstance(chunks, list) else list(chunks)
         out_lists = self.out_lists
+        ingest = self._batch_time()
         marks = []  # (arrival, outputs per sink so far): for the latency
         for ci, ch in enumerate(chunks):
             n = len(ch.payloads)
@@ -466,6 +475,13 @@ class WorkerCore(Checkpoints):
             if deadline is not None and ci and time.perf_counter() >= deadline:
                 leftover = chunks[ci:]
                 break
+            if ch.connector == TICK:  # windows' clock (windowing.py)
+                if durable:
+                    inputs.append(InputRow(lsn, "", None, None, 1, b"", (), TICK,
+                                           ingest))
+                self.fire_due(lsn, self.appliers, self.ctx, False)
+                lsn += 1
+                continue
             peer = ch.connector == PEER
             if peer:
                 ch = self._fresh_peer_batches(ch)
@@ -489,7 +505,10 @@ class WorkerCore(Checkpoints):
                 skey = (source, ch.stream)
             if durable:
                 inputs.append(InputRow(lsn, source, ch.stream, ch.first_seq, msgs,
-                                       ch.frames, tuple(flog.indices), ch.connector))
+                                       ch.frames, tuple(flog.indices), ch.connector,
+                                       ingest))
+            if ingest and msgs:
+                self.fire_due(lsn + msgs - 1, self.appliers, self.ctx, False)
             if ch.stream is not None:
                 end = ch.first_seq + n
                 if end > counts.get(skey, 0):  # pending input was counted before

@@ -9,13 +9,14 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from ..connectors.base import PEER
+from ..connectors.base import PEER, TICK
 from ..recovery.errors import CorruptionError, IncompatibleDirectory, StoreError
 from ..recovery.records import InputRow
 from . import channels
 from .dataflow import (Context, compile_pipeline, first, make_peer_runner,
                        make_runner)
 from .failures import FailureLog
+from .windowing import tick_appliers
 
 
 PROGRESS_EVERY = 1.0  # seconds between recovery progress lines
@@ -61,6 +62,7 @@ def replay(core, replay_from: int, next_lsn: int,
                            first(entries[p.index]), ctx) for p in core.app.pipelines]
     peer_runner = make_peer_runner(entries, core.codec.decode, ctx,
                                    core.peer_unit_failed(flog))
+    appliers = tick_appliers(core.app, entries)
     path = getattr(core.store, "path", "the store")
     rows = messages = mismatches = 0
     # The log holds every input from replay_from to next_lsn, without
@@ -79,6 +81,14 @@ def replay(core, replay_from: int, next_lsn: int,
         expected = max(expected, row.end_lsn)
         skip = max(0, replay_from - row.first_lsn)
         flog.start_chunk(f"input-log row at lsn {row.first_lsn}")
+        core.replay_clock(row)
+        if row.connector == TICK:  # the windows' clock (windowing.py)
+            if core.timers is not None:
+                core.fire_due(row.first_lsn, appliers, ctx, True)
+            rows += 1
+            if on_row is not None:
+                on_row(row)
+            continue
         if row.connector == PEER:
             units = channels.split_units(row.frames)
             n = sum(channels.messages_in(u) for u in units)
@@ -112,6 +122,8 @@ def replay(core, replay_from: int, next_lsn: int,
                 "State may differ from before the crash.", row.first_lsn,
                 row.end_lsn - 1, "worker" if row.connector == PEER else "pipeline",
                 row.source, sorted(new_failures))
+        if row.ingest_ns and core.timers is not None:
+            core.fire_due(row.end_lsn - 1, appliers, ctx, True)
         rows += 1
         messages += row.count - skip
         core.evict_clean()

@@ -107,7 +107,7 @@ class Supervisor:
     async def _bind_sources(self) -> None:
         for p in self.spec.pipelines:
             src = p.source
-            if src.kind == "kafka":  # every worker consumes its partitions
+            if src.kind in ("kafka", "gen"):  # every worker runs its own part
                 self.listeners.append([])
                 self.sources.append(src.address)
                 continue

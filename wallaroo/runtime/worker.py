@@ -37,7 +37,9 @@ from ..recovery import vacuum
 from ..recovery.errors import IncompatibleDirectory
 from ..recovery.store import MemoryStore, Store
 from .core import Batch, Chunk, WorkerCore
+from .windowing import tick_chunk
 from ..connectors.framing import DEFAULT_MAX_FRAME
+from ..connectors.gen_source import GEN, GenSource
 from ..connectors.resumable_sink import ResumableTCPSink, stream_name
 from ..connectors.resume import StreamRegistry
 from ..connectors.kafka_sink import (KafkaSink, TransactionalKafkaSink,
@@ -121,9 +123,9 @@ class Worker:
         self.store = store or MemoryStore()
         self.log = log or logging.getLogger("wallaroo")
         for p in app.pipelines:
-            if p.source.kind not in ("tcp", "kafka"):
+            if p.source.kind not in ("tcp", "kafka", "gen"):
                 raise ValueError(f"pipeline {p.name!r}: {p.source.kind} sources "
-                                 f"are not supported (TCP and Kafka)")
+                                 f"are not supported (TCP, Kafka, generators)")
         for s in app.sinks:
             if s.kind not in ("tcp", "kafka"):
                 raise ValueError(f"{s.label}: {s.kind} sinks are not supported "
@@ -285,6 +287,10 @@ class Worker:
                             durable=self.store.durable,
                             options=self.opts.kafka_options)
                 if p.source.kind == "kafka" else
+                GenSource(p.index, p.source, self.inbox, self.core.stream_counts,
+                          log, placement is None or placement.owner_of_stream(
+                              p.name, GEN) == placement.me)
+                if p.source.kind == "gen" else
                 TCPSource(p.index, p.source, self.core.framers[p.index],
                           self.inbox, self.registry, log, limits, counter,
                           cluster=self.cluster, on_closed=self._handed_closed)
@@ -308,7 +314,7 @@ class Worker:
                 await nursery.start(self._signals)  # after it must drain
                 await nursery.start(self._stall_reports)
             shown = iter(f"{h}:{p}" for h, p in bound)
-            addrs = ",".join(s.address if isinstance(s, KafkaSource) else
+            addrs = ",".join(s.address if isinstance(s, (KafkaSource, GenSource)) else
                              next(shown, None) or "-" for s in self.sources) or "-"
             sinks = ",".join(s.address for s in self.app.sinks) or "-"
             if data is not None:
@@ -565,6 +571,8 @@ class Worker:
                                          deadline=time.perf_counter()
                                          + opts.max_batch_time)
                     inbox.unget(batch.leftover, batch.cut)
+                elif core.tick_due():  # windows wait for the clock
+                    batch = core.process([tick_chunk(Chunk)])
                 elif durable and (core.idle_commit_due() or self.store.vacuum_pending):
                     batch = core.process(())
                 elif forget_every and trio.current_time() >= next_forget:

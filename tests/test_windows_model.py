@@ -1,0 +1,136 @@
+"""Windows against a reference model (``tests/windows_model.py``), with an
+injected ingest clock: tumbling and sliding range windows, a delay, count
+windows with their quiet flush; several keys; ticks of an idle worker; and
+crashes (before or after a commit) with recovery, on one worker; on three
+workers, keys routed to their owners.  After every committed batch the
+outputs delivered so far, each exactly once, are exactly the windows the
+watermark has closed."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from wallaroo.testing import ClusterDriver, Driver
+
+from tests.windows_model import by_key, exactly_once, fired
+
+APP = os.path.join(os.path.dirname(__file__), "apps", "windows_app.py")
+KINDS = ("tumbling", "sliding", "delayed", "count")
+T0 = 1_000 * 10**9 + 123
+
+steps = st.lists(st.tuples(
+    st.integers(0, 4000),  # ms the clock moves before the step
+    st.one_of(st.just("tick"),
+              st.lists(st.sampled_from("abcd"), min_size=1, max_size=6)),
+    st.sampled_from([None, None, None, "after_compute", "after_commit",
+                     "restart"]),
+    st.booleans(),  # a checkpoint is due (else the replay tail grows)
+), min_size=1, max_size=25)
+
+
+def frames(msgs):
+    return [f"{k},{i}".encode() for k, i in msgs]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=steps)
+def test_one_worker_with_crashes_matches_the_model(kind, script):
+    now = [T0]
+    d = Driver(APP, args=["--in", "x:0", "--out", "x:0", f"WINDOWS={kind}"],
+               resilience_dir=tempfile.mkdtemp(), checkpoint_interval=1.0,
+               event_clock=lambda: now[0])
+    d.start()
+    committed: list[tuple[str, str, int]] = []
+    unsent: list[tuple[str, str]] = []  # a resumable sender resends these
+    watermark = 0
+    next_id = 0
+    for ms, what, crash, checkpoint in script:
+        now[0] += ms * 10**6
+        if what == "tick":
+            d.tick()
+        else:
+            for k in what:
+                unsent.append((k, str(next_id)))
+                next_id += 1
+        if unsent:
+            d.feed("ids", frames(unsent))
+        crash_at = crash if crash in ("after_compute", "after_commit") else None
+        if checkpoint:  # checkpoints come due by the driver's clock
+            d.advance(1.0)
+        batch = d.run_batch(crash_at=crash_at)
+        if crash_at != "after_compute":
+            committed += [(k, i, now[0]) for k, i in unsent]
+            unsent = []
+            watermark = now[0]
+        if crash is not None:
+            if batch is not None:
+                d.crash()
+            d.start()
+        note(f"t={now[0] - T0} {what} {crash} checkpoint={checkpoint}")
+        got = by_key(exactly_once(d.delivered_rows[0]))
+        assert got == fired(kind, committed, watermark)
+    # the end: the clock moves past every window and an idle worker ticks
+    now[0] += 60 * 10**9
+    d.feed("ids", frames(unsent))
+    d.run_batch()
+    committed += [(k, i, now[0]) for k, i in unsent]
+    now[0] += 60 * 10**9
+    d.tick()
+    d.run_batch()
+    got = by_key(exactly_once(d.delivered_rows[0]))
+    assert got == fired(kind, committed, now[0])
+    assert bool(got) == bool(committed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(script=st.lists(st.tuples(
+    st.integers(0, 4000), st.integers(0, 2),
+    st.one_of(st.just("tick"),
+              st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=6))),
+    min_size=1, max_size=15))
+def test_three_workers_match_the_model(kind, script):
+    now = [T0]
+    c = ClusterDriver(APP, 3, resilience_dir=tempfile.mkdtemp(),
+                      args=["--in", "x:0", "--out", "x:0", f"WINDOWS={kind}"],
+                      event_clock=lambda: now[0])
+    c.start_all()
+    committed: list[tuple[str, str, int]] = []
+    next_id = 0
+
+    def outputs():
+        lines = []
+        for d in c.drivers:
+            lines += exactly_once(d.delivered_rows[0])
+        return by_key(lines)
+
+    for ms, worker, what in script:
+        now[0] += ms * 10**6
+        if what == "tick":  # every worker: each one's watermark is now
+            for d in c.drivers:
+                d.tick()
+            c.run_until_quiet()
+            assert outputs() == fired(kind, committed, now[0])
+            continue
+        msgs = []
+        for k in what:
+            msgs.append((k, str(next_id)))
+            next_id += 1
+        c.feed(worker, "ids", frames(msgs))
+        c.run_until_quiet()  # every batch of the step at this time
+        committed += [(k, i, now[0]) for k, i in msgs]
+    now[0] += 60 * 10**9
+    for d in c.drivers:
+        d.tick()
+    c.run_until_quiet()
+    assert outputs() == fired(kind, committed, now[0])
+    owners = {d.core.name for d in c.drivers if d.delivered_rows[0]}
+    note(f"outputs from {sorted(owners)}")

@@ -1,0 +1,76 @@
+"""What a windowed application must output, from the messages and the
+times they were taken in (the reference the windows tests check against;
+docs/windows.md has the rules)."""
+
+from __future__ import annotations
+
+from wallaroo._windows import COUNT_FLUSH_NS
+
+SECOND = 10**9
+PARAMS = {  # (range, slide, delay) or ("count", n)
+    "tumbling": (3 * SECOND, 3 * SECOND, 0),
+    "sliding": (6 * SECOND, 2 * SECOND, 0),
+    "delayed": (3 * SECOND, 3 * SECOND, 2 * SECOND),
+    "count": ("count", 3),
+}
+
+
+def fired(kind: str, messages: list[tuple[str, str, int]],
+          watermark: int) -> dict[str, list[str]]:
+    """Per key, the outputs (``key:ids``) of the windows that have fired
+    once the worker's watermark is ``watermark``; ``messages`` are (key,
+    id, ingest time) in the order they were processed."""
+    p = PARAMS[kind]
+    out: dict[str, list[str]] = {}
+    if p[0] == "count":
+        n = p[1]
+        groups: dict[str, list] = {}  # key -> [ids, last time]
+        for key, mid, t in messages:
+            g = groups.get(key)
+            if g and t >= g[1] + COUNT_FLUSH_NS:
+                out.setdefault(key, []).append(f"{key}:{'.'.join(g[0])}")
+                g = None
+            if not g:
+                g = groups[key] = [[], t]
+            g[0].append(mid)
+            g[1] = t
+            if len(g[0]) == n:
+                out.setdefault(key, []).append(f"{key}:{'.'.join(g[0])}")
+                del groups[key]
+        for key, g in groups.items():
+            if watermark >= g[1] + COUNT_FLUSH_NS:
+                out.setdefault(key, []).append(f"{key}:{'.'.join(g[0])}")
+        return out
+    rng, slide, delay = p
+    windows: dict[tuple[str, int], list[str]] = {}
+    for key, mid, t in messages:
+        start = t - t % slide
+        while start > t - rng:
+            windows.setdefault((key, start), []).append(mid)
+            start -= slide
+    for (key, start) in sorted(windows, key=lambda w: (w[0], w[1])):
+        if start + rng + delay <= watermark:
+            out.setdefault(key, []).append(f"{key}:{'.'.join(windows[(key, start)])}")
+    return out
+
+
+def by_key(lines: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        out.setdefault(line.split(":", 1)[0], []).append(line)
+    return out
+
+
+def exactly_once(rows) -> list[str]:
+    """The output lines of a sink's delivered rows, each sequence number
+    once (a resend after a crash repeats numbers with the same bytes)."""
+    seen: dict[int, str] = {}
+    for row in rows:
+        lines = row.data.decode().splitlines()
+        assert len(lines) == row.count, row
+        for i, line in enumerate(lines):
+            seq = row.first_seq + i
+            assert seen.setdefault(seq, line) == line, (
+                f"output {seq} was {seen[seq]!r}, resent as {line!r}")
+    assert sorted(seen) == list(range(len(seen))), "a gap in the outputs"
+    return [seen[i] for i in range(len(seen))]
