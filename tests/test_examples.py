@@ -374,3 +374,91 @@ def test_each_example_has_a_readme_with_the_three_commands(name):
         readme = f.read()
     for command in ("wallaroo run", "wallaroo send", "wallaroo receive"):
         assert command in readme, (name, command)
+
+
+# -- the 0.6 API's examples -------------------------------------------------------
+
+def test_word_count_06_gives_what_word_count_gives(procs, tmp_path):
+    sample = example("word_count", "sample.txt")
+    expected = word_count_expected(sample)
+    got, w = run_example(procs, tmp_path, example("word_count", "word_count_06.py"),
+                         ["--file", sample], "lines", expected.count(b"\n"))
+    assert got == expected
+    assert "0 failed messages" in w.log()
+
+
+def alerts_module(name: str):
+    """An alerts example, imported with transactions.py beside it."""
+    sys.path.insert(0, example("alerts"))
+    try:
+        return load_script(f"{name}_reference", example("alerts", f"{name}.py"))
+    finally:
+        sys.path.remove(example("alerts"))
+
+
+def run_generated(procs, tmp_path, name: str, expect: int, *args: str) -> bytes:
+    """An alerts example over the first 1000 transactions: wait for
+    ``expect`` records, stop the worker (exit 0) -> what the sink got."""
+    out = str(tmp_path / "received.bin")
+    r, sink_addr = receiver(procs, out, "lines", expect)
+    w, sources = worker(procs, example("alerts", f"{name}.py"), sink_addr,
+                        "--transactions", "1000", *args)
+    assert sources == "gen:TransactionsGenerator"
+    assert r.wait() == 0, r.log()
+    assert w.terminate() == 0, w.log()
+    assert "1000 messages in" in w.log() and "0 failed messages" in w.log()
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def test_alerts_stateless(procs, tmp_path):
+    mod = alerts_module("alerts_stateless")
+    alerts = [mod.check_transaction(tx)
+              for tx in alerts_module("transactions").transactions(1000)]
+    expected = "".join(a + "\n" for a in alerts if a is not None).encode()
+    assert expected.count(b"\n") > 100
+    got = run_generated(procs, tmp_path, "alerts_stateless", expected.count(b"\n"))
+    assert got == expected
+
+
+def test_alerts_stateful(procs, tmp_path):
+    mod = alerts_module("alerts_stateful")
+    balances: dict = {}
+    expected = []
+    for tx in alerts_module("transactions").transactions(1000):
+        b = balances.setdefault(tx.user, mod.Balance())
+        alert = mod.check_balance(tx, b)
+        if alert is not None:
+            expected.append(alert + "\n")
+    assert len(expected) > 5
+    got = run_generated(procs, tmp_path, "alerts_stateful", len(expected))
+    # each user's alerts in order; users interleave as their messages did
+    assert got == "".join(expected).encode()
+
+
+def test_alerts_windowed_every_transaction_is_in_three_windows(procs, tmp_path):
+    """9 s windows sliding by 3 s over 1000 transactions made at once: each
+    is in three windows, which close by the clock once the stream ends."""
+    txs = list(alerts_module("transactions").transactions(1000))
+    out = str(tmp_path / "received.bin")
+    r, sink_addr = receiver(procs, out, "lines", None)
+    w, _ = worker(procs, example("alerts", "alerts_windowed.py"), sink_addr,
+                  "--transactions", "1000", "--all")
+    deadline = time.monotonic() + RUN_TIMEOUT
+    windows: list = []
+    while time.monotonic() < deadline:
+        with open(out, "rb") if os.path.exists(out) else open(os.devnull, "rb") as f:
+            windows = [re.fullmatch(r"(\w+) ([+-]\d+) over (\d+) transactions", line)
+                       for line in f.read().decode().splitlines()]
+        if sum(int(m.group(3)) for m in windows if m) >= 3 * len(txs):
+            break
+        time.sleep(0.2)
+    assert w.terminate() == 0, w.log()
+    assert all(windows), windows
+    for user in {tx.user for tx in txs}:
+        mine = [m for m in windows if m.group(1) == user]
+        assert sum(int(m.group(3)) for m in mine) == 3 * sum(
+            1 for tx in txs if tx.user == user)
+        assert sum(int(m.group(2)) for m in mine) == 3 * sum(
+            tx.amount for tx in txs if tx.user == user)
+    assert "1000 messages in" in w.log()

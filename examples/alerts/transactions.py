@@ -1,8 +1,8 @@
 """The transactions the alerts examples watch, and the generator that makes
 them (a ``wallaroo.GenSourceConfig`` source).
 
-Each transaction's amount comes from the previous one by a fixed rule, so
-the stream is the same at every run: after a restart the engine advances a
+Each transaction comes from the previous one by a fixed rule, so the
+stream is the same at every run: after a restart the engine advances a
 new generator to where the last one stopped.  ``limit`` (0: none) ends the
 stream after that many transactions, for finite runs; the command line's
 ``--transactions N`` sets it.
@@ -32,8 +32,8 @@ class TransactionsGenerator(object):
         if self.limit and v.tx_id >= self.limit:
             return None  # the end of a finite stream
         tx_id = v.tx_id + 1
-        # amounts between -1250 and 1249, spread by a multiplicative step
-        amount = (v.amount * 48271 + 7919 * tx_id) % 2500 - 1250
+        # amounts between -1250 and 1249, spread by a multiplicative hash
+        amount = (tx_id * 2654435761 >> 11) % 2500 - 1250
         return Transaction(tx_id, USERS[tx_id % len(USERS)], amount)
 
 

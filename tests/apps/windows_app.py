@@ -1,7 +1,7 @@
 """A windowed application of the 0.6 API for the windows tests: input
 ``key,id`` lines, keyed by ``key``; each window outputs ``key:id.id...`` (the
-ids it holds, in arrival order).  ``WINDOWS`` in the arguments picks the
-windows: ``tumbling``, ``sliding``, ``delayed`` or ``count``."""
+ids it holds, in arrival order).  ``WINDOWS=...`` in the arguments picks the
+windows: ``tumbling``, ``sliding``, ``delayed``, ``count`` or ``second``."""
 
 import wallaroo
 
@@ -11,6 +11,7 @@ KINDS = {
     "sliding": lambda: wallaroo.range_windows(6 * SECOND).with_slide(2 * SECOND),
     "delayed": lambda: wallaroo.range_windows(3 * SECOND).with_delay(2 * SECOND),
     "count": lambda: wallaroo.count_windows(3),
+    "second": lambda: wallaroo.range_windows(SECOND),  # the chaos run's
 }
 
 

@@ -129,3 +129,27 @@ def test_long_rescale_chaos_run(tmp_path):
                       workdir=str(tmp_path))
     print(res.summary())
     assert res.ok, res.summary()
+
+
+def test_windows_on_3_workers_each_window_once_across_sigkills(tmp_path):
+    """One-second tumbling windows keyed over 40 keys on 3 workers, resumable
+    sender and sinks; 5 SIGKILLs (the initializer first), then all three
+    at once with the last windows open: every window's
+    output arrives once, and each key's windows hold its messages in order,
+    each once (windows_chaos.py)."""
+    from .windows_chaos import run as windows_run
+    res = windows_run(messages=6000, keys=40, kills=5, rate=600, seed=606,
+                      workdir=str(tmp_path))
+    print(res.summary())
+    assert len(res.kills) == 5 + 3 and res.kills[0] == "initializer"
+    assert res.windows > 40
+    assert res.ok, res.summary()
+
+
+@pytest.mark.slow
+def test_long_windows_chaos_run(tmp_path):
+    from .windows_chaos import run as windows_run
+    res = windows_run(messages=40000, keys=100, kills=10, rate=2000,
+                      workdir=str(tmp_path))
+    print(res.summary())
+    assert res.ok, res.summary()

@@ -467,6 +467,7 @@ class WorkerCore(Checkpoints, Windowing):
         chunks = chunks if isinstance(chunks, list) else list(chunks)
         out_lists = self.out_lists
         ingest = self._batch_time()
+        ticks = 0  # lsns of clock ticks: not messages
         marks = []  # (arrival, outputs per sink so far): for the latency
         for ci, ch in enumerate(chunks):
             n = len(ch.payloads)
@@ -481,6 +482,7 @@ class WorkerCore(Checkpoints, Windowing):
                                            ingest))
                 self.fire_due(lsn, self.appliers, self.ctx, False)
                 lsn += 1
+                ticks += 1
                 continue
             peer = ch.connector == PEER
             if peer:
@@ -546,23 +548,24 @@ class WorkerCore(Checkpoints, Windowing):
         elapsed = time.thread_time() - c0
         m1 = time.monotonic()
         st = self.stats
-        st.stages.compute.observe_n(m1 - m0, lsn - first_lsn)
+        messages = lsn - first_lsn - ticks
+        st.stages.compute.observe_n(m1 - m0, messages)
         st.batches += 1
-        st.messages += lsn - first_lsn
+        st.messages += messages
         st.outputs += sum(o.count for o in outputs)
         by_sink = st.by_sink
         for o in outputs:
             by_sink[o.sink] = by_sink.get(o.sink, 0) + o.count
         st.batch_seconds.observe(elapsed)
-        st.batch_sizes.observe(lsn - first_lsn)
+        st.batch_sizes.observe(messages)
         failures = flog.total - fails_before
         st.failures += failures
         st.snapshots += len(snaps)
         if elapsed > st.longest_batch_seconds:
             st.longest_batch_seconds = elapsed
-            st.longest_batch_messages = lsn - first_lsn
+            st.longest_batch_messages = messages
         return Batch(record=record, outputs=outputs, streams=streams,
-                     messages=lsn - first_lsn, failures=failures, leftover=leftover,
+                     messages=messages, failures=failures, leftover=leftover,
                      cut=cut, processed_at=m1)
 
     def _record(self, **rows) -> CommitRecord:
