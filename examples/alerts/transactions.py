@@ -32,9 +32,16 @@ class TransactionsGenerator(object):
         if self.limit and v.tx_id >= self.limit:
             return None  # the end of a finite stream
         tx_id = v.tx_id + 1
-        # amounts between -1250 and 1249, spread by a multiplicative hash
-        amount = (tx_id * 2654435761 >> 11) % 2500 - 1250
-        return Transaction(tx_id, USERS[tx_id % len(USERS)], amount)
+        return Transaction(tx_id, USERS[tx_id % len(USERS)], amount_of(tx_id))
+
+
+def amount_of(tx_id):
+    """An amount between -1250 and 1249, spread by an integer hash."""
+    h = (tx_id * 0x9E3779B1) & 0xFFFFFFFF
+    h ^= h >> 15
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    return h % 2500 - 1250
 
 
 def transactions_flag(args):
