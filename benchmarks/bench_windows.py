@@ -159,7 +159,7 @@ def main(argv=None) -> int:
             "engine (NORMAL)": lambda: engine(payloads, a.batch, a.window_ms, True)}
     if not a.no_bytewax:
         try:
-            import bytewax as _  # noqa: F401
+            import bytewax  # noqa: F401
             rows["bytewax 0.21 fold_window"] = lambda: bytewax(payloads, a.batch,
                                                                a.window_ms)
         except ImportError:

@@ -57,7 +57,7 @@ def test_a_killed_worker_continues_its_generator(tmp_path):
         assert kills == 2, "the generator finished before the kills"
         worker = Proc(wallaroo(*args), str(tmp_path / "worker.log"))
         worker.wait_for(r"continuing after the \d+ messages it made before", 30)
-        got = wait_numbers(out, count)
+        wait_numbers(out, count)
         time.sleep(0.5)  # anything more would be a duplicate
         worker.p.send_signal(signal.SIGTERM)
         assert worker.p.wait(timeout=30) == 0
