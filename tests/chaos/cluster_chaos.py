@@ -245,6 +245,24 @@ def _holder(lines: list[str], owner: str) -> str:
     return who
 
 
+def kill_workers(sup, state: str, names: list[str], timeout: float = 60) -> list[str]:
+    """SIGKILL the workers ``names`` of the supervisor ``sup`` at once and
+    wait until it has logged each of them ready again; -> those killed."""
+    def readies(who: str) -> int:
+        return sum(1 for line in sup.lines if f"worker {who} ready again" in line)
+    seen = {who: readies(who) for who in names}
+    killed = []
+    for who in names:
+        pid = _pid(state, who)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(who)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(readies(w) <= seen[w] for w in killed):
+        time.sleep(0.02)
+    return killed
+
+
 def _pid(state: str, name: str) -> int | None:
     try:
         with open(os.path.join(state, "cluster.json")) as f:

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
-from .cluster_chaos import NAMES, _pid
+from .cluster_chaos import NAMES, kill_workers
 from .run_chaos import ROOT, Proc, wallaroo
 
 APP = os.path.join(ROOT, "examples", "kafka_count", "kafka_count.py")
@@ -199,19 +198,12 @@ def run(records: int = 50000, kills: int = 3, workers: int = 1, rate: float = 10
                 worker = Proc(cmd, log)
                 worker.wait_for(r"^ready", 60)
             else:
-                who = targets[i]
-                pid = _pid(state, who)
-                if pid is None:
-                    continue
-                seen = sum(1 for line in worker.lines if f"worker {who} ready again" in line)
-                os.kill(pid, signal.SIGKILL)
                 k0 = time.perf_counter()
-                res.kills.append(who)
-                say(f"SIGKILL {who} at {k0 - t0:.2f}s")
-                deadline = time.monotonic() + 60
-                while sum(1 for line in worker.lines if f"worker {who} ready again"
-                          in line) <= seen and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                killed = kill_workers(worker, state, [targets[i]])
+                if not killed:
+                    continue
+                res.kills += killed
+                say(f"SIGKILL {killed[0]} at {k0 - t0:.2f}s")
             res.restart_to_ready_s.append(time.perf_counter() - k0)
         done.wait(600)
         expected = Counter(stream)

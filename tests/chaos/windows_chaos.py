@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import struct
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .cluster_chaos import NAMES, _pid, chaos_main
+from .cluster_chaos import NAMES, chaos_main, kill_workers
 from .run_chaos import Proc, free_port, wallaroo
 
 APP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -143,36 +142,17 @@ def run(messages: int = 8000, keys: int = 40, kills: int = 5, rate: int = 800,
         flow = messages / rate
         for who in targets:
             time.sleep(rnd.uniform(0.5, 1.3) * flow / (kills + 1))
-            pid = _pid(state, who)
-            if pid is None:
-                continue
-            seen = sum(1 for line in sup.lines if f"worker {who} ready again" in line)
-            os.kill(pid, signal.SIGKILL)
             k0 = time.perf_counter()
-            res.kills.append(who)
-            say(f"SIGKILL {who} at {k0 - t0:.2f}s")
-            deadline = time.monotonic() + 60
-            while sum(1 for line in sup.lines if f"worker {who} ready again"
-                      in line) <= seen and time.monotonic() < deadline:
-                time.sleep(0.02)
-            res.restart_to_ready_s.append(time.perf_counter() - k0)
+            for w in kill_workers(sup, state, [who]):
+                res.kills.append(w)
+                say(f"SIGKILL {w} at {k0 - t0:.2f}s")
+                res.restart_to_ready_s.append(time.perf_counter() - k0)
         res.sender_exit = sender.p.wait(timeout=300)
         # every worker at once, while the last windows are open: they must
         # fire after the restart (the schedule is rebuilt from the state)
-        seen = {w: sum(1 for line in sup.lines if f"worker {w} ready again" in line)
-                for w in NAMES}
-        for who in NAMES:
-            pid = _pid(state, who)
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                res.kills.append(who)
         say(f"SIGKILL every worker at {time.perf_counter() - t0:.2f}s, the "
             f"input all sent")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and any(
-                sum(1 for line in sup.lines if f"worker {w} ready again" in line)
-                <= seen[w] for w in NAMES):
-            time.sleep(0.02)
+        res.kills += kill_workers(sup, state, NAMES)
         deadline = time.monotonic() + 60  # the last windows close by the clock
         while time.monotonic() < deadline:
             if check(read_lines(out), per_key, res):
