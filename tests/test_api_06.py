@@ -425,3 +425,33 @@ def test_a_bad_key_costs_that_message_only():
 def test_a_generator_source_needs_initial_value_and_apply():
     with pytest.raises(WallarooParameterError, match="needs initial_value\\(\\)"):
         wallaroo.GenSourceConfig(object())
+
+
+def test_a_late_message_is_dropped_and_counted():
+    """A worker whose clock is behind the windows it holds (a key moved from
+    a host whose clock was ahead): the message's windows have all fired."""
+    now = [10 * 10**9]
+    pipeline = (src().key_by(first_letter)
+                .to(wallaroo.range_windows(wallaroo.seconds(3)).over(Sum))
+                .to_sink(sink()))
+    spec = wallaroo.build_application("late", pipeline)
+    tmp = tempfile.mkdtemp()
+    d = Driver(spec, resilience_dir=tmp, event_clock=lambda: now[0])
+    d.start()
+    d.feed(0, frames=frames(["a1"]))
+    d.run_batch()
+    now[0] = 20 * 10**9
+    d.tick()
+    d.run_batch()
+    d.stop()  # every partition checkpointed: nothing to replay
+    assert lines(d) == ["'a'=1"]
+    now[0] = 5 * 10**9  # behind: [3 s, 6 s) ended before [9 s, 12 s) fired
+    d.start()
+    d.feed(0, frames=frames(["a7", "b2"]))
+    d.run_batch()
+    now[0] = 30 * 10**9
+    d.tick()
+    d.run_batch()
+    assert lines(d) == ["'a'=1", "'b'=2"]  # a7 was late: dropped
+    assert d.core.timers.late_by_state == {"Sum windows": 1}
+    assert d.state("Sum windows", "a").late == 1

@@ -364,8 +364,12 @@ class WorkerCore(Checkpoints, Windowing):
         self.stream_counts.update(rec.streams)
         self.stream_seen.update(rec.stream_seen)
         self.next_pending_id = max((p.id for p in rec.pending), default=-1) + 1
+        if self.timers is not None:
+            self.timers.counting = False  # late messages were counted before
         rows, messages, mismatches = replay(self, rec.replay_from, rec.next_lsn,
                                             on_row)
+        if self.timers is not None:
+            self.timers.counting = True
         self.stats.replayed += messages
         now = self.clock()
         for space in self.spaces.values():

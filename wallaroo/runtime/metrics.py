@@ -198,6 +198,14 @@ class WorkerCollector:
         for step, n in sorted(core.failures.counts.items()):
             m.add_metric([name, step], n)
         yield m
+        if core.timers is not None:
+            m = counter("wallaroo_window_late_messages", "Messages a window "
+                        "dropped as late (every window they belong to had "
+                        "fired), per window state", ("state",))
+            for s in app.states:
+                if s.next_fire is not None:
+                    m.add_metric([name, s.name], core.timers.late_by_state.get(s.name, 0))
+            yield m
         m = counter("wallaroo_batches", "Batches processed")
         m.add_metric([name], st.batches)
         yield m

@@ -23,6 +23,7 @@ class Timers:
         self._at: dict[tuple[str, Any], int] = {}
         self._seq = 0  # ties: keys need not be comparable
         self.late_by_state: dict[str, int] = {}
+        self.counting = True  # off while recovery replays (counted before)
 
     def schedule(self, state: str, key: Any, at: int | None) -> None:
         k = (state, key)
@@ -36,7 +37,8 @@ class Timers:
         heapq.heappush(self._heap, (at, self._seq, state, key))
 
     def late(self, state: str) -> None:
-        self.late_by_state[state] = self.late_by_state.get(state, 0) + 1
+        if self.counting:
+            self.late_by_state[state] = self.late_by_state.get(state, 0) + 1
 
     def earliest(self) -> int | None:
         heap, at = self._heap, self._at
