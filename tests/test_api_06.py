@@ -455,3 +455,17 @@ def test_a_late_message_is_dropped_and_counted():
     assert lines(d) == ["'a'=1", "'b'=2"]  # a7 was late: dropped
     assert d.core.timers.late_by_state == {"Sum windows": 1}
     assert d.state("Sum windows", "a").late == 1
+
+
+def test_a_kafka_source_and_sink_build_in_a_06_pipeline():
+    @wallaroo.encoder
+    def to_kafka(data):
+        return (data.encode(), None)
+    src_cfg = wallaroo.KafkaSourceConfig("in-topic", [("127.0.0.1", "9092")],
+                                         "Warn", source().decoder)
+    sink_cfg = wallaroo.KafkaSinkConfig("out-topic", [("127.0.0.1", "9092")],
+                                        "Warn", 0, 100000, to_kafka)
+    spec = wallaroo.build_application(
+        "kafka06", wallaroo.source("k", src_cfg).to(upper).to_sink(sink_cfg))
+    assert spec.pipelines[0].source.address == "kafka:in-topic"
+    assert spec.sinks[0].address == "kafka:out-topic"

@@ -76,6 +76,10 @@ CASES = {
                              lambda r: r[4:5]),
     "word_count": ("word_count/word_count.py", ["--file", "word_count/sample.txt"],
                    "lines", lines, lambda r: r.split(b" => ")[0]),
+    # the 0.6 API: key_by routes each word to the owner of its key group
+    "word_count_06": ("word_count/word_count_06.py",
+                      ["--file", "word_count/sample.txt"], "lines", lines,
+                      lambda r: r.split(b" => ")[0]),
 }
 
 

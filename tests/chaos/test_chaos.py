@@ -138,7 +138,7 @@ def test_windows_on_3_workers_each_window_once_across_sigkills(tmp_path):
     output arrives once, and each key's windows hold its messages in order,
     each once (windows_chaos.py)."""
     from .windows_chaos import run as windows_run
-    res = windows_run(messages=6000, keys=40, kills=5, rate=600, seed=606,
+    res = windows_run(messages=4000, keys=40, kills=5, rate=500, seed=606,
                       workdir=str(tmp_path))
     print(res.summary())
     assert len(res.kills) == 5 + 3 and res.kills[0] == "initializer"
