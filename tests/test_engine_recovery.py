@@ -36,8 +36,9 @@ class EngineWithCrashes(RuleBasedStateMachine):
                 b=st.lists(st.integers(0, 60), max_size=30),
                 checkpoint_max=st.integers(1, 4),
                 state_cache=st.sampled_from([None, None, 1, 2, 4]),
-                epoch=st.sampled_from([None, 2, 3, 5]))
-    def setup(self, a, b, checkpoint_max, state_cache, epoch):
+                epoch=st.sampled_from([None, 2, 3, 5]),
+                save_state_interval=st.sampled_from([0.0, 0.0, 0.5, 2.0]))
+    def setup(self, a, b, checkpoint_max, state_cache, epoch, save_state_interval):
         # a small key-index epoch: new partitions merged into the index in
         # steps (two buckets) across commits and crashes, found through it
         self.epoch = (key_index.EPOCH, key_index.BUCKETS)
@@ -48,7 +49,8 @@ class EngineWithCrashes(RuleBasedStateMachine):
         self.driver = Driver(m, resilience_dir=self.dir,
                              checkpoint_interval=1.0,
                              checkpoint_max=checkpoint_max,
-                             state_cache=state_cache)
+                             state_cache=state_cache,
+                             save_state_interval=save_state_interval)
         self.driver.start()
         self.sent_a = self.sent_b = 0  # the senders' cursors
 
@@ -207,3 +209,36 @@ def test_a_missing_input_log_row_is_detected_not_replayed_around(tmp_path):
     conn.close()
     with pytest.raises(CorruptionError, match=r"lsn 1\.\.1 are missing"):
         d.start()
+
+
+def test_save_state_requests_coalesce_to_one_snapshot_per_interval(tmp_path):
+    """--save-state-interval: a partition whose step asked save_state is
+    snapshotted once its interval has passed, not in every batch; a crash
+    before then replays what came after its last snapshot."""
+    from tests.apps.api_helpers import frames
+    app = "examples/alphabet_partitioned/alphabet_partitioned.py"
+    args = ["--in", "x:0", "--out", "x:0"]
+    vote = frames([b"a\x00\x00\x00\x01"])
+    d = Driver(app, args=args, resilience_dir=str(tmp_path),
+               save_state_interval=1.0, checkpoint_interval=60.0)
+    d.start()
+    snapshots = []
+    for _ in range(5):
+        d.feed("alphabet", frames=vote)
+        snapshots.append(len(d.run_batch().record.snapshots))
+    assert snapshots == [0, 0, 0, 0, 0]  # asked five times, not yet due
+    d.advance(1.0)
+    d.feed("alphabet", frames=vote)
+    assert len(d.run_batch().record.snapshots) == 1  # once, with all six votes
+    d.feed("alphabet", frames=vote)
+    assert len(d.run_batch().record.snapshots) == 0
+    d.crash()
+    report = d.start()
+    assert report.replayed_messages == 1  # only the vote after the snapshot
+    assert d.state("letter state", "a").votes == 7
+
+    every = Driver(app, args=args, resilience_dir=str(tmp_path / "every"))
+    every.start()
+    for _ in range(3):
+        every.feed("alphabet", frames=vote)
+        assert len(every.run_batch().record.snapshots) == 1

@@ -60,6 +60,13 @@ class _RawArgsCommand(click.Command):
               show_default=True, metavar="SECONDS",
               help="Snapshot partitions dirty for longer than this, so replay "
                    "after a crash stays short.")
+@click.option("--save-state-interval", type=click.FloatRange(min=0.0), default=0.05,
+              show_default=True, metavar="SECONDS",
+              help="A partition whose step returned save_state=True is "
+                   "snapshotted within this time, at most once per interval "
+                   "(0: in the commit of every batch that asked, as many "
+                   "snapshots as batches).  Replay after a crash rebuilds "
+                   "what came after; nothing is lost either way.")
 @click.option("--checkpoint-max", type=click.IntRange(min=1), default=1000,
               show_default=True, metavar="N",
               help="At most N checkpoint snapshots per commit (keeps the loop "
@@ -181,7 +188,8 @@ class _RawArgsCommand(click.Command):
 @click.argument("app_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
-        synchronous, checkpoint_interval, checkpoint_max, state_cache, max_batch,
+        synchronous, checkpoint_interval, save_state_interval, checkpoint_max,
+        state_cache, max_batch,
         max_batch_time,
         max_frame_size, max_connections, handshake_timeout, idle_timeout,
         resumable_sinks, kafka_transactions, metrics_addr, kafka_options,
@@ -259,6 +267,7 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     code = run_worker(target, ctx.meta["raw_args"], name=name, cluster=cluster,
                       resilience_dir=resilience_dir, synchronous=synchronous,
                       checkpoint_interval=checkpoint_interval,
+                      save_state_interval=save_state_interval,
                       checkpoint_max=checkpoint_max, state_cache=state_cache,
                       max_batch=max_batch,
                       max_batch_time=max_batch_time, max_frame=max_frame_size,

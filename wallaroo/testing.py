@@ -45,7 +45,8 @@ class Driver:
                  checkpoint_max: int = 1000, clock: Callable[[], float] | None = None,
                  max_frame: int | None = None, members: list[str] | None = None,
                  state_cache: int | None = None,
-                 event_clock: Callable[[], int] | None = None):
+                 event_clock: Callable[[], int] | None = None,
+                 save_state_interval: float = 0.0):
         """``event_clock``: the ingest time (ns) each batch gets, for the
         0.6 API's windows (default: ``time.time_ns``)."""
         self.event_clock = event_clock
@@ -61,7 +62,8 @@ class Driver:
         self.synchronous = synchronous
         self.options = dict(checkpoint_interval=checkpoint_interval,
                             checkpoint_max=checkpoint_max, name=worker_name,
-                            members=members, state_cache=state_cache)
+                            members=members, state_cache=state_cache,
+                            save_state_interval=save_state_interval)
         if max_frame is not None:
             self.options["max_frame"] = max_frame
         self._now = 0.0

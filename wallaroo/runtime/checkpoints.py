@@ -82,6 +82,21 @@ class Checkpoints:
             space.evict(key, None)
             self.evictions += 1
 
+    def _save_due(self, now: float) -> bool:
+        return any(pend and next(iter(pend.values())) <= now
+                   for pend in self._save_pending.values())
+
+    def _due_saves(self, now: float, wanted: dict) -> None:
+        """The save_state requests whose interval has passed (each space's
+        requests are in the order they came, so due times are in order)."""
+        for space, pend in self._save_pending.items():
+            while pend:
+                key = next(iter(pend))
+                if pend[key] > now:
+                    break
+                del pend[key]
+                wanted.setdefault(space, set()).add(key)
+
     def _bookkeeping(self, first_lsn: int, end_lsn: int, force: bool = False):
         """New partition rows, dirty marks and the snapshots this commit
         takes: partitions that asked save_state, the oldest dirty ones when a
@@ -107,8 +122,17 @@ class Checkpoints:
                         recent[item] = None
                 touched.clear()
             if space.to_save:
-                wanted[space] = set(space.to_save)
+                if self.save_state_interval <= 0:
+                    wanted[space] = set(space.to_save)
+                else:  # coalesced: at most one snapshot per interval
+                    pend = self._save_pending.setdefault(space, {})
+                    due = now + self.save_state_interval
+                    for key in space.to_save:
+                        if key not in pend:
+                            pend[key] = due
                 space.to_save.clear()
+        if self._save_pending:
+            self._due_saves(now, wanted)
         checkpointed = 0
         if force or self._checkpoint_due(now):
             held = None if force or not self._held else self._held_back(now)

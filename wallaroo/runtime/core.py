@@ -156,7 +156,8 @@ class WorkerCore(Checkpoints, Windowing):
                  name: str = "initializer", members: list[str] | None = None,
                  key_groups: int = DEFAULT_KEY_GROUPS,
                  addresses: dict | None = None,
-                 state_cache: int | None = None, deliver_only: bool = False):
+                 state_cache: int | None = None, deliver_only: bool = False,
+                 save_state_interval: float = 0.0):
         """``members``: the cluster's workers in order (default: this one
         alone); ``name``: this worker's; ``addresses`` (several hosts):
         every member's control and data addresses, saved with the
@@ -179,6 +180,10 @@ class WorkerCore(Checkpoints, Windowing):
         self.clock = clock
         self.checkpoint_interval = checkpoint_interval
         self.checkpoint_max = checkpoint_max
+        # save_state=True: a snapshot in the batch's own commit (0), or at
+        # most one per partition per this many seconds (checkpoints.py)
+        self.save_state_interval = save_state_interval
+        self._save_pending: dict = {}  # space -> {key: due (clock time)}
         # (state, key) -> clock time before which periodic checkpoints leave
         # that partition alone (its last snapshot was slow; _held_back)
         self._held: dict[tuple[str, Any], float] = {}
@@ -740,7 +745,8 @@ class WorkerCore(Checkpoints, Windowing):
         checkpoint is due, or delivery positions moved."""
         if self._delivered_pending or self._bases_pending:
             return True
-        return self._checkpoint_due(self.clock())
+        now = self.clock()
+        return self._checkpoint_due(now) or self._save_due(now)
 
     def note_delivered(self, sink: int, end_seq: int) -> None:
         """A sink wrote outputs up to ``end_seq``; saved with the next commit."""

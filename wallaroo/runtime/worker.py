@@ -67,6 +67,9 @@ class WorkerOptions:
     drain_timeout: float = 10.0
     checkpoint_interval: float = 1.0
     checkpoint_max: int = 1000
+    # a partition whose step asked save_state is snapshotted at most once
+    # per this many seconds (0: in the commit of every batch that asked)
+    save_state_interval: float = 0.05
     state_cache: int | None = None  # --state-cache N: partitions in memory
     inbox_bytes: int = 32 * 1024 * 1024
     max_batch: int = 10000
@@ -152,6 +155,7 @@ class Worker:
                                max_frame=self.opts.max_frame,
                                checkpoint_interval=self.opts.checkpoint_interval,
                                checkpoint_max=self.opts.checkpoint_max,
+                               save_state_interval=self.opts.save_state_interval,
                                state_cache=self.opts.state_cache,
                                framed_sinks=framed, name=self.opts.name,
                                members=cluster.members if cluster else None,
