@@ -134,3 +134,49 @@ def test_three_workers_match_the_model(kind, script):
     assert outputs() == fired(kind, committed, now[0])
     owners = {d.core.name for d in c.drivers if d.delivered_rows[0]}
     note(f"outputs from {sorted(owners)}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_windows_move_with_their_keys_in_a_rescale(kind):
+    """One worker holds open windows of eight keys; the cluster rescales to
+    three (the offline move of docs/cluster.md, "Rescaling"); the new owners
+    fire them with every message they held, each window once."""
+    from wallaroo.recovery import moves
+    now = [T0]
+    d = tempfile.mkdtemp(prefix="wallaroo-windows-rescale-")
+    args = ["--in", "x:0", "--out", "x:0", f"WINDOWS={kind}"]
+    committed: list[tuple[str, str, int]] = []
+    one = ClusterDriver(APP, 1, resilience_dir=d, args=args,
+                        event_clock=lambda: now[0])
+    one.start_all()
+    ids = iter(range(10**6))
+    for step in range(3):
+        msgs = [(k, str(next(ids))) for k in "abcdefgh" for _ in range(step + 1)]
+        one.feed(0, "ids", frames(msgs))
+        one.run_until_quiet()
+        committed += [(k, i, now[0]) for k, i in msgs]
+        now[0] += 1_500 * 10**6
+    rows = {"initializer": list(one.drivers[0].delivered_rows[0])}
+    one.drivers[0].stop()  # the drain's stop: every partition checkpointed
+    assert moves.check_quiet(d, "initializer") == []
+    three = ClusterDriver(APP, 3, resilience_dir=d, args=args,
+                          event_clock=lambda: now[0])
+    plan = moves.new_plan(["initializer"], three.names, 1024)
+    moves.write_plan(d, plan)
+    moves.run_plan(d, plan)
+    three.start_all()
+    msgs = [(k, str(next(ids))) for k in "abcdefgh"]
+    three.feed(1, "ids", frames(msgs))
+    three.run_until_quiet()
+    committed += [(k, i, now[0]) for k, i in msgs]
+    now[0] += 60 * 10**9
+    for drv in three.drivers:
+        drv.tick()
+    three.run_until_quiet()
+    lines = []
+    for name, drv in zip(three.names, three.drivers):
+        lines += exactly_once(rows.get(name, []) + drv.delivered_rows[0])
+    owners = [n for n, drv in zip(three.names, three.drivers)
+              if drv.core.spaces["ids windows"].parts]
+    assert len(owners) >= 2  # the keys did spread
+    assert by_key(lines) == fired(kind, committed, now[0])
