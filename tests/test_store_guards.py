@@ -220,8 +220,10 @@ def test_a_big_state_survives_sigkill_in_parts(procs, tmp_path):
     state = str(tmp_path / "state")
     out = tmp_path / "out.bin"
     recv, sink = start_receiver(procs, "--framing", "length", "--output", out)
+    # every save_state=True in its batch's commit: the kill comes right after
     w, port = start_worker(procs, SLOW, "--resilience-dir", state, "--delay-ms",
-                           "0", "--state-bytes", str(3 << 20), out_port=sink, env=env)
+                           "0", "--state-bytes", str(3 << 20),
+                           "--save-state-interval", "0", out_port=sink, env=env)
     send_all_and_close(port, u64_frames(range(1, 301)))
     deadline = time.monotonic() + WAIT
     while 300 not in {v for v, _ in sums(out.read_bytes() if out.exists() else b"")}:
@@ -233,8 +235,10 @@ def test_a_big_state_survives_sigkill_in_parts(procs, tmp_path):
     (parts,) = conn.execute("SELECT count(*) FROM snapshot_parts").fetchone()
     conn.close()
     assert parts >= 2
+    # every save_state=True in its batch's commit: the kill comes right after
     w, port = start_worker(procs, SLOW, "--resilience-dir", state, "--delay-ms",
-                           "0", "--state-bytes", str(3 << 20), out_port=sink, env=env)
+                           "0", "--state-bytes", str(3 << 20),
+                           "--save-state-interval", "0", out_port=sink, env=env)
     send_all_and_close(port, u64_frames(range(301, 401)))
     deadline = time.monotonic() + WAIT
     while 400 not in {v for v, _ in sums(out.read_bytes() if out.exists() else b"")}:
