@@ -22,7 +22,7 @@ key's total.  Median of ``--repeat`` runs, min and max shown.
 from __future__ import annotations
 
 import argparse
-import os
+import importlib.util
 import random
 import statistics
 import struct
@@ -158,11 +158,10 @@ def main(argv=None) -> int:
                                                       a.window_ms, False),
             "engine (NORMAL)": lambda: engine(payloads, a.batch, a.window_ms, True)}
     if not a.no_bytewax:
-        try:
-            import bytewax  # noqa: F401
+        if importlib.util.find_spec("bytewax") is not None:
             rows["bytewax 0.21 fold_window"] = lambda: bytewax(payloads, a.batch,
                                                                a.window_ms)
-        except ImportError:
+        else:
             print("bytewax is not installed (pip install 'bytewax==0.21.1', the "
                   "`bench` extra): no bytewax row")
     print(f"{a.messages} messages over {a.keys} keys, tumbling windows of "

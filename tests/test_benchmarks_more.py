@@ -94,3 +94,16 @@ def test_state_cache_benchmark_compares_with_and_without(tmp_path):
         assert r["hot_msgs_per_s"] > 0 and r["touch_all_s"] > 0
         assert r["peak_rss_mb"] >= r["rss_start_mb"] > 0
     assert "--state-cache 300" in stdout
+
+
+def test_windows_benchmark_checks_every_row():
+    import importlib.util
+    out = run("bench_windows.py", "--messages", "3000", "--keys", "200",
+                    "--window-ms", "50", "--repeat", "1")
+    rows = [line for line in out.splitlines()
+            if line.startswith(("plain loop", "engine", "bytewax"))]
+    names = ["plain loop", "engine (resilience off)", "engine (NORMAL)"]
+    if importlib.util.find_spec("bytewax") is not None:
+        names.append("bytewax 0.21 fold_window")
+    assert [r[:28].strip() for r in rows] == names, out
+    assert all(r.endswith("ok") for r in rows), out

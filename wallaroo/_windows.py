@@ -269,13 +269,15 @@ def _schedule(state_name: str, key, at) -> None:
 def _range_step(w: Windows, state_name: str, keyed: bool):
     agg = w.agg
     rng, slide, delay = w.range, w.slide, w.delay
+    wait = rng + delay  # from a window's start to its firing
     initial, update, output = agg.initial_accumulator, agg.update, agg.output
 
-    def fire(st: RangeWindowState, key, wm: int, out: list) -> None:
+    def fire(st: RangeWindowState, key, wm: int) -> list:
+        out = []
         windows = st.windows
         for start in sorted(windows):
             end = start + rng
-            if end + delay > wm:
+            if start + wait > wm:
                 break
             acc = windows.pop(start)
             if end > st.closed:
@@ -283,20 +285,24 @@ def _range_step(w: Windows, state_name: str, keyed: bool):
             o = output(key, acc)
             if o is not None:
                 out.append(Keyed(key, o) if keyed else o)
+        return out
 
     def step(item, st: RangeWindowState):
-        out: list = []
+        """-> the outputs of the windows that fired (None: none)."""
+        out = None
         now = CLOCK.now
+        windows = st.windows
         if type(item) is Tick:
             key = item.key
-            fire(st, key, now, out)
+            if windows and min(windows) + wait <= now:
+                out = fire(st, key, now)
         else:
             if keyed:
                 key, value = item.key, item.value
             else:
                 key, value = COLLECT_KEY, item
-            fire(st, key, now, out)
-            windows = st.windows
+            if windows and min(windows) + wait <= now:
+                out = fire(st, key, now)
             start = now - now % slide
             placed = False
             while start > now - rng:
@@ -314,8 +320,7 @@ def _range_step(w: Windows, state_name: str, keyed: bool):
                 timers = CLOCK.timers
                 if timers is not None:
                     timers.late(state_name)
-        _schedule(state_name, key,
-                  min(st.windows) + rng + delay if st.windows else None)
+        _schedule(state_name, key, min(windows) + wait if windows else None)
         return out
     return step
 
@@ -332,6 +337,7 @@ def _count_step(w: Windows, state_name: str, keyed: bool):
             out.append(Keyed(key, o) if keyed else o)
 
     def step(item, st: CountWindowState):
+        """-> the outputs of the windows that closed (an empty list: none)."""
         out: list = []
         now = CLOCK.now
         if type(item) is Tick:
