@@ -101,7 +101,7 @@ def test_windows_benchmark_checks_every_row():
     out = run("bench_windows.py", "--messages", "3000", "--keys", "200",
                     "--window-ms", "50", "--repeat", "1")
     rows = [line for line in out.splitlines()
-            if line.startswith(("plain loop", "engine", "bytewax"))]
+            if line.startswith(("plain loop", "engine", "bytewax 0.21"))]
     names = ["plain loop", "engine (resilience off)", "engine (NORMAL)"]
     if importlib.util.find_spec("bytewax") is not None:
         names.append("bytewax 0.21 fold_window")
