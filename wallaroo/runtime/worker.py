@@ -379,8 +379,10 @@ class Worker:
         after, checked, t0 = -1, 0, time.monotonic()
         while True:
             s0 = time.monotonic()
-            last, n = await trio.to_thread.run_sync(step, after, SCRUB_STEP,
-                                                    abandon_on_cancel=True)
+            # not abandoned on cancel: the store closes the step's reader
+            # connection at the stop, which must not happen under a query
+            # still running in the thread (sqlite3 may crash the process)
+            last, n = await trio.to_thread.run_sync(step, after, SCRUB_STEP)
             checked += n
             if last is None or n < SCRUB_STEP:
                 break
