@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from wallaroo.testing import ClusterDriver, Driver
 
-from tests.windows_model import Model, by_key, exactly_once, fired
+from tests.windows_model import Model, by_key, exactly_once
 
 APP = os.path.join(os.path.dirname(__file__), "apps", "windows_app.py")
 KINDS = ("tumbling", "sliding", "delayed", "count")
@@ -114,7 +114,7 @@ def test_three_workers_match_the_model(kind, script):
                       args=["--in", "x:0", "--out", "x:0", f"WINDOWS={kind}"],
                       event_clock=lambda: now[0])
     c.start_all()
-    committed: list[tuple[str, str, int]] = []
+    model = Model(kind)
     next_id = 0
 
     def outputs():
@@ -129,7 +129,8 @@ def test_three_workers_match_the_model(kind, script):
             for d in c.drivers:
                 d.tick()
             c.run_until_quiet()
-            assert outputs() == fired(kind, committed, now[0])
+            model.row([], now[0])
+            assert outputs() == model.out
             continue
         msgs = []
         for k in what:
@@ -137,12 +138,13 @@ def test_three_workers_match_the_model(kind, script):
             next_id += 1
         c.feed(worker, "ids", frames(msgs))
         c.run_until_quiet()  # every batch of the step at this time
-        committed += [(k, i, now[0]) for k, i in msgs]
+        model.row(msgs, now[0])
     now[0] += 60 * 10**9
     for d in c.drivers:
         d.tick()
     c.run_until_quiet()
-    assert outputs() == fired(kind, committed, now[0])
+    model.row([], now[0])
+    assert outputs() == model.out
     owners = {d.core.name for d in c.drivers if d.delivered_rows[0]}
     note(f"outputs from {sorted(owners)}")
 
@@ -156,7 +158,7 @@ def test_open_windows_move_with_their_keys_in_a_rescale(kind):
     now = [T0]
     d = tempfile.mkdtemp(prefix="wallaroo-windows-rescale-")
     args = ["--in", "x:0", "--out", "x:0", f"WINDOWS={kind}"]
-    committed: list[tuple[str, str, int]] = []
+    model = Model(kind)
     one = ClusterDriver(APP, 1, resilience_dir=d, args=args,
                         event_clock=lambda: now[0])
     one.start_all()
@@ -165,7 +167,7 @@ def test_open_windows_move_with_their_keys_in_a_rescale(kind):
         msgs = [(k, str(next(ids))) for k in "abcdefgh" for _ in range(step + 1)]
         one.feed(0, "ids", frames(msgs))
         one.run_until_quiet()
-        committed += [(k, i, now[0]) for k, i in msgs]
+        model.row(msgs, now[0])
         now[0] += 1_500 * 10**6
     rows = {"initializer": list(one.drivers[0].delivered_rows[0])}
     one.drivers[0].stop()  # the drain's stop: every partition checkpointed
@@ -179,7 +181,7 @@ def test_open_windows_move_with_their_keys_in_a_rescale(kind):
     msgs = [(k, str(next(ids))) for k in "abcdefgh"]
     three.feed(1, "ids", frames(msgs))
     three.run_until_quiet()
-    committed += [(k, i, now[0]) for k, i in msgs]
+    model.row(msgs, now[0])
     now[0] += 60 * 10**9
     for drv in three.drivers:
         drv.tick()
@@ -190,4 +192,5 @@ def test_open_windows_move_with_their_keys_in_a_rescale(kind):
     owners = [n for n, drv in zip(three.names, three.drivers)
               if drv.core.spaces["ids windows"].parts]
     assert len(owners) >= 2  # the keys did spread
-    assert by_key(lines) == fired(kind, committed, now[0])
+    model.row([], now[0])
+    assert by_key(lines) == model.out

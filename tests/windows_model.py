@@ -1,6 +1,6 @@
 """What a windowed application must output, from the messages and the
 times they were taken in (the reference the windows tests check against;
-docs/windows.md has the rules)."""
+docs/windows.md has the rules): ``Model``."""
 
 from __future__ import annotations
 
@@ -13,45 +13,6 @@ PARAMS = {  # (range, slide, delay) or ("count", n)
     "delayed": (3 * SECOND, 3 * SECOND, 2 * SECOND),
     "count": ("count", 3),
 }
-
-
-def fired(kind: str, messages: list[tuple[str, str, int]],
-          watermark: int) -> dict[str, list[str]]:
-    """Per key, the outputs (``key:ids``) of the windows that have fired
-    once the worker's watermark is ``watermark``; ``messages`` are (key,
-    id, ingest time) in the order they were processed."""
-    p = PARAMS[kind]
-    out: dict[str, list[str]] = {}
-    if p[0] == "count":
-        n = p[1]
-        groups: dict[str, list] = {}  # key -> [ids, last time]
-        for key, mid, t in messages:
-            g = groups.get(key)
-            if g and t >= g[1] + COUNT_FLUSH_NS:
-                out.setdefault(key, []).append(f"{key}:{'.'.join(g[0])}")
-                g = None
-            if not g:
-                g = groups[key] = [[], t]
-            g[0].append(mid)
-            g[1] = t
-            if len(g[0]) == n:
-                out.setdefault(key, []).append(f"{key}:{'.'.join(g[0])}")
-                del groups[key]
-        for key, g in groups.items():
-            if watermark >= g[1] + COUNT_FLUSH_NS:
-                out.setdefault(key, []).append(f"{key}:{'.'.join(g[0])}")
-        return out
-    rng, slide, delay = p
-    windows: dict[tuple[str, int], list[str]] = {}
-    for key, mid, t in messages:
-        start = t - t % slide
-        while start > t - rng:
-            windows.setdefault((key, start), []).append(mid)
-            start -= slide
-    for (key, start) in sorted(windows, key=lambda w: (w[0], w[1])):
-        if start + rng + delay <= watermark:
-            out.setdefault(key, []).append(f"{key}:{'.'.join(windows[(key, start)])}")
-    return out
 
 
 def by_key(lines: list[str]) -> dict[str, list[str]]:
@@ -77,8 +38,8 @@ def exactly_once(rows) -> list[str]:
 
 
 class Model:
-    """The same rules, message by message, for a clock that may also go
-    back (a worker restarted on a host whose clock is behind): each key's
+    """The rules, message by message, for a clock that may also go back (a
+    worker restarted on a host whose clock is behind): each key's
     windows fire when a message of the key comes or after each row, once
     the watermark (the row's time) passes their end plus the delay; a
     message whose windows have all fired is late and dropped."""
