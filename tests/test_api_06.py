@@ -469,3 +469,9 @@ def test_a_kafka_source_and_sink_build_in_a_06_pipeline():
         "kafka06", wallaroo.source("k", src_cfg).to(upper).to_sink(sink_cfg))
     assert spec.pipelines[0].source.address == "kafka:in-topic"
     assert spec.sinks[0].address == "kafka:out-topic"
+
+
+def test_a_source_name_with_quotes_names_its_pipeline():
+    spec = wallaroo.build_application(
+        "quotes", wallaroo.source("it's \"here\"", source()).to(upper).to_sink(sink()))
+    assert [p.name for p in spec.pipelines] == ["it's \"here\""]

@@ -37,6 +37,8 @@ class _Node:
 
     def __init__(self, kind: str, parents: tuple, arg: Any, label: str):
         self.kind = kind  # source | to | key_by | collect | merge | sinks
+        # arg: (name, config) of a source, the step of a "to", the key
+        # extractor of a "key_by", the sink configs of "sinks"
         self.parents = parents
         self.arg = arg
         self.label = label
@@ -116,7 +118,7 @@ def source(name, source_config) -> Pipeline:
     # checked now, so the error points at this call
     source_spec(source_config, name, f"wallaroo.source({name!r})",
                 call="wallaroo.source()")
-    return Pipeline(_Node("source", (), source_config, f"source {name!r}"))
+    return Pipeline(_Node("source", (), (name, source_config), f"source {name!r}"))
 
 
 def build_application(application_name, pipeline) -> AppSpec:
@@ -152,8 +154,7 @@ class _Translation:
         pipelines = []
         for path in paths:
             src = path[0]
-            name = src.label[len("source "):]
-            name = name[1:-1] if name.startswith("'") else name
+            name = src.arg[0]
             if id(src) in seen:
                 raise WallarooParameterError(
                     f"application {self.app!r}: source {name!r} reaches the "
@@ -172,7 +173,7 @@ class _Translation:
 
     def _pipeline(self, index: int, name: str, path: list[_Node]) -> PipelineSpec:
         where = f"pipeline {name!r}"
-        src = source_spec(path[0].arg, name, where, call="wallaroo.source()")
+        src = source_spec(path[0].arg[1], name, where, call="wallaroo.source()")
         keyed = False
         steps: list[StepSpec] = []
         for node in path[1:-1]:
@@ -304,13 +305,7 @@ def _keep_key(fn, multi: bool):
         return one
 
     def many(m):
-        r = fn(m.value)
-        if r is None:
-            return None
-        if isinstance(r, (str, bytes, dict)) or not hasattr(r, "__iter__"):
-            return r  # the engine refuses it, naming the step
-        k = m.key
-        return [Keyed(k, x) for x in r if x is not None]
+        return _keyed_outputs(m.key, fn(m.value))
     return many
 
 
@@ -324,12 +319,15 @@ def _keep_key_state(fn, multi: bool, keyed: bool):
         return one
 
     def many(m, st):
-        r = fn(m.value, st)
-        if r is None or isinstance(r, (str, bytes, dict)) or not hasattr(r, "__iter__"):
-            return r
-        k = m.key
-        return [Keyed(k, x) for x in r if x is not None]
+        return _keyed_outputs(m.key, fn(m.value, st))
     return many
+
+
+def _keyed_outputs(key, r):
+    """A multi step's outputs for a keyed message, each with the key."""
+    if r is None or isinstance(r, (str, bytes, dict)) or not hasattr(r, "__iter__"):
+        return r  # None: nothing; not a list: the engine refuses it, naming the step
+    return [Keyed(key, x) for x in r if x is not None]
 
 
 def _unkeyed(encode):

@@ -330,27 +330,32 @@ def _count_step(w: Windows, state_name: str, keyed: bool):
     count = w.count
     initial, update, output = agg.initial_accumulator, agg.update, agg.output
 
-    def emit(st: CountWindowState, key, out: list) -> None:
+    def emit(st: CountWindowState, key, out: list | None) -> list | None:
         o = output(key, st.acc)
         st.acc, st.n = None, 0
-        if o is not None:
-            out.append(Keyed(key, o) if keyed else o)
+        if o is None:
+            return out
+        o = Keyed(key, o) if keyed else o
+        if out is None:
+            return [o]
+        out.append(o)
+        return out
 
     def step(item, st: CountWindowState):
-        """-> the outputs of the windows that closed (an empty list: none)."""
-        out: list = []
+        """-> the outputs of the windows that closed (None: none)."""
+        out = None
         now = CLOCK.now
         if type(item) is Tick:
             key = item.key
             if st.n and now >= st.last + COUNT_FLUSH_NS:
-                emit(st, key, out)
+                out = emit(st, key, out)
         else:
             if keyed:
                 key, value = item.key, item.value
             else:
                 key, value = COLLECT_KEY, item
             if st.n and now >= st.last + COUNT_FLUSH_NS:
-                emit(st, key, out)  # the quiet window closes first
+                out = emit(st, key, out)  # the quiet window closes first
             if st.acc is None:
                 st.acc = initial()
             r = update(value, st.acc)
@@ -359,7 +364,7 @@ def _count_step(w: Windows, state_name: str, keyed: bool):
             st.n += 1
             st.last = now
             if st.n >= count:
-                emit(st, key, out)
+                out = emit(st, key, out)
         _schedule(state_name, key, st.last + COUNT_FLUSH_NS if st.n else None)
         return out
     return step

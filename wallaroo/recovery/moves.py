@@ -216,31 +216,31 @@ def check_quiet(directory: str, worker: str) -> list[str]:
         return problems
 
 
-def stored_fingerprint(directory: str, worker: str) -> dict | None:
-    """Read-only: the application fingerprint a worker's database holds."""
-    path = db_file(directory, worker)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+def _read_row(directory: str, worker: str, sql: str, args: tuple = ()):
+    """Read-only: the first row ``sql`` gives on a worker's database."""
+    conn = sqlite3.connect(f"file:{db_file(directory, worker)}?mode=ro", uri=True)
     try:
-        row = conn.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+        return conn.execute(sql, args).fetchone()
     finally:
         conn.close()
+
+
+def stored_fingerprint(directory: str, worker: str) -> dict | None:
+    """Read-only: the application fingerprint a worker's database holds."""
+    row = _read_row(directory, worker,
+                    "SELECT value FROM meta WHERE key='fingerprint'")
     return None if row is None else json.loads(row[0])
 
 
 def undelivered_outputs(directory: str, worker: str) -> int:
     """Read-only: outputs for the application's sinks (not peers) that
     the worker's database holds undelivered."""
-    path = db_file(directory, worker)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        (n,) = conn.execute(
-            "SELECT coalesce(sum(s.next_seq - s.delivered), 0) FROM sinks s "
-            "LEFT JOIN sink_identities i ON i.sink = s.sink WHERE "
-            "s.next_seq > s.delivered AND (i.pipeline IS NULL OR "
-            "substr(i.pipeline, 1, ?) != ?)",
-            (len(PEER_PREFIX), PEER_PREFIX)).fetchone()
-    finally:
-        conn.close()
+    (n,) = _read_row(
+        directory, worker,
+        "SELECT coalesce(sum(s.next_seq - s.delivered), 0) FROM sinks s "
+        "LEFT JOIN sink_identities i ON i.sink = s.sink WHERE "
+        "s.next_seq > s.delivered AND (i.pipeline IS NULL OR "
+        "substr(i.pipeline, 1, ?) != ?)", (len(PEER_PREFIX), PEER_PREFIX))
     return n
 
 
@@ -252,14 +252,9 @@ def membership_of(directory: str, worker: str) -> dict | None:
 
 def is_retired(directory: str, worker: str) -> bool:
     """Read-only: whether a database is marked retired."""
-    path = db_file(directory, worker)
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key=?",
-                               (RETIRED,)).fetchone()
-        finally:
-            conn.close()
+        row = _read_row(directory, worker, "SELECT value FROM meta WHERE key=?",
+                        (RETIRED,))
     except sqlite3.Error:
         return False
     return row is not None

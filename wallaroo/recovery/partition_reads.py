@@ -189,12 +189,13 @@ class PartitionReads:
         """The keys of every stored partition of ``state`` (its window
         partitions are all loaded at start: runtime/windowing.py)."""
         rows = self._conn.execute(
-            "SELECT pid, CAST(key AS BLOB) FROM partitions WHERE state=? "
-            "ORDER BY pid", (state,)).fetchall()
-        for pid, blob in rows:
+            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+            f"WHERE p.state=? ORDER BY p.pid", (state,)).fetchall()
+        for cols in rows:
+            prow = reading.partition_row(self.path, cols)  # its checksum checked
             try:
-                yield snapshots.loads(blob)
+                yield snapshots.loads(prow.key)
             except Exception as e:
                 raise CorruptionError(
-                    f"{self.path}: cannot load the key of partition {pid} "
+                    f"{self.path}: cannot load the key of partition {prow.pid} "
                     f"(state {state!r}): {type(e).__name__}: {e}") from e

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 
 import trio
@@ -111,7 +113,7 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
                       directory, name, "; ".join(problems))
             return 2
     for name in sup.names:  # a retired worker comes back: its own run ends
-        proc = getattr(sup, "retired_procs", {}).get(name)
+        proc = sup.retired_procs.get(name)
         if proc is not None and proc.returncode is None:
             proc.terminate()
             await proc.wait()
@@ -437,8 +439,6 @@ async def deliver_retired(sup, task_status=trio.TASK_STATUS_IGNORED) -> None:
     own, with no sources (``--deliver-retired``), until its sinks have
     them all; again after ``--restart-delay`` when it fails.  Its log goes
     to ``<name>.log`` and to the supervisor's stderr as ``<name> | ...``."""
-    import subprocess
-    import sys
     from ..recovery.files import worker_names
     directory = sup.resilience_dir
     waiting = []
@@ -459,12 +459,12 @@ async def deliver_retired(sup, task_status=trio.TASK_STATUS_IGNORED) -> None:
             sup.log.info("retired worker %s holds %d undelivered outputs: "
                          "delivering them", name, n)
             sup.delivering.add(name)
-            nursery.start_soon(_deliver_one, sup, name, subprocess, sys)
+            nursery.start_soon(_deliver_one, sup, name)
 
 
-async def _deliver_one(sup, name: str, subprocess, sys) -> None:
+async def _deliver_one(sup, name: str) -> None:
     try:
-        await _deliver_loop(sup, name, subprocess, sys)
+        await _deliver_loop(sup, name)
     finally:
         sup.delivering.discard(name)
 
@@ -473,7 +473,7 @@ def _still_retired(sup, name: str) -> bool:
     return not sup.stopping and name not in sup.names
 
 
-async def _deliver_loop(sup, name: str, subprocess, sys) -> None:
+async def _deliver_loop(sup, name: str) -> None:
     cmd = [sys.executable, "-m", "wallaroo.cli", "run", sup.app_path,
            *sup.worker_args, "--name", name, "--deliver-retired"]
     failures = 0
