@@ -211,10 +211,12 @@ class ClusterSide:
                     65536, socket.CMSG_SPACE(16 * 4))
             except OSError as e:
                 self.log.error("the link to the supervisor broke: %s; stopping", e)
+                self.worker.stop_mode = "orphaned"
                 self.worker.request_stop()
                 return
             if not data:
                 self.log.warning("the supervisor is gone; stopping")
+                self.worker.stop_mode = "orphaned"
                 self.worker.request_stop()
                 return
             fds = []

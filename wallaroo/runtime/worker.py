@@ -194,7 +194,11 @@ class Worker:
     # "rescale", nothing is waited for (the old cluster's drain delivers
     # what is in flight); "drained", the same after its sources were
     # closed and nothing was left in flight, and every partition is
-    # checkpointed whatever the time.  None: a stop like any other.
+    # checkpointed whatever the time; "orphaned", the supervisor is gone
+    # (its next run restarts the cluster, and this worker's database must
+    # be free for it): nothing is waited for either, the peers being
+    # stopped too; what is undelivered stays in the outboxes.  None: a stop
+    # like any other.
     stop_mode: str | None = None
     _sources_scope: trio.CancelScope | None = None
 
