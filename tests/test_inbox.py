@@ -125,3 +125,27 @@ def _consume(ch, got):
     assert ch.frames == framed(vals)[1]
     assert ch.first_seq == len(got[ch.key])  # contiguous per stream
     got[ch.key].extend(vals)
+
+
+def test_a_take_copies_only_what_it_takes_not_the_backlog():
+    """A batch of a long backlog cuts its frames from the front of the
+    pieces as they were read: the pieces behind stay the very objects the
+    connection queued (they used to be joined into one blob at every take,
+    copying the whole backlog per batch)."""
+    async def main():
+        inbox = Inbox(1 << 30, [4])
+        pieces = []
+        for i in range(50):
+            payloads, fr = framed(range(i * 100, i * 100 + 100))
+            pieces.append(fr)
+            inbox.put_nowait(None, "a", 0, payloads, fr, None, None, "conn a")
+        q = inbox._queues["a"]
+        (ch,) = inbox.take(150)  # one piece and a half
+        assert ch.frames == pieces[0] + pieces[1][:50 * 12]
+        assert len(q.frames) == 49 and q.frames[0] is pieces[1] and q.fpos == 50 * 12
+        assert all(a is b for a, b in zip(q.frames, pieces[1:]))
+        (ch,) = inbox.take(50)  # exactly the rest of a piece
+        assert ch.frames == pieces[1][50 * 12:] and q.frames[0] is pieces[2]
+        (ch,) = inbox.take(10 ** 6)
+        assert ch.frames == b"".join(pieces[2:]) and inbox.bytes == 0
+    trio.run(main)

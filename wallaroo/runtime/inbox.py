@@ -76,10 +76,44 @@ class _Queue:
         while puts and puts[0][0] <= self.taken:
             puts.popleft()
 
-    def joined(self) -> bytes:
-        if len(self.frames) > 1:
-            self.frames = [b"".join(self.frames)]
-        return self.frames[0]
+    def cut(self, nbytes: int) -> bytes:
+        """The first ``nbytes`` of the frames not yet taken, which are then
+        taken.  ``frames`` holds the pieces as they were read and ``fpos``
+        where the first one's rest begins: only the bytes taken are copied,
+        never the backlog behind them (a batch of a long backlog used to
+        join all of it)."""
+        pieces, start = self.frames, self.fpos
+        first = pieces[0]
+        end = start + nbytes
+        if end <= len(first):
+            out = first if (start == 0 and end == len(first)) else first[start:end]
+            if end == len(first) and len(pieces) > 1:
+                del pieces[0]
+                self.fpos = 0
+            else:
+                self.fpos = end
+            return out
+        parts = [first[start:] if start else first]
+        need = end - len(first)
+        i = 1
+        while need > 0:
+            p = pieces[i]
+            if len(p) <= need:
+                parts.append(p)
+                need -= len(p)
+                i += 1
+            else:
+                parts.append(p[:need])
+                break
+        del pieces[:i]
+        self.fpos = need if need > 0 else 0
+        if not pieces:
+            pieces.append(b"")
+        return b"".join(parts)
+
+    def frame_bytes(self) -> int:
+        """Bytes of the frames not yet taken."""
+        return sum(map(len, self.frames)) - self.fpos
 
     @property
     def arrived(self) -> int:
@@ -231,26 +265,24 @@ class Inbox:
         return chunks
 
     def _take_arrived(self, key: object, q: _Queue, budget: int) -> Chunk:
-        frames = q.joined()
         n = min(q.arrived, budget)
         if n == q.arrived:
             payloads = q.payloads if q.pos == 0 else q.payloads[q.pos:]
-            part = frames if q.fpos == 0 else frames[q.fpos:]
+            part = q.cut(q.frame_bytes())
             ch = Chunk(q.source, payloads, part, q.stream, q.first_seq, q.origin,
                        key, q.position, connector=q.connector, arrived=q.arrived_at)
             q.payloads, q.frames, q.pos, q.fpos = [], [b""], 0, 0
         else:
             end = q.pos + n
             head = q.payloads[q.pos:end]
-            cut = q.fpos + sum(map(len, head)) + n * self.header_lengths[q.source]
-            ch = Chunk(q.source, head, frames[q.fpos:cut], q.stream, q.first_seq,
+            part = q.cut(sum(map(len, head)) + n * self.header_lengths[q.source])
+            ch = Chunk(q.source, head, part, q.stream, q.first_seq,
                        q.origin, key, q.position, connector=q.connector,
                        arrived=q.arrived_at)
-            q.pos, q.fpos = end, cut
+            q.pos = end
             if q.pos > len(q.payloads) // 2:  # drop the consumed front
                 del q.payloads[:q.pos]
-                q.frames = [frames[cut:]]
-                q.pos = q.fpos = 0
+                q.pos = 0
         q.took(n)
         if q.first_seq is not None:
             q.first_seq += n
