@@ -11,6 +11,7 @@ import time
 
 from ..recovery import snapshots
 from ..recovery.records import PartitionRow, SnapshotRow
+from .attribute_layout import inline_copy
 from .placement import stable_hash
 from .sharded import MASK as SHARD_MASK
 from .states import StateSpace
@@ -156,8 +157,12 @@ class Checkpoints:
                 if key not in space.dirty:
                     continue
                 t1 = time.perf_counter()
+                state = parts[key]
                 blob, pickler, refs = snapshots.dumps_state(
-                    parts[key], space.describe_key(key), self.app.serializer)
+                    state, space.describe_key(key), self.app.serializer)
+                # pickling moved its attributes into a dict: lay them out
+                # inline again (attribute_layout.py)
+                parts[key] = inline_copy(state, 2)  # `state` and parts
                 # pickling holds the loop; writing the rows holds every
                 # output behind this commit
                 cost = time.perf_counter() - t1 + len(blob) / SNAPSHOT_WRITE_RATE

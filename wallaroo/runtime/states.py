@@ -15,6 +15,7 @@ from typing import Any
 from .._spec import StateSpec
 from ..recovery import snapshots
 from ..recovery.errors import CorruptionError, StoreError, UnpicklableState
+from .attribute_layout import inline_copy
 from .placement import stable_hash
 from .sharded import MASK as SHARD_MASK, ShardedDict
 
@@ -153,6 +154,7 @@ class StateSpace:
             if not place:
                 return state
             if snap is not None:
+                state = inline_copy(state, 1)  # attribute_layout.py
                 self.snap_lsn[key] = snap.lsn
             if prow.key_group >= 0 and self._routed():
                 self.groups[key] = prow.key_group
