@@ -82,3 +82,32 @@ def test_the_thread_restarts_a_wal_past_its_limit_between_commits(tmp_path):
     finally:
         cp.close()
         conn.close()
+
+
+def test_a_restarted_wal_is_written_again_not_cut_back_below_the_journal_limit(tmp_path):
+    """After a restart the first commit truncates the WAL file to
+    ``journal_size_limit`` if it is larger: freeing tens of megabytes took
+    that commit 20 ms, once per ``wal_limit`` of WAL.  The store's limit
+    sits above ``wal_limit`` (plus what a round of commits adds), so a WAL
+    the thread restarts is written again from its start, and only what a
+    burst left beyond the limit is cut back."""
+    assert checkpointer.JOURNAL_SIZE_LIMIT >= checkpointer.WAL_LIMIT + (8 << 20)
+    for limit, truncated in ((1 << 30, False), (65536, True)):
+        d = tmp_path / str(limit)
+        d.mkdir()
+        path, conn = wal_db(d, rows=0)
+        conn.execute(f"PRAGMA journal_size_limit={limit}")
+        conn.execute("BEGIN")
+        for _ in range(100):  # about 400 KB of WAL
+            conn.execute("INSERT INTO t VALUES (randomblob(4000))")
+        conn.execute("COMMIT")
+        before = os.path.getsize(path + "-wal")
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        assert not busy
+        conn.execute("INSERT INTO t VALUES (1)")  # the WAL starts over
+        after = os.path.getsize(path + "-wal")
+        if truncated:
+            assert after <= limit < before
+        else:
+            assert after == before
+        conn.close()

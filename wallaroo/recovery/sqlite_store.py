@@ -25,7 +25,7 @@ from typing import Iterator
 
 from . import bulk, reading, schema, sink_identities, vacuum
 from .key_index import KeyIndex
-from .checkpointer import Checkpointer
+from .checkpointer import JOURNAL_SIZE_LIMIT, Checkpointer
 from .partition_reads import PartitionReads
 from .errors import CorruptionError, IncompatibleDirectory, StoreError
 from .files import (MANIFEST_SUFFIX, DatabaseLock, Position, PositionFile,
@@ -42,8 +42,6 @@ SYNCHRONOUS = ("NORMAL", "FULL")
 # The environment variable lowers it for tests of the split.
 PART_BYTES = int(os.environ.get("WALLAROO_SNAPSHOT_PART_BYTES", 64 * 1024 * 1024))
 
-
-JOURNAL_SIZE_LIMIT = 4 << 20  # bytes
 
 
 def db_path(directory: str, worker: str) -> str:
