@@ -100,7 +100,7 @@ def test_report_has_every_row_and_ratio(report):
     assert all(r["value"] > 0 for r in res["ratios"])
     assert res["machine"]["nproc"] >= 1 and res["machine"]["python"]
     assert "bench_alphabet.py --messages 20000" in res["command"]
-    assert "command:" in stdout and "Ratios the project targets" in stdout
+    assert "command:" in stdout and "What the project targets" in stdout
     assert res["problems"] == []
 
 
