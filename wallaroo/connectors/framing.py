@@ -55,7 +55,27 @@ class Framer:
         max_frame = self.max_frame
         too_big = self._too_big
 
+        signed = st.format[-1:] in ("b", "h", "i", "l", "q", "n")
+
+        # the loop runs once per message: as few operations as it can
         def split(data: bytes) -> tuple[list[bytes], int]:
+            payloads: list[bytes] = []
+            append = payloads.append
+            pos = 0
+            n = len(data)
+            last = n - hl  # a header fits while pos <= last
+            while pos <= last:
+                (ln,) = unpack_from(data, pos)
+                if ln > max_frame:
+                    raise PartialFrames(payloads, pos, too_big(ln))
+                start = pos + hl
+                pos = start + ln
+                if pos > n:  # incomplete: it starts at the header
+                    return payloads, start - hl
+                append(data[start:pos])
+            return payloads, pos
+
+        def split_signed(data: bytes) -> tuple[list[bytes], int]:
             payloads: list[bytes] = []
             append = payloads.append
             pos = 0
@@ -71,7 +91,7 @@ class Framer:
                 append(data[start:end])
                 pos = end
             return payloads, pos
-        return split
+        return split_signed if signed else split
 
     def _generic_split(self, data: bytes) -> tuple[list[bytes], int]:
         payloads: list[bytes] = []

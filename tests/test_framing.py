@@ -1,0 +1,61 @@
+"""Framer.split against a reference: any bytes, cut anywhere, give the
+complete frames at the front and how far they reach; a length over the
+limit (or negative, for a signed header) is refused after the good frames."""
+
+from __future__ import annotations
+
+import struct
+
+import hypothesis.strategies as st
+from hypothesis import given, settings
+
+from wallaroo._spec import DecoderSpec
+from wallaroo.connectors.framing import Framer, PartialFrames
+
+
+def reference(data: bytes, fmt: str, max_frame: int):
+    s = struct.Struct(fmt)
+    out, pos = [], 0
+    while len(data) - pos >= s.size:
+        (ln,) = s.unpack_from(data, pos)
+        if ln > max_frame or ln < 0:
+            return out, pos, "refused"
+        if pos + s.size + ln > len(data):
+            break
+        out.append(data[pos + s.size:pos + s.size + ln])
+        pos += s.size + ln
+    return out, pos, None
+
+
+@st.composite
+def streams(draw):
+    fmt = draw(st.sampled_from([">I", "<H", ">B", ">Q", ">i", "<h", ">q"]))
+    s = struct.Struct(fmt)
+    signed = fmt[-1] in "ihq"
+    parts = []
+    for payload in draw(st.lists(st.binary(max_size=40), max_size=12)):
+        ln = len(payload)
+        roll = draw(st.integers(0, 30))
+        if roll == 0:
+            ln = 41 + draw(st.integers(0, 200))  # over the limit below
+        elif roll == 1 and signed:
+            ln = -draw(st.integers(1, 100))
+        parts.append(s.pack(ln) + payload)
+    data = b"".join(parts)
+    cut = draw(st.integers(0, len(data)))
+    return fmt, data[:cut]
+
+
+@settings(max_examples=400, deadline=None)
+@given(streams())
+def test_split_matches_the_reference(case):
+    fmt, data = case
+    framer = Framer(DecoderSpec("d", struct.calcsize(fmt), fmt, None, bytes),
+                    max_frame=40)
+    want, pos, refused = reference(data, fmt, 40)
+    try:
+        got, consumed = framer.split(data)
+    except PartialFrames as e:
+        assert refused and e.payloads == want and e.consumed == pos
+    else:
+        assert not refused and got == want and consumed == pos
