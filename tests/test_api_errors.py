@@ -793,3 +793,24 @@ def test_wallaroo_run_reports_a_missing_address_option():
     done = _run_cli("--out", "127.0.0.1:0")
     assert done.returncode == 2, done.stderr
     assert "--in" in done.stderr and "HOST:PORT" in done.stderr
+
+
+@pytest.mark.parametrize("bad_output, words", [
+    (lambda data: 1 / 0, ["division by zero"]),
+    (lambda data: 7, ["not bytes"]),
+])
+def test_an_encoder_after_a_state_step_fails_one_message(caplog, bad_output, words):
+    """A state step followed by one plain sink runs the sink's body inlined
+    (dataflow.py): its failures are still the encoder's, one message each,
+    and a str output is still sent as UTF-8."""
+    @wallaroo.encoder
+    def picky(data):
+        if data.startswith("bad"):
+            return bad_output(data)
+        return data + "\n" if data.startswith("a") else (data + "\n").encode()
+
+    d, batch = run(one_step_app(lambda ab: ab.to_stateful(tally, Tally, "t"),
+                                encoder=picky), MESSAGES)
+    assert_one_failure(caplog, batch, ["picky", *words], lines(d),
+                       ["a1 1", "b2 3", "a3 4"])
+    assert d.state("t").total == 4
