@@ -159,10 +159,43 @@ def logged_loop(framed: bytes, app, db_path: str, batch: int = 1000,
     return elapsed, b"".join(all_out), size
 
 
-def bytewax_run(framed: bytes, app, batch_size: int) -> tuple[float, bytes]:
+def frame_chunks(framed: bytes, size: int = 65536) -> list[bytes]:
+    """``framed`` cut into pieces of about ``size`` bytes at frame ends, as
+    a reader of the stream would get them (no frame straddles two)."""
+    unpack_from = struct.Struct(">I").unpack_from
+    chunks, start, pos, n = [], 0, 0, len(framed)
+    while pos < n:
+        (ln,) = unpack_from(framed, pos)
+        pos += 4 + ln
+        if pos - start >= size or pos >= n:
+            chunks.append(framed[start:pos])
+            start = pos
+    return chunks
+
+
+def split_frames(chunk: bytes) -> list[bytes]:
+    """The payloads of the whole frames in ``chunk`` (the plain loop's
+    framing, as a function for Bytewax's flat_map)."""
+    unpack_from = struct.Struct(">I").unpack_from
+    out: list[bytes] = []
+    append = out.append
+    pos, n = 0, len(chunk)
+    while pos < n:
+        (ln,) = unpack_from(chunk, pos)
+        start = pos + 4
+        pos = start + ln
+        append(chunk[start:pos])
+    return out
+
+
+def bytewax_run(framed: bytes, app, batch_size: int,
+                from_frames: bool = False) -> tuple[float, bytes]:
     """Bytewax 0.21: TestingSource over the payloads (frames already split),
     decode, key on the partition function, stateful_map with TotalVotes and
-    the state computation, encode, TestingSink; run_main in this process."""
+    the state computation, encode, TestingSink; run_main in this process.
+    ``from_frames``: the source gives the framed input in 64 KiB pieces
+    instead, and a ``flat_map`` splits them (the framing the plain loop and
+    the engine do too)."""
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import TestingSink, TestingSource, run_main
@@ -179,10 +212,13 @@ def bytewax_run(framed: bytes, app, batch_size: int) -> tuple[float, bytes]:
         result, _save = compute(data, state)
         return state, result
 
-    items = payloads(framed)
     out: list[bytes] = []
     flow = Dataflow("alphabet")
-    s = op.input("in", flow, TestingSource(items, batch_size))
+    if from_frames:
+        s = op.input("in", flow, TestingSource(frame_chunks(framed), 1))
+        s = op.flat_map("split", s, split_frames)
+    else:
+        s = op.input("in", flow, TestingSource(payloads(framed), batch_size))
     s = op.map("decode", s, decode)
     s = op.key_on("partition", s, partition)
     s = op.stateful_map("add_votes", s, add)
