@@ -123,7 +123,6 @@ def engine_run(app: Path, inputs: list[Path], outputs: int, framing: str,
     drain = subprocess.Popen(["cat"], stdin=sup.stderr, stdout=subprocess.DEVNULL)
     pids = [w["pid"] for w in json.load(open(cluster_file))["workers"]]
     cpu0 = sum(cpu_seconds(p) for p in pids)
-    t0 = time.perf_counter()
     senders = [subprocess.Popen(py + ["send", source, "--frames", str(p), "--quiet"],
                                 stderr=subprocess.DEVNULL) for p in inputs]
     elapsed = float(recv.stdout.readline())  # first output to the last

@@ -23,7 +23,6 @@ with the workers.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import socket
 import subprocess
