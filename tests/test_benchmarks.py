@@ -88,7 +88,8 @@ def report(tmp_path_factory):
 def test_report_has_every_row_and_ratio(report):
     res, stdout = report
     expected_rows = ["plain_loop", "engine_in_process", "engine_off", "engine_normal",
-                     "engine_full", "logged_loop_rows", "logged_loop"] + (["bytewax"] if HAS_BYTEWAX else [])
+                     "engine_full", "logged_loop_rows", "logged_loop"] + (
+        ["bytewax", "bytewax_frames"] if HAS_BYTEWAX else [])
     assert list(res["rows"]) == expected_rows
     for key in expected_rows:
         assert res["rows"][key]["msgs_per_s"] > 0, key

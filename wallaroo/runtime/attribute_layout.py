@@ -30,6 +30,11 @@ import weakref
 from typing import Any
 
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
+# Only where both the slowdown and the reference counts below were checked:
+# CPython 3.11 (this project's).  Later versions changed how attributes are
+# laid out and may count references on the interpreter's stack differently;
+# there the state object is kept as it is.
+ACTIVE = sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11)
 _plain: dict[type, bool] = {}
 
 
@@ -47,6 +52,8 @@ def inline_copy(obj: Any, holders: int) -> Any:
     inline (see above) when its class is plain and nothing but the
     caller's ``holders`` references (its variables, the dict it lives in)
     holds it."""
+    if not ACTIVE:
+        return obj
     cls = type(obj)
     plain = _plain.get(cls)
     if plain is None:
