@@ -5,6 +5,7 @@ state, across snapshots, crashes and reloads."""
 
 from __future__ import annotations
 
+import random
 import weakref
 
 import pytest
@@ -86,6 +87,52 @@ def test_inline_copy_copies_plain_objects_only():
     ref = weakref.ref(p)
     assert inline_copy(p, 2) is p  # a weak reference would die with it
     del ref
-    for cls in (layout_app.Slotted, layout_app.Mapping, layout_app.Guarded):
+    for cls in (layout_app.Slotted, layout_app.Mapping, layout_app.Guarded, *_KEPT):
         obj = cls()
-        assert inline_copy(obj, 1) is obj
+        assert inline_copy(obj, 1) is obj, cls
+
+
+class _Seeded(random.Random):  # its generator's state is not in __dict__
+    pass
+
+
+class _Finalized:  # dropping the old object would run __del__
+    def __init__(self):
+        self.n = 1
+
+    def __del__(self):
+        pass
+
+
+class _Counted:  # a __new__ of its own would run again
+    def __new__(cls):
+        return super().__new__(cls)
+
+
+class _Hidden:  # __dict__ is read through __getattribute__
+    def __getattribute__(self, name):
+        if name == "__dict__":
+            raise AttributeError(name)
+        return object.__getattribute__(self, name)
+
+
+class _Shadowed:  # an instance entry under a property's name
+    def __init__(self):
+        self.__dict__["x"] = 1
+
+    @property
+    def x(self):
+        return 2
+
+    @x.setter
+    def x(self, value):
+        raise RuntimeError("the setter")
+
+
+class _SelfDict:  # an attribute holding the instance dict itself
+    def __init__(self):
+        self.x = 1
+        self.fields = vars(self)
+
+
+_KEPT = (_Seeded, _Finalized, _Counted, _Hidden, _Shadowed, _SelfDict, ValueError)

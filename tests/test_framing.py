@@ -29,9 +29,10 @@ def reference(data: bytes, fmt: str, max_frame: int):
 
 @st.composite
 def streams(draw):
-    fmt = draw(st.sampled_from([">I", "<H", ">B", ">Q", ">i", "<h", ">q"]))
+    fmt = draw(st.sampled_from([">I", "<H", ">B", ">Q", ">i", "<h", ">q",
+                                "!i ", ">ix", ">hx", "!I "]))
     s = struct.Struct(fmt)
-    signed = fmt[-1] in "ihq"
+    signed = s.unpack(b"\xff" * s.size)[0] < 0
     parts = []
     for payload in draw(st.lists(st.binary(max_size=40), max_size=12)):
         ln = len(payload)

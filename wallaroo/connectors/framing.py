@@ -55,7 +55,10 @@ class Framer:
         max_frame = self.max_frame
         too_big = self._too_big
 
-        signed = st.format[-1:] in ("b", "h", "i", "l", "q", "n")
+        # a length that can be negative (all bits set reads below 0: a signed
+        # type, whatever padding or spaces the format has) needs the checked
+        # loop: the fast one would stand still or go backwards on it
+        signed = st.unpack(b"\xff" * st.size)[0] < 0
 
         # the loop runs once per message: as few operations as it can
         def split(data: bytes) -> tuple[list[bytes], int]:
