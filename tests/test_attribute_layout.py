@@ -49,13 +49,19 @@ def test_counts_stay_exact_across_snapshots_crashes_and_reloads(tmp_path, kind):
     assert d.state("counts", "a").bump() == 6  # the live object is the counted one
 
 
-@copies
-def test_a_plain_state_is_replaced_by_a_copy_after_its_snapshot(tmp_path):
-    d = Driver(layout_app, args=["layout", "--kind", "plain"],
+def parts_after_one(tmp_path, kind: str) -> tuple[Driver, dict]:
+    """A worker with state ``kind`` that counted one "a" (and snapshotted
+    it), and its partitions."""
+    d = Driver(layout_app, args=["layout", "--kind", kind],
                resilience_dir=str(tmp_path))
     d.start()
     run(d, ["a"])
-    parts = d.core.spaces["counts"].parts
+    return d, d.core.spaces["counts"].parts
+
+
+@copies
+def test_a_plain_state_is_replaced_by_a_copy_after_its_snapshot(tmp_path):
+    d, parts = parts_after_one(tmp_path, "plain")
     before = id(parts["a"])  # not a reference: one would keep it as it is
     run(d, ["a"])
     after = parts["a"]
@@ -65,11 +71,7 @@ def test_a_plain_state_is_replaced_by_a_copy_after_its_snapshot(tmp_path):
 
 
 def test_a_state_held_elsewhere_is_kept_as_it_is(tmp_path):
-    d = Driver(layout_app, args=["layout", "--kind", "parented"],
-               resilience_dir=str(tmp_path))
-    d.start()
-    run(d, ["a"])
-    parts = d.core.spaces["counts"].parts
+    d, parts = parts_after_one(tmp_path, "parented")
     before = parts["a"]
     run(d, ["a", "a"])
     assert parts["a"] is before and before.n == 3
