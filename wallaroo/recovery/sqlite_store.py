@@ -43,7 +43,6 @@ SYNCHRONOUS = ("NORMAL", "FULL")
 PART_BYTES = int(os.environ.get("WALLAROO_SNAPSHOT_PART_BYTES", 64 * 1024 * 1024))
 
 
-
 def db_path(directory: str, worker: str) -> str:
     return os.path.join(directory, f"{worker}.db")
 
