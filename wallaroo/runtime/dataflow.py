@@ -255,9 +255,8 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
     habit = [not save_flag]  # look for a habitual (output, bool) until warned
 
     # The body below is written twice, in apply() and inline in the
-    # one-worker push() (three times: a push() with the sink inlined, below):
-    # a function call per message is a few percent of the engine's time,
-    # and push() is the hot path of every state step.
+    # one-worker push(): a function call per message is a few percent of
+    # the engine's time, and push() is the hot path of every state step.
     def apply(key, item):
         seen[0] += 1
         try:
@@ -332,6 +331,11 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
             apply(key, item)
         return push_routed, apply
 
+    # The step's outputs go to one plain sink (the usual shape): push() runs
+    # the sink stage's body itself (~5% of the engine's time); else emit().
+    fused = None if step.multi else getattr(nxt, "fused", None)
+    sink_name, encode, append = fused or (None, None, None)
+
     def push(item):
         if part_fn is None:
             key = None
@@ -379,74 +383,21 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
             out = r
             if habit[0] and type(r) is tuple and len(r) == 2 and type(r[1]) is bool:
                 habit[0] = _warn_habit(step, r)
-        if out is not None:
+        if out is None:
+            return
+        if encode is None:
             emit(out)
-    fused = None if step.multi else getattr(nxt, "fused", None)
-    if fused is not None:
-        # The step's outputs go to one plain sink (the usual shape): push()
-        # once more with the sink stage's body inlined at its end, which
-        # saves a call per message (~5% of the engine's time).
-        sink_name, encode, append = fused
-
-        def push(item):  # noqa: F811 (the same as above, sink inlined)
-            if part_fn is None:
-                key = None
-            else:
-                try:
-                    key = part_fn(item)
-                except Exception as e:
-                    fail(part_name, e)
-                    return
-            try:
-                st = parts[key]
-            except KeyError:
-                try:
-                    st = create(key)
-                except StoreError:
-                    raise  # the store's fault, not the message's: the worker stops
-                except Exception as e:
-                    fail(part_name if isinstance(e, PartitionKeyError)
-                         else f"state {space.name!r} constructor", e)
-                    return
-            except TypeError:
-                fail(part_name, PartitionKeyError(
-                    f"returned unhashable key {key!r:.80} "
-                    f"({type(key).__name__}); keys must support == and hash()"))
+            return
+        try:  # the sink stage (_sink_stage), inlined: a call fewer per message
+            b = encode(out)
+        except Exception as e:
+            fail(sink_name, e)
+            return
+        if type(b) is not bytes:
+            b = _coerce_bytes(sink_name, b, fail)
+            if b is None:
                 return
-            if rebuild and ctx.base + cell[0] <= snap_lsn.get(key, -1):
-                return  # the snapshot already absorbed this message
-            try:
-                r = compute(item, st)
-            except Exception as e:
-                touched_add(key)
-                fail(name, e)
-                return
-            touched_add(key)
-            if save_flag:
-                try:
-                    out, save = r
-                except (TypeError, ValueError):
-                    fail(name, StepError(f"a state computation must return "
-                                         f"(output, save_state), got {r!r:.80}"))
-                    return
-                if save:
-                    save_add(key)
-            else:
-                out = r
-                if habit[0] and type(r) is tuple and len(r) == 2 and type(r[1]) is bool:
-                    habit[0] = _warn_habit(step, r)
-            if out is None:
-                return
-            try:  # the sink stage (_sink_stage), inlined
-                b = encode(out)
-            except Exception as e:
-                fail(sink_name, e)
-                return
-            if type(b) is not bytes:
-                b = _coerce_bytes(sink_name, b, fail)
-                if b is None:
-                    return
-            append(b)
+        append(b)
     if counted_by_source:
         return push, apply
 
