@@ -1,9 +1,13 @@
 """``wallaroo cluster grow`` and ``wallaroo cluster shrink``: rescaling a
-running one-host cluster (``wallaroo run APP --workers N
---resilience-dir DIR``).  The command reaches the supervisor through its
+running cluster.  One host (``wallaroo run APP --workers N
+--resilience-dir DIR``): the command reaches the supervisor through its
 Unix socket, ``DIR/supervisor.sock`` (mode 0600: whoever may use the
 resilience directory may rescale), sends one JSON line and prints the
-answer.  See docs/cluster.md, "Rescaling"."""
+answer.  Several hosts: ``shrink --control H:P --cluster-secret-file F``
+asks any worker's control port (authenticated with the cluster secret),
+which passes the request to the cluster's first member; a cluster over
+several hosts grows by a worker started with ``wallaroo run APP --join``.
+See docs/cluster.md, "Rescaling" and "Rescaling (several hosts)"."""
 
 from __future__ import annotations
 
@@ -30,8 +34,9 @@ def _ask(directory: str, request: dict) -> dict:
         raise click.ClickException(
             f"{path} does not exist: no supervisor runs on {directory} (start "
             f"the cluster with `wallaroo run APP --workers N --resilience-dir "
-            f"{directory}`; several hosts: not supported yet, restart every "
-            f"worker instead)")
+            f"{directory}`; several hosts: `wallaroo cluster shrink --control "
+            f"H:P --cluster-secret-file F`, and `wallaroo run APP --join H:P` "
+            f"to grow)")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
     try:
@@ -85,18 +90,31 @@ def grow(directory, count):
 @click.option("--count", type=click.IntRange(min=1),
               help="How many workers leave (the last ones).")
 @click.option("--query", is_flag=True, help="List which workers may leave.")
-def shrink(directory, names, count, query):
-    """Remove workers from the cluster running on DIRECTORY.  A leaving
-    worker hands its key groups (with their state) to the others and
-    stops; its database stays, marked retired (`wallaroo recovery
-    inspect` shows it), with any output it had not delivered.
+@click.option("--control", "control", metavar="HOST:PORT",
+              help="Several hosts: any worker's control address (instead of "
+                   "DIRECTORY).")
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
+              metavar="FILE", help="With --control: the cluster's secret.")
+def shrink(directory, names, count, query, control, cluster_secret_file):
+    """Remove workers from the cluster running on DIRECTORY (one host), or
+    reached at --control (several hosts).  A leaving worker hands its key
+    groups (with their state) to the others and stops; its database stays,
+    marked retired (`wallaroo recovery inspect` shows it), with any output
+    it had not delivered.
 
     \b
-    Example:
+    One host:
       wallaroo cluster shrink ./state --query
       wallaroo cluster shrink ./state --names worker-2
       wallaroo cluster shrink ./state --count 1
+
+    \b
+    Several hosts (the worker on 10.0.0.3 leaves; its host can go):
+      wallaroo cluster shrink --control 10.0.0.1:7100 \\
+          --cluster-secret-file secret --names worker-2
     """
+    if control is not None:
+        return _shrink_remote(control, cluster_secret_file, names, count, query)
     if query:
         a = _ask(directory, {"op": "query"})
         click.echo(f"members: {', '.join(a['members'])}")
@@ -110,3 +128,66 @@ def shrink(directory, names, count, query):
     else:
         request["count"] = count
     _done(_ask(directory, request))
+
+
+def _shrink_remote(control: str, secret_file: str | None, names, count,
+                   query) -> None:
+    import time
+
+    import trio
+
+    from .connectors.auth import AuthError, load_secret
+    from .runtime.control import ask, ask_verb
+    from .tools.common import parse_address
+    if not secret_file:
+        raise click.UsageError("--control needs --cluster-secret-file FILE")
+    if not query and (names is None) == (count is None):
+        raise click.UsageError("give --names W1,W2 or --count K (or --query)")
+    try:
+        address = parse_address(control, "--control")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--control") from None
+    try:
+        secret = load_secret(secret_file)
+    except (AuthError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    body = {"query": True} if query else (
+        {"names": [n.strip() for n in names.split(",") if n.strip()]}
+        if names is not None else {"count": count})
+
+    def call(fn, *args, **kw):
+        try:
+            return trio.run(lambda: fn(*args, **kw))
+        except (OSError, AuthError, trio.TooSlowError, trio.BrokenResourceError,
+                ValueError) as e:
+            raise click.ClickException(f"{control}: {e or type(e).__name__}") from None
+
+    t0 = time.monotonic()
+    answer = call(ask_verb, address, secret, "SHRINK", body, timeout=60)
+    if "error" in answer:
+        raise click.ClickException(answer["error"])
+    if query:
+        click.echo(f"members: {', '.join(answer['members'])}")
+        click.echo(f"may leave: {', '.join(answer['may_leave']) or 'none'}")
+        if answer.get("rescaling"):
+            click.echo("a rescale is in progress")
+        return
+    new = answer["plan"]["new"]
+    coordinator = parse_address(answer["coordinator"], "coordinator")
+    click.echo(f"rescale {answer['accepted']} accepted: "
+               f"{len(answer['plan']['old'])} -> {len(new)} workers")
+    deadline = t0 + TIMEOUT
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            got = trio.run(lambda: ask(coordinator, secret, "MEMBERS", timeout=5))
+        except (OSError, AuthError, trio.TooSlowError, trio.BrokenResourceError,
+                ValueError):
+            continue  # the coordinator is between two runs
+        if got.get("members") == new and "rescale" not in got:
+            _done({"seconds": time.monotonic() - t0, "members": new})
+            return
+    raise click.ClickException(f"the rescale did not finish within {TIMEOUT:.0f}s; "
+                               f"`wallaroo status --control {control} "
+                               f"--cluster-secret-file {secret_file}` shows where "
+                               f"it is")

@@ -151,6 +151,11 @@ class _RawArgsCommand(click.Command):
                    "initializer: where it listens).")
 @click.option("--data", "data_addr", metavar="HOST:PORT",
               help="Several hosts, initializer: where its data port listens.")
+@click.option("--join", "join_addr", metavar="HOST:PORT",
+              help="Several hosts: join a running cluster through any worker's "
+                   "control address (with --name, --my-control, --my-data, "
+                   "--resilience-dir); it grows by this worker, which takes its "
+                   "share of the key groups with their state.")
 @click.option("--my-control", metavar="HOST:PORT",
               help="Several hosts, other workers: where this one's control "
                    "port listens.")
@@ -195,8 +200,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         resumable_sinks, kafka_transactions, metrics_addr, kafka_options,
         sink_outbox_max, workers,
         restart_delay,
-        cluster_initializer, worker_count, control_addr, data_addr, my_control,
-        my_data, cluster_secret_file, peer_outbox_max, cluster_members,
+        cluster_initializer, worker_count, control_addr, data_addr, join_addr,
+        my_control, my_data, cluster_secret_file, peer_outbox_max, cluster_members,
         supervisor_fd, rescale_drain, deliver_retired, forget_streams_after,
         drain_timeout, log_level, profile_dir, app_args):
     """Run the application APP (a .py file, or an importable module).
@@ -231,6 +236,12 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
       wallaroo run APP.py --control 10.0.0.1:7100 --name worker-1 \\
           --my-control 10.0.0.2:7100 --my-data 10.0.0.2:7101 --in 10.0.0.2:7010 \\
           --out 10.0.0.9:7002 --resilience-dir ./state --cluster-secret-file secret
+
+    \b
+    A fourth host joins the running cluster (docs/cluster.md, "Rescaling"):
+      wallaroo run APP.py --join 10.0.0.1:7100 --name worker-3 \\
+          --my-control 10.0.0.4:7100 --my-data 10.0.0.4:7101 --in 10.0.0.4:7010 \\
+          --out 10.0.0.9:7002 --resilience-dir ./state --cluster-secret-file secret
     """
     from .runtime.runner import run_worker
     target = application_module or app
@@ -248,7 +259,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
     from .connectors.tcp_source import default_max_connections
     metrics = _address_option(metrics_addr, "--metrics")
     if workers is not None:
-        if control_addr or cluster_initializer or supervisor_fd is not None:
+        if control_addr or cluster_initializer or join_addr or \
+                supervisor_fd is not None:
             raise click.UsageError("--workers runs a cluster on this host; "
                                    "--control / --cluster-initializer are for "
                                    "several hosts: give one or the other")
@@ -259,7 +271,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                                 metrics=metrics))
     cluster = _cluster_args(cluster_initializer, worker_count, control_addr,
                             data_addr, my_control, my_data, cluster_secret_file,
-                            cluster_members, supervisor_fd, peer_outbox_max, name)
+                            cluster_members, supervisor_fd, peer_outbox_max, name,
+                            join_addr, resilience_dir)
     if rescale_drain:
         if cluster is None or cluster["kind"] != "supervised":
             raise click.UsageError("--rescale-drain is the supervisor's")
@@ -303,12 +316,33 @@ def _address_option(text: str | None, flag: str):
 
 
 def _cluster_args(initializer, worker_count, control, data, my_control, my_data,
-                  secret_file, members, supervisor_fd, peer_outbox_max, name):
+                  secret_file, members, supervisor_fd, peer_outbox_max, name,
+                  join=None, resilience_dir=None):
     """How this worker belongs to a cluster (None: on its own)."""
     if supervisor_fd is not None:  # started by `--workers`' supervisor
         return {"kind": "supervised", "members": members.split(","),
                 "secret_file": secret_file, "supervisor_fd": supervisor_fd,
                 "peer_outbox_max": peer_outbox_max}
+    if join is not None:
+        if initializer or control or worker_count or data:
+            raise click.UsageError("--join grows a running cluster; --control, "
+                                   "--cluster-initializer, --worker-count and "
+                                   "--data form a new one: give one or the other")
+        if not secret_file:
+            raise click.UsageError("--join needs --cluster-secret-file FILE")
+        if my_control is None or my_data is None:
+            raise click.UsageError(f"worker {name!r} joining through --join needs "
+                                   f"--my-control HOST:PORT and --my-data HOST:PORT "
+                                   f"(where its own ports listen)")
+        if name == "initializer":
+            raise click.UsageError("a worker joining a cluster needs its own --name")
+        if resilience_dir is None:
+            raise click.UsageError("--join needs --resilience-dir: the new worker "
+                                   "takes its share of the state")
+        return {"kind": "joiner", "join": _address_option(join, "--join"),
+                "my_control": _address_option(my_control, "--my-control"),
+                "my_data": _address_option(my_data, "--my-data"),
+                "secret_file": secret_file, "peer_outbox_max": peer_outbox_max}
     if not (initializer or control):
         for flag, v in (("--worker-count", worker_count), ("--data", data),
                         ("--my-control", my_control), ("--my-data", my_data)):

@@ -112,12 +112,13 @@ class Session:
         return hmac.compare_digest(self.tag(seq, data), tag)
 
 
-async def read_line(stream: trio.abc.Stream, buf: bytearray) -> bytes:
-    """One line of at most MAX_LINE bytes; what follows it stays in ``buf``."""
+async def read_line(stream: trio.abc.Stream, buf: bytearray,
+                    limit: int = MAX_LINE) -> bytes:
+    """One line of at most ``limit`` bytes; what follows it stays in ``buf``."""
     while b"\n" not in buf:
-        if len(buf) > MAX_LINE:
+        if len(buf) > limit:
             raise AuthError("a line longer than the handshake allows")
-        more = await stream.receive_some(MAX_LINE)
+        more = await stream.receive_some(max(MAX_LINE, min(limit, 65536)))
         if not more:
             raise AuthError("closed during the handshake")
         buf += more
@@ -178,7 +179,7 @@ async def connect(stream: trio.abc.Stream, secret: bytes, me: str,
 
 
 async def accept_request(stream: trio.abc.Stream, secret: bytes, me: str, log,
-                         port: str):
+                         port: str, limit: int = MAX_LINE):
     """The server side of a control or data port connection: authenticate
     the client and read its first sealed line.  Returns ``(peer, name,
     session, line, buf)`` (``peer``: the client's address; ``buf``: what was
@@ -192,7 +193,7 @@ async def accept_request(stream: trio.abc.Stream, secret: bytes, me: str, log,
     try:
         name, session = await accept(stream, secret, me, buf)
         with trio.fail_after(TIMEOUT):
-            line = session.open(await read_line(stream, buf))
+            line = session.open(await read_line(stream, buf, limit))
     except (AuthError, trio.TooSlowError, trio.BrokenResourceError,
             trio.ClosedResourceError, OSError) as e:
         log.warning("%s: dropped a connection from %s: %s", port, peer,

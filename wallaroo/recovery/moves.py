@@ -59,6 +59,8 @@ class Plan:
     old: tuple[str, ...]
     new: tuple[str, ...]
     key_groups: int
+    # several hosts: every new member's {"control", "data"} addresses
+    addresses: dict | None = None
 
     def owner(self, group: int) -> str:
         """The new member that owns ``group`` (placement.Placement's rule)."""
@@ -79,16 +81,28 @@ class Plan:
         return self.new[stable_hash((source, stream)) % len(self.new)]
 
     def to_json(self) -> dict:
-        return {"id": self.id, "old": list(self.old), "new": list(self.new),
+        body = {"id": self.id, "old": list(self.old), "new": list(self.new),
                 "key_groups": self.key_groups}
+        if self.addresses is not None:
+            body["addresses"] = self.addresses
+        return body
+
+    @classmethod
+    def from_json(cls, body: dict) -> "Plan":
+        addresses = body.get("addresses")
+        return cls(str(body["id"]), tuple(body["old"]), tuple(body["new"]),
+                   int(body["key_groups"]),
+                   None if addresses is None else dict(addresses))
 
 
 def plan_path(directory: str) -> str:
     return os.path.join(directory, PLAN_FILE)
 
 
-def new_plan(old: list[str], new: list[str], key_groups: int) -> Plan:
-    return Plan(f"{time.time_ns():x}", tuple(old), tuple(new), key_groups)
+def new_plan(old: list[str], new: list[str], key_groups: int,
+             addresses: dict | None = None) -> Plan:
+    return Plan(f"{time.time_ns():x}", tuple(old), tuple(new), key_groups,
+                addresses)
 
 
 def write_plan(directory: str, plan: Plan) -> None:
@@ -108,8 +122,7 @@ def read_plan(directory: str) -> Plan | None:
     try:
         with open(path) as f:
             body = json.load(f)
-        return Plan(str(body["id"]), tuple(body["old"]), tuple(body["new"]),
-                    int(body["key_groups"]))
+        return Plan.from_json(body)
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as e:
@@ -266,14 +279,17 @@ def _nothing(step: str) -> None:
     pass
 
 
-def take(directory: str, taker: str, plan: Plan, before=_nothing) -> int:
-    """Step 1 for ``taker``: copy what it now owns from every old member.
-    Returns how many partitions it took (0 when already done)."""
+def take(directory: str, taker: str, plan: Plan, before=_nothing,
+         giver_files: dict[str, str] | None = None) -> int:
+    """Step 1 for ``taker``: copy what it now owns from every old member
+    (from ``giver_files[giver]`` when given: copies of databases on other
+    hosts).  Returns how many partitions it took (0 when already done)."""
+    files = giver_files or {}
     with _Open(directory, taker) as db:
         if db.meta(TAKEN) == plan.id:
             return 0
         with db.transaction(f"take {taker}", before) as c:
-            n = sum(_take_from(c, db_file(directory, g), taker, plan)
+            n = sum(_take_from(c, files.get(g) or db_file(directory, g), taker, plan)
                     for g in plan.old if g != taker)
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TAKEN, plan.id))
         return n
@@ -402,11 +418,42 @@ def give(directory: str, giver: str, plan: Plan, before=_nothing) -> int:
         return n
 
 
+def taken_already(directory: str, taker: str, plan: Plan) -> bool:
+    """Read-only: whether ``taker`` took its share for ``plan``."""
+    if not os.path.exists(db_file(directory, taker)):
+        return False
+    try:
+        row = _read_row(directory, taker, "SELECT value FROM meta WHERE key=?",
+                        (TAKEN,))
+    except sqlite3.Error:
+        return False
+    return row is not None and row[0] == plan.id
+
+
+def export_copy(directory: str, worker: str, dest: str) -> None:
+    """A consistent copy of a worker's database (SQLite's backup), for a
+    taker on another host; the worker must not be running."""
+    src = sqlite3.connect(f"file:{db_file(directory, worker)}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(dest)
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
 def set_membership(directory: str, worker: str, plan: Plan,
                    before=_nothing) -> None:
     """Step 3: the new membership; ``retired`` set for a worker that left,
-    cleared for one that is a member (again)."""
+    cleared for one that is a member (again).  Several hosts: with every
+    member's addresses, and ``rescaled`` (the initializer's
+    ``--worker-count`` no longer binds)."""
     body = {"members": list(plan.new), "key_groups": plan.key_groups}
+    if plan.addresses is not None:
+        body["addresses"] = {n: plan.addresses[n] for n in plan.new}
+        body["rescaled"] = plan.id
     text = json.dumps({**body, "checksum": control_checksum(
         "membership", json.dumps(body, sort_keys=True))}, sort_keys=True)
     with _Open(directory, worker) as db:

@@ -59,6 +59,7 @@ class ClusterSide:
         self.server: DataServer | None = None
         self._link = None  # trio socket to the supervisor
         self._handed: dict[int, trio.MemorySendChannel] = {}
+        self.rescaler = None  # several hosts: host_rescale.RunningSide
 
     # -- the destinations ------------------------------------------------
     def make_senders(self, reader, limiter) -> dict[int, ChannelSender]:
@@ -130,6 +131,12 @@ class ClusterSide:
         return {"error": f"the cluster is formed ({members}); {who!r} is not a "
                          f"member"}
 
+    def status(self) -> dict:
+        st = self.worker.status()
+        if self.rescaler is not None:
+            st.update(self.rescaler.status_extra())
+        return st
+
     def address_of(self, name: str) -> tuple[str, int] | None:
         return self.config.peer_addresses.get(name)
 
@@ -143,9 +150,16 @@ class ClusterSide:
         host = self.config.advertise_host or host
         self.data_address = (host, port)
         nursery.start_soon(self.server.serve)
+        verbs = {}
+        if self.config.addresses is not None and self.config.supervisor_fd is None:
+            from .host_rescale import RunningSide  # several hosts: rescales
+            self.rescaler = RunningSide(self, w.store.directory
+                                        if w.store.durable else None)
+            self.rescaler.nursery = nursery
+            verbs = self.rescaler.verbs()
         self.control = ControlServer(self.me, self.config.secret, self.log,
-                                     status=self.worker.status, members=self.members,
-                                     join=self._join_after_formation)
+                                     status=self.status, members=self.members,
+                                     join=self._join_after_formation, verbs=verbs)
         chost, cport = await self.control.bind(*self.config.control_bind)
         self.control_address = (self.config.advertise_host or chost, cport)
         nursery.start_soon(self.control.serve)

@@ -7,12 +7,19 @@ requests, one JSON line back, both sealed with the session key.
                 (several hosts, the initializer while the cluster forms) a
                 worker joins; the answer comes once every worker has joined:
                 the membership, in order
+    <VERB> <json>\n
+                a verb of ``verbs`` with a JSON body (several hosts'
+                rescale: ``host_rescale.py``); a verb may answer with a file:
+                a sealed header line ``{"size", "sha256"}``, then the bytes
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import trio
@@ -20,16 +27,33 @@ import trio
 from ..connectors import auth
 
 
+REQUEST_LIMIT = 64 * 1024  # a request line with its JSON body
+FILE_CHUNK = 1 << 20
+
+
+@dataclass
+class FileAnswer:
+    """A verb's answer that is a file's bytes (``path``), removed once sent
+    when ``remove``."""
+    path: str
+    remove: bool = True
+
+
+Verb = Callable[[dict], Awaitable["dict | FileAnswer"]]
+
+
 class ControlServer:
     def __init__(self, me: str, secret: bytes, log: logging.Logger,
                  status: Callable[[], dict], members: Callable[[], dict],
-                 join: Callable[[str, str, str], Awaitable[dict]] | None = None):
+                 join: Callable[[str, str, str], Awaitable[dict]] | None = None,
+                 verbs: dict[str, Verb] | None = None):
         self.me = me
         self.secret = secret
         self.log = log
         self.status = status
         self.members = members
         self.join = join
+        self.verbs = dict(verbs or {})
         self.listeners: list[trio.SocketListener] = []
 
     async def bind(self, host: str, port: int) -> tuple[str, int]:
@@ -42,12 +66,25 @@ class ControlServer:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         got = await auth.accept_request(stream, self.secret, self.me, self.log,
-                                        "control port")
+                                        "control port", REQUEST_LIMIT)
         if got is None:
             return
         _, name, session, line, _ = got
+        verb, _, body = line.partition(b" ")
         try:
-            if line == b"STATUS":
+            if verb.decode("ascii", "replace") in self.verbs:
+                try:
+                    request = json.loads(body or b"{}")
+                except ValueError:
+                    request = None
+                if not isinstance(request, dict):
+                    answer = {"error": f"{verb.decode()}: the body is not a JSON object"}
+                else:
+                    answer = await self.verbs[verb.decode()](request)
+                if isinstance(answer, FileAnswer):
+                    await send_file(stream, session, answer)
+                    return
+            elif line == b"STATUS":
                 answer = self.status()
             elif line == b"MEMBERS":
                 answer = self.members()
@@ -64,6 +101,77 @@ class ControlServer:
             pass
         finally:
             await trio.aclose_forcefully(stream)
+
+
+async def send_file(stream, session, answer: FileAnswer) -> None:
+    try:
+        digest = hashlib.sha256()
+        with open(answer.path, "rb") as f:
+            while chunk := f.read(FILE_CHUNK):
+                digest.update(chunk)
+            size = f.tell()
+            header = {"size": size, "sha256": digest.hexdigest()}
+            await stream.send_all(session.seal(json.dumps(header).encode()))
+            f.seek(0)
+            while chunk := f.read(FILE_CHUNK):
+                await stream.send_all(chunk)
+    finally:
+        if answer.remove:
+            try:
+                os.unlink(answer.path)
+            except OSError:
+                pass
+
+
+async def fetch_file(address: tuple[str, int], secret: bytes, verb: str,
+                     body: dict, dest: str, me: str = "wallaroo-cli",
+                     timeout: float = 600.0) -> int:
+    """Ask for a file with ``verb``; write it to ``dest`` (fsynced), its
+    SHA-256 checked against the sealed header.  Returns its size; an
+    error answer raises ``ControlError``."""
+    from ..connectors.channel import open_authenticated
+    with trio.fail_after(timeout):
+        stream, _, session = await open_authenticated(address, secret, me)
+        try:
+            await stream.send_all(session.seal(
+                verb.encode() + b" " + json.dumps(body).encode()))
+            buf = bytearray()
+            header = json.loads(session.open(
+                await auth.read_line(stream, buf, REQUEST_LIMIT)))
+            if "error" in header:
+                raise ControlError(header["error"])
+            size, want = int(header["size"]), header["sha256"]
+            digest = hashlib.sha256()
+            got = 0
+            with open(dest, "wb") as f:
+                while True:
+                    data = bytes(buf) if buf else await stream.receive_some(FILE_CHUNK)
+                    buf.clear()
+                    if not data:
+                        break
+                    f.write(data)
+                    digest.update(data)
+                    got += len(data)
+                    if got >= size:
+                        break
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            await trio.aclose_forcefully(stream)
+    if got != size or digest.hexdigest() != want:
+        raise ControlError(f"{address[0]}:{address[1]}: the file arrived damaged "
+                           f"or cut short ({got} of {size} bytes)")
+    return size
+
+
+class ControlError(Exception):
+    """A control request was answered with an error, or failed."""
+
+
+async def ask_verb(address: tuple[str, int], secret: bytes, verb: str, body: dict,
+                   me: str = "wallaroo-cli", timeout: float = 10.0) -> dict:
+    """``ask`` with a verb and a JSON body."""
+    return await ask(address, secret, f"{verb} {json.dumps(body)}", me, timeout)
 
 
 async def ask(address: tuple[str, int], secret: bytes, request: str,

@@ -62,7 +62,8 @@ def check_saved(saved: dict, name: str, control: str, data: str,
     if name not in members:
         raise FormationError(f"this resilience directory belongs to a cluster of "
                              f"{members}, which has no worker {name!r}")
-    if worker_count is not None and worker_count != len(members):
+    if worker_count is not None and worker_count != len(members) \
+            and not saved.get("rescaled"):  # --worker-count binds until a rescale
         raise FormationError(
             f"the cluster was formed with {len(members)} workers ({', '.join(members)}); "
             f"this run says --worker-count {worker_count}.  Start it with its "
@@ -147,3 +148,48 @@ async def join(initializer: tuple[str, int], name: str, control_text: str,
             raise FormationError(f"the initializer at {initializer[0]}:"
                                  f"{initializer[1]} refused: {answer['error']}")
         return answer
+
+
+class Retired(Exception):
+    """This worker left its cluster in a rescale (its database is marked
+    retired): it only delivers what it still holds."""
+
+
+async def grow(contact: tuple[str, int], name: str, control_text: str,
+               data_text: str, secret: bytes, resilience_dir: str | None,
+               log: logging.Logger) -> None:
+    """A worker that joins a running cluster (``--join``): ask any member
+    to grow the cluster by it (retrying while it is down or busy with
+    another rescale); once accepted, the plan is saved in this worker's
+    plan file and it waits in move mode (``host_rescale.py``)."""
+    from ..recovery.moves import Plan
+    from .host_rescale import write_plan_file
+    if resilience_dir is None:
+        raise FormationError("a worker joining a running cluster (--join) needs "
+                             "--resilience-dir: it takes its share of the state")
+    delay, attempts, noted = 0.1, 0, None
+    body = {"name": name, "control": control_text, "data": data_text}
+    while True:
+        attempts += 1
+        try:
+            answer = await ask(contact, secret, "GROW " + json.dumps(body), me=name,
+                               timeout=60)
+        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
+                trio.ClosedResourceError, ValueError) as e:
+            answer = {"error": str(e) or type(e).__name__, "retry": True}
+        if "accepted" in answer:
+            plan = Plan.from_json(answer["plan"])
+            write_plan_file(resilience_dir, name, plan, "joining",
+                            plan.old[0])
+            log.info("joining the cluster of %s: rescale %s accepted by %s",
+                     ", ".join(plan.old), plan.id, answer.get("coordinator"))
+            return
+        if not answer.get("retry"):
+            raise FormationError(f"the cluster at {contact[0]}:{contact[1]} "
+                                 f"refused to grow by {name!r}: {answer['error']}")
+        if answer["error"] != noted or attempts % 30 == 0:
+            noted = answer["error"]
+            log.info("joining the running cluster through %s:%d: %s; retrying",
+                     *contact, answer["error"])
+        await trio.sleep(delay)
+        delay = min(2.0, delay * 2)

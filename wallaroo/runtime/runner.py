@@ -13,8 +13,10 @@ from . import logs
 from .loader import ApplicationLoadError, load_application
 from ..connectors.auth import AuthError, load_secret
 from .cluster_side import ClusterConfig
-from .formation import (FormationError, check_saved, initialize, join,
-                        saved_membership)
+from ..recovery.moves import is_retired
+from .formation import (FormationError, Retired, check_saved, grow, initialize,
+                        join, saved_membership)
+from .host_rescale import read_plan_file
 from .worker import CommitFailed, Worker, WorkerOptions
 
 EXIT_OK = 0
@@ -65,11 +67,26 @@ def _run_worker(app: str, args: list[str], *, name: str, resilience_dir: str | N
         " without resilience (state is lost when the process stops)"
     log.info("starting application %r%s", spec.name, where)
     holder: list[Worker] = []
+    after: list[str] = []  # several hosts' rescale: "exec" or "retired"
+    several = cluster is not None and cluster["kind"] != "supervised" \
+        and resilience_dir is not None
 
     async def main():
         config = None
+        if several and read_plan_file(resilience_dir, name) is not None:
+            after.append(await _move(cluster, name, resilience_dir, log))
+            return
         if cluster is not None:
-            config = await cluster_setup(cluster, name, resilience_dir, log)
+            try:
+                config = await cluster_setup(cluster, name, resilience_dir, log)
+            except Retired:
+                log.info("worker %s left its cluster in a rescale (retired); "
+                         "it only delivers what it still holds", name)
+                after.append("retired")
+                return
+            if config is None:  # a joiner's grow was accepted
+                after.append(await _move(cluster, name, resilience_dir, log))
+                return
         try:
             worker = Worker(spec, store, WorkerOptions(name=name, cluster=config,
                                                        **options), log)
@@ -77,6 +94,11 @@ def _run_worker(app: str, args: list[str], *, name: str, resilience_dir: str | N
             raise _ConfigError(str(e)) from None
         holder.append(worker)
         await worker.run()
+        if several and read_plan_file(resilience_dir, name) is not None:
+            after.append(await _move(cluster, name, resilience_dir, log))
+        elif worker.cluster is not None and worker.cluster.rescaler is not None \
+                and worker.cluster.rescaler.after:
+            after.append(worker.cluster.rescaler.after)
 
     try:
         trio.run(main)
@@ -94,8 +116,52 @@ def _run_worker(app: str, args: list[str], *, name: str, resilience_dir: str | N
         log.exception("worker failed: %s: %s", type(leaf).__name__, leaf,
                       exc_info=leaf)
         return EXIT_RUNTIME
+    if after == ["exec"]:
+        log.info("rescale done: starting again with the same command line")
+        exec_again()
+    if after == ["retired"]:
+        return _deliver_retired(spec, resilience_dir, name, synchronous, log,
+                                options)
     lost = holder and holder[0].stop_report.lost
     return EXIT_LOST if lost and not store.durable else EXIT_OK
+
+
+def exec_again() -> None:
+    """This process again, with its command line (the same pid)."""
+    import logging
+    import os
+    import sys
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "wallaroo.cli", *sys.argv[1:]])
+
+
+def _deliver_retired(spec, resilience_dir: str, name: str, synchronous: str, log,
+                     options: dict) -> int:
+    """A worker that left its cluster: deliver what its database still
+    holds for the sinks, then stop."""
+    from ..recovery.moves import undelivered_outputs
+    if not undelivered_outputs(resilience_dir, name):
+        log.info("retired: every output this worker held is delivered")
+        return EXIT_OK
+    store = SQLiteStore(resilience_dir, name, synchronous)
+    worker = Worker(spec, store, WorkerOptions(
+        name=name, **{**options, "deliver_only": True}), log)
+    try:
+        trio.run(worker.run)
+    except BaseException as e:  # noqa: BLE001 - reported, then exit code
+        log.error("retired worker %s: delivering its outputs failed: %s", name,
+                  _leaf(e))
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+async def _move(c: dict, name: str, resilience_dir: str, log) -> str:
+    from .move_mode import move_mode
+    control = c["control"] if c["kind"] == "initializer" else c["my_control"]
+    return await move_mode(resilience_dir, name, load_secret(c["secret_file"]),
+                           control, log)
 
 
 class _ConfigError(Exception):
@@ -103,9 +169,10 @@ class _ConfigError(Exception):
 
 
 async def cluster_setup(c: dict, name: str, resilience_dir: str | None,
-                        log) -> ClusterConfig:
+                        log) -> ClusterConfig | None:
     """The cluster config of this worker: from the supervisor (one host),
-    or formed (several hosts; or as saved in its database)."""
+    or formed (several hosts; or as saved in its database).  None: a
+    joiner (``--join``) whose grow was accepted: it waits in move mode."""
     secret = load_secret(c["secret_file"])
     if c["kind"] == "supervised":
         return ClusterConfig(members=c["members"], secret=secret,
@@ -119,6 +186,9 @@ async def cluster_setup(c: dict, name: str, resilience_dir: str | None,
         control, data = c["my_control"], c["my_data"]
     control_text, data_text = _text(control), _text(data)
     saved = saved_membership(resilience_dir, name)
+    if saved is not None and name not in saved["members"] \
+            and is_retired(resilience_dir, name):
+        raise Retired(name)
     if saved is not None:
         check_saved(saved, name, control_text, data_text, c.get("worker_count"))
         log.info("rejoining the cluster of %s", ", ".join(saved["members"]))
@@ -126,6 +196,10 @@ async def cluster_setup(c: dict, name: str, resilience_dir: str | None,
     elif c["kind"] == "initializer":
         membership = await initialize(control, name, control_text, data_text,
                                       c["worker_count"], secret, log)
+    elif c["kind"] == "joiner":
+        await grow(c["join"], name, control_text, data_text, secret,
+                   resilience_dir, log)
+        return None
     else:
         membership = await join(c["initializer"], name, control_text, data_text,
                                 secret, log)

@@ -1,0 +1,212 @@
+"""Rescaling a running cluster over several real "hosts" (network namespaces,
+``tests/netns.py``): a worker on a new host joins with ``wallaroo run APP
+--join``, a worker leaves with ``wallaroo cluster shrink --control``, while
+resumable senders keep sending and a resumable receiver reads; then the
+coordinator and a joiner are SIGKILLed in the middle of a move and
+restarted with their command lines.  Every output arrives exactly once
+(the sequence-window validator and the vote totals), and the workers
+restart into the new membership with their original command lines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import time
+
+import pytest
+
+from .chaos.cluster_chaos import APP, check, read_frames, vote_keys
+from .conftest import WAIT, WALLAROO, free_port
+from .netns import BRIDGE_ADDR, Hosts, can_make_hosts
+
+why = can_make_hosts()
+pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
+
+NAMES = {1: "initializer", 2: "worker-1", 3: "worker-2"}
+
+
+@pytest.fixture
+def hosts():
+    h = Hosts(3)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+class Cluster:
+    def __init__(self, procs, hosts: Hosts, tmp_path, messages: int, votes: int,
+                 rate: int):
+        self.procs, self.hosts, self.tmp = procs, hosts, tmp_path
+        self.secret = tmp_path / "secret"
+        self.secret.write_text("a cluster secret of enough length\n")
+        os.chmod(self.secret, 0o600)
+        self.out = tmp_path / "received.bin"
+        self.sink = free_port()
+        self.recv = procs("receive", "--listen", f"{BRIDGE_ADDR}:{self.sink}",
+                          "--resumable", "--framing", "length", "--output", self.out)
+        self.recv.wait_line(lambda line: line.startswith("listening"))
+        self.messages, self.votes = messages, votes
+        self.keys = vote_keys(votes, 7)
+        self.rate = rate
+        self.workers: dict[int, object] = {}
+
+    def state(self, i: int) -> str:
+        return str(self.tmp / f"state{i}")
+
+    def args(self, i: int) -> list[str]:
+        me = self.hosts.address(i)
+        base = ["run", APP, "--in", f"{me}:7000,{me}:7001", "--out",
+                f"{BRIDGE_ADDR}:{self.sink}", "--resilience-dir", self.state(i),
+                "--cluster-secret-file", str(self.secret), "--resumable-sinks",
+                "--checkpoint-interval", "0.5"]
+        if i == 1:
+            return base + ["--cluster-initializer", "--worker-count", "2",
+                           "--control", f"{me}:7100", "--data", f"{me}:7101"]
+        ctl = f"{self.hosts.address(1)}:7100"
+        how = ["--control", ctl] if i == 2 else ["--join", ctl]
+        return base + how + ["--name", NAMES[i], "--my-control", f"{me}:7100",
+                             "--my-data", f"{me}:7101"]
+
+    def start(self, i: int):
+        self.workers[i] = self.procs(*self.args(i), prefix=self.hosts.run_in(i, []))
+        return self.workers[i]
+
+    def send(self, host: int) -> list:
+        frames = self.tmp / "votes.frames"
+        frames.write_bytes(b"".join(struct.pack(">IIH", 6, n, k)
+                                    for n, k in enumerate(self.keys)))
+        to = self.hosts.address(host)
+        self.senders = [
+            self.procs("send", f"{to}:7000", "--u64", str(self.messages),
+                       "--resumable", "seq", "--rate", str(self.rate),
+                       "--connect-timeout", "180", "--quiet"),
+            self.procs("send", f"{to}:7001", "--frames", frames, "--resumable",
+                       "votes", "--rate", str(self.rate), "--connect-timeout",
+                       "180", "--quiet")]
+        return self.senders
+
+    def received(self) -> int:
+        return len(read_frames(self.out.read_bytes()))
+
+    def check_all(self) -> None:
+        assert [s.wait(timeout=240) for s in self.senders] == [0, 0]
+        deadline = time.monotonic() + 90
+        while self.received() < self.messages + self.votes:
+            assert time.monotonic() < deadline, "outputs missing"
+            time.sleep(0.2)
+        time.sleep(0.5)
+
+        class R:
+            lost_windows = duplicate_windows = bad_windows = 0
+            lost_votes = duplicate_votes = wrong_totals = 0
+        res = R()
+        check(read_frames(self.out.read_bytes()), self.messages, self.keys, res)
+        assert (res.lost_windows, res.duplicate_windows, res.bad_windows) == (0, 0, 0)
+        assert (res.lost_votes, res.duplicate_votes, res.wrong_totals) == (0, 0, 0)
+
+    def shrink(self, via: int, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            WALLAROO + ["cluster", "shrink", "--control",
+                        f"{self.hosts.address(via)}:7100", "--cluster-secret-file",
+                        str(self.secret), *args],
+            capture_output=True, text=True, timeout=300)
+
+
+def _ready_again(worker, after: int, timeout: float = 120) -> None:
+    """The worker's ``ready`` line number ``after + 1`` (a re-exec keeps
+    the process and its stderr)."""
+    deadline = time.monotonic() + timeout
+    while worker.stderr.count("\nready ") + worker.stderr.startswith("ready ") <= after:
+        assert worker.p.poll() is None, worker.stderr[-3000:]
+        assert time.monotonic() < deadline, worker.stderr[-3000:]
+        time.sleep(0.1)
+
+
+def _readies(worker) -> int:
+    return worker.stderr.count("\nready ") + worker.stderr.startswith("ready ")
+
+
+def test_a_host_joins_and_another_leaves_while_data_flows(procs, hosts, tmp_path):
+    c = Cluster(procs, hosts, tmp_path, messages=5000, votes=5000, rate=1000)
+    for i in (1, 2):
+        c.start(i)
+    for i in (1, 2):
+        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
+    c.send(2)
+    time.sleep(1.5)
+    # a third host joins through worker-1's control port (passed on)
+    joiner = c.procs(*(a if a != f"{hosts.address(1)}:7100" else
+                       f"{hosts.address(2)}:7100" for a in c.args(3)),
+                     prefix=hosts.run_in(3, []))
+    c.workers[3] = joiner
+    line = c.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l, timeout=120)
+    assert "initializer, worker-1, worker-2" in line
+    joiner.wait_line(lambda line: line.startswith("ready"), timeout=120)
+    assert "took " in joiner.stderr and "partitions from initializer, worker-1" \
+        in joiner.stderr
+    for i in (1, 2):
+        _ready_again(c.workers[i], 1)
+    st = subprocess.run(WALLAROO + ["status", "--control", f"{hosts.address(3)}:7100",
+                                    "--cluster-secret-file", str(c.secret), "--json"],
+                        capture_output=True, text=True, timeout=WAIT)
+    assert st.returncode == 0, st.stderr
+    time.sleep(1.0)
+    q = c.shrink(3, "--query")
+    assert q.returncode == 0, q.stderr
+    assert "members: initializer, worker-1, worker-2" in q.stdout
+    assert "may leave: worker-1, worker-2" in q.stdout
+    # worker-1's host leaves; the senders talk to it: they reconnect to
+    # another worker (their streams forwarded to the new owners)
+    shrunk = c.shrink(2, "--names", "worker-1")
+    assert shrunk.returncode == 0, shrunk.stderr
+    assert "rescaled in" in shrunk.stdout and "initializer, worker-2" in shrunk.stdout
+    assert c.workers[2].wait(timeout=60) == 0
+    assert "retired: every output this worker held is delivered" in c.workers[2].stderr
+    for s in c.senders:
+        s.kill()
+    c.send(3)  # resumable senders again, to the third host: they resume
+    c.check_all()
+    ins = subprocess.run(WALLAROO + ["recovery", "inspect", c.state(2)],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert ins.returncode == 0, ins.stderr
+    assert "retired" in ins.stdout
+    # both stay members after a restart with their original command lines
+    # (the initializer's --worker-count 2 no longer binds)
+    for i in (1, 3):
+        assert c.workers[i].terminate(timeout=60) == 0
+    for w in c.workers.values():
+        print("\n".join(line for line in w.stderr.splitlines()
+                        if "rescale" in line or "took " in line or "retired" in line))
+    for i in (3, 1):
+        c.start(i)
+    for i in (1, 3):
+        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
+    assert "rejoining the cluster of initializer, worker-2" in c.workers[1].stderr
+    for i in (1, 3):
+        assert c.workers[i].terminate(timeout=60) == 0
+
+
+@pytest.mark.parametrize("victim", ["coordinator", "joiner"])
+def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim):
+    c = Cluster(procs, hosts, tmp_path, messages=4000, votes=4000, rate=1000)
+    for i in (1, 2):
+        c.start(i)
+    for i in (1, 2):
+        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
+    c.send(2)
+    time.sleep(1.0)
+    joiner = c.start(3)
+    i = 1 if victim == "coordinator" else 3
+    c.workers[i].wait_line("waiting in move mode", timeout=120)
+    c.workers[i].signal(signal.SIGKILL)
+    c.workers[i].wait()
+    c.start(i)  # with its own command line: it finds its plan file
+    c.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l, timeout=180)
+    c.workers[3].wait_line(lambda line: line.startswith("ready"), timeout=120)
+    assert joiner is c.workers[3] or "waiting in move mode" in c.workers[3].stderr
+    c.check_all()
+    for w in c.workers.values():
+        assert w.terminate(timeout=60) == 0

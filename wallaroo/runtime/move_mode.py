@@ -1,0 +1,315 @@
+"""Move mode: a worker of a cluster over several hosts between two runs,
+while key groups move (``host_rescale.py`` tells the whole protocol).  The
+process has no sources and no data port, only its control port, on the
+same address as when it runs: the coordinator's orders arrive there
+(``RESCALE`` with an ``op``), and ``wallaroo status`` sees it as
+``rescale``.  The coordinator (the cluster's first member) also drives
+the move from here.
+
+``move_mode`` returns what the process does next: ``"exec"`` (start again
+with its own command line: the move is done, or abandoned) or
+``"retired"`` (it left the cluster).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import sqlite3
+import tempfile
+import time
+
+import trio
+
+from ..connectors import auth
+from ..recovery import moves
+from ..recovery.errors import StoreError
+from .control import ControlError, ControlServer, FileAnswer, ask_verb, fetch_file
+from .host_rescale import (GIVE_UP, _unique, abandon, read_plan_file,
+                           remove_plan_file, split, write_plan_file)
+
+STEP_TIMEOUT = 3600.0  # one step's answer (a take copies whole databases)
+NOTE_EVERY = 30.0  # seconds between two "waiting for" lines
+
+
+class MoveMode:
+    def __init__(self, directory: str, me: str, secret: bytes,
+                 log: logging.Logger):
+        self.directory = directory
+        self.me = me
+        self.secret = secret
+        self.log = log
+        held = read_plan_file(directory, me)
+        self.plan: moves.Plan = held["plan"]
+        self.phase: str = held["phase"]
+        self.coordinator: str = held["coordinator"]
+        self.outcome: str | None = None
+        self.done = trio.Event()
+        self.step = "waiting"
+        self.since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    # -- what the control port answers ---------------------------------------
+    def status(self) -> dict:
+        p = self.plan
+        return {"name": self.me, "pid": os.getpid(), "state": "rescale",
+                "rescale": {"id": p.id, "from": list(p.old), "to": list(p.new),
+                            "phase": self.phase, "step": self.step,
+                            "coordinator": self.coordinator, "since": self.since},
+                "inbox": {"messages": 0, "bytes": 0}, "sinks": [], "channels": []}
+
+    def members(self) -> dict:
+        return {"members": list(self.plan.old), "me": self.me,
+                "addresses": self.plan.addresses, "rescale": self.plan.id}
+
+    async def grow(self, body: dict) -> dict:
+        name = body.get("name")
+        if self.me == self.coordinator and name in self.plan.new \
+                and name not in self.plan.old and self.plan.addresses.get(name) == {
+                    "control": body.get("control"), "data": body.get("data")}:
+            c = self.plan.addresses[self.me]["control"]
+            return {"accepted": self.plan.id, "plan": self.plan.to_json(),
+                    "coordinator": c}
+        return {"error": f"a rescale is in progress ({len(self.plan.old)} -> "
+                         f"{len(self.plan.new)} workers)", "retry": True}
+
+    async def shrink(self, body: dict) -> dict:
+        if body.get("query"):
+            return {"members": list(self.plan.old),
+                    "may_leave": list(self.plan.old[1:]), "rescaling": True}
+        return {"error": "a rescale is in progress; try again when it is done"}
+
+    async def order(self, body: dict) -> "dict | FileAnswer":
+        op = body.get("op")
+        plan = moves.Plan.from_json(body["plan"])
+        if plan.id != self.plan.id:
+            if op == "done":  # an older plan's last order, repeated
+                return {"ok": True}
+            return {"error": f"waiting for rescale {self.plan.id}, not {plan.id}"}
+        try:
+            return await self.run_op(op)
+        except (StoreError, OSError, ControlError, ValueError, sqlite3.Error,
+                auth.AuthError, trio.TooSlowError, trio.BrokenResourceError) as e:
+            self.log.error("rescale %s: %s failed: %s", plan.id, op, e)
+            return {"error": f"{self.me}: {op}: {e}", "retry": True}
+
+    async def run_op(self, op: str) -> "dict | FileAnswer":
+        d, me, plan = self.directory, self.me, self.plan
+        self.step = op
+        if op == "status":
+            quiet = (await trio.to_thread.run_sync(moves.check_quiet, d, me)
+                     if me in plan.old else [])
+            return {"state": "rescale", "plan": plan.id, "quiet": quiet}
+        if op == "fetch":
+            if me not in plan.old:
+                return {"error": f"{me} holds nothing for rescale {plan.id}"}
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=f".export-{me}-")
+            os.close(fd)
+            try:
+                await trio.to_thread.run_sync(moves.export_copy, d, me, tmp)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+            return FileAnswer(tmp)
+        if op == "take":
+            return {"taken": await self._take()}
+        if op == "give":
+            n = await trio.to_thread.run_sync(moves.give, d, me, plan)
+            if n:
+                self.log.info("gave %d partitions to their new owners", n)
+            return {"given": n}
+        if op == "membership":
+            await trio.to_thread.run_sync(moves.set_membership, d, me, plan)
+            return {"ok": True}
+        if op in ("done", "abandon"):
+            if op == "abandon" and self.phase == "moving":
+                return {"error": f"rescale {plan.id} is moving key groups: it "
+                                 f"is finished, never abandoned"}
+            remove_plan_file(d, me)
+            if op == "abandon":
+                self.log.warning("rescale %s abandoned; starting again as before",
+                                 plan.id)
+            self.outcome = "retired" if op == "done" and me not in plan.new \
+                else "exec"
+            self.done.set()
+            return {"ok": True}
+        return {"error": f"unknown op {op!r}"}
+
+    async def _take(self) -> int:
+        d, me, plan = self.directory, self.me, self.plan
+        if me not in plan.new:
+            return 0
+        if moves.taken_already(d, me, plan):
+            return 0
+        files = {}
+        try:
+            for giver in plan.old:
+                if giver == me:
+                    continue
+                dest = os.path.join(d, f".rescale-{plan.id}-{giver}.db")
+                size = await fetch_file(split(plan.addresses[giver]["control"]),
+                                        self.secret, "RESCALE",
+                                        {"op": "fetch", "plan": plan.to_json()},
+                                        dest, me=me, timeout=STEP_TIMEOUT)
+                files[giver] = dest
+                self.log.info("rescale %s: copied %s's database (%d bytes)",
+                              plan.id, giver, size)
+            n = await trio.to_thread.run_sync(
+                lambda: moves.take(d, me, plan, giver_files=files))
+        finally:
+            for path in files.values():
+                for p in (path, path + "-wal", path + "-shm"):
+                    try:
+                        os.unlink(p)
+                    except FileNotFoundError:
+                        pass
+        self.log.info("took %d partitions from %s", n,
+                      ", ".join(g for g in plan.old if g != me) or "nobody")
+        return n
+
+    # -- the coordinator -------------------------------------------------------
+    async def drive(self) -> None:
+        plan, log = self.plan, self.log
+        everyone = _unique([*plan.old, *plan.new])
+        if self.phase != "moving":
+            missing = await self._all_waiting(everyone)
+            if missing:
+                log.warning("rescale %s abandoned: %s; every worker starts again "
+                            "as it was", plan.id, "; ".join(missing))
+                await abandon(plan, self.me, self.secret, log)
+                remove_plan_file(self.directory, self.me)
+                self.outcome = "exec"
+                self.done.set()
+                return
+            self.phase = "moving"
+            write_plan_file(self.directory, self.me, plan, "moving", self.me)
+        log.info("rescale %s: every worker waits in move mode; moving key groups",
+                 plan.id)
+        t0 = time.monotonic()
+        for name in plan.new:
+            await self._ask_until(name, "take")
+        for name in plan.old:
+            await self._ask_until(name, "give")
+        for name in everyone:
+            await self._ask_until(name, "membership")
+        for name in everyone:
+            if name != self.me:
+                await self._ask_until(name, "done")
+        log.info("rescale %s done: %d -> %d workers (%s) in %.2fs", plan.id,
+                 len(plan.old), len(plan.new), ", ".join(plan.new),
+                 time.monotonic() - t0)
+        await self.run_op("done")
+
+    async def _all_waiting(self, everyone: list[str]) -> list[str]:
+        """Wait (at most GIVE_UP seconds) until every participant waits
+        for this plan in move mode with a database that needs no replay;
+        what is still wrong then."""
+        deadline = trio.current_time() + GIVE_UP
+        while True:
+            wrong = []
+            for name in everyone:
+                try:
+                    a = await self._ask(name, "status", timeout=10)
+                except (OSError, auth.AuthError, trio.TooSlowError,
+                        trio.BrokenResourceError, ValueError, ControlError) as e:
+                    wrong.append(f"{name}: {e or type(e).__name__}")
+                    continue
+                if "error" in a:
+                    wrong.append(f"{name}: {a['error']}")
+                elif a.get("quiet"):
+                    wrong.append(f"{name}: not drained ({'; '.join(a['quiet'])})")
+            if not wrong or trio.current_time() > deadline:
+                return wrong
+            await trio.sleep(0.5)
+
+    async def _ask(self, name: str, op: str, timeout: float) -> dict:
+        if name == self.me:
+            answer = await self.run_op(op)
+            assert isinstance(answer, dict)
+            return answer
+        return await ask_verb(split(self.plan.addresses[name]["control"]),
+                              self.secret, "RESCALE",
+                              {"op": op, "plan": self.plan.to_json(),
+                               "coordinator": self.me}, me=self.me, timeout=timeout)
+
+    async def _ask_until(self, name: str, op: str) -> dict:
+        """Ask until answered: a participant that is down keeps the
+        rescale waiting (it finds its plan file when it restarts)."""
+        noted = -NOTE_EVERY
+        start = trio.current_time()
+        while True:
+            try:
+                answer = await self._ask(name, op, STEP_TIMEOUT)
+                if "error" not in answer:
+                    return answer
+                why = answer["error"]
+            except (OSError, auth.AuthError, trio.TooSlowError,
+                    trio.BrokenResourceError, ValueError, ControlError,
+                    StoreError) as e:
+                why = str(e) or type(e).__name__
+            waited = trio.current_time() - start
+            if waited - noted >= NOTE_EVERY:
+                noted = waited
+                self.log.warning("rescale %s: waiting for worker %s to %s (%s)",
+                                 self.plan.id, name, op, why)
+            await trio.sleep(0.5)
+
+
+async def move_mode(directory: str, me: str, secret: bytes,
+                    control: tuple[str, int], log: logging.Logger) -> str:
+    """Wait in move mode on ``control`` until the plan is done or given up;
+    the outcome (``"exec"`` or ``"retired"``)."""
+    mode = MoveMode(directory, me, secret, log)
+    for leftover in glob.glob(os.path.join(directory, f".export-{me}-*")) + \
+            glob.glob(os.path.join(directory, ".rescale-*.db*")):
+        try:  # copies a killed run left
+            os.unlink(leftover)
+        except OSError:
+            pass
+    server = ControlServer(me, secret, log, status=mode.status, members=mode.members,
+                           verbs={"RESCALE": mode.order, "GROW": mode.grow,
+                                  "SHRINK": mode.shrink})
+    plan = mode.plan
+    address = await _bind(server, control, log)
+    _write_entry(directory, me, address, plan)
+    log.info("rescale %s in progress (%d -> %d workers): waiting in move mode "
+             "on %s:%d", plan.id, len(plan.old), len(plan.new), *address)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        if mode.coordinator == me:
+            nursery.start_soon(mode.drive)
+        await mode.done.wait()
+        await trio.sleep(0.3)  # the last answer leaves
+        nursery.cancel_scope.cancel()
+    for ls in server.listeners:
+        await ls.aclose()
+    return mode.outcome
+
+
+async def _bind(server: ControlServer, control: tuple[str, int], log):
+    """The control address, once the stopped worker's listener is gone."""
+    for attempt in range(200):
+        try:
+            return await server.bind(*control)
+        except OSError as e:
+            if attempt % 50 == 0:
+                log.info("move mode: cannot listen on %s:%d yet (%s)", *control, e)
+            await trio.sleep(0.05)
+    return await server.bind(*control)
+
+
+def _write_entry(directory: str, me: str, address, plan: moves.Plan) -> None:
+    """``cluster.json`` as a running several-host worker writes it, in state
+    ``rescale``."""
+    body = {"version": 1, "several_hosts": True,
+            "workers": [{"name": me, "pid": os.getpid(), "state": "rescale",
+                         "control": f"{address[0]}:{address[1]}", "data": None,
+                         "sources": [], "metrics": None, "restarts": 0,
+                         "rescale": plan.id}]}
+    path = os.path.join(directory, "cluster.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(body, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
