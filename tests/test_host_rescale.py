@@ -189,8 +189,13 @@ def test_a_host_joins_and_another_leaves_while_data_flows(procs, hosts, tmp_path
         assert c.workers[i].terminate(timeout=60) == 0
 
 
-@pytest.mark.parametrize("victim", ["coordinator", "joiner"])
-def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim):
+@pytest.mark.parametrize("victim,when", [
+    (1, "waiting in move mode"),  # the coordinator, before or after its check
+    (1, "moving key groups"),  # the coordinator, the plan past its point of no return
+    (2, "waiting in move mode"),  # a giver
+    (3, "copied initializer's database"),  # the joiner, in its take
+])
+def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when):
     c = Cluster(procs, hosts, tmp_path, messages=4000, votes=4000, rate=1000)
     for i in (1, 2):
         c.start(i)
@@ -198,15 +203,42 @@ def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim):
         c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
     c.send(2)
     time.sleep(1.0)
-    joiner = c.start(3)
-    i = 1 if victim == "coordinator" else 3
-    c.workers[i].wait_line("waiting in move mode", timeout=120)
-    c.workers[i].signal(signal.SIGKILL)
-    c.workers[i].wait()
-    c.start(i)  # with its own command line: it finds its plan file
+    c.start(3)
+    c.workers[victim].wait_line(when, timeout=120)
+    c.workers[victim].signal(signal.SIGKILL)
+    c.workers[victim].wait()
+    c.start(victim)  # with its own command line: it finds its plan file
     c.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l, timeout=180)
-    c.workers[3].wait_line(lambda line: line.startswith("ready"), timeout=120)
-    assert joiner is c.workers[3] or "waiting in move mode" in c.workers[3].stderr
+    for i in (1, 2, 3):
+        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=120)
+    c.check_all()
+    for w in c.workers.values():
+        assert w.terminate(timeout=60) == 0
+
+
+def test_a_member_down_at_the_start_abandons_the_rescale_until_it_is_back(
+        procs, hosts, tmp_path):
+    """worker-1 is down when the joiner asks: the drain cannot reach it, the
+    plan is abandoned after WALLAROO_RESCALE_GIVE_UP seconds (every worker
+    starts again as it was, the joiner asks again); once worker-1 is back the
+    rescale happens."""
+    c = Cluster(procs, hosts, tmp_path, messages=3000, votes=3000, rate=1000)
+    env = {"WALLAROO_RESCALE_GIVE_UP": "2"}
+    for i in (1, 2):
+        c.workers[i] = c.procs(*c.args(i), prefix=hosts.run_in(i, []), env=env)
+    for i in (1, 2):
+        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
+    c.send(1)
+    time.sleep(1.0)
+    c.workers[2].signal(signal.SIGKILL)
+    c.workers[2].wait()
+    c.workers[3] = c.procs(*c.args(3), prefix=hosts.run_in(3, []), env=env)
+    c.workers[1].wait_line("abandoned", timeout=60)
+    assert " done: " not in c.workers[1].stderr
+    c.workers[2] = c.procs(*c.args(2), prefix=hosts.run_in(2, []), env=env)
+    c.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l, timeout=120)
+    for i in (1, 2, 3):
+        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=120)
     c.check_all()
     for w in c.workers.values():
         assert w.terminate(timeout=60) == 0

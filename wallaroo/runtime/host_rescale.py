@@ -174,6 +174,15 @@ class RunningSide:
             return {"error": f"the coordinator {first} at {address[0]}:{address[1]} "
                              f"did not answer ({e or type(e).__name__})", "retry": True}
 
+    def _busy(self) -> dict | None:
+        """Why the coordinator cannot begin a rescale now (None: it can)."""
+        stop = self.worker._stop
+        if self.after is not None or self.worker.stop_mode is not None \
+                or (stop is not None and stop.is_set()):
+            return {"error": "the coordinator is stopping (it starts again)",
+                    "retry": True}
+        return None
+
     async def grow(self, body: dict) -> dict:
         if self.me != self.config.members[0]:
             return await self._pass_on("GROW", body)
@@ -182,6 +191,8 @@ class RunningSide:
                 and isinstance(control, str) and isinstance(data, str)):
             return {"error": "GROW needs a name, a control and a data address"}
         members = self.config.members
+        if self._busy():
+            return self._busy()
         if self.current is not None:
             joining = self.current.addresses.get(name) if name not in \
                 self.current.old and name in self.current.new else None
@@ -210,6 +221,8 @@ class RunningSide:
                     "rescaling": self.current is not None}
         if self.current is not None:
             return {"error": "a rescale is in progress; try again when it is done"}
+        if self._busy():
+            return self._busy()
         from .rescale import RescaleRefused as Refused, shrunk_names
         try:
             new = shrunk_names(members, body.get("names"), body.get("count"))
@@ -261,7 +274,6 @@ class RunningSide:
                              "as it was", plan.id, e)
             await abandon(plan, self.me, self.config.secret, self.log)
             remove_plan_file(self.directory, self.me)
-            self.current = None
             self.after = "exec"
             self.worker.request_stop()
             return

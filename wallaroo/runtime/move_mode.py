@@ -217,6 +217,8 @@ class MoveMode:
                     continue
                 if "error" in a:
                     wrong.append(f"{name}: {a['error']}")
+                elif a.get("state") != "rescale" or a.get("plan") != self.plan.id:
+                    wrong.append(f"{name}: not waiting in move mode for this plan")
                 elif a.get("quiet"):
                     wrong.append(f"{name}: not drained ({'; '.join(a['quiet'])})")
             if not wrong or trio.current_time() > deadline:
