@@ -9,6 +9,7 @@ restart into the new membership with their original command lines."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -172,7 +173,11 @@ def test_a_host_joins_and_another_leaves_while_data_flows(procs, hosts, tmp_path
     ins = subprocess.run(WALLAROO + ["recovery", "inspect", c.state(2)],
                          capture_output=True, text=True, timeout=WAIT)
     assert ins.returncode == 0, ins.stderr
-    assert "retired" in ins.stdout
+    assert "retired at" in ins.stdout
+    # the leaver started again with its command line: nothing to deliver
+    again = c.procs(*c.args(2), prefix=hosts.run_in(2, []))
+    assert again.wait(timeout=WAIT) == 0
+    assert "left its cluster in a rescale" in again.stderr
     # both stay members after a restart with their original command lines
     # (the initializer's --worker-count 2 no longer binds)
     for i in (1, 3):
@@ -207,6 +212,14 @@ def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when):
     c.workers[victim].wait_line(when, timeout=120)
     c.workers[victim].signal(signal.SIGKILL)
     c.workers[victim].wait()
+    if victim == 3:  # the others wait for it in move mode, and say so
+        st = subprocess.run(WALLAROO + [
+            "status", "--control", f"{hosts.address(2)}:7100", "--cluster-secret-file",
+            str(c.secret), "--json"], capture_output=True, text=True, timeout=WAIT)
+        assert st.returncode == 0, st.stderr
+        status = json.loads(st.stdout)
+        assert [w["state"] for w in status["workers"]] == ["rescale", "rescale"]
+        assert status["rescale"]["to"] == ["initializer", "worker-1", "worker-2"]
     c.start(victim)  # with its own command line: it finds its plan file
     c.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l, timeout=180)
     for i in (1, 2, 3):

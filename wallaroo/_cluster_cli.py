@@ -23,8 +23,11 @@ TIMEOUT = 600.0  # a rescale of big state takes a while; the answer waits
 
 @click.group(context_settings=CONTEXT)
 def cluster():
-    """Grow or shrink a running cluster on this host (key groups move to
-    their new owners with their state; nothing is lost or applied twice)."""
+    """Grow or shrink a running cluster (key groups move to their new owners
+    with their state; nothing is lost or applied twice).  One host: `grow`
+    and `shrink` DIRECTORY.  Several hosts: a new worker joins with
+    `wallaroo run APP --join H:P ...`, and `shrink --control H:P
+    --cluster-secret-file F` removes workers."""
 
 
 def _ask(directory: str, request: dict) -> dict:
@@ -103,13 +106,13 @@ def shrink(directory, names, count, query, control, cluster_secret_file):
     it had not delivered.
 
     \b
-    One host:
+    Examples, one host:
       wallaroo cluster shrink ./state --query
       wallaroo cluster shrink ./state --names worker-2
       wallaroo cluster shrink ./state --count 1
 
     \b
-    Several hosts (the worker on 10.0.0.3 leaves; its host can go):
+    Several hosts (worker-2 leaves; its host can go):
       wallaroo cluster shrink --control 10.0.0.1:7100 \\
           --cluster-secret-file secret --names worker-2
     """

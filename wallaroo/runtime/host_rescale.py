@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 
 import trio
 
@@ -144,7 +145,7 @@ class RunningSide:
         self.draining: moves.Plan | None = None  # told to drain for this
         self.after: str | None = None  # "exec": start again once stopped
         self.nursery: trio.Nursery | None = None
-        self._orders = 0  # orders received since the drain began
+        self.since = ""  # when the drain began
 
     @property
     def config(self):
@@ -158,7 +159,8 @@ class RunningSide:
         if plan is None:
             return {}
         return {"rescale": {"id": plan.id, "from": list(plan.old),
-                            "to": list(plan.new), "phase": "draining"}}
+                            "to": list(plan.new), "phase": "draining",
+                            "since": self.since}}
 
     def _coordinator(self) -> tuple[str, tuple[str, int]]:
         first = self.config.members[0]
@@ -238,6 +240,7 @@ class RunningSide:
         plan = moves.new_plan(members, new, self.config.key_groups, addresses)
         write_plan_file(self.directory, self.me, plan, "draining", self.me)
         self.current = plan
+        self.since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.log.info("rescale %s asked: %d workers (%s) -> %d (%s)", plan.id,
                       len(members), ", ".join(members), len(new), ", ".join(new))
         self.nursery.start_soon(self._drain_and_stop, plan)
@@ -336,6 +339,7 @@ class RunningSide:
         if op == "drain":
             if self.draining is None:
                 self.draining = plan
+                self.since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 self.worker.close_sources()
                 self.log.info("rescale %s: sources closed; draining (%d -> %d "
                               "workers)", plan.id, len(plan.old), len(plan.new))

@@ -108,7 +108,12 @@ def status_from_control(control: str, secret_file: str) -> dict:
             n, {}).get("control"), "data": addresses.get(n, {}).get("data")}
             for n in members["members"]]
         return await _ask_all(entries, secret)
-    return {"application": None, "workers": trio.run(main)}
+    workers = trio.run(main)
+    out = {"application": None, "workers": workers}
+    moving = [w["rescale"] for w in workers if isinstance(w.get("rescale"), dict)]
+    if moving:  # several hosts: a rescale in progress, as its workers say
+        out["rescale"] = max(moving, key=lambda r: r.get("phase") == "moving")
+    return out
 
 
 def render(status: dict, console) -> None:
