@@ -18,6 +18,15 @@ the last output at the receiver).  The sender and the receiver share the machine
 with the workers.
 
     python benchmarks/bench_rescale.py --keys 100000 --lines 20000
+
+With ``--hosts`` (root, iproute2), part 1 runs again over two network-
+namespace hosts: a one-worker cluster formed with ``--cluster-initializer
+--worker-count 1`` on the first, and a worker started on the second with
+``wallaroo run APP --join``; the grow's time runs from the joiner's start to
+its ``ready`` line (its copy of the giver's database crosses the hosts'
+link).
+
+    sudo python benchmarks/bench_rescale.py --keys 100000 --hosts
 """
 
 from __future__ import annotations
@@ -50,11 +59,11 @@ class Receiver:
     """Records every output with its arrival time, over any number of
     connections: fixed-size records (``size``) or lines (size 0)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, host: str = "127.0.0.1"):
         self.size = size
         self.records: list[tuple[float, bytes]] = []
         self.lock = threading.Lock()
-        self.ls = socket.create_server(("127.0.0.1", 0))
+        self.ls = socket.create_server((host, 0))
         self.port = self.ls.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -137,23 +146,101 @@ def part1(keys: int, probe_rate: int, workdir: Path) -> dict:
     sup, source = start_cluster(APP, state, recv.port, workdir / "keys.log",
                                 "--checkpoint-interval", "0.5")
     try:
-        t = time.perf_counter()
-        send(source, "--u64", keys, "--start", 0, "--resumable", "create")
-        recv.wait(keys)
-        create_s = time.perf_counter() - t
-        time.sleep(2)  # checkpoints settle
-        probe = subprocess.Popen(wallaroo("send", source, "--u64", keys, "--start", 0,
-                                          "--rate", probe_rate, "--resumable", "probe",
-                                          "--connect-timeout", 300, "--quiet"))
-        time.sleep(min(3.0, keys / probe_rate / 4))
-        g0 = time.perf_counter()
-        grow_s = grow(state)
-        g1 = g0 + grow_s
-        probe.wait(timeout=900)
-        recv.wait(2 * keys)
+        grow_times = _probe_around(source, keys, probe_rate, recv,
+                                   lambda: grow(state))
     finally:
         sup.terminate()
         sup.wait(120)
+    return _moved(keys, probe_rate, recv, *grow_times)
+
+
+def part1_hosts(keys: int, probe_rate: int, workdir: Path) -> dict:
+    """Part 1 over two network-namespace hosts: the joiner's copy of the
+    giver's database crosses the link between them."""
+    sys.path.insert(0, str(REPO))
+    from tests.netns import BRIDGE_ADDR, Hosts
+    hosts = Hosts(2)
+    procs = []
+    try:
+        recv = Receiver(20, BRIDGE_ADDR)
+        secret = workdir / "secret"
+        secret.write_text("a cluster secret of enough length\n")
+        secret.chmod(0o600)
+
+        def args(i: int) -> list:
+            me = hosts.address(i)
+            base = ["run", APP, "--in", f"{me}:7000", "--out",
+                    f"{BRIDGE_ADDR}:{recv.port}", "--resilience-dir",
+                    workdir / f"host{i}", "--cluster-secret-file", secret,
+                    "--checkpoint-interval", "0.5"]
+            if i == 1:
+                return base + ["--cluster-initializer", "--worker-count", 1,
+                               "--control", f"{me}:7100", "--data", f"{me}:7101"]
+            return base + ["--join", f"{hosts.address(1)}:7100", "--name",
+                           "worker-1", "--my-control", f"{me}:7100", "--my-data",
+                           f"{me}:7101"]
+
+        def start(i: int) -> threading.Event:
+            p = subprocess.Popen(hosts.run_in(i, wallaroo(*args(i))),
+                                 stderr=subprocess.PIPE, text=True)
+            procs.append(p)
+            ready = threading.Event()
+            logf = open(workdir / f"host{i}.log", "w")
+
+            def pump():
+                for line in p.stderr:
+                    logf.write(line)
+                    logf.flush()
+                    if line.startswith("ready "):
+                        ready.set()
+            threading.Thread(target=pump, daemon=True).start()
+            return ready
+
+        if not start(1).wait(120):
+            raise RuntimeError(f"the first host's worker did not start "
+                               f"(see {workdir / 'host1.log'})")
+
+        def join() -> float:
+            t = time.perf_counter()
+            if not start(2).wait(900):
+                raise RuntimeError(f"the joiner did not become ready "
+                                   f"(see {workdir / 'host2.log'})")
+            return time.perf_counter() - t
+
+        grow_times = _probe_around(f"{hosts.address(1)}:7000", keys, probe_rate,
+                                   recv, join)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(120)
+        hosts.close()
+    return _moved(keys, probe_rate, recv, *grow_times)
+
+
+def _probe_around(source: str, keys: int, probe_rate: int, recv: Receiver,
+                  grow_fn) -> tuple[float, float, float]:
+    """Create ``keys`` partitions, then probe every key while ``grow_fn``
+    runs a few seconds in: (create seconds, grow start, grow seconds)."""
+    t = time.perf_counter()
+    send(source, "--u64", keys, "--start", 0, "--resumable", "create")
+    recv.wait(keys)
+    create_s = time.perf_counter() - t
+    time.sleep(2)  # checkpoints settle
+    probe = subprocess.Popen(wallaroo("send", source, "--u64", keys, "--start", 0,
+                                      "--rate", probe_rate, "--resumable", "probe",
+                                      "--connect-timeout", 300, "--quiet"))
+    time.sleep(min(3.0, keys / probe_rate / 4))
+    g0 = time.perf_counter()
+    grow_s = grow_fn()
+    probe.wait(timeout=900)
+    recv.wait(2 * keys)
+    return create_s, g0, grow_s
+
+
+def _moved(keys: int, probe_rate: int, recv: Receiver, create_s: float, g0: float,
+           grow_s: float) -> dict:
+    g1 = g0 + grow_s
     moves = moving_keys(keys)
     with recv.lock:
         probe_out = [(t, int.from_bytes(r[4:12], "big"), int.from_bytes(r[12:20], "big"))
@@ -206,19 +293,32 @@ def main(argv=None) -> int:
     ap.add_argument("--keys", type=int, default=100000)
     ap.add_argument("--probe-rate", type=int, default=5000)
     ap.add_argument("--lines", type=int, default=20000)
+    ap.add_argument("--hosts", action="store_true",
+                    help="part 1 over two network-namespace hosts (--join), "
+                         "instead of both parts on one host")
     a = ap.parse_args(argv)
     print(machine_line())
     work = Path(tempfile.mkdtemp(prefix="wallaroo-bench-rescale-"))
-    r = part1(a.keys, a.probe_rate, work)
-    print(f"moving state: {r['keys']:,} keys created in {r['create_s']:.1f}s; "
-          f"`wallaroo cluster grow` 1 -> 2 workers moved {r['moved']:,} of them "
-          f"in {r['grow_s']:.2f}s (command to answer)")
+    if a.hosts:
+        r = part1_hosts(a.keys, a.probe_rate, work)
+        print(f"moving state over two hosts: {r['keys']:,} keys created in "
+              f"{r['create_s']:.1f}s; `wallaroo run APP --join` 1 -> 2 workers "
+              f"moved {r['moved']:,} of them in {r['grow_s']:.2f}s (the joiner's "
+              f"start to its ready line)")
+    else:
+        r = part1(a.keys, a.probe_rate, work)
+        print(f"moving state: {r['keys']:,} keys created in {r['create_s']:.1f}s; "
+              f"`wallaroo cluster grow` 1 -> 2 workers moved {r['moved']:,} of them "
+              f"in {r['grow_s']:.2f}s (command to answer)")
     print(f"  probe at {r['probe_rate']:,} msgs/s over every key: longest output "
           f"gap {r['gap_moved_s']:.2f}s for keys that moved, "
           f"{r['gap_stayed_s']:.2f}s for keys that stayed; keys that stayed "
           f"during the grow: {r['stayed_rate_during']:,.0f} outputs/s")
     print(f"  every key counted exactly twice after the move: "
           f"{'yes' if r['exact'] else 'NO'}")
+    if a.hosts:
+        print(f"(logs in {work})")
+        return 0 if r["exact"] else 1
     w = part2(a.lines, work)
     base = w["rates"][0][1]
     for step, rate in w["rates"]:
