@@ -164,8 +164,8 @@ class MoveMode:
                         os.unlink(p)
                     except FileNotFoundError:
                         pass
-        self.log.info("took %d partitions from %s", n,
-                      ", ".join(g for g in plan.old if g != me) or "nobody")
+        if files:
+            self.log.info("took %d partitions from %s", n, ", ".join(files))
         return n
 
     # -- the coordinator -------------------------------------------------------
