@@ -195,9 +195,10 @@ def test_a_host_joins_and_another_leaves_while_data_flows(procs, hosts, tmp_path
 
 
 @pytest.mark.parametrize("victim,when", [
-    (1, "waiting in move mode"),  # the coordinator, before or after its check
+    # the coordinator, before or after its check (opt in: -m slow)
+    pytest.param(1, "waiting in move mode", marks=pytest.mark.slow),
     (1, "moving key groups"),  # the coordinator, the plan past its point of no return
-    (2, "waiting in move mode"),  # a giver
+    pytest.param(2, "waiting in move mode", marks=pytest.mark.slow),  # a giver
     (3, "copied initializer's database"),  # the joiner, in its take
 ])
 def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when):
