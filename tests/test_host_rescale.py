@@ -10,22 +10,18 @@ restart into the new membership with their original command lines."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import struct
 import subprocess
 import time
 
 import pytest
 
-from .chaos.cluster_chaos import APP, check, read_frames, vote_keys
-from .conftest import WAIT, WALLAROO, free_port
-from .netns import BRIDGE_ADDR, Hosts, can_make_hosts
+from .conftest import WAIT, WALLAROO
+from .host_cluster import Cluster
+from .netns import Hosts, can_make_hosts
 
 why = can_make_hosts()
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
-
-NAMES = {1: "initializer", 2: "worker-1", 3: "worker-2"}
 
 
 @pytest.fixture
@@ -35,85 +31,6 @@ def hosts():
         yield h
     finally:
         h.close()
-
-
-class Cluster:
-    def __init__(self, procs, hosts: Hosts, tmp_path, messages: int, votes: int,
-                 rate: int):
-        self.procs, self.hosts, self.tmp = procs, hosts, tmp_path
-        self.secret = tmp_path / "secret"
-        self.secret.write_text("a cluster secret of enough length\n")
-        os.chmod(self.secret, 0o600)
-        self.out = tmp_path / "received.bin"
-        self.sink = free_port()
-        self.recv = procs("receive", "--listen", f"{BRIDGE_ADDR}:{self.sink}",
-                          "--resumable", "--framing", "length", "--output", self.out)
-        self.recv.wait_line(lambda line: line.startswith("listening"))
-        self.messages, self.votes = messages, votes
-        self.keys = vote_keys(votes, 7)
-        self.rate = rate
-        self.workers: dict[int, object] = {}
-
-    def state(self, i: int) -> str:
-        return str(self.tmp / f"state{i}")
-
-    def args(self, i: int) -> list[str]:
-        me = self.hosts.address(i)
-        base = ["run", APP, "--in", f"{me}:7000,{me}:7001", "--out",
-                f"{BRIDGE_ADDR}:{self.sink}", "--resilience-dir", self.state(i),
-                "--cluster-secret-file", str(self.secret), "--resumable-sinks",
-                "--checkpoint-interval", "0.5"]
-        if i == 1:
-            return base + ["--cluster-initializer", "--worker-count", "2",
-                           "--control", f"{me}:7100", "--data", f"{me}:7101"]
-        ctl = f"{self.hosts.address(1)}:7100"
-        how = ["--control", ctl] if i == 2 else ["--join", ctl]
-        return base + how + ["--name", NAMES[i], "--my-control", f"{me}:7100",
-                             "--my-data", f"{me}:7101"]
-
-    def start(self, i: int):
-        self.workers[i] = self.procs(*self.args(i), prefix=self.hosts.run_in(i, []))
-        return self.workers[i]
-
-    def send(self, host: int) -> list:
-        frames = self.tmp / "votes.frames"
-        frames.write_bytes(b"".join(struct.pack(">IIH", 6, n, k)
-                                    for n, k in enumerate(self.keys)))
-        to = self.hosts.address(host)
-        self.senders = [
-            self.procs("send", f"{to}:7000", "--u64", str(self.messages),
-                       "--resumable", "seq", "--rate", str(self.rate),
-                       "--connect-timeout", "180", "--quiet"),
-            self.procs("send", f"{to}:7001", "--frames", frames, "--resumable",
-                       "votes", "--rate", str(self.rate), "--connect-timeout",
-                       "180", "--quiet")]
-        return self.senders
-
-    def received(self) -> int:
-        return len(read_frames(self.out.read_bytes()))
-
-    def check_all(self) -> None:
-        assert [s.wait(timeout=240) for s in self.senders] == [0, 0]
-        deadline = time.monotonic() + 90
-        while self.received() < self.messages + self.votes:
-            assert time.monotonic() < deadline, "outputs missing"
-            time.sleep(0.2)
-        time.sleep(0.5)
-
-        class R:
-            lost_windows = duplicate_windows = bad_windows = 0
-            lost_votes = duplicate_votes = wrong_totals = 0
-        res = R()
-        check(read_frames(self.out.read_bytes()), self.messages, self.keys, res)
-        assert (res.lost_windows, res.duplicate_windows, res.bad_windows) == (0, 0, 0)
-        assert (res.lost_votes, res.duplicate_votes, res.wrong_totals) == (0, 0, 0)
-
-    def shrink(self, via: int, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            WALLAROO + ["cluster", "shrink", "--control",
-                        f"{self.hosts.address(via)}:7100", "--cluster-secret-file",
-                        str(self.secret), *args],
-            capture_output=True, text=True, timeout=300)
 
 
 def _ready_again(worker, after: int, timeout: float = 120) -> None:
