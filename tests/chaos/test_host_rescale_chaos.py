@@ -20,6 +20,7 @@ votes.  Opt in: ``python -m pytest -m slow tests/chaos/test_host_rescale_chaos.p
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -71,7 +72,9 @@ def kill_and_restart(c: Cluster, i: int, pause: float = 0.5) -> None:
 def test_the_resilience_sequence_and_kills_during_moves(procs, tmp_path):
     hosts = Hosts(3)
     try:
-        _run(procs, hosts, tmp_path, random.Random(20261201))
+        # another sequence of kills: WALLAROO_CHAOS_SEED=N
+        _run(procs, hosts, tmp_path,
+             random.Random(int(os.environ.get("WALLAROO_CHAOS_SEED", 20261201))))
     finally:
         hosts.close()
 
