@@ -118,6 +118,19 @@ def procs():
             proc.kill()
 
 
+@pytest.fixture
+def hosts():
+    """Three hosts: network namespaces at 10.77.0.1 .. 10.77.0.3
+    (``tests/netns.py``); a test using them skips where they cannot be
+    made (``netns.can_make_hosts``)."""
+    from .netns import Hosts
+    h = Hosts(3)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -81,19 +81,18 @@ class Cluster:
 
     def check_all(self) -> None:
         assert [s.wait(timeout=240) for s in self.senders] == [0, 0]
-        deadline = time.monotonic() + 90
-        while self.received() < self.messages + self.votes:
-            assert time.monotonic() < deadline, "outputs missing"
-            time.sleep(0.2)
-        time.sleep(0.5)
+        assert_exactly_once(self.out, self.messages, self.keys, 90)
 
-        class R:
-            lost_windows = duplicate_windows = bad_windows = 0
-            lost_votes = duplicate_votes = wrong_totals = 0
-        res = R()
-        check(read_frames(self.out.read_bytes()), self.messages, self.keys, res)
-        assert (res.lost_windows, res.duplicate_windows, res.bad_windows) == (0, 0, 0)
-        assert (res.lost_votes, res.duplicate_votes, res.wrong_totals) == (0, 0, 0)
+    def start_two_and_send(self, to: int, after: float) -> None:
+        """The cluster of the initializer and worker-1, both ready; the
+        senders to host ``to``, then ``after`` seconds."""
+        for i in (1, 2):
+            self.start(i)
+        for i in (1, 2):
+            self.workers[i].wait_line(lambda line: line.startswith("ready"),
+                                      timeout=60)
+        self.send(to)
+        time.sleep(after)
 
     def shrink_args(self, via: int, *args: str) -> list[str]:
         return WALLAROO + ["cluster", "shrink", "--control",
@@ -103,3 +102,21 @@ class Cluster:
     def shrink(self, via: int, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(self.shrink_args(via, *args), capture_output=True,
                               text=True, timeout=300)
+
+
+def assert_exactly_once(out, messages: int, keys: list[int], timeout: float) -> None:
+    """Every window and vote in the receiver's file ``out`` (waiting for
+    them up to ``timeout`` seconds), each once, gap- and repeat-free."""
+    deadline = time.monotonic() + timeout
+    while len(read_frames(out.read_bytes())) < messages + len(keys):
+        assert time.monotonic() < deadline, "outputs missing"
+        time.sleep(0.2)
+    time.sleep(0.5)
+
+    class R:
+        lost_windows = duplicate_windows = bad_windows = 0
+        lost_votes = duplicate_votes = wrong_totals = 0
+    res = R()
+    check(read_frames(out.read_bytes()), messages, keys, res)
+    assert (res.lost_windows, res.duplicate_windows, res.bad_windows) == (0, 0, 0)
+    assert (res.lost_votes, res.duplicate_votes, res.wrong_totals) == (0, 0, 0)

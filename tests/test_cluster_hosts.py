@@ -15,25 +15,16 @@ import signal
 import struct
 import subprocess
 import time
-from collections import Counter
 
 import pytest
 
-from .chaos.cluster_chaos import APP, NAMES, check, read_frames, vote_keys
+from .chaos.cluster_chaos import APP, NAMES, read_frames, vote_keys
 from .conftest import WAIT, WALLAROO, free_port
+from .host_cluster import assert_exactly_once
 from .netns import BRIDGE_ADDR, Hosts, can_make_hosts
 
 why = can_make_hosts()
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
-
-
-@pytest.fixture
-def hosts():
-    h = Hosts(3)
-    try:
-        yield h
-    finally:
-        h.close()
 
 
 def worker_args(i: int, hosts: Hosts, secret: str, state: str, sink: int) -> list[str]:
@@ -106,19 +97,7 @@ def test_three_hosts_a_partition_and_a_restarted_initializer(procs, hosts, tmp_p
     workers[1].wait_line(lambda line: line.startswith("ready"), timeout=60)
     assert "rejoining the cluster of initializer, worker-1, worker-2" in workers[1].stderr
     assert [s.wait(timeout=180) for s in senders] == [0, 0]
-    deadline = time.monotonic() + 60
-    while len(read_frames(out.read_bytes())) < messages + votes:
-        assert time.monotonic() < deadline, "outputs missing"
-        time.sleep(0.2)
-    time.sleep(0.5)
-
-    class R:
-        lost_windows = duplicate_windows = bad_windows = 0
-        lost_votes = duplicate_votes = wrong_totals = 0
-    res = R()
-    check(read_frames(out.read_bytes()), messages, keys, res)
-    assert (res.lost_windows, res.duplicate_windows, res.bad_windows) == (0, 0, 0)
-    assert (res.lost_votes, res.duplicate_votes, res.wrong_totals) == (0, 0, 0)
+    assert_exactly_once(out, messages, keys, 60)
     for w in workers.values():
         assert w.terminate(timeout=60) == 0
 

@@ -18,19 +18,10 @@ import pytest
 
 from .conftest import WAIT, WALLAROO
 from .host_cluster import Cluster
-from .netns import Hosts, can_make_hosts
+from .netns import can_make_hosts
 
 why = can_make_hosts()
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
-
-
-@pytest.fixture
-def hosts():
-    h = Hosts(3)
-    try:
-        yield h
-    finally:
-        h.close()
 
 
 def _ready_again(worker, after: int, timeout: float = 120) -> None:
@@ -49,12 +40,7 @@ def _readies(worker) -> int:
 
 def test_a_host_joins_and_another_leaves_while_data_flows(procs, hosts, tmp_path):
     c = Cluster(procs, hosts, tmp_path, messages=5000, votes=5000, rate=1000)
-    for i in (1, 2):
-        c.start(i)
-    for i in (1, 2):
-        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
-    c.send(2)
-    time.sleep(1.5)
+    c.start_two_and_send(2, after=1.5)
     # a third host joins through worker-1's control port (passed on)
     joiner = c.procs(*(a if a != f"{hosts.address(1)}:7100" else
                        f"{hosts.address(2)}:7100" for a in c.args(3)),
@@ -120,12 +106,7 @@ def test_a_host_joins_and_another_leaves_while_data_flows(procs, hosts, tmp_path
 ])
 def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when):
     c = Cluster(procs, hosts, tmp_path, messages=4000, votes=4000, rate=1000)
-    for i in (1, 2):
-        c.start(i)
-    for i in (1, 2):
-        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
-    c.send(2)
-    time.sleep(1.0)
+    c.start_two_and_send(2, after=1.0)
     c.start(3)
     c.workers[victim].wait_line(when, timeout=120)
     c.workers[victim].signal(signal.SIGKILL)

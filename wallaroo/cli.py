@@ -330,18 +330,11 @@ def _cluster_args(initializer, worker_count, control, data, my_control, my_data,
                                    "--data form a new one: give one or the other")
         if not secret_file:
             raise click.UsageError("--join needs --cluster-secret-file FILE")
-        if my_control is None or my_data is None:
-            raise click.UsageError(f"worker {name!r} joining through --join needs "
-                                   f"--my-control HOST:PORT and --my-data HOST:PORT "
-                                   f"(where its own ports listen)")
-        if name == "initializer":
-            raise click.UsageError("a worker joining a cluster needs its own --name")
         if resilience_dir is None:
             raise click.UsageError("--join needs --resilience-dir: the new worker "
                                    "takes its share of the state")
         return {"kind": "joiner", "join": _address_option(join, "--join"),
-                "my_control": _address_option(my_control, "--my-control"),
-                "my_data": _address_option(my_data, "--my-data"),
+                **_own_ports(name, my_control, my_data, "--join"),
                 "secret_file": secret_file, "peer_outbox_max": peer_outbox_max}
     if not (initializer or control):
         for flag, v in (("--worker-count", worker_count), ("--data", data),
@@ -362,16 +355,22 @@ def _cluster_args(initializer, worker_count, control, data, my_control, my_data,
                 "control": _address_option(control, "--control"),
                 "data": _address_option(data, "--data"),
                 "secret_file": secret_file, "peer_outbox_max": peer_outbox_max}
+    return {"kind": "member", "initializer": _address_option(control, "--control"),
+            **_own_ports(name, my_control, my_data, "--control"),
+            "secret_file": secret_file, "peer_outbox_max": peer_outbox_max}
+
+
+def _own_ports(name, my_control, my_data, through: str) -> dict:
+    """A worker that joins (``through`` --control or --join): its own
+    addresses, and a name of its own."""
     if my_control is None or my_data is None:
-        raise click.UsageError(f"worker {name!r} joining through --control needs "
+        raise click.UsageError(f"worker {name!r} joining through {through} needs "
                                f"--my-control HOST:PORT and --my-data HOST:PORT "
                                f"(where its own ports listen)")
     if name == "initializer":
         raise click.UsageError("a worker joining a cluster needs its own --name")
-    return {"kind": "member", "initializer": _address_option(control, "--control"),
-            "my_control": _address_option(my_control, "--my-control"),
-            "my_data": _address_option(my_data, "--my-data"),
-            "secret_file": secret_file, "peer_outbox_max": peer_outbox_max}
+    return {"my_control": _address_option(my_control, "--my-control"),
+            "my_data": _address_option(my_data, "--my-data")}
 
 
 @cli.command(context_settings=CONTEXT)

@@ -81,14 +81,8 @@ def test_the_resilience_sequence_and_kills_during_moves(procs, tmp_path):
 
 def _run(procs, hosts, tmp_path, rnd: random.Random) -> None:
     c = Cluster(procs, hosts, tmp_path, messages=60000, votes=60000, rate=800)
-    for i in (1, 2):
-        c.start(i)
-    for i in (1, 2):
-        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
-    c.send(2)
     events = []
-    # Wait 2 s, Grow 1
-    time.sleep(2)
+    c.start_two_and_send(2, after=2)  # Wait 2 s, then Grow 1
     c.start(3)
     events.append(f"grow in {wait_members(c, TWO + ', worker-2'):.1f}s")
     # Wait 2 s, Shrink 1

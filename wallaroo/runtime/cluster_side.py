@@ -99,18 +99,8 @@ class ClusterSide:
         """``cluster.json`` (as the supervisor writes it, with this worker
         alone; ``several_hosts`` tells ``wallaroo status`` to ask it for the
         others), replaced atomically."""
-        c, d = self.control_address, self.data_address
-        body = {"version": 1, "application": application, "several_hosts": True,
-                "workers": [{"name": self.me, "pid": os.getpid(), "state": state,
-                             "control": f"{c[0]}:{c[1]}" if c else None,
-                             "data": f"{d[0]}:{d[1]}" if d else None,
-                             "sources": sources, "metrics": None, "restarts": 0}]}
-        path = os.path.join(directory, "cluster.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(body, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_own_entry(directory, application, self.me, state,
+                        self.control_address, self.data_address, sources)
 
     def members(self) -> dict:
         """The membership, with every worker's addresses as known here."""
@@ -259,6 +249,26 @@ class ClusterSide:
                 await self._link.send(json.dumps(msg).encode())
             except OSError:
                 pass
+
+
+def write_own_entry(directory: str, application: str | None, me: str, state: str,
+                    control, data, sources: list[str], **extra) -> None:
+    """A several-host worker's ``cluster.json``: its own entry alone
+    (``several_hosts`` tells ``wallaroo status`` to ask it for the others),
+    replaced atomically; ``extra``: more fields of the entry."""
+    c, d = control, data
+    body = {"version": 1, "application": application, "several_hosts": True,
+            "workers": [{"name": me, "pid": os.getpid(), "state": state,
+                         "control": f"{c[0]}:{c[1]}" if c else None,
+                         "data": f"{d[0]}:{d[1]}" if d else None,
+                         "sources": sources, "metrics": None, "restarts": 0,
+                         **extra}]}
+    path = os.path.join(directory, "cluster.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(body, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def load_secret(path: str) -> bytes:

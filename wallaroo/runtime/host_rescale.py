@@ -56,6 +56,7 @@ import trio
 from ..connectors import auth
 from ..recovery import moves
 from .control import ask, ask_verb
+from .rescale import quiet_counts
 
 PLAN_SUFFIX = ".rescale.json"
 # seconds: a drained worker with no word from the coordinator starts again
@@ -317,16 +318,12 @@ class RunningSide:
                     trio.BrokenResourceError, ValueError):
                 last = None
                 continue
-            quiet = all(a.get("inbox", {}).get("messages", 1) == 0 and all(
-                c.get("batches", 1) == 0 for c in a.get("channels", ()))
-                for a in answers)
             waiting = sum(sum(s.get("outputs", 0) for s in a.get("sinks", ()))
                           for m, a in zip(plan.old, answers) if m in leaving)
             if waiting and trio.current_time() - start < LEAVING_WAIT:
                 last = None
                 continue
-            counts = tuple((a.get("messages_in"), a.get("outputs"), a.get("commits"))
-                           for a in answers)
+            quiet, counts = quiet_counts(answers)
             if quiet and counts == last:
                 return True
             last = counts if quiet else None

@@ -14,7 +14,6 @@ with its own command line: the move is done, or abandoned) or
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import sqlite3
@@ -26,6 +25,7 @@ import trio
 from ..connectors import auth
 from ..recovery import moves
 from ..recovery.errors import StoreError
+from .cluster_side import write_own_entry
 from .control import ControlError, ControlServer, FileAnswer, ask_verb, fetch_file
 from .host_rescale import (GIVE_UP, _unique, abandon, read_plan_file,
                            remove_plan_file, split, write_plan_file)
@@ -274,7 +274,8 @@ async def move_mode(directory: str, me: str, secret: bytes,
                                   "SHRINK": mode.shrink})
     plan = mode.plan
     address = await _bind(server, control, log)
-    _write_entry(directory, me, address, plan)
+    write_own_entry(directory, None, me, "rescale", address, None, [],
+                    rescale=plan.id)
     log.info("rescale %s in progress (%d -> %d workers): waiting in move mode "
              "on %s:%d", plan.id, len(plan.old), len(plan.new), *address)
     async with trio.open_nursery() as nursery:
@@ -299,19 +300,3 @@ async def _bind(server: ControlServer, control: tuple[str, int], log):
                 log.info("move mode: cannot listen on %s:%d yet (%s)", *control, e)
             await trio.sleep(0.05)
     return await server.bind(*control)
-
-
-def _write_entry(directory: str, me: str, address, plan: moves.Plan) -> None:
-    """``cluster.json`` as a running several-host worker writes it, in state
-    ``rescale``."""
-    body = {"version": 1, "several_hosts": True,
-            "workers": [{"name": me, "pid": os.getpid(), "state": "rescale",
-                         "control": f"{address[0]}:{address[1]}", "data": None,
-                         "sources": [], "metrics": None, "restarts": 0,
-                         "rescale": plan.id}]}
-    path = os.path.join(directory, "cluster.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(body, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)

@@ -227,9 +227,7 @@ async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> bool:
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError):
             last = None
             continue
-        quiet = all(a.get("inbox", {}).get("messages", 1) == 0 and all(
-            c.get("batches", 1) == 0 for c in a.get("channels", ()))
-            for a in answers)
+        quiet, counts = quiet_counts(answers)
         waiting = {m.name: sum(s.get("outputs", 0) for s in a.get("sinks", ()))
                    for m, a in zip(drain.members, answers) if m.name in leaving}
         if any(waiting.values()):
@@ -243,14 +241,22 @@ async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> bool:
                     "after %.0fs (%s): they stay in their databases, marked "
                     "retired (docs/cluster.md, 'Rescaling')", LEAVING_WAIT,
                     ", ".join(f"{n}: {k}" for n, k in waiting.items() if k))
-        # a batch being committed is counted in but not yet in a channel:
-        # commits must stand still too
-        counts = tuple((a.get("messages_in"), a.get("outputs"), a.get("commits"))
-                       for a in answers)
         if quiet and counts == last:
             return True
         last = counts if quiet else None
     return False
+
+
+def quiet_counts(answers: list[dict]) -> tuple[bool, tuple]:
+    """From the workers' STATUS answers: whether every inbox and channel is
+    empty, and the counts that must stand still between two looks (a
+    batch being committed is counted in but not yet in a channel)."""
+    quiet = all(a.get("inbox", {}).get("messages", 1) == 0 and all(
+        c.get("batches", 1) == 0 for c in a.get("channels", ()))
+        for a in answers)
+    counts = tuple((a.get("messages_in"), a.get("outputs"), a.get("commits"))
+                   for a in answers)
+    return quiet, counts
 
 
 # -- while the cluster runs ------------------------------------------------
