@@ -97,20 +97,29 @@ def test_a_host_joins_and_another_leaves_while_data_flows(procs, hosts, tmp_path
         assert c.workers[i].terminate(timeout=60) == 0
 
 
-@pytest.mark.parametrize("victim,when", [
+KILL, TERM = signal.SIGKILL, signal.SIGTERM
+
+
+@pytest.mark.parametrize("victim,when,sig", [
     # the coordinator, before or after its check (opt in: -m slow)
-    pytest.param(1, "waiting in move mode", marks=pytest.mark.slow),
-    (1, "moving key groups"),  # the coordinator, the plan past its point of no return
-    pytest.param(2, "waiting in move mode", marks=pytest.mark.slow),  # a giver
-    (3, "copied initializer's database"),  # the joiner, in its take
+    pytest.param(1, "waiting in move mode", KILL, marks=pytest.mark.slow),
+    # the coordinator, the plan past its point of no return
+    (1, "moving key groups", KILL),
+    pytest.param(2, "waiting in move mode", KILL, marks=pytest.mark.slow),  # a giver
+    (3, "copied initializer's database", KILL),  # the joiner, in its take
+    # a polite stop of a giver waiting in move mode: it says what waits
+    pytest.param(2, "waiting in move mode", TERM, marks=pytest.mark.slow),
 ])
-def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when):
+def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when, sig):
     c = Cluster(procs, hosts, tmp_path, messages=4000, votes=4000, rate=1000)
     c.start_two_and_send(2, after=1.0)
     c.start(3)
     c.workers[victim].wait_line(when, timeout=120)
-    c.workers[victim].signal(signal.SIGKILL)
-    c.workers[victim].wait()
+    c.workers[victim].signal(sig)
+    code = c.workers[victim].wait()
+    if sig == TERM:
+        assert code == 0
+        assert "in move mode: rescale" in c.workers[victim].stderr
     if victim == 3:  # the others wait for it in move mode, and say so
         st = subprocess.run(WALLAROO + [
             "status", "--control", f"{hosts.address(2)}:7100", "--cluster-secret-file",

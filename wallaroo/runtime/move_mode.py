@@ -27,7 +27,7 @@ from ..recovery import moves
 from ..recovery.errors import StoreError
 from .cluster_side import write_own_entry
 from .control import ControlError, ControlServer, FileAnswer, ask_verb, fetch_file
-from .host_rescale import (GIVE_UP, _unique, abandon, read_plan_file,
+from .host_rescale import (GIVE_UP, _unique, abandon, plan_file, read_plan_file,
                            remove_plan_file, split, write_plan_file)
 
 STEP_TIMEOUT = 3600.0  # one step's answer (a take copies whole databases)
@@ -49,6 +49,9 @@ class MoveMode:
         self.done = trio.Event()
         self.step = "waiting"
         self.since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    def plan_path(self) -> str:
+        return plan_file(self.directory, self.me)
 
     # -- what the control port answers ---------------------------------------
     def status(self) -> dict:
@@ -261,7 +264,7 @@ class MoveMode:
 async def move_mode(directory: str, me: str, secret: bytes,
                     control: tuple[str, int], log: logging.Logger) -> str:
     """Wait in move mode on ``control`` until the plan is done or given up;
-    the outcome (``"exec"`` or ``"retired"``)."""
+    the outcome (``"exec"``, ``"retired"``, or None: stopped by a signal)."""
     mode = MoveMode(directory, me, secret, log)
     for leftover in glob.glob(os.path.join(directory, f".export-{me}-*")) + \
             glob.glob(os.path.join(directory, ".rescale-*.db*")):
@@ -280,6 +283,7 @@ async def move_mode(directory: str, me: str, secret: bytes,
              "on %s:%d", plan.id, len(plan.old), len(plan.new), *address)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
+        nursery.start_soon(_stop_on_signal, mode)
         if mode.coordinator == me:
             nursery.start_soon(mode.drive)
         await mode.done.wait()
@@ -288,6 +292,22 @@ async def move_mode(directory: str, me: str, secret: bytes,
     for ls in server.listeners:
         await ls.aclose()
     return mode.outcome
+
+
+async def _stop_on_signal(mode: MoveMode) -> None:
+    """SIGTERM or SIGINT in move mode: stop, saying what waits (the plan
+    file stays: started again with its command line, the worker takes its
+    place in the rescale)."""
+    import signal
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            mode.log.warning(
+                "stopped on %s in move mode: rescale %s waits for this worker "
+                "(%s); start it again with its command line",
+                signal.Signals(signum).name, mode.plan.id, mode.plan_path())
+            mode.outcome = None
+            mode.done.set()
+            return
 
 
 async def _bind(server: ControlServer, control: tuple[str, int], log):
