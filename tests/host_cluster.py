@@ -58,8 +58,9 @@ class Cluster:
         return base + how + ["--name", self.names[i], "--my-control", f"{me}:7100",
                              "--my-data", f"{me}:7101"]
 
-    def start(self, i: int):
-        self.workers[i] = self.procs(*self.args(i), prefix=self.hosts.run_in(i, []))
+    def start(self, i: int, env: dict | None = None):
+        self.workers[i] = self.procs(*self.args(i), prefix=self.hosts.run_in(i, []),
+                                     env=env)
         return self.workers[i]
 
     def send(self, host: int) -> list:
@@ -83,16 +84,29 @@ class Cluster:
         assert [s.wait(timeout=240) for s in self.senders] == [0, 0]
         assert_exactly_once(self.out, self.messages, self.keys, 90)
 
-    def start_two_and_send(self, to: int, after: float) -> None:
+    def start_two_and_send(self, to: int, after: float,
+                           env: dict | None = None) -> None:
         """The cluster of the initializer and worker-1, both ready; the
         senders to host ``to``, then ``after`` seconds."""
         for i in (1, 2):
-            self.start(i)
+            self.start(i, env)
         for i in (1, 2):
             self.workers[i].wait_line(lambda line: line.startswith("ready"),
                                       timeout=60)
         self.send(to)
         time.sleep(after)
+
+    def grown_and_checked(self, timeout: float) -> None:
+        """The grow to three workers done and every worker ready again;
+        every output exactly once; every worker stops with exit 0."""
+        self.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l,
+                                  timeout=timeout)
+        for i in (1, 2, 3):
+            self.workers[i].wait_line(lambda line: line.startswith("ready"),
+                                      timeout=120)
+        self.check_all()
+        for w in self.workers.values():
+            assert w.terminate(timeout=60) == 0
 
     def shrink_args(self, via: int, *args: str) -> list[str]:
         return WALLAROO + ["cluster", "shrink", "--control",

@@ -129,12 +129,7 @@ def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when, si
         assert [w["state"] for w in status["workers"]] == ["rescale", "rescale"]
         assert status["rescale"]["to"] == ["initializer", "worker-1", "worker-2"]
     c.start(victim)  # with its own command line: it finds its plan file
-    c.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l, timeout=180)
-    for i in (1, 2, 3):
-        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=120)
-    c.check_all()
-    for w in c.workers.values():
-        assert w.terminate(timeout=60) == 0
+    c.grown_and_checked(timeout=180)
 
 
 def test_a_member_down_at_the_start_abandons_the_rescale_until_it_is_back(
@@ -145,21 +140,11 @@ def test_a_member_down_at_the_start_abandons_the_rescale_until_it_is_back(
     rescale happens."""
     c = Cluster(procs, hosts, tmp_path, messages=3000, votes=3000, rate=1000)
     env = {"WALLAROO_RESCALE_GIVE_UP": "2"}
-    for i in (1, 2):
-        c.workers[i] = c.procs(*c.args(i), prefix=hosts.run_in(i, []), env=env)
-    for i in (1, 2):
-        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
-    c.send(1)
-    time.sleep(1.0)
+    c.start_two_and_send(1, after=1.0, env=env)
     c.workers[2].signal(signal.SIGKILL)
     c.workers[2].wait()
-    c.workers[3] = c.procs(*c.args(3), prefix=hosts.run_in(3, []), env=env)
+    c.start(3, env)
     c.workers[1].wait_line("abandoned", timeout=60)
     assert " done: " not in c.workers[1].stderr
-    c.workers[2] = c.procs(*c.args(2), prefix=hosts.run_in(2, []), env=env)
-    c.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l, timeout=120)
-    for i in (1, 2, 3):
-        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=120)
-    c.check_all()
-    for w in c.workers.values():
-        assert w.terminate(timeout=60) == 0
+    c.start(2, env)
+    c.grown_and_checked(timeout=120)

@@ -140,7 +140,7 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
     import trio
 
     from .connectors.auth import AuthError, load_secret
-    from .runtime.control import ask, ask_verb
+    from .runtime.control import ASK_ERRORS, ask, ask_verb
     from .tools.common import parse_address
     if not secret_file:
         raise click.UsageError("--control needs --cluster-secret-file FILE")
@@ -161,8 +161,7 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
     def call(fn, *args, **kw):
         try:
             return trio.run(lambda: fn(*args, **kw))
-        except (OSError, AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                ValueError) as e:
+        except ASK_ERRORS as e:
             raise click.ClickException(f"{control}: {e or type(e).__name__}") from None
 
     t0 = time.monotonic()
@@ -184,8 +183,7 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
         time.sleep(0.2)
         try:
             got = trio.run(lambda: ask(coordinator, secret, "MEMBERS", timeout=5))
-        except (OSError, AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                ValueError):
+        except ASK_ERRORS:
             continue  # the coordinator is between two runs
         if got.get("members") == new and "rescale" not in got:
             _done({"seconds": time.monotonic() - t0, "members": new})

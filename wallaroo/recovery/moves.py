@@ -263,14 +263,20 @@ def membership_of(directory: str, worker: str) -> dict | None:
         return None if text is None else _checked_membership(text, db.path)
 
 
-def is_retired(directory: str, worker: str) -> bool:
-    """Read-only: whether a database is marked retired."""
+def _meta_value(directory: str, worker: str, key: str) -> str | None:
+    """Read-only: a key of a worker's ``meta`` table (None: not there, or
+    no readable database)."""
     try:
         row = _read_row(directory, worker, "SELECT value FROM meta WHERE key=?",
-                        (RETIRED,))
+                        (key,))
     except sqlite3.Error:
-        return False
-    return row is not None
+        return None
+    return None if row is None else row[0]
+
+
+def is_retired(directory: str, worker: str) -> bool:
+    """Read-only: whether a database is marked retired."""
+    return _meta_value(directory, worker, RETIRED) is not None
 
 
 # -- the steps ------------------------------------------------------------
@@ -420,14 +426,7 @@ def give(directory: str, giver: str, plan: Plan, before=_nothing) -> int:
 
 def taken_already(directory: str, taker: str, plan: Plan) -> bool:
     """Read-only: whether ``taker`` took its share for ``plan``."""
-    if not os.path.exists(db_file(directory, taker)):
-        return False
-    try:
-        row = _read_row(directory, taker, "SELECT value FROM meta WHERE key=?",
-                        (TAKEN,))
-    except sqlite3.Error:
-        return False
-    return row is not None and row[0] == plan.id
+    return _meta_value(directory, taker, TAKEN) == plan.id
 
 
 def export_copy(directory: str, worker: str, dest: str) -> None:

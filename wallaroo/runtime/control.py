@@ -27,6 +27,10 @@ import trio
 from ..connectors import auth
 
 
+# what asking a control port may raise: it is down or restarting, it closed
+# before answering, it does not hold the secret, or the answer is not JSON
+ASK_ERRORS = (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
+              trio.ClosedResourceError, ValueError)
 REQUEST_LIMIT = 64 * 1024  # a request line with its JSON body
 FILE_CHUNK = 1 << 20
 

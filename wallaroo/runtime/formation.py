@@ -25,8 +25,7 @@ import sqlite3
 
 import trio
 
-from ..connectors import auth
-from .control import ControlServer, ask
+from .control import ASK_ERRORS, ControlServer, ask
 from .placement import DEFAULT_KEY_GROUPS
 
 
@@ -135,8 +134,7 @@ async def join(initializer: tuple[str, int], name: str, control_text: str,
             answer = await ask(initializer, secret,
                                f"JOIN {name} {control_text} {data_text}", me=name,
                                timeout=3600)
-        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                trio.ClosedResourceError, ValueError) as e:
+        except ASK_ERRORS as e:
             # not up yet, restarting, or it closed before answering
             if attempts == 1 or attempts % 30 == 0:
                 log.info("joining the cluster through %s:%d: %s; retrying",
@@ -174,8 +172,7 @@ async def grow(contact: tuple[str, int], name: str, control_text: str,
         try:
             answer = await ask(contact, secret, "GROW " + json.dumps(body), me=name,
                                timeout=60)
-        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                trio.ClosedResourceError, ValueError) as e:
+        except ASK_ERRORS as e:
             answer = {"error": str(e) or type(e).__name__, "retry": True}
         if "accepted" in answer:
             plan = Plan.from_json(answer["plan"])

@@ -53,9 +53,8 @@ import time
 
 import trio
 
-from ..connectors import auth
 from ..recovery import moves
-from .control import ask, ask_verb
+from .control import ASK_ERRORS, ask, ask_verb
 from .rescale import quiet_counts
 
 PLAN_SUFFIX = ".rescale.json"
@@ -129,6 +128,21 @@ def _unique(names) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+async def tell(plan: moves.Plan, name: str, op: str, secret: bytes, me: str,
+               timeout: float = 10) -> dict:
+    """One of the coordinator's orders (``RESCALE`` with ``op``) to the
+    participant ``name``; its answer."""
+    return await ask_verb(split(plan.addresses[name]["control"]), secret,
+                          "RESCALE", {"op": op, "plan": plan.to_json(),
+                                      "coordinator": me}, me=me, timeout=timeout)
+
+
+def accepted(plan: moves.Plan, coordinator_control: str) -> dict:
+    """The answer to the ``GROW`` or ``SHRINK`` that began ``plan``."""
+    return {"accepted": plan.id, "plan": plan.to_json(),
+            "coordinator": coordinator_control}
+
+
 # -- a running worker's side -----------------------------------------------
 
 class RunningSide:
@@ -172,8 +186,7 @@ class RunningSide:
         try:
             return await ask_verb(address, self.config.secret, verb, body,
                                   me=self.me, timeout=30)
-        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                ValueError) as e:
+        except ASK_ERRORS as e:
             return {"error": f"the coordinator {first} at {address[0]}:{address[1]} "
                              f"did not answer ({e or type(e).__name__})", "retry": True}
 
@@ -249,15 +262,7 @@ class RunningSide:
 
     def _accepted(self, plan: moves.Plan) -> dict:
         c = self.side.control_address
-        return {"accepted": plan.id, "plan": plan.to_json(),
-                "coordinator": f"{c[0]}:{c[1]}"}
-
-    async def _tell(self, name: str, plan: moves.Plan, op: str,
-                    timeout: float = 10) -> dict:
-        address = split(plan.addresses[name]["control"])
-        return await ask_verb(address, self.config.secret, "RESCALE",
-                              {"op": op, "plan": plan.to_json(),
-                               "coordinator": self.me}, me=self.me, timeout=timeout)
+        return accepted(plan, f"{c[0]}:{c[1]}")
 
     async def _drain_and_stop(self, plan: moves.Plan) -> None:
         """The coordinator: drain in place, then every member stops into
@@ -290,9 +295,8 @@ class RunningSide:
         deadline = trio.current_time() + GIVE_UP
         while True:
             try:
-                answer = await self._tell(name, plan, op)
-            except (OSError, auth.AuthError, trio.TooSlowError,
-                    trio.BrokenResourceError, ValueError) as e:
+                answer = await tell(plan, name, op, self.config.secret, self.me)
+            except ASK_ERRORS as e:
                 answer = {"error": str(e) or type(e).__name__, "retry": True}
             if "error" not in answer:
                 return
@@ -314,8 +318,7 @@ class RunningSide:
                         answers.append(await ask(
                             split(plan.addresses[m]["control"]), self.config.secret,
                             "STATUS", me=self.me, timeout=5))
-            except (OSError, auth.AuthError, trio.TooSlowError,
-                    trio.BrokenResourceError, ValueError):
+            except ASK_ERRORS:
                 last = None
                 continue
             waiting = sum(sum(s.get("outputs", 0) for s in a.get("sinks", ()))
@@ -383,10 +386,7 @@ async def abandon(plan: moves.Plan, me: str, secret: bytes, log) -> None:
         if name == me:
             continue
         try:
-            await ask_verb(split(plan.addresses[name]["control"]), secret,
-                           "RESCALE", {"op": "abandon", "plan": plan.to_json()},
-                           me=me, timeout=5)
-        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                ValueError) as e:
+            await tell(plan, name, "abandon", secret, me, timeout=5)
+        except ASK_ERRORS as e:
             log.info("rescale %s: could not tell %s it is abandoned (%s)",
                      plan.id, name, e or type(e).__name__)

@@ -22,13 +22,13 @@ import time
 
 import trio
 
-from ..connectors import auth
 from ..recovery import moves
 from ..recovery.errors import StoreError
 from .cluster_side import write_own_entry
-from .control import ControlError, ControlServer, FileAnswer, ask_verb, fetch_file
-from .host_rescale import (GIVE_UP, _unique, abandon, plan_file, read_plan_file,
-                           remove_plan_file, split, write_plan_file)
+from .control import ASK_ERRORS, ControlError, ControlServer, FileAnswer, fetch_file
+from .host_rescale import (GIVE_UP, _unique, abandon, accepted, plan_file,
+                           read_plan_file, remove_plan_file, split, tell,
+                           write_plan_file)
 
 STEP_TIMEOUT = 3600.0  # one step's answer (a take copies whole databases)
 NOTE_EVERY = 30.0  # seconds between two "waiting for" lines
@@ -71,9 +71,7 @@ class MoveMode:
         if self.me == self.coordinator and name in self.plan.new \
                 and name not in self.plan.old and self.plan.addresses.get(name) == {
                     "control": body.get("control"), "data": body.get("data")}:
-            c = self.plan.addresses[self.me]["control"]
-            return {"accepted": self.plan.id, "plan": self.plan.to_json(),
-                    "coordinator": c}
+            return accepted(self.plan, self.plan.addresses[self.me]["control"])
         return {"error": f"a rescale is in progress ({len(self.plan.old)} -> "
                          f"{len(self.plan.new)} workers)", "retry": True}
 
@@ -92,8 +90,7 @@ class MoveMode:
             return {"error": f"waiting for rescale {self.plan.id}, not {plan.id}"}
         try:
             return await self.run_op(op)
-        except (StoreError, OSError, ControlError, ValueError, sqlite3.Error,
-                auth.AuthError, trio.TooSlowError, trio.BrokenResourceError) as e:
+        except ASK_ERRORS + (StoreError, ControlError, sqlite3.Error) as e:
             self.log.error("rescale %s: %s failed: %s", plan.id, op, e)
             return {"error": f"{self.me}: {op}: {e}", "retry": True}
 
@@ -214,8 +211,7 @@ class MoveMode:
             for name in everyone:
                 try:
                     a = await self._ask(name, "status", timeout=10)
-                except (OSError, auth.AuthError, trio.TooSlowError,
-                        trio.BrokenResourceError, ValueError, ControlError) as e:
+                except ASK_ERRORS + (ControlError,) as e:
                     wrong.append(f"{name}: {e or type(e).__name__}")
                     continue
                 if "error" in a:
@@ -233,10 +229,7 @@ class MoveMode:
             answer = await self.run_op(op)
             assert isinstance(answer, dict)
             return answer
-        return await ask_verb(split(self.plan.addresses[name]["control"]),
-                              self.secret, "RESCALE",
-                              {"op": op, "plan": self.plan.to_json(),
-                               "coordinator": self.me}, me=self.me, timeout=timeout)
+        return await tell(self.plan, name, op, self.secret, self.me, timeout)
 
     async def _ask_until(self, name: str, op: str) -> dict:
         """Ask until answered: a participant that is down keeps the
@@ -249,9 +242,7 @@ class MoveMode:
                 if "error" not in answer:
                     return answer
                 why = answer["error"]
-            except (OSError, auth.AuthError, trio.TooSlowError,
-                    trio.BrokenResourceError, ValueError, ControlError,
-                    StoreError) as e:
+            except ASK_ERRORS + (ControlError, StoreError) as e:
                 why = str(e) or type(e).__name__
             waited = trio.current_time() - start
             if waited - noted >= NOTE_EVERY:
@@ -279,11 +270,12 @@ async def move_mode(directory: str, me: str, secret: bytes,
     address = await _bind(server, control, log)
     write_own_entry(directory, None, me, "rescale", address, None, [],
                     rescale=plan.id)
-    log.info("rescale %s in progress (%d -> %d workers): waiting in move mode "
-             "on %s:%d", plan.id, len(plan.old), len(plan.new), *address)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve)
-        nursery.start_soon(_stop_on_signal, mode)
+        # the signals are caught before the line that says this worker waits
+        await nursery.start(_stop_on_signal, mode)
+        log.info("rescale %s in progress (%d -> %d workers): waiting in move "
+                 "mode on %s:%d", plan.id, len(plan.old), len(plan.new), *address)
         if mode.coordinator == me:
             nursery.start_soon(mode.drive)
         await mode.done.wait()
@@ -294,12 +286,14 @@ async def move_mode(directory: str, me: str, secret: bytes,
     return mode.outcome
 
 
-async def _stop_on_signal(mode: MoveMode) -> None:
+async def _stop_on_signal(mode: MoveMode,
+                          task_status=trio.TASK_STATUS_IGNORED) -> None:
     """SIGTERM or SIGINT in move mode: stop, saying what waits (the plan
     file stays: started again with its command line, the worker takes its
     place in the rescale)."""
     import signal
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             mode.log.warning(
                 "stopped on %s in move mode: rescale %s waits for this worker "

@@ -30,7 +30,7 @@ import os
 import trio
 
 from ..connectors import auth
-from ..runtime.control import ask
+from ..runtime.control import ASK_ERRORS, ask
 from . import ToolError
 from .common import parse_address
 
@@ -48,8 +48,7 @@ async def _ask_all(entries: list[dict], secret: bytes) -> list[dict]:
             return
         try:
             answer = await ask(_split(e["control"]), secret, "STATUS", timeout=5)
-        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                trio.ClosedResourceError, ValueError) as err:
+        except ASK_ERRORS as err:
             e["error"] = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
             if e.get("state") == "ready":
                 e["state"] = "unreachable"
@@ -100,8 +99,7 @@ def status_from_control(control: str, secret_file: str) -> dict:
     async def main():
         try:
             members = await ask(_split(control), secret, "MEMBERS", timeout=5)
-        except (OSError, auth.AuthError, trio.TooSlowError, trio.BrokenResourceError,
-                trio.ClosedResourceError, ValueError) as e:
+        except ASK_ERRORS as e:
             raise ToolError(f"cannot ask {control}: {e}") from None
         addresses = members.get("addresses") or {}
         entries = [{"name": n, "state": "ready", "control": addresses.get(
