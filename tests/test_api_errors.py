@@ -539,6 +539,21 @@ def test_a_raising_decoder_costs_one_message(caplog):
                        lines(d), ["A1", "B2", "A3"])
 
 
+def test_a_raising_decoder_before_a_state_step_costs_one_message(caplog):
+    """The fused source loop (a state step first) decodes too."""
+    @wallaroo.decoder(header_length=4, length_fmt=">I")
+    def strict_decoder(bs):
+        text = bs.decode("utf-8")
+        boom_on("bad")(text)
+        return text
+
+    d, batch = run(one_step_app(lambda ab: ab.to_stateful(tally, Tally, "t"),
+                                decoder=strict_decoder), MESSAGES)
+    assert_one_failure(caplog, batch, ["decoder", "strict_decoder", "boom",
+                                       "message 1"],
+                       lines(d), ["a1 1", "b2 2", "a3 3"])
+
+
 def test_an_undecodable_payload_costs_one_message(caplog):
     d = start(one_step_app(lambda ab: ab.to(upper)))
     d.feed("p", [b"ok", b"\xff\xfe", b"fine"])
@@ -593,39 +608,59 @@ def tally(data, state):
     return ("%s %d" % (data, state.total), True)
 
 
-def test_a_raising_partition_function_costs_one_message(caplog):
+@wallaroo.computation("same")
+def same(data):
+    return data
+
+
+@pytest.fixture(params=["first", "after a computation"])
+def placed(request):
+    """A state step that comes first runs inside the source loop
+    (dataflow's fused slices); after another step it runs in push(): each
+    failure must cost the same one message either way.
+    ``placed(add_step)`` -> the add_step for one_step_app."""
+    def place(add_step):
+        def add(ab):
+            if request.param != "first":
+                ab.to(same)
+            add_step(ab)
+        return add
+    return place
+
+
+def test_a_raising_partition_function_costs_one_message(caplog, placed):
     @wallaroo.partition
     def picky(data):
         boom_on("bad")(data)
         return data[0]
 
-    spec = one_step_app(lambda ab: ab.to_state_partition(
-        tally, Tally, "letters", picky, ["a", "b"]))
+    spec = one_step_app(placed(lambda ab: ab.to_state_partition(
+        tally, Tally, "letters", picky, ["a", "b"])))
     d, batch = run(spec, MESSAGES)
     assert_one_failure(caplog, batch, ["partition function", "picky"],
                        lines(d), ["a1 1", "b2 1", "a3 2"])
     assert d.state("letters", "a").total == 2
 
 
-def test_an_unhashable_key_at_run_time_costs_one_message(caplog):
+def test_an_unhashable_key_at_run_time_costs_one_message(caplog, placed):
     @wallaroo.partition
     def listy(data):
         return [data] if data == "bad" else data[0]
 
-    spec = one_step_app(lambda ab: ab.to_state_partition(
-        tally, Tally, "letters", listy, ["a", "b"]))
+    spec = one_step_app(placed(lambda ab: ab.to_state_partition(
+        tally, Tally, "letters", listy, ["a", "b"])))
     d, batch = run(spec, MESSAGES)
     assert_one_failure(caplog, batch, ["unhashable", "['bad']"], lines(d),
                        ["a1 1", "b2 1", "a3 2"])
 
 
-def test_a_bad_u64_key_at_run_time_costs_one_message(caplog):
+def test_a_bad_u64_key_at_run_time_costs_one_message(caplog, placed):
     @wallaroo.partition
     def number(data):
         return -1 if data == "bad" else ord(data[0])
 
-    spec = one_step_app(lambda ab: ab.to_state_partition_u64(
-        tally, Tally, "codes", number, []))
+    spec = one_step_app(placed(lambda ab: ab.to_state_partition_u64(
+        tally, Tally, "codes", number, [])))
     d, batch = run(spec, MESSAGES)
     assert_one_failure(caplog, batch, ["-1", "2**64"], lines(d),
                        ["a1 1", "b2 1", "a3 2"])
@@ -633,33 +668,33 @@ def test_a_bad_u64_key_at_run_time_costs_one_message(caplog):
         d.state("codes", -1)
 
 
-def test_a_raising_state_computation_costs_one_message(caplog):
+def test_a_raising_state_computation_costs_one_message(caplog, placed):
     @wallaroo.state_computation("fragile tally")
     def fragile_tally(data, state):
         boom_on("bad")(data)
         state.total += 1
         return (state.total, True)
 
-    spec = one_step_app(lambda ab: ab.to_stateful(fragile_tally, Tally, "t"))
+    spec = one_step_app(placed(lambda ab: ab.to_stateful(fragile_tally, Tally, "t")))
     d, batch = run(spec, MESSAGES)
     assert_one_failure(caplog, batch, ["fragile tally", "boom"], lines(d),
                        ["1", "2", "3"])
     assert d.state("t").total == 3
 
 
-def test_a_state_computation_not_returning_a_pair_costs_one_message(caplog):
+def test_a_state_computation_not_returning_a_pair_costs_one_message(caplog, placed):
     @wallaroo.state_computation("forgetful")
     def forgetful(data, state):
         state.total += 1
         return "no tuple" if data == "bad" else (data, True)
 
-    spec = one_step_app(lambda ab: ab.to_stateful(forgetful, Tally, "t"))
+    spec = one_step_app(placed(lambda ab: ab.to_stateful(forgetful, Tally, "t")))
     d, batch = run(spec, MESSAGES)
     assert_one_failure(caplog, batch, ["forgetful", "(output, save_state)"],
                        lines(d), ["a1", "b2", "a3"])
 
 
-def test_a_failing_state_constructor_costs_one_message(caplog):
+def test_a_failing_state_constructor_costs_one_message(caplog, placed):
     class Fussy(object):
         def __init__(self):
             self.total = 0
@@ -667,8 +702,8 @@ def test_a_failing_state_constructor_costs_one_message(caplog):
                 raise RuntimeError("cannot build")
 
     _fussy_fail = [False]
-    spec = one_step_app(lambda ab: ab.to_state_partition(
-        tally, Fussy, "fussy", first_letter, ["a"]))
+    spec = one_step_app(placed(lambda ab: ab.to_state_partition(
+        tally, Fussy, "fussy", first_letter, ["a"])))
     d = start(spec)
     _fussy_fail[0] = True
     d.feed("p", [b"a1", b"z9", b"a2"])
@@ -799,7 +834,7 @@ def test_wallaroo_run_reports_a_missing_address_option():
     (lambda data: 1 / 0, ["division by zero"]),
     (lambda data: 7, ["not bytes"]),
 ])
-def test_an_encoder_after_a_state_step_fails_one_message(caplog, bad_output, words):
+def test_an_encoder_after_a_state_step_fails_one_message(caplog, placed, bad_output, words):
     """A state step followed by one plain sink runs the sink's body inlined
     (dataflow.py): its failures are still the encoder's, one message each,
     and a str output is still sent as UTF-8."""
@@ -809,7 +844,7 @@ def test_an_encoder_after_a_state_step_fails_one_message(caplog, bad_output, wor
             return bad_output(data)
         return data + "\n" if data.startswith("a") else (data + "\n").encode()
 
-    d, batch = run(one_step_app(lambda ab: ab.to_stateful(tally, Tally, "t"),
+    d, batch = run(one_step_app(placed(lambda ab: ab.to_stateful(tally, Tally, "t")),
                                 encoder=picky), MESSAGES)
     assert_one_failure(caplog, batch, ["picky", *words], lines(d),
                        ["a1 1", "b2 3", "a3 4"])

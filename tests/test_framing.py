@@ -60,3 +60,34 @@ def test_split_matches_the_reference(case):
         assert refused and e.payloads == want and e.consumed == pos
     else:
         assert not refused and got == want and consumed == pos
+
+
+@st.composite
+def uniform_streams(draw):
+    """Runs of frames of one length (the fixed-stride split's case), with
+    now and then a frame of another length or a bad header, cut anywhere."""
+    fmt = draw(st.sampled_from([">I", "<H", ">B", ">Q", "!I "]))
+    s = struct.Struct(fmt)
+    ln = draw(st.integers(0, 12))
+    parts = []
+    for _ in range(draw(st.integers(0, 40))):
+        roll = draw(st.integers(0, 20))
+        n = ln if roll > 2 else draw(st.integers(0, 12)) if roll else 41
+        parts.append(s.pack(n) + bytes([roll]) * min(n, 12))
+    data = b"".join(parts)
+    return fmt, data[:draw(st.integers(0, len(data)))]
+
+
+@settings(max_examples=400, deadline=None)
+@given(uniform_streams())
+def test_uniform_runs_split_like_the_reference(case):
+    fmt, data = case
+    framer = Framer(DecoderSpec("d", struct.calcsize(fmt), fmt, None, bytes),
+                    max_frame=40)
+    want, pos, refused = reference(data, fmt, 40)
+    try:
+        got, consumed = framer.split(data)
+    except PartialFrames as e:
+        assert refused and e.payloads == want and e.consumed == pos
+    else:
+        assert not refused and got == want and consumed == pos
