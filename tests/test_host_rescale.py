@@ -132,6 +132,29 @@ def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when, si
     c.grown_and_checked(timeout=180)
 
 
+def test_a_coordinator_killed_in_the_drain_abandons_the_rescale_at_once(
+        procs, hosts, tmp_path):
+    """The coordinator is SIGKILLed before every member was told to stop
+    (worker-1 is frozen, so the drain cannot get past it): started again,
+    it abandons the plan at once instead of the members waiting
+    GIVE_UP (60 s) for word from it; the joiner asks again and the grow
+    happens, every output once."""
+    c = Cluster(procs, hosts, tmp_path, messages=3000, votes=3000, rate=1000)
+    c.start_two_and_send(1, after=1.0)
+    c.workers[2].signal(signal.SIGSTOP)
+    c.start(3)
+    c.workers[1].wait_line(" asked: 2 workers", timeout=60)
+    time.sleep(0.5)
+    c.workers[1].signal(KILL)
+    c.workers[1].wait()
+    c.workers[2].signal(signal.SIGCONT)
+    c.start(1)
+    c.workers[1].wait_line("abandoned: the coordinator stopped before the drain "
+                           "was done", timeout=30)
+    c.grown_and_checked(timeout=180)
+    assert "no word from the coordinator" not in c.workers[2].stderr
+
+
 def test_a_member_down_at_the_start_abandons_the_rescale_until_it_is_back(
         procs, hosts, tmp_path):
     """worker-1 is down when the joiner asks: the drain cannot reach it, the

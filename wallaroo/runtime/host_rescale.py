@@ -39,7 +39,10 @@ rescale (``recovery/moves.py``) runs on copies sent over the control ports:
 
 A process killed at any point restarts with its command line, finds its
 plan file and waits in move mode again; the coordinator finds its own and
-goes on from its phase.
+goes on from its phase, except that a coordinator killed before it had
+told every member to stop (its phase is still ``draining``) abandons the
+plan at once: no member would ever be told to stop, and those it drained
+start again as they were (without it they would wait ``GIVE_UP``).
 """
 
 from __future__ import annotations
@@ -288,6 +291,9 @@ class RunningSide:
             return
         self.log.info("rescale %s: the cluster is drained; stopping into move "
                       "mode", plan.id)
+        # every member is told to stop: a coordinator that restarts from
+        # here checks on them; one that restarts in ``draining`` abandons
+        write_plan_file(self.directory, self.me, plan, "stopped", self.me)
         self.worker.stop_mode = "drained"
         self.worker.request_stop()
 

@@ -172,15 +172,13 @@ class MoveMode:
     async def drive(self) -> None:
         plan, log = self.plan, self.log
         everyone = _unique([*plan.old, *plan.new])
+        if self.phase == "draining":  # killed before every member was told to stop
+            await self._abandon("the coordinator stopped before the drain was done")
+            return
         if self.phase != "moving":
             missing = await self._all_waiting(everyone)
             if missing:
-                log.warning("rescale %s abandoned: %s; every worker starts again "
-                            "as it was", plan.id, "; ".join(missing))
-                await abandon(plan, self.me, self.secret, log)
-                remove_plan_file(self.directory, self.me)
-                self.outcome = "exec"
-                self.done.set()
+                await self._abandon("; ".join(missing))
                 return
             self.phase = "moving"
             write_plan_file(self.directory, self.me, plan, "moving", self.me)
@@ -200,6 +198,14 @@ class MoveMode:
                  len(plan.old), len(plan.new), ", ".join(plan.new),
                  time.monotonic() - t0)
         await self.run_op("done")
+
+    async def _abandon(self, why: str) -> None:
+        self.log.warning("rescale %s abandoned: %s; every worker starts again "
+                         "as it was", self.plan.id, why)
+        await abandon(self.plan, self.me, self.secret, self.log)
+        remove_plan_file(self.directory, self.me)
+        self.outcome = "exec"
+        self.done.set()
 
     async def _all_waiting(self, everyone: list[str]) -> list[str]:
         """Wait (at most GIVE_UP seconds) until every participant waits
