@@ -127,25 +127,37 @@ async def join(initializer: tuple[str, int], name: str, control_text: str,
                data_text: str, secret: bytes, log: logging.Logger) -> dict:
     """A worker: join through the initializer's control port (retrying
     until it is up); the membership."""
-    delay, attempts = 0.1, 0
+    answer = await _ask_retrying(initializer, secret,
+                                 f"JOIN {name} {control_text} {data_text}", name,
+                                 3600, log, "joining the cluster")
+    if "error" in answer:
+        raise FormationError(f"the initializer at {initializer[0]}:"
+                             f"{initializer[1]} refused: {answer['error']}")
+    return answer
+
+
+async def _ask_retrying(contact: tuple[str, int], secret: bytes, line: str,
+                        me: str, timeout: float, log: logging.Logger,
+                        doing: str) -> dict:
+    """Ask ``contact`` until the answer is not "try again": a worker that
+    is not up yet, restarting or closing before it answers, and an answer
+    with ``retry`` (busy with another rescale), are asked again after 0.1 s,
+    doubling to 2 s; logged when the reason changes and every 30th try."""
+    delay, attempts, noted = 0.1, 0, None
     while True:
         attempts += 1
         try:
-            answer = await ask(initializer, secret,
-                               f"JOIN {name} {control_text} {data_text}", me=name,
-                               timeout=3600)
+            answer = await ask(contact, secret, line, me=me, timeout=timeout)
         except ASK_ERRORS as e:
-            # not up yet, restarting, or it closed before answering
-            if attempts == 1 or attempts % 30 == 0:
-                log.info("joining the cluster through %s:%d: %s; retrying",
-                         *initializer, e)
-            await trio.sleep(delay)
-            delay = min(2.0, delay * 2)
-            continue
-        if "error" in answer:
-            raise FormationError(f"the initializer at {initializer[0]}:"
-                                 f"{initializer[1]} refused: {answer['error']}")
-        return answer
+            answer = {"error": str(e) or type(e).__name__, "retry": True}
+        if not answer.get("retry"):
+            return answer
+        if answer["error"] != noted or attempts % 30 == 0:
+            noted = answer["error"]
+            log.info("%s through %s:%d: %s; retrying", doing, *contact,
+                     answer["error"])
+        await trio.sleep(delay)
+        delay = min(2.0, delay * 2)
 
 
 class Retired(Exception):
@@ -165,28 +177,13 @@ async def grow(contact: tuple[str, int], name: str, control_text: str,
     if resilience_dir is None:
         raise FormationError("a worker joining a running cluster (--join) needs "
                              "--resilience-dir: it takes its share of the state")
-    delay, attempts, noted = 0.1, 0, None
     body = {"name": name, "control": control_text, "data": data_text}
-    while True:
-        attempts += 1
-        try:
-            answer = await ask(contact, secret, "GROW " + json.dumps(body), me=name,
-                               timeout=60)
-        except ASK_ERRORS as e:
-            answer = {"error": str(e) or type(e).__name__, "retry": True}
-        if "accepted" in answer:
-            plan = Plan.from_json(answer["plan"])
-            write_plan_file(resilience_dir, name, plan, "joining",
-                            plan.old[0])
-            log.info("joining the cluster of %s: rescale %s accepted by %s",
-                     ", ".join(plan.old), plan.id, answer.get("coordinator"))
-            return
-        if not answer.get("retry"):
-            raise FormationError(f"the cluster at {contact[0]}:{contact[1]} "
-                                 f"refused to grow by {name!r}: {answer['error']}")
-        if answer["error"] != noted or attempts % 30 == 0:
-            noted = answer["error"]
-            log.info("joining the running cluster through %s:%d: %s; retrying",
-                     *contact, answer["error"])
-        await trio.sleep(delay)
-        delay = min(2.0, delay * 2)
+    answer = await _ask_retrying(contact, secret, "GROW " + json.dumps(body), name,
+                                 60, log, "joining the running cluster")
+    if "accepted" not in answer:
+        raise FormationError(f"the cluster at {contact[0]}:{contact[1]} "
+                             f"refused to grow by {name!r}: {answer.get('error', answer)}")
+    plan = Plan.from_json(answer["plan"])
+    write_plan_file(resilience_dir, name, plan, "joining", plan.old[0])
+    log.info("joining the cluster of %s: rescale %s accepted by %s",
+             ", ".join(plan.old), plan.id, answer.get("coordinator"))
