@@ -10,18 +10,21 @@ restart into the new membership with their original command lines."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
+import tarfile
 import time
 
 import pytest
 
-from .conftest import WAIT, WALLAROO
+from .conftest import REPO, WAIT, WALLAROO
 from .host_cluster import Cluster
 from .netns import can_make_hosts
 
 why = can_make_hosts()
 pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
+HOSTS_FIXTURES = REPO / "tests" / "fixtures" / "upgrade_hosts"
 
 
 def _ready_again(worker, after: int, timeout: float = 120) -> None:
@@ -171,3 +174,31 @@ def test_a_member_down_at_the_start_abandons_the_rescale_until_it_is_back(
     assert " done: " not in c.workers[1].stderr
     c.start(2, env)
     c.grown_and_checked(timeout=120)
+
+
+@pytest.mark.parametrize("version", sorted(p.name for p in HOSTS_FIXTURES.iterdir()
+                                           if p.is_dir()))
+def test_a_cluster_of_an_earlier_release_grows_like_any_other(procs, hosts,
+                                                              tmp_path, version):
+    """DESIGN.md §4.8 on several hosts: the directories of a two-host
+    cluster made by an earlier release (tests/fixtures/make_hosts_upgrade_dir.py:
+    input logs to replay, outputs waiting in both outboxes, streams 'seq'
+    at 2000 and 'votes' complete, the receiver's file) start again with
+    their command lines and deliver what waits; a third host joins with
+    --join; the senders resume, and every output arrives exactly once."""
+    with tarfile.open(HOSTS_FIXTURES / version / "dirs.tar.gz") as t:
+        t.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter")
+                                  else {}))
+    c = Cluster(procs, hosts, tmp_path, messages=3000, votes=2000, rate=1000)
+    for i in (1, 2):
+        c.start(i)
+    requeued = 0
+    for i in (1, 2):
+        line = c.workers[i].wait_line(lambda l: "re-queued" in l, timeout=60)
+        requeued += int(re.search(r"re-queued (\d+) undelivered", line).group(1))
+        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=60)
+    assert requeued > 0  # outputs of the earlier release waited in the outboxes
+    c.start(3)
+    c.send(1)
+    c.grown_and_checked(timeout=180)
+    assert "resumed at message 2000" in c.senders[0].stderr
