@@ -23,6 +23,7 @@ Rows (see benchmarks/README.md for what each one measures):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -203,14 +204,21 @@ def print_report(res: dict, console) -> None:
     tt = Table(title="What the project targets")
     tt.add_column("figure")
     tt.add_column("value", justify="right")
+    tt.add_column("rounds (min-max)", justify="right")
     tt.add_column("target", justify="right")
     tt.add_column("")
     for r in res["ratios"]:
         v = r["value"]
         status = "-" if v is None or r["target"] is None else (
             "[green]met[/green]" if r["met"] else "[red]missed[/red]")
-        tt.add_row(r["name"], fmt_ratio(v), r["target_text"], status)
+        spread = (f"{fmt_ratio(r['min'])}-{fmt_ratio(r['max'])}" if "min" in r
+                  else "-")
+        tt.add_row(r["name"], fmt_ratio(v), spread, r["target_text"], status)
     console.print(tt)
+    console.print("A ratio is the median over rounds of the two rows' ratio within "
+                  "one round (every configuration runs once per round), so a "
+                  "machine that speeds up or slows down between rounds moves "
+                  "both sides alike; the paced p99 is the median over rounds.")
 
     for key in engine_keys:
         ws = rows[key].get("worker_stats")
@@ -251,58 +259,63 @@ def ratio(a, b):
     return a / b if a and b else None
 
 
-def build_ratios(rows: dict) -> list[dict]:
+def build_ratios(rows: dict, per_round: dict | None = None) -> list[dict]:
     """The figures the project targets (the speed issue's): throughput
-    ratios, and the paced p99 of the resilient and plain engine."""
-    r = lambda k: rows.get(k, {}).get("msgs_per_s")  # noqa: E731
+    ratios, and the paced p99 of the resilient and plain engine.  A ratio
+    is the median over rounds of the two rows' ratio in the same round
+    (``per_round``: row -> msgs/s per round; each round runs every
+    configuration once), with its min and max; without rounds, the ratio
+    of the two medians."""
+    per_round = per_round or {}
+
+    def ratio_of(a: str, b: str) -> dict:
+        ra, rb = per_round.get(a), per_round.get(b)
+        pairs = [x / y for x, y in zip(ra or (), rb or ()) if x and y]
+        if pairs:
+            return {"value": statistics.median(pairs), "min": min(pairs),
+                    "max": max(pairs)}
+        return {"value": ratio(rows.get(a, {}).get("msgs_per_s"),
+                               rows.get(b, {}).get("msgs_per_s"))}
 
     def p99(k):
-        return (rows.get(k, {}).get("paced") or {}).get("latency", {}).get("p99_ms")
+        return {"value": (rows.get(k, {}).get("paced") or {}).get(
+            "latency", {}).get("p99_ms")}
 
+    at_least = lambda t: (t, f">= {t:g}", lambda v: v >= t)  # noqa: E731
+    none = (None, "-", None)
     specs = [
-        ("engine (off) / plain loop", ratio(r("engine_off"), r("plain_loop")),
-         0.9, ">= 0.9", lambda v: v >= 0.9),
-        ("engine (NORMAL) / engine (off)", ratio(r("engine_normal"), r("engine_off")),
-         0.8, ">= 0.8", lambda v: v >= 0.8),
+        ("engine (off) / plain loop", ratio_of("engine_off", "plain_loop"),
+         *at_least(0.9)),
+        ("engine (NORMAL) / engine (off)", ratio_of("engine_normal", "engine_off"),
+         *at_least(0.8)),
         ("engine (NORMAL) / logged loop (row per message)",
-         ratio(r("engine_normal"), r("logged_loop_rows")), 1.0, "> 1",
+         ratio_of("engine_normal", "logged_loop_rows"), 1.0, "> 1",
          lambda v: v > 1.0),
         ("engine (NORMAL) / logged loop (row per batch)",
-         ratio(r("engine_normal"), r("logged_loop")), None, "-", None),
-        ("engine (FULL) / engine (off)", ratio(r("engine_full"), r("engine_off")),
-         None, "-", None),
+         ratio_of("engine_normal", "logged_loop"), *none),
+        ("engine (FULL) / engine (off)", ratio_of("engine_full", "engine_off"), *none),
         ("engine in-process (no I/O) / plain loop",
-         ratio(r("engine_in_process"), r("plain_loop")), None, "-", None),
+         ratio_of("engine_in_process", "plain_loop"), *none),
         ("paced p99 (ms), engine (off)", p99("engine_off"), 1.0, "<= 1 ms",
          lambda v: v <= 1.0),
         ("paced p99 (ms), engine (NORMAL)", p99("engine_normal"), 2.0, "<= 2 ms",
          lambda v: v <= 2.0),
-        ("paced p99 (ms), engine (FULL)", p99("engine_full"), None, "-", None),
+        ("paced p99 (ms), engine (FULL)", p99("engine_full"), *none),
     ]
     if "engine_normal_rs" in rows:
         specs.append(("engine (NORMAL, resumable sinks) / engine (NORMAL)",
-                      ratio(r("engine_normal_rs"), r("engine_normal")), 0.9,
-                      ">= 0.9", lambda v: v >= 0.9))
-    if "bytewax" in rows:
-        specs += [
-            ("engine (off) / bytewax", ratio(r("engine_off"), r("bytewax")),
-             1.3, ">= 1.3", lambda v: v >= 1.3),
-            ("engine (NORMAL) / bytewax", ratio(r("engine_normal"), r("bytewax")),
-             1.3, ">= 1.3", lambda v: v >= 1.3),
-        ]
-    if "bytewax_frames" in rows:
-        specs += [
-            ("engine (off) / bytewax from frames",
-             ratio(r("engine_off"), r("bytewax_frames")), 1.3, ">= 1.3",
-             lambda v: v >= 1.3),
-            ("engine (NORMAL) / bytewax from frames",
-             ratio(r("engine_normal"), r("bytewax_frames")), 1.3, ">= 1.3",
-             lambda v: v >= 1.3),
-        ]
+                      ratio_of("engine_normal_rs", "engine_normal"), *at_least(0.9)))
+    for key, label in (("bytewax", "bytewax"), ("bytewax_frames",
+                                                "bytewax from frames")):
+        if key in rows:
+            specs += [(f"engine (off) / {label}", ratio_of("engine_off", key),
+                       *at_least(1.3)),
+                      (f"engine (NORMAL) / {label}", ratio_of("engine_normal", key),
+                       *at_least(1.3))]
     out = []
-    for name, value, target, text, check in specs:
-        out.append({"name": name, "value": value, "target": target,
-                    "target_text": text,
+    for name, fig, target, text, check in specs:
+        value = fig["value"]
+        out.append({"name": name, **fig, "target": target, "target_text": text,
                     "met": (check(value) if check and value is not None else None)})
     return out
 
@@ -318,7 +331,8 @@ def main(argv=None) -> int:
                "--repeat 3 --json results.json")
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per configuration; the report gives the median")
+                    help="rounds; each runs every configuration once, and the "
+                         "report gives medians over rounds")
     ap.add_argument("--paced-rate", type=float, default=50_000,
                     help="msgs/s of the paced latency runs (0: skip them)")
     ap.add_argument("--paced-seconds", type=float, default=3.0,
@@ -382,61 +396,87 @@ def main(argv=None) -> int:
         framed = framed_all[:a.messages * FRAME_SIZE]
         app = load_app()
 
-        # 1. plain loop
-        console.print("plain loop...")
-        times = []
-        for _ in range(a.repeat):
-            secs, output = plain_loop(framed, app)
-            times.append(secs)
-        v = validate(framed, output)
-        rate = a.messages / statistics.median(times)
-        rows["plain_loop"] = {"name": "plain loop", "msgs_per_s": rate,
-                              "seconds": times, "validation": v,
-                              "validated": _validated(v)}
-        if not v["ok"]:
-            problems.append("plain loop output failed validation (workload bug?)")
-
-        # 1b. the engine's code in-process: no sockets, no other processes
-        console.print("engine in-process...")
-        times = []
-        for _ in range(a.repeat):
-            secs, output = engine_in_process(framed)
-            times.append(secs)
-        v = validate(framed, output)
-        rows["engine_in_process"] = {
-            "name": "engine in-process (no I/O)",
-            "msgs_per_s": a.messages / statistics.median(times), "seconds": times,
-            "validation": v, "validated": _validated(v)}
-        if not v["ok"]:
-            problems.append("engine in-process output failed validation")
-
-        # 2-4. the engine
-        for cfg in ENGINE_CONFIGS + ([RESUMABLE_CONFIG] if a.resumable_sinks else []):
-            name, key = cfg[0], cfg[1]
-            if a.only and key.removeprefix("engine_") not in a.only:
-                continue
-            runs, paced_runs = [], []
-            for i in range(a.repeat):
-                console.print(f"{name}: full speed, run {i + 1}/{a.repeat}...")
-                runs.append(engine_run(cfg, input_path, a.messages, workdir,
-                                       chunk_bytes=a.chunk_bytes, timeout=a.timeout,
-                                       keep=a.keep, worker_args=worker_args))
+        # Every configuration runs once per round, rounds one after another:
+        # a shared machine's speed drifts over minutes, and a ratio of two
+        # configurations measured in different minutes would carry that
+        # drift.  The targets are the median of the per-round ratios.
+        inproc = [("plain_loop", "plain loop", lambda: plain_loop(framed, app)),
+                  ("engine_in_process", "engine in-process (no I/O)",
+                   lambda: engine_in_process(framed))]
+        if not a.only:
+            for key, per_msg, label in (("logged_loop_rows", True, "1 row/msg"),
+                                        ("logged_loop", False, "1 row/batch")):
+                inproc.append((key, f"logged loop, {label}",
+                               _logged(framed, app, workdir, a.log_batch, per_msg)))
+        if a.bytewax:
+            if importlib.util.find_spec("bytewax") is None:
+                problems.append("--bytewax: bytewax is not installed (pip install "
+                                "'bytewax==0.21.1', the `bench` extra)")
+            else:
+                for key, name, from_frames in (
+                        ("bytewax", "bytewax 0.21 (run_main)", False),
+                        ("bytewax_frames", "bytewax 0.21, from frames", True)):
+                    inproc.append((key, name, lambda ff=from_frames: bytewax_run(
+                        framed, app, a.bytewax_batch, ff)[:2] + (None,)))
+        engines = [cfg for cfg in ENGINE_CONFIGS + ([RESUMABLE_CONFIG]
+                                                    if a.resumable_sinks else [])
+                   if not (a.only and cfg[1].removeprefix("engine_") not in a.only)]
+        times: dict[str, list] = {key: [] for key, _, _ in inproc}
+        outputs: dict[str, tuple] = {}
+        runs: dict[str, list] = {cfg[1]: [] for cfg in engines}
+        paced_runs: dict[str, list] = {cfg[1]: [] for cfg in engines}
+        for rnd in range(a.repeat):
+            console.print(f"round {rnd + 1}/{a.repeat}...")
+            for key, name, measure in inproc:
+                os.sync()  # no writeback of the run before during this one
+                secs, output, *extra = measure()
+                times[key].append(secs)
+                outputs[key] = (output, *extra)
+            for cfg in engines:
+                name, key = cfg[0], cfg[1]
+                console.print(f"  {name}: full speed...")
+                os.sync()
+                runs[key].append(engine_run(cfg, input_path, a.messages, workdir,
+                                            chunk_bytes=a.chunk_bytes,
+                                            timeout=a.timeout, keep=a.keep,
+                                            worker_args=worker_args))
                 if paced_n:
-                    console.print(f"{name}: paced at {a.paced_rate:,.0f}/s for "
-                                  f"{a.paced_seconds:g} s, run {i + 1}/{a.repeat}...")
-                    paced_runs.append(engine_run(cfg, input_path, paced_n, workdir,
-                                                 rate=a.paced_rate, breakdown=True,
-                                                 timeout=a.timeout, keep=a.keep,
-                                                 worker_args=worker_args))
-            row = {"name": name, **median_run(runs), "all_runs": runs}
-            last_ok = [r for r in runs if "validation" in r]
+                    console.print(f"  {name}: paced at {a.paced_rate:,.0f}/s for "
+                                  f"{a.paced_seconds:g} s...")
+                    os.sync()
+                    paced_runs[key].append(engine_run(
+                        cfg, input_path, paced_n, workdir, rate=a.paced_rate,
+                        breakdown=True, timeout=a.timeout, keep=a.keep,
+                        worker_args=worker_args))
+
+        def inproc_row(key: str, name: str) -> None:
+            output, *extra = outputs[key]
+            v = validate(framed, output)
+            ts = times[key]
+            rows[key] = {"name": name, "msgs_per_s": a.messages / statistics.median(ts),
+                         "msgs_per_s_min": a.messages / max(ts),
+                         "msgs_per_s_max": a.messages / min(ts), "runs": len(ts),
+                         "seconds": ts, "validation": v, "validated": _validated(v)}
+            if extra and extra[0] is not None:
+                rows[key]["db_bytes"] = extra[0]
+            if not v["ok"]:
+                problems.append(f"{name} output failed validation")
+
+        names = {key: name for key, name, _ in inproc}
+        for key in ("plain_loop", "engine_in_process"):
+            inproc_row(key, names[key])
+        for cfg in engines:
+            name, key = cfg[0], cfg[1]
+            row = {"name": name, **median_run(runs[key]), "all_runs": runs[key]}
+            last_ok = [r for r in runs[key] if "validation" in r]
             if last_ok:
                 row["worker_stats"] = last_ok[-1].get("worker_stats")
                 if "resilience_dir_bytes" in last_ok[-1]:
                     row["resilience_dir_bytes"] = last_ok[-1]["resilience_dir_bytes"]
-            if paced_runs:
-                row["paced"] = {**median_run(paced_runs), "all_runs": paced_runs}
-            all_runs = runs + paced_runs
+            if paced_runs[key]:
+                row["paced"] = {**median_run(paced_runs[key]),
+                                "all_runs": paced_runs[key]}
+            all_runs = runs[key] + paced_runs[key]
             row["validated"] = _engine_validated(all_runs)
             for r in all_runs:
                 tag = f"{name} ({r['mode']}, {r['messages']:,} messages)"
@@ -451,55 +491,14 @@ def main(argv=None) -> int:
                     problems.append(f"{tag}: the sink connected "
                                     f"{r['receiver']['connections']} times")
             rows[key] = row
+        for key in names:
+            if key not in rows:
+                inproc_row(key, names[key])
 
-        # 5. logged loops
-        for key, per_msg, label in () if a.only else (
-                ("logged_loop_rows", True, "1 row/msg"),
-                ("logged_loop", False, "1 row/batch")):
-            console.print(f"logged loop ({label})...")
-            times = []
-            for _ in range(a.repeat):
-                ddir = Path(tempfile.mkdtemp(prefix="logged-", dir=workdir))
-                secs, output, size = logged_loop(framed, app, str(ddir / "loop.db"),
-                                                 a.log_batch, row_per_message=per_msg)
-                shutil.rmtree(ddir, ignore_errors=True)
-                times.append(secs)
-            v = validate(framed, output)
-            rows[key] = {"name": f"logged loop, {label}",
-                         "msgs_per_s": a.messages / statistics.median(times),
-                         "seconds": times, "db_bytes": size, "validation": v,
-                         "validated": _validated(v)}
-            if not v["ok"]:
-                problems.append(f"logged loop ({label}) output failed validation")
-
-        # 6. bytewax
-        if a.bytewax:
-            try:
-                import bytewax  # noqa: F401
-            except ImportError:
-                problems.append("--bytewax: bytewax is not installed (pip install "
-                                "'bytewax==0.21.1', the `bench` extra)")
-            else:
-                console.print("bytewax...")
-                for key, name, from_frames in (
-                        ("bytewax", "bytewax 0.21 (run_main)", False),
-                        ("bytewax_frames", "bytewax 0.21, from frames", True)):
-                    times = []
-                    for _ in range(a.repeat):
-                        secs, output = bytewax_run(framed, app, a.bytewax_batch,
-                                                   from_frames)
-                        times.append(secs)
-                    v = validate(framed, output)
-                    rows[key] = {"name": name,
-                                 "msgs_per_s": a.messages / statistics.median(times),
-                                 "msgs_per_s_min": a.messages / max(times),
-                                 "msgs_per_s_max": a.messages / min(times),
-                                 "runs": a.repeat, "seconds": times, "validation": v,
-                                 "validated": _validated(v)}
-                    if not v["ok"]:
-                        problems.append(f"{name} output failed validation")
-
-        res["ratios"] = build_ratios(rows)
+        per_round = {key: [a.messages / t for t in ts] for key, ts in times.items()}
+        per_round.update({key: [r.get("msgs_per_s") for r in rs]
+                          for key, rs in runs.items()})
+        res["ratios"] = build_ratios(rows, per_round)
 
         if a.profile:
             pcfg = {c[1]: c for c in ENGINE_CONFIGS}[f"engine_{a.profile_config}"]
@@ -534,6 +533,19 @@ def main(argv=None) -> int:
     failed = any(row.get("error") or row.get("paced", {}).get("error")
                  or not _row_ok(row) for row in rows.values())
     return 1 if failed else 0
+
+
+def _logged(framed: bytes, app, workdir: Path, batch: int, per_msg: bool):
+    """One run of the logged loop in a fresh database: (seconds, output,
+    database bytes)."""
+    def run():
+        ddir = Path(tempfile.mkdtemp(prefix="logged-", dir=workdir))
+        try:
+            return logged_loop(framed, app, str(ddir / "loop.db"), batch,
+                               row_per_message=per_msg)
+        finally:
+            shutil.rmtree(ddir, ignore_errors=True)
+    return run
 
 
 def _validated(v: dict) -> str:
