@@ -159,3 +159,32 @@ def test_a_damaged_row_of_a_giver_is_refused_not_copied(tmp_path):
             moves.take(d, w, plan)
     with sqlite3.connect(moves.db_file(d, "worker-1")) as conn:
         assert conn.execute("SELECT count(*) FROM partitions").fetchone() == (0,)
+
+
+def test_a_take_reports_its_progress(tmp_path, monkeypatch, caplog):
+    """A long take says how far it has come: ``progress(giver, n)`` after
+    every FLUSH_ROWS partitions copied and at the giver's end (counts only
+    grow, the last is what the take returns); ``TakeProgress`` logs that,
+    at most every few seconds, and keeps a short text for status."""
+    import logging
+    d = str(tmp_path)
+    c = ClusterDriver(m, 1, resilience_dir=d)
+    c.start_all()
+    _feed(c, [(k, 5, 0, 0) for k in range(40)], [])
+    c.run_until_quiet()
+    c.drivers[0].stop()
+    plan = moves.new_plan(["initializer"], ["initializer", "worker-1"], 1024)
+    moves.write_plan(d, plan)
+    monkeypatch.setattr(moves, "FLUSH_ROWS", 4)
+    calls = []
+    n = moves.take(d, "worker-1", plan, progress=lambda g, k: calls.append((g, k)))
+    counts = [k for g, k in calls if g == "initializer"]
+    assert len(counts) == len(calls) >= n // 4 and n > 4
+    assert counts == sorted(counts) and counts[-1] == n
+    progress = moves.TakeProgress(logging.getLogger("wallaroo"), "worker-1",
+                                  plan.id, every=0)
+    with caplog.at_level(logging.INFO, logger="wallaroo"):
+        progress("initializer", 4096)
+    assert f"rescale {plan.id}: worker-1 taking from initializer: 4,096 " \
+           f"partitions so far" in caplog.text
+    assert progress.step == "take: 4,096 partitions from initializer"

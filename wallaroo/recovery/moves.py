@@ -286,16 +286,19 @@ def _nothing(step: str) -> None:
 
 
 def take(directory: str, taker: str, plan: Plan, before=_nothing,
-         giver_files: dict[str, str] | None = None) -> int:
+         giver_files: dict[str, str] | None = None, progress=None) -> int:
     """Step 1 for ``taker``: copy what it now owns from every old member
     (from ``giver_files[giver]`` when given: copies of databases on other
-    hosts).  Returns how many partitions it took (0 when already done)."""
+    hosts).  Returns how many partitions it took (0 when already done).
+    ``progress(giver, n)``: called with the partitions copied from that
+    giver so far, every ``FLUSH_ROWS`` of them and once at its end."""
     files = giver_files or {}
     with _Open(directory, taker) as db:
         if db.meta(TAKEN) == plan.id:
             return 0
         with db.transaction(f"take {taker}", before) as c:
-            n = sum(_take_from(c, files.get(g) or db_file(directory, g), taker, plan)
+            n = sum(_take_from(c, files.get(g) or db_file(directory, g), taker, plan,
+                               (lambda k, g=g: progress(g, k)) if progress else None)
                     for g in plan.old if g != taker)
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TAKEN, plan.id))
         return n
@@ -307,8 +310,29 @@ FLUSH_ROWS = 4096
 FLUSH_BYTES = 32 * 1024 * 1024
 
 
+class TakeProgress:
+    """A ``progress`` for ``take`` that logs, at most every ``every``
+    seconds, how far a long take has come:
+    ``rescale <id>: worker-1 taking from initializer: 409,600 partitions so
+    far (12.3s)``; ``step`` is the same as a short text, for status."""
+
+    def __init__(self, log, taker: str, plan_id: str, every: float = 5.0):
+        self.log, self.taker, self.plan_id, self.every = log, taker, plan_id, every
+        self.t0 = self.last = time.monotonic()
+        self.step = "take"
+
+    def __call__(self, giver: str, n: int) -> None:
+        self.step = f"take: {n:,} partitions from {giver}"
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.log.info("rescale %s: %s taking from %s: %s partitions so far "
+                          "(%.1fs)", self.plan_id, self.taker, giver, f"{n:,}",
+                          now - self.t0)
+
+
 def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
-               plan: Plan) -> int:
+               plan: Plan, progress=None) -> int:
     """Copy into the taker's transaction ``c`` what it now owns of one
     giver, every row checked against its checksum first (a damaged row is
     refused, naming the file, never copied under a fresh checksum)."""
@@ -364,7 +388,11 @@ def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
             if len(batch[0]) >= FLUSH_ROWS or held >= FLUSH_BYTES:
                 _write_taken(c, batch)
                 held = 0
+                if progress is not None:
+                    progress(n)
         _write_taken(c, batch)
+        if progress is not None:
+            progress(n)
         now = int(time.time())
         for source, stream, count, seen, cs in g.execute(
                 "SELECT source, stream, count, last_seen, checksum FROM streams"):
@@ -483,7 +511,8 @@ def run_plan(directory: str, plan: Plan, log=None,
     taken = {}
     for t in plan.new:
         before(f"take {t}")
-        taken[t] = take(directory, t, plan, before)
+        taken[t] = take(directory, t, plan, before, progress=None if log is None
+                        else TakeProgress(log, t, plan.id))
     for g in plan.old:
         before(f"give {g}")
         give(directory, g, plan, before)

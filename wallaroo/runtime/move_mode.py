@@ -48,6 +48,7 @@ class MoveMode:
         self.outcome: str | None = None
         self.done = trio.Event()
         self.step = "waiting"
+        self.progress: moves.TakeProgress | None = None  # a take under way
         self.since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     def plan_path(self) -> str:
@@ -58,7 +59,8 @@ class MoveMode:
         p = self.plan
         return {"name": self.me, "pid": os.getpid(), "state": "rescale",
                 "rescale": {"id": p.id, "from": list(p.old), "to": list(p.new),
-                            "phase": self.phase, "step": self.step,
+                            "phase": self.phase,
+                            "step": self.progress.step if self.progress else self.step,
                             "coordinator": self.coordinator, "since": self.since},
                 "inbox": {"messages": 0, "bytes": 0}, "sinks": [], "channels": []}
 
@@ -155,8 +157,14 @@ class MoveMode:
                 files[giver] = dest
                 self.log.info("rescale %s: copied %s's database (%d bytes)",
                               plan.id, giver, size)
-            n = await trio.to_thread.run_sync(
-                lambda: moves.take(d, me, plan, giver_files=files))
+            progress = moves.TakeProgress(self.log, me, plan.id)
+            self.progress = progress  # status shows its step while it runs
+            try:
+                n = await trio.to_thread.run_sync(
+                    lambda: moves.take(d, me, plan, giver_files=files,
+                                       progress=progress))
+            finally:
+                self.progress = None
         finally:
             for path in files.values():
                 for p in (path, path + "-wal", path + "-shm"):
