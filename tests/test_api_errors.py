@@ -526,32 +526,21 @@ def assert_one_failure(caplog, batch, step_words, out, expected):
 MESSAGES = ["a1", "bad", "b2", "a3"]
 
 
-def test_a_raising_decoder_costs_one_message(caplog):
+@pytest.mark.parametrize("first_step, expected", [
+    (lambda ab: ab.to(upper), ["A1", "B2", "A3"]),
+    # a state step first: the fused source loop decodes too
+    (lambda ab: ab.to_stateful(tally, Tally, "t"), ["a1 1", "b2 2", "a3 3"]),
+], ids=["computation", "state step"])
+def test_a_raising_decoder_costs_one_message(caplog, first_step, expected):
     @wallaroo.decoder(header_length=4, length_fmt=">I")
     def strict_decoder(bs):
         text = bs.decode("utf-8")
         boom_on("bad")(text)
         return text
 
-    d, batch = run(one_step_app(lambda ab: ab.to(upper), decoder=strict_decoder),
-                   MESSAGES)
-    assert_one_failure(caplog, batch, ["decoder", "strict_decoder", "boom"],
-                       lines(d), ["A1", "B2", "A3"])
-
-
-def test_a_raising_decoder_before_a_state_step_costs_one_message(caplog):
-    """The fused source loop (a state step first) decodes too."""
-    @wallaroo.decoder(header_length=4, length_fmt=">I")
-    def strict_decoder(bs):
-        text = bs.decode("utf-8")
-        boom_on("bad")(text)
-        return text
-
-    d, batch = run(one_step_app(lambda ab: ab.to_stateful(tally, Tally, "t"),
-                                decoder=strict_decoder), MESSAGES)
+    d, batch = run(one_step_app(first_step, decoder=strict_decoder), MESSAGES)
     assert_one_failure(caplog, batch, ["decoder", "strict_decoder", "boom",
-                                       "message 1"],
-                       lines(d), ["a1 1", "b2 2", "a3 3"])
+                                       "message 1"], lines(d), expected)
 
 
 def test_an_undecodable_payload_costs_one_message(caplog):

@@ -47,10 +47,7 @@ def streams(draw):
     return fmt, data[:cut]
 
 
-@settings(max_examples=400, deadline=None)
-@given(streams())
-def test_split_matches_the_reference(case):
-    fmt, data = case
+def assert_splits_like_the_reference(fmt: str, data: bytes) -> None:
     framer = Framer(DecoderSpec("d", struct.calcsize(fmt), fmt, None, bytes),
                     max_frame=40)
     want, pos, refused = reference(data, fmt, 40)
@@ -60,6 +57,12 @@ def test_split_matches_the_reference(case):
         assert refused and e.payloads == want and e.consumed == pos
     else:
         assert not refused and got == want and consumed == pos
+
+
+@settings(max_examples=400, deadline=None)
+@given(streams())
+def test_split_matches_the_reference(case):
+    assert_splits_like_the_reference(*case)
 
 
 @st.composite
@@ -81,13 +84,4 @@ def uniform_streams(draw):
 @settings(max_examples=400, deadline=None)
 @given(uniform_streams())
 def test_uniform_runs_split_like_the_reference(case):
-    fmt, data = case
-    framer = Framer(DecoderSpec("d", struct.calcsize(fmt), fmt, None, bytes),
-                    max_frame=40)
-    want, pos, refused = reference(data, fmt, 40)
-    try:
-        got, consumed = framer.split(data)
-    except PartialFrames as e:
-        assert refused and e.payloads == want and e.consumed == pos
-    else:
-        assert not refused and got == want and consumed == pos
+    assert_splits_like_the_reference(*case)

@@ -138,21 +138,32 @@ def test_moves_with_a_crash_at_any_step_keep_every_state(
         shutil.rmtree(d, ignore_errors=True)
 
 
+def _one_worker_of(tmp_path, keys: int) -> str:
+    """A stopped one-worker directory holding ``keys`` partitions."""
+    d = str(tmp_path)
+    c = ClusterDriver(m, 1, resilience_dir=d)
+    c.start_all()
+    _feed(c, [(k, 5, 0, 0) for k in range(keys)], [])
+    c.run_until_quiet()
+    c.drivers[0].stop()
+    return d
+
+
+def _grow_plan(d: str) -> moves.Plan:
+    plan = moves.new_plan(["initializer"], ["initializer", "worker-1"], 1024)
+    moves.write_plan(d, plan)
+    return plan
+
+
 def test_a_damaged_row_of_a_giver_is_refused_not_copied(tmp_path):
     """DESIGN.md §4.7 holds across a move: a snapshot whose bytes no longer
     match its checksum stops the take, naming the giver's file; nothing is
     copied under a fresh checksum, and the giver keeps its rows."""
     from wallaroo.recovery.errors import CorruptionError
-    d = str(tmp_path)
-    c = ClusterDriver(m, 1, resilience_dir=d)
-    c.start_all()
-    _feed(c, [(k, 5, 0, 0) for k in range(8)], [])
-    c.run_until_quiet()
-    c.drivers[0].stop()
+    d = _one_worker_of(tmp_path, keys=8)
     with sqlite3.connect(moves.db_file(d, "initializer")) as conn:
         conn.execute("UPDATE snapshots SET state = CAST(x'00' || state AS BLOB)")
-    plan = moves.new_plan(["initializer"], ["initializer", "worker-1"], 1024)
-    moves.write_plan(d, plan)
+    plan = _grow_plan(d)
     import pytest
     with pytest.raises(CorruptionError, match="initializer.db.*failed its checksum"):
         for w in ("initializer", "worker-1"):
@@ -167,14 +178,8 @@ def test_a_take_reports_its_progress(tmp_path, monkeypatch, caplog):
     grow, the last is what the take returns); ``TakeProgress`` logs that,
     at most every few seconds, and keeps a short text for status."""
     import logging
-    d = str(tmp_path)
-    c = ClusterDriver(m, 1, resilience_dir=d)
-    c.start_all()
-    _feed(c, [(k, 5, 0, 0) for k in range(40)], [])
-    c.run_until_quiet()
-    c.drivers[0].stop()
-    plan = moves.new_plan(["initializer"], ["initializer", "worker-1"], 1024)
-    moves.write_plan(d, plan)
+    d = _one_worker_of(tmp_path, keys=40)
+    plan = _grow_plan(d)
     monkeypatch.setattr(moves, "FLUSH_ROWS", 4)
     calls = []
     n = moves.take(d, "worker-1", plan, progress=lambda g, k: calls.append((g, k)))
