@@ -59,6 +59,14 @@ class ControlServer:
         self.join = join
         self.verbs = dict(verbs or {})
         self.listeners: list[trio.SocketListener] = []
+        self.answering = 0  # requests being answered now
+
+    async def answered(self, limit: float) -> None:
+        """Wait until no request is being answered (the answer to the one
+        that ended move mode has left), ``limit`` seconds at most."""
+        with trio.move_on_after(limit):
+            while self.answering:
+                await trio.sleep(0.005)
 
     async def bind(self, host: str, port: int) -> tuple[str, int]:
         self.listeners = await trio.open_tcp_listeners(port, host=host)
@@ -75,6 +83,7 @@ class ControlServer:
             return
         _, name, session, line, _ = got
         verb, _, body = line.partition(b" ")
+        self.answering += 1
         try:
             if verb.decode("ascii", "replace") in self.verbs:
                 try:
@@ -104,6 +113,7 @@ class ControlServer:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
+            self.answering -= 1
             await trio.aclose_forcefully(stream)
 
 

@@ -293,7 +293,7 @@ async def move_mode(directory: str, me: str, secret: bytes,
         if mode.coordinator == me:
             nursery.start_soon(mode.drive)
         await mode.done.wait()
-        await trio.sleep(0.3)  # the last answer leaves
+        await server.answered(0.3)  # the answer to the last order leaves
         nursery.cancel_scope.cancel()
     for ls in server.listeners:
         await ls.aclose()

@@ -33,7 +33,10 @@ from .messages import Messages
 HANDSHAKE_PREFIX = b"WALLAROO-RESUME 1 "
 STREAM_NAME = re.compile(r"[A-Za-z0-9._:-]{1,255}")
 MAX_LINE = 4096
-BACKOFF = (0.05, 1.0)
+# reconnect delays: the first, doubling up to the second.  A worker comes
+# back from a restart or a rescale in about a second; a longer last step
+# left a sender waiting up to a second more than the outage itself
+BACKOFF = (0.05, 0.25)
 LINGER = 1.0  # after a failed write, how long the ACK reader may still read
 HANDSHAKE_TIMEOUT = 10.0  # at least this long for RESUME (it waits for commits)
 PROGRESS_EVERY = 0.1  # seconds between progress bar updates
