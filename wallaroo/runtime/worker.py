@@ -5,7 +5,8 @@ batch cycle until told to stop.
         --batch--> committer (store.commit in a thread) --> sinks, ACKs
 
 The engine loop computes batch N+1 while batch N commits in a thread
-(``CapacityLimiter(1)``), and releases happen in commit order.  A batch is
+(started before the loop runs on: ``threads.py``), and releases happen in
+commit order.  A batch is
 bounded by count (``max_batch``) and by time (``max_batch_time``), so a slow
 application never holds the loop (handshakes, ACKs, signals) for long.  A
 failed commit stops the worker with a non-zero exit: memory is then ahead of
@@ -52,6 +53,7 @@ from .cluster_side import ClusterConfig, ClusterSide
 from .collections_policy import FullCollections
 from .inbox import Inbox
 from .metrics import Histogram, WorkerCollector
+from .threads import run_sync_now
 from .metrics import bind as bind_metrics, registry_body, serve as serve_metrics
 from .placement import DEFAULT_KEY_GROUPS
 
@@ -185,7 +187,6 @@ class Worker:
         self._stalls_since = "the start"  # the longest_* maxima's (SIGUSR1)
         self.commit_hist = Histogram()  # commit wall times, for --metrics
         self.metrics_address: tuple[str, int] | None = None
-        self._limiter = None
         self._nursery_ref = None
         self._last_commit = 0.0
         self._collections = FullCollections()
@@ -214,7 +215,6 @@ class Worker:
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._stop = trio.Event()
-        self._limiter = trio.CapacityLimiter(1)
         try:
             async with trio.open_nursery() as metrics:
                 if self.opts.metrics is not None:  # served during recovery too
@@ -593,6 +593,9 @@ class Worker:
                 else:
                     continue
                 await send_batches.send(batch)
+                # let the committer start this batch's commit thread before
+                # the next batch is computed (threads.py says why)
+                await trio.sleep(0)
         done.set()
 
     def _forget_streams(self) -> Batch | None:
@@ -627,8 +630,7 @@ class Worker:
         t0 = time.perf_counter()
         try:
             if self.store.durable:
-                took = await trio.to_thread.run_sync(self._timed_commit, batch.record,
-                                                     limiter=self._limiter)
+                took = await run_sync_now(self._timed_commit, batch.record)
             else:
                 took = self._timed_commit(batch.record)
         except Exception as e:
