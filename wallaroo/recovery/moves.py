@@ -30,6 +30,7 @@ that lives on disk (``--state-cache``) moves without being loaded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -298,7 +299,7 @@ def take(directory: str, taker: str, plan: Plan, before=_nothing,
             return 0
         with db.transaction(f"take {taker}", before) as c:
             n = sum(_take_from(c, files.get(g) or db_file(directory, g), taker, plan,
-                               (lambda k, g=g: progress(g, k)) if progress else None)
+                               progress and functools.partial(progress, g))
                     for g in plan.old if g != taker)
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TAKEN, plan.id))
         return n

@@ -113,8 +113,9 @@ async def initialize(control: tuple[str, int], name: str, control_text: str,
                  "to join", worker_count, control_text)
         if worker_count > 1:
             await done.wait()
-            await trio.sleep(0)  # the joiners' handlers wake and answer
-            await server.answered(0.5)  # their answers leave first
+            # every JOIN handler counts as answering from its start, so this
+            # waits until each joiner has its answer
+            await server.answered(0.5)
         else:
             membership.update({"members": [name], "key_groups": DEFAULT_KEY_GROUPS,
                                "addresses": joined})
