@@ -275,10 +275,13 @@ class ClusterDriver:
         c.run_until_quiet()
     """
 
-    def __init__(self, app, workers: int, *, resilience_dir: str,
+    def __init__(self, app, workers: int | list[str], *, resilience_dir: str,
                  args: list[str] | None = None, **options):
+        """``workers``: how many (``initializer``, ``worker-1`` ...), or the
+        members' names in the cluster's order (after a shrink)."""
         import os
-        self.names = ["initializer"] + [f"worker-{i}" for i in range(1, workers)]
+        self.names = list(workers) if isinstance(workers, (list, tuple)) else \
+            ["initializer"] + [f"worker-{i}" for i in range(1, workers)]
         self.drivers = [Driver(app, args=args, resilience_dir=os.path.join(
             resilience_dir, ""), worker_name=name, members=self.names, **options)
             for name in self.names]

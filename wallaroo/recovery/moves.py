@@ -18,7 +18,9 @@ never done twice:
 2. **give**, for every old member: delete what the others took.  Givers
    keep their rows until every taker has committed, so a crash between the
    steps redoes only what is not marked.
-3. **membership**, for every database: the new membership; a worker that
+3. **membership**, for every database: the new membership, with the map
+   of key-group owners the plan moved to (``ownership.py``: the fewest
+   groups move, not contiguous ranges again); a worker that
    is no longer a member is marked ``retired`` (its file is kept: its
    outputs keep their stream names, and it holds them until delivered).
 
@@ -37,7 +39,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from . import bulk, reading, schema
+from . import bulk, ownership, reading, schema
 from .errors import StoreError
 from .files import DatabaseLock
 from .records import PartitionRow, SnapshotRow, control_checksum
@@ -62,9 +64,14 @@ class Plan:
     key_groups: int
     # several hosts: every new member's {"control", "data"} addresses
     addresses: dict | None = None
+    # the new member that owns each key group (ownership.py); None in a plan
+    # file of a release before maps of owners: contiguous ranges
+    owners: tuple[str, ...] | None = None
 
     def owner(self, group: int) -> str:
-        """The new member that owns ``group`` (placement.Placement's rule)."""
+        """The new member that owns ``group``."""
+        if self.owners is not None:
+            return self.owners[group]
         return self.new[group * len(self.new) // self.key_groups]
 
     def stream_owner(self, source: str, stream: str) -> str | None:
@@ -86,14 +93,19 @@ class Plan:
                 "key_groups": self.key_groups}
         if self.addresses is not None:
             body["addresses"] = self.addresses
+        if self.owners is not None:
+            body["owners"] = ownership.encode(list(self.owners))
         return body
 
     @classmethod
     def from_json(cls, body: dict) -> "Plan":
         addresses = body.get("addresses")
-        return cls(str(body["id"]), tuple(body["old"]), tuple(body["new"]),
-                   int(body["key_groups"]),
-                   None if addresses is None else dict(addresses))
+        new, key_groups = tuple(body["new"]), int(body["key_groups"])
+        runs = body.get("owners")
+        owners = None if runs is None else tuple(
+            ownership.decode(runs, key_groups, new))
+        return cls(str(body["id"]), tuple(body["old"]), new, key_groups,
+                   None if addresses is None else dict(addresses), owners)
 
 
 def plan_path(directory: str) -> str:
@@ -101,9 +113,16 @@ def plan_path(directory: str) -> str:
 
 
 def new_plan(old: list[str], new: list[str], key_groups: int,
-             addresses: dict | None = None) -> Plan:
+             addresses: dict | None = None,
+             old_owners: list[str] | None = None) -> Plan:
+    """A plan from the members ``old`` (whose map of owners is
+    ``old_owners``; None: contiguous ranges) to ``new``, moving the fewest
+    key groups (ownership.balanced_owners)."""
+    if old_owners is None:
+        old_owners = ownership.rule_owners(old, key_groups)
+    owners = tuple(ownership.balanced_owners(old_owners, new))
     return Plan(f"{time.time_ns():x}", tuple(old), tuple(new), key_groups,
-                addresses)
+                addresses, owners)
 
 
 def write_plan(directory: str, plan: Plan) -> None:
@@ -479,6 +498,8 @@ def set_membership(directory: str, worker: str, plan: Plan,
     member's addresses, and ``rescaled`` (the initializer's
     ``--worker-count`` no longer binds)."""
     body = {"members": list(plan.new), "key_groups": plan.key_groups}
+    if plan.owners is not None:
+        body["owners"] = ownership.encode(list(plan.owners))
     if plan.addresses is not None:
         body["addresses"] = {n: plan.addresses[n] for n in plan.new}
         body["rescaled"] = plan.id

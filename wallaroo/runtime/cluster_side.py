@@ -23,8 +23,9 @@ import trio
 from ..connectors import auth
 from ..connectors.channel import ChannelSender, DataServer, open_authenticated
 from ..connectors.tcp_sink import OutboxQueue
+from ..recovery import ownership
 from .control import ControlServer
-from .placement import DEFAULT_KEY_GROUPS
+from .placement import DEFAULT_KEY_GROUPS, Placement
 
 
 @dataclass
@@ -92,6 +93,11 @@ class ClusterSide:
                 "steps": [[s.name for s in p.steps] for p in app.pipelines],
                 "members": self.config.members,
                 "key_groups": self.config.key_groups}
+        placement = self.worker.core.placement
+        if placement is not None and placement.owners != Placement(
+                placement.members, placement.name, placement.key_groups).owners:
+            # a map saved by a rescale: two workers must route alike
+            body["owners"] = ownership.encode(placement.owner_names())
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
     def write_own_entry(self, directory: str, application: str, state: str,

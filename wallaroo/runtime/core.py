@@ -23,7 +23,7 @@ from .._spec import AppSpec
 from ..connectors.base import PEER, TCP, TICK
 from ..connectors.framing import DEFAULT_MAX_FRAME, Framer
 from ..connectors.kafka_source import RECORD_FRAMING
-from ..recovery import snapshots
+from ..recovery import ownership, snapshots
 from ..recovery.errors import IncompatibleDirectory, StoreError
 from ..recovery.records import (MAX_OUTPUT_BYTES, MAX_ROW_BYTES, CommitRecord,
                                 InputRow, OutputRow, PartitionRow, PendingRow)
@@ -312,7 +312,15 @@ class WorkerCore(Checkpoints, Windowing):
                 f"({', '.join(self.proposed_membership['members'])}; "
                 f"{self.proposed_membership['key_groups']} key groups).  Start "
                 f"it with the cluster's original size and names.")
-        self.placement = Placement(m["members"], self.name, m["key_groups"])
+        owners = None
+        if m.get("owners") is not None:
+            try:
+                owners = ownership.decode(m["owners"], m["key_groups"], m["members"])
+            except ownership.OwnershipError as e:
+                raise IncompatibleDirectory(
+                    f"worker {self.name!r}'s resilience directory: {e}; refusing "
+                    f"to route by it") from None
+        self.placement = Placement(m["members"], self.name, m["key_groups"], owners)
         for space in self.spaces.values():
             space.placement = self.placement
         self._compile()

@@ -254,7 +254,10 @@ class RunningSide:
             return {"error": "a cluster without --resilience-dir cannot rescale "
                              "(state moves between the workers' databases)"}
         members = self.config.members
-        plan = moves.new_plan(members, new, self.config.key_groups, addresses)
+        placement = self.worker.core.placement  # the map of owners it routes by
+        plan = moves.new_plan(members, new, self.config.key_groups, addresses,
+                              old_owners=None if placement is None
+                              else placement.owner_names())
         write_plan_file(self.directory, self.me, plan, "draining", self.me)
         self.current = plan
         self.since = time.strftime("%Y-%m-%dT%H:%M:%S%z")

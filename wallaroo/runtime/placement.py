@@ -6,7 +6,8 @@ group comes from its place in the declared list, spread over the groups (26
 letters land 39 groups apart, so any number of workers gets its share); an
 unpartitioned state (``to_stateful``) is one group; any other key's group
 comes from a stable hash of the key.  Groups map to workers by contiguous
-ranges of the members' order, which every worker computes alike.
+ranges of the members' order, which every worker computes alike, until a
+rescale saves a map of its own with the membership (recovery/ownership.py).
 
 The stable hash never uses Python's ``hash()`` of ``str``/``bytes`` (it is
 randomised per process).  Keys Python compares equal land in the same group:
@@ -55,10 +56,13 @@ def _key_bytes(key: Any) -> bytes:
 
 class Placement:
     """Key groups and their owners, from the membership (an ordered list of
-    worker names) and the number of key groups."""
+    worker names), the number of key groups and, once the cluster has
+    rescaled, the map of owners saved with the membership
+    (``recovery/ownership.py``); without one, contiguous ranges."""
 
     def __init__(self, members: list[str], me: str,
-                 key_groups: int = DEFAULT_KEY_GROUPS):
+                 key_groups: int = DEFAULT_KEY_GROUPS,
+                 owners: list[str] | None = None):
         if me not in members:
             raise ValueError(f"worker {me!r} is not a member of {members}")
         self.members = list(members)
@@ -66,8 +70,14 @@ class Placement:
         self.name = me
         self.key_groups = key_groups
         n = len(self.members)
-        # group -> member index, contiguous ranges in the members' order
-        self.owners = [g * n // key_groups for g in range(key_groups)]
+        if owners is None:  # contiguous ranges in the members' order
+            self.owners = [g * n // key_groups for g in range(key_groups)]
+        else:
+            if len(owners) != key_groups:
+                raise ValueError(f"a map of {len(owners)} key-group owners for "
+                                 f"{key_groups} key groups")
+            index = {m: i for i, m in enumerate(self.members)}
+            self.owners = [index[o] for o in owners]  # group -> member index
         self._declared: dict[str, dict] = {}  # state -> {declared key: index}
 
     @property
@@ -99,6 +109,10 @@ class Placement:
         """The member that owns a resumable stream (its RESUME and ACKs
         come from that worker's log)."""
         return stable_hash((pipeline, stream)) % self.size
+
+    def owner_names(self) -> list[str]:
+        """The owner of every key group, by name."""
+        return [self.members[o] for o in self.owners]
 
     def groups_of(self, member: int) -> list[int]:
         return [g for g, o in enumerate(self.owners) if o == member]

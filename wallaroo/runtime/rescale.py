@@ -25,6 +25,7 @@ when the sinks are up.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -34,7 +35,7 @@ import time
 import trio
 
 from ..connectors.auth import load_secret
-from ..recovery import moves
+from ..recovery import moves, ownership
 from ..recovery.errors import StoreError
 from ..recovery.files import worker_names
 from .control import ask
@@ -55,29 +56,34 @@ class RescaleRefused(Exception):
     """The directory cannot be rescaled as asked (the message says why)."""
 
 
-def saved_cluster(directory: str) -> tuple[list[str], int] | None:
-    """The members and key groups the directory's active databases record
-    (None: no database yet)."""
+def saved_cluster(directory: str) -> tuple[list[str], int, list | None] | None:
+    """The members, key groups and map of key-group owners (its runs; None:
+    contiguous ranges) the directory's active databases record (None: no
+    database yet)."""
     found: dict[str, tuple] = {}
     for name in worker_names(directory):
         if moves.is_retired(directory, name):
             continue
         saved = saved_membership(directory, name)
         if saved is None:  # before clusters: a worker on its own
-            found[name] = ((name,), DEFAULT_KEY_GROUPS)
+            found[name] = ((name,), DEFAULT_KEY_GROUPS, None)
         else:
+            runs = saved.get("owners")
             found[name] = (tuple(saved["members"]),
-                           int(saved.get("key_groups", DEFAULT_KEY_GROUPS)))
+                           int(saved.get("key_groups", DEFAULT_KEY_GROUPS)),
+                           None if runs is None else json.dumps(runs))
     if not found:
         return None
     kinds = set(found.values())
     if len(kinds) > 1:
         raise RescaleRefused(
             f"{directory} holds databases of different clusters: " + "; ".join(
-                f"{n}.db: {', '.join(m)}" for n, (m, _) in sorted(found.items()))
+                f"{n}.db: {', '.join(m)}"
+                + ("" if runs is None else f" ({len(json.loads(runs))} runs of owners)")
+                for n, (m, _, runs) in sorted(found.items()))
             + ".  Each cluster needs a directory of its own.")
-    members, groups = kinds.pop()
-    return list(members), groups
+    members, groups, runs = kinds.pop()
+    return list(members), groups, None if runs is None else json.loads(runs)
 
 
 async def rescale_if_asked(sup, secret_path: str) -> int | None:
@@ -99,7 +105,13 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
         return 2
     if saved is None or saved[0] == sup.names:
         return None
-    old, key_groups = saved
+    old, key_groups, old_runs = saved
+    try:
+        old_owners = None if old_runs is None else ownership.decode(
+            old_runs, key_groups, old)
+    except ownership.OwnershipError as e:
+        log.error("%s: %s; nothing was moved", directory, e)
+        return 2
     from ..recovery.sqlite_store import fingerprint_problems
     for name in old:  # never move another application's state
         try:
@@ -131,14 +143,14 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
                          "phase": "draining",
                          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
-        return await _rescale(sup, old, key_groups, secret_path)
+        return await _rescale(sup, old, key_groups, secret_path, old_owners)
     finally:
         sup.rescale_state = None
         sup.write_cluster_file()
 
 
-async def _rescale(sup, old: list[str], key_groups: int,
-                   secret_path: str) -> int | None:
+async def _rescale(sup, old: list[str], key_groups: int, secret_path: str,
+                   old_owners: list[str] | None = None) -> int | None:
     directory, log = sup.resilience_dir, sup.log
     try:
         drained = not any(moves.check_quiet(directory, n) for n in old)
@@ -161,7 +173,7 @@ async def _rescale(sup, old: list[str], key_groups: int,
                 return 1
         sup.rescale_state["phase"] = "moving"
         sup.write_cluster_file()
-        plan = moves.new_plan(old, sup.names, key_groups)
+        plan = moves.new_plan(old, sup.names, key_groups, old_owners=old_owners)
         moves.write_plan(directory, plan)
         moves.run_plan(directory, plan, log)
     except (StoreError, OSError, sqlite3.Error) as e:
