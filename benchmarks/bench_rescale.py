@@ -5,7 +5,8 @@ key) on ``--workers 1 --resilience-dir``; K messages create K partitions;
 then a paced probe sends every key again (``--probe-rate`` messages per
 second, resumable) and, a few seconds in, ``wallaroo cluster grow`` takes
 the cluster to 2 workers: half the key groups move to the new worker with
-their state.  Reported: the grow command's time; the longest gap between two
+their state.  ``--from N`` starts with N workers instead and grows to N+1
+(a third of the groups move from 2 to 3: recovery/ownership.py).  Reported: the grow command's time; the longest gap between two
 outputs of the probe, for the keys that moved and for those that stayed;
 the probe's outputs per second for the keys that stayed, while the grow ran
 (the "other groups' throughput during the move"); and whether every key
@@ -45,6 +46,7 @@ from _machine import machine_line
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from wallaroo.recovery import ownership  # noqa: E402
 from wallaroo.runtime.placement import stable_hash  # noqa: E402
 
 APP = REPO / "benchmarks" / "recovery_app.py"
@@ -101,9 +103,10 @@ class Receiver:
             time.sleep(0.05)
 
 
-def start_cluster(app: Path, state: Path, sink: int, log: Path, *extra):
+def start_cluster(app: Path, state: Path, sink: int, log: Path, *extra,
+                  workers: int = 1):
     sup = subprocess.Popen(wallaroo("run", app, "--in", "127.0.0.1:0", "--out",
-                                    f"127.0.0.1:{sink}", "--workers", 1,
+                                    f"127.0.0.1:{sink}", "--workers", workers,
                                     "--resilience-dir", state, *extra),
                            stderr=subprocess.PIPE, text=True)
     logf = open(log, "w")
@@ -135,23 +138,31 @@ def send(source: str, *args) -> None:
         raise RuntimeError(done.stderr)
 
 
-def moving_keys(keys: int) -> dict[int, bool]:
-    """Whether each key's group changes owner from 1 worker to 2."""
-    return {k: stable_hash(k) % 1024 >= 512 for k in range(keys)}
+def names(n: int) -> list[str]:
+    return ["initializer"] + [f"worker-{i}" for i in range(1, n)]
 
 
-def part1(keys: int, probe_rate: int, workdir: Path) -> dict:
+def moving_keys(keys: int, start: int = 1) -> dict[int, bool]:
+    """Whether each key's group changes owner in a grow from ``start``
+    workers (that never rescaled) to one more."""
+    old = ownership.rule_owners(names(start), 1024)
+    new = ownership.balanced_owners(old, names(start + 1))
+    return {k: old[stable_hash(k) % 1024] != new[stable_hash(k) % 1024]
+            for k in range(keys)}
+
+
+def part1(keys: int, probe_rate: int, workdir: Path, start: int = 1) -> dict:
     recv = Receiver(20)  # >IQQ: length 16, key, count
     state = workdir / "state-keys"
     sup, source = start_cluster(APP, state, recv.port, workdir / "keys.log",
-                                "--checkpoint-interval", "0.5")
+                                "--checkpoint-interval", "0.5", workers=start)
     try:
         grow_times = _probe_around(source, keys, probe_rate, recv,
                                    lambda: grow(state))
     finally:
         sup.terminate()
         sup.wait(120)
-    return _moved(keys, probe_rate, recv, *grow_times)
+    return _moved(keys, probe_rate, recv, *grow_times, start=start)
 
 
 def part1_hosts(keys: int, probe_rate: int, workdir: Path) -> dict:
@@ -239,9 +250,9 @@ def _probe_around(source: str, keys: int, probe_rate: int, recv: Receiver,
 
 
 def _moved(keys: int, probe_rate: int, recv: Receiver, create_s: float, g0: float,
-           grow_s: float) -> dict:
+           grow_s: float, start: int = 1) -> dict:
     g1 = g0 + grow_s
-    moves = moving_keys(keys)
+    moves = moving_keys(keys, start)
     with recv.lock:
         probe_out = [(t, int.from_bytes(r[4:12], "big"), int.from_bytes(r[12:20], "big"))
                      for t, r in recv.records[keys:]]
@@ -257,7 +268,7 @@ def _moved(keys: int, probe_rate: int, recv: Receiver, create_s: float, g0: floa
     return {"keys": keys, "moved": sum(moves.values()), "create_s": create_s,
             "grow_s": grow_s, "gap_moved_s": gaps[True], "gap_stayed_s": gaps[False],
             "stayed_rate_during": stayed_during / grow_s,
-            "probe_rate": probe_rate, "exact": counts_ok}
+            "probe_rate": probe_rate, "exact": counts_ok, "start": start}
 
 
 def part2(lines: int, workdir: Path) -> dict:
@@ -296,7 +307,12 @@ def main(argv=None) -> int:
     ap.add_argument("--hosts", action="store_true",
                     help="part 1 over two network-namespace hosts (--join), "
                          "instead of both parts on one host")
+    ap.add_argument("--from", dest="start", type=int, default=1, metavar="N",
+                    help="part 1 on one host: grow from N workers to N+1 "
+                         "(default 1)")
     a = ap.parse_args(argv)
+    if a.start < 1 or (a.hosts and a.start != 1):
+        ap.error("--from takes a number of workers >= 1, on one host")
     print(machine_line())
     work = Path(tempfile.mkdtemp(prefix="wallaroo-bench-rescale-"))
     if a.hosts:
@@ -306,10 +322,10 @@ def main(argv=None) -> int:
               f"moved {r['moved']:,} of them in {r['grow_s']:.2f}s (the joiner's "
               f"start to its ready line)")
     else:
-        r = part1(a.keys, a.probe_rate, work)
+        r = part1(a.keys, a.probe_rate, work, a.start)
         print(f"moving state: {r['keys']:,} keys created in {r['create_s']:.1f}s; "
-              f"`wallaroo cluster grow` 1 -> 2 workers moved {r['moved']:,} of them "
-              f"in {r['grow_s']:.2f}s (command to answer)")
+              f"`wallaroo cluster grow` {a.start} -> {a.start + 1} workers moved "
+              f"{r['moved']:,} of them in {r['grow_s']:.2f}s (command to answer)")
     print(f"  probe at {r['probe_rate']:,} msgs/s over every key: longest output "
           f"gap {r['gap_moved_s']:.2f}s for keys that moved, "
           f"{r['gap_stayed_s']:.2f}s for keys that stayed; keys that stayed "
