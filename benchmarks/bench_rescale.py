@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from wallaroo.recovery import ownership  # noqa: E402
 from wallaroo.runtime.placement import stable_hash  # noqa: E402
+from wallaroo.runtime.rescale import next_names  # noqa: E402
 
 APP = REPO / "benchmarks" / "recovery_app.py"
 WORD_COUNT = REPO / "examples" / "word_count" / "word_count.py"
@@ -138,15 +139,11 @@ def send(source: str, *args) -> None:
         raise RuntimeError(done.stderr)
 
 
-def names(n: int) -> list[str]:
-    return ["initializer"] + [f"worker-{i}" for i in range(1, n)]
-
-
 def moving_keys(keys: int, start: int = 1) -> dict[int, bool]:
     """Whether each key's group changes owner in a grow from ``start``
     workers (that never rescaled) to one more."""
-    old = ownership.rule_owners(names(start), 1024)
-    new = ownership.balanced_owners(old, names(start + 1))
+    old = ownership.rule_owners(next_names(["initializer"], start - 1), 1024)
+    new = ownership.balanced_owners(old, next_names(["initializer"], start))
     return {k: old[stable_hash(k) % 1024] != new[stable_hash(k) % 1024]
             for k in range(keys)}
 

@@ -72,7 +72,7 @@ class Plan:
         """The new member that owns ``group``."""
         if self.owners is not None:
             return self.owners[group]
-        return self.new[group * len(self.new) // self.key_groups]
+        return ownership.rule_owner(group, self.new, self.key_groups)
 
     def stream_owner(self, source: str, stream: str) -> str | None:
         """The new member that owns a resumable stream or a Kafka

@@ -25,11 +25,16 @@ class OwnershipError(ValueError):
     """A stored map of owners that cannot be right (the message says why)."""
 
 
+def rule_owner(group: int, members: list[str] | tuple[str, ...],
+               key_groups: int) -> str:
+    """The owner of ``group`` by contiguous ranges in the members' order:
+    the map of a cluster that never rescaled."""
+    return members[group * len(members) // key_groups]
+
+
 def rule_owners(members: list[str] | tuple[str, ...], key_groups: int) -> list[str]:
-    """Contiguous ranges in the members' order: the map of a cluster that
-    never rescaled."""
-    n = len(members)
-    return [members[g * n // key_groups] for g in range(key_groups)]
+    """``rule_owner`` of every group."""
+    return [rule_owner(g, members, key_groups) for g in range(key_groups)]
 
 
 def shares(members: list[str] | tuple[str, ...], key_groups: int,

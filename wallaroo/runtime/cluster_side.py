@@ -25,7 +25,7 @@ from ..connectors.channel import ChannelSender, DataServer, open_authenticated
 from ..connectors.tcp_sink import OutboxQueue
 from ..recovery import ownership
 from .control import ControlServer
-from .placement import DEFAULT_KEY_GROUPS, Placement
+from .placement import DEFAULT_KEY_GROUPS
 
 
 @dataclass
@@ -94,10 +94,12 @@ class ClusterSide:
                 "members": self.config.members,
                 "key_groups": self.config.key_groups}
         placement = self.worker.core.placement
-        if placement is not None and placement.owners != Placement(
-                placement.members, placement.name, placement.key_groups).owners:
-            # a map saved by a rescale: two workers must route alike
-            body["owners"] = ownership.encode(placement.owner_names())
+        if placement is not None:
+            owners = placement.owner_names()
+            if owners != ownership.rule_owners(placement.members,
+                                               placement.key_groups):
+                # a map saved by a rescale: two workers must route alike
+                body["owners"] = ownership.encode(owners)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
     def write_own_entry(self, directory: str, application: str, state: str,

@@ -25,6 +25,8 @@ import struct
 import zlib
 from typing import Any
 
+from ..recovery.ownership import rule_owners
+
 DEFAULT_KEY_GROUPS = 1024
 
 
@@ -69,15 +71,13 @@ class Placement:
         self.me = self.members.index(me)
         self.name = me
         self.key_groups = key_groups
-        n = len(self.members)
         if owners is None:  # contiguous ranges in the members' order
-            self.owners = [g * n // key_groups for g in range(key_groups)]
-        else:
-            if len(owners) != key_groups:
-                raise ValueError(f"a map of {len(owners)} key-group owners for "
-                                 f"{key_groups} key groups")
-            index = {m: i for i, m in enumerate(self.members)}
-            self.owners = [index[o] for o in owners]  # group -> member index
+            owners = rule_owners(self.members, key_groups)
+        elif len(owners) != key_groups:
+            raise ValueError(f"a map of {len(owners)} key-group owners for "
+                             f"{key_groups} key groups")
+        index = {m: i for i, m in enumerate(self.members)}
+        self.owners = [index[o] for o in owners]  # group -> member index
         self._declared: dict[str, dict] = {}  # state -> {declared key: index}
 
     @property

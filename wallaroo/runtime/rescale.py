@@ -25,7 +25,6 @@ when the sinks are up.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess
@@ -71,7 +70,7 @@ def saved_cluster(directory: str) -> tuple[list[str], int, list | None] | None:
             runs = saved.get("owners")
             found[name] = (tuple(saved["members"]),
                            int(saved.get("key_groups", DEFAULT_KEY_GROUPS)),
-                           None if runs is None else json.dumps(runs))
+                           None if runs is None else tuple(map(tuple, runs)))
     if not found:
         return None
     kinds = set(found.values())
@@ -79,11 +78,11 @@ def saved_cluster(directory: str) -> tuple[list[str], int, list | None] | None:
         raise RescaleRefused(
             f"{directory} holds databases of different clusters: " + "; ".join(
                 f"{n}.db: {', '.join(m)}"
-                + ("" if runs is None else f" ({len(json.loads(runs))} runs of owners)")
+                + ("" if runs is None else f" ({len(runs)} runs of owners)")
                 for n, (m, _, runs) in sorted(found.items()))
             + ".  Each cluster needs a directory of its own.")
     members, groups, runs = kinds.pop()
-    return list(members), groups, None if runs is None else json.loads(runs)
+    return list(members), groups, None if runs is None else [list(r) for r in runs]
 
 
 async def rescale_if_asked(sup, secret_path: str) -> int | None:
