@@ -67,6 +67,9 @@ class Plan:
     # the new member that owns each key group (ownership.py); None in a plan
     # file of a release before maps of owners: contiguous ranges
     owners: tuple[str, ...] | None = None
+    # the new member that owns each stream slot (ownership.py); None in a
+    # plan file of a release before stream maps: the rule, by member count
+    stream_owners: tuple[str, ...] | None = None
 
     def owner(self, group: int) -> str:
         """The new member that owns ``group``."""
@@ -85,7 +88,9 @@ class Plan:
             except ValueError:
                 return None
             return self.new[partition % len(self.new)]
-        from ..runtime.placement import stable_hash
+        from ..runtime.placement import stable_hash, stream_slot
+        if self.stream_owners is not None:
+            return self.stream_owners[stream_slot(source, stream)]
         return self.new[stable_hash((source, stream)) % len(self.new)]
 
     def to_json(self) -> dict:
@@ -95,6 +100,8 @@ class Plan:
             body["addresses"] = self.addresses
         if self.owners is not None:
             body["owners"] = ownership.encode(list(self.owners))
+        if self.stream_owners is not None:
+            body["stream_owners"] = ownership.encode(list(self.stream_owners))
         return body
 
     @classmethod
@@ -104,8 +111,13 @@ class Plan:
         runs = body.get("owners")
         owners = None if runs is None else tuple(
             ownership.decode(runs, key_groups, new))
+        slot_runs = body.get("stream_owners")
+        stream_owners = None if slot_runs is None else tuple(
+            ownership.decode(slot_runs, ownership.STREAM_SLOTS, new,
+                             "stream-slot owners"))
         return cls(str(body["id"]), tuple(body["old"]), new, key_groups,
-                   None if addresses is None else dict(addresses), owners)
+                   None if addresses is None else dict(addresses), owners,
+                   stream_owners)
 
 
 def plan_path(directory: str) -> str:
@@ -114,15 +126,20 @@ def plan_path(directory: str) -> str:
 
 def new_plan(old: list[str], new: list[str], key_groups: int,
              addresses: dict | None = None,
-             old_owners: list[str] | None = None) -> Plan:
+             old_owners: list[str] | None = None,
+             old_stream_owners: list[str] | None = None) -> Plan:
     """A plan from the members ``old`` (whose map of owners is
-    ``old_owners``; None: contiguous ranges) to ``new``, moving the fewest
-    key groups (ownership.balanced_owners)."""
+    ``old_owners``, None: contiguous ranges; and of stream slots
+    ``old_stream_owners``, None: the rule) to ``new``, moving the fewest
+    key groups and stream slots (ownership.balanced_owners)."""
     if old_owners is None:
         old_owners = ownership.rule_owners(old, key_groups)
+    if old_stream_owners is None:
+        old_stream_owners = ownership.round_robin(old)
     owners = tuple(ownership.balanced_owners(old_owners, new))
+    stream_owners = tuple(ownership.balanced_owners(old_stream_owners, new))
     return Plan(f"{time.time_ns():x}", tuple(old), tuple(new), key_groups,
-                addresses, owners)
+                addresses, owners, stream_owners)
 
 
 def write_plan(directory: str, plan: Plan) -> None:
@@ -500,6 +517,8 @@ def set_membership(directory: str, worker: str, plan: Plan,
     body = {"members": list(plan.new), "key_groups": plan.key_groups}
     if plan.owners is not None:
         body["owners"] = ownership.encode(list(plan.owners))
+    if plan.stream_owners is not None:
+        body["stream_owners"] = ownership.encode(list(plan.stream_owners))
     if plan.addresses is not None:
         body["addresses"] = {n: plan.addresses[n] for n in plan.new}
         body["rescaled"] = plan.id

@@ -14,6 +14,18 @@ of the groups; with the map, a third.
 The map is a list of member names, one per key group; ``encode`` and
 ``decode`` turn it into the ``[[first_group, name], ...]`` runs stored
 in the membership and in a rescale's plan.
+
+**Stream slots.**  The count of a resumable stream belongs to a worker
+the same way, through a map of ``STREAM_SLOTS`` slots (``"stream_owners"``
+in the membership); a stream's slot is a stable hash of its pipeline and
+name (``runtime/placement.py``).  A cluster that never rescaled has no
+such map and keeps the rule that predates it (member ``hash % n``); its
+first rescale starts from ``round_robin``, which is that rule whenever
+``n`` divides ``STREAM_SLOTS`` (and close to it otherwise: the streams
+move from wherever their counts are).  Kafka partitions keep their rule,
+partition ``p`` to member ``p % n``: a topic has few partitions and each
+is read by one worker only, so an even spread matters more than moving
+few of them, and moving one moves only its offset.
 """
 
 from __future__ import annotations
@@ -74,6 +86,16 @@ def balanced_owners(old: list[str], new: list[str] | tuple[str, ...]) -> list[st
     return owners  # type: ignore[return-value]
 
 
+STREAM_SLOTS = 1024
+
+
+def round_robin(members: list[str] | tuple[str, ...], slots: int = STREAM_SLOTS
+                ) -> list[str]:
+    """Slot ``s`` to member ``s % n``: the stream map of a cluster that
+    never rescaled, as far as a map can say it."""
+    return [members[s % len(members)] for s in range(slots)]
+
+
 def encode(owners: list[str]) -> list[list]:
     """``[[first_group, name], ...]``: one entry per run of one owner."""
     runs: list[list] = []
@@ -83,24 +105,27 @@ def encode(owners: list[str]) -> list[list]:
     return runs
 
 
-def decode(runs, key_groups: int, members) -> list[str]:
+def decode(runs, key_groups: int, members, what: str = "key-group owners"
+           ) -> list[str]:
     """The map from its runs, checked: runs start at group 0, in
-    increasing order, and name members only."""
+    increasing order, and name members only.  ``what`` names the map in
+    errors (``"stream-slot owners"`` for a map of stream slots)."""
     names = set(members)
     try:
         starts = [int(first) for first, _ in runs]
         owners_of_runs = [str(name) for _, name in runs]
     except (TypeError, ValueError):
-        raise OwnershipError(f"the map of key-group owners is not a list of "
+        raise OwnershipError(f"the map of {what} is not a list of "
                              f"[first_group, worker] runs: {runs!r:.200}") from None
     if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) \
             or starts[-1] >= key_groups:
-        raise OwnershipError(f"the map of key-group owners does not cover groups "
+        unit = "slots" if "slot" in what else "groups"
+        raise OwnershipError(f"the map of {what} does not cover {unit} "
                              f"0..{key_groups - 1} in order: runs start at "
                              f"{starts[:10]}{'...' if len(starts) > 10 else ''}")
     strangers = sorted(set(owners_of_runs) - names)
     if strangers:
-        raise OwnershipError(f"the map of key-group owners names "
+        raise OwnershipError(f"the map of {what} names "
                              f"{', '.join(map(repr, strangers))}, which "
                              f"{'is' if len(strangers) == 1 else 'are'} not "
                              f"among the members ({', '.join(members)})")

@@ -100,6 +100,9 @@ class ClusterSide:
                                                placement.key_groups):
                 # a map saved by a rescale: two workers must route alike
                 body["owners"] = ownership.encode(owners)
+            slots = placement.stream_owner_names()
+            if slots is not None:  # and resumable clients alike
+                body["stream_owners"] = ownership.encode(slots)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
     def write_own_entry(self, directory: str, application: str, state: str,

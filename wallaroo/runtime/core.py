@@ -312,15 +312,20 @@ class WorkerCore(Checkpoints, Windowing):
                 f"({', '.join(self.proposed_membership['members'])}; "
                 f"{self.proposed_membership['key_groups']} key groups).  Start "
                 f"it with the cluster's original size and names.")
-        owners = None
-        if m.get("owners") is not None:
-            try:
+        owners = stream_owners = None
+        try:
+            if m.get("owners") is not None:
                 owners = ownership.decode(m["owners"], m["key_groups"], m["members"])
-            except ownership.OwnershipError as e:
-                raise IncompatibleDirectory(
-                    f"worker {self.name!r}'s resilience directory: {e}; refusing "
-                    f"to route by it") from None
-        self.placement = Placement(m["members"], self.name, m["key_groups"], owners)
+            if m.get("stream_owners") is not None:
+                stream_owners = ownership.decode(
+                    m["stream_owners"], ownership.STREAM_SLOTS, m["members"],
+                    "stream-slot owners")
+        except ownership.OwnershipError as e:
+            raise IncompatibleDirectory(
+                f"worker {self.name!r}'s resilience directory: {e}; refusing "
+                f"to route by it") from None
+        self.placement = Placement(m["members"], self.name, m["key_groups"], owners,
+                                   stream_owners)
         for space in self.spaces.values():
             space.placement = self.placement
         self._compile()

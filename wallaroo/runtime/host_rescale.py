@@ -257,7 +257,9 @@ class RunningSide:
         placement = self.worker.core.placement  # the map of owners it routes by
         plan = moves.new_plan(members, new, self.config.key_groups, addresses,
                               old_owners=None if placement is None
-                              else placement.owner_names())
+                              else placement.owner_names(),
+                              old_stream_owners=None if placement is None
+                              else placement.stream_owner_names())
         write_plan_file(self.directory, self.me, plan, "draining", self.me)
         self.current = plan
         self.since = time.strftime("%Y-%m-%dT%H:%M:%S%z")

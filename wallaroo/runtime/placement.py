@@ -8,6 +8,9 @@ unpartitioned state (``to_stateful``) is one group; any other key's group
 comes from a stable hash of the key.  Groups map to workers by contiguous
 ranges of the members' order, which every worker computes alike, until a
 rescale saves a map of its own with the membership (recovery/ownership.py).
+Resumable streams belong to a worker by their slot (``stream_slot``) in
+the same way: by a rule (``hash % n``) until a rescale saves a map of
+slots.  Kafka partition ``p`` belongs to member ``p % n``.
 
 The stable hash never uses Python's ``hash()`` of ``str``/``bytes`` (it is
 randomised per process).  Keys Python compares equal land in the same group:
@@ -25,7 +28,7 @@ import struct
 import zlib
 from typing import Any
 
-from ..recovery.ownership import rule_owners
+from ..recovery.ownership import STREAM_SLOTS, rule_owners
 
 DEFAULT_KEY_GROUPS = 1024
 
@@ -33,6 +36,11 @@ DEFAULT_KEY_GROUPS = 1024
 def stable_hash(key: Any) -> int:
     """A 32-bit hash of a key, the same in every process and release."""
     return zlib.crc32(_key_bytes(key))
+
+
+def stream_slot(pipeline: str, stream: str) -> int:
+    """The slot of resumable stream ``stream`` of ``pipeline``."""
+    return stable_hash((pipeline, stream)) % STREAM_SLOTS
 
 
 def _key_bytes(key: Any) -> bytes:
@@ -64,7 +72,8 @@ class Placement:
 
     def __init__(self, members: list[str], me: str,
                  key_groups: int = DEFAULT_KEY_GROUPS,
-                 owners: list[str] | None = None):
+                 owners: list[str] | None = None,
+                 stream_owners: list[str] | None = None):
         if me not in members:
             raise ValueError(f"worker {me!r} is not a member of {members}")
         self.members = list(members)
@@ -78,6 +87,12 @@ class Placement:
                              f"{key_groups} key groups")
         index = {m: i for i, m in enumerate(self.members)}
         self.owners = [index[o] for o in owners]  # group -> member index
+        if stream_owners is not None and len(stream_owners) != STREAM_SLOTS:
+            raise ValueError(f"a map of {len(stream_owners)} stream-slot owners "
+                             f"for {STREAM_SLOTS} slots")
+        # slot -> member index; None: the rule (hash % n, partition % n)
+        self.stream_owners = None if stream_owners is None else [
+            index[o] for o in stream_owners]
         self._declared: dict[str, dict] = {}  # state -> {declared key: index}
 
     @property
@@ -108,7 +123,15 @@ class Placement:
     def owner_of_stream(self, pipeline: str, stream: str) -> int:
         """The member that owns a resumable stream (its RESUME and ACKs
         come from that worker's log)."""
+        if self.stream_owners is not None:
+            return self.stream_owners[stream_slot(pipeline, stream)]
         return stable_hash((pipeline, stream)) % self.size
+
+    def stream_owner_names(self) -> list[str] | None:
+        """The owner of every stream slot by name; None: the rule."""
+        if self.stream_owners is None:
+            return None
+        return [self.members[o] for o in self.stream_owners]
 
     def owner_names(self) -> list[str]:
         """The owner of every key group, by name."""

@@ -55,22 +55,25 @@ class RescaleRefused(Exception):
     """The directory cannot be rescaled as asked (the message says why)."""
 
 
-def saved_cluster(directory: str) -> tuple[list[str], int, list | None] | None:
-    """The members, key groups and map of key-group owners (its runs; None:
-    contiguous ranges) the directory's active databases record (None: no
-    database yet)."""
+def saved_cluster(directory: str
+                  ) -> tuple[list[str], int, list | None, list | None] | None:
+    """The members, key groups, map of key-group owners (its runs; None:
+    contiguous ranges) and map of stream-slot owners (its runs; None: the
+    rule) the directory's active databases record (None: no database
+    yet)."""
     found: dict[str, tuple] = {}
     for name in worker_names(directory):
         if moves.is_retired(directory, name):
             continue
         saved = saved_membership(directory, name)
         if saved is None:  # before clusters: a worker on its own
-            found[name] = ((name,), DEFAULT_KEY_GROUPS, None)
+            found[name] = ((name,), DEFAULT_KEY_GROUPS, None, None)
         else:
-            runs = saved.get("owners")
+            runs, slots = saved.get("owners"), saved.get("stream_owners")
             found[name] = (tuple(saved["members"]),
                            int(saved.get("key_groups", DEFAULT_KEY_GROUPS)),
-                           None if runs is None else tuple(map(tuple, runs)))
+                           None if runs is None else tuple(map(tuple, runs)),
+                           None if slots is None else tuple(map(tuple, slots)))
     if not found:
         return None
     kinds = set(found.values())
@@ -79,10 +82,12 @@ def saved_cluster(directory: str) -> tuple[list[str], int, list | None] | None:
             f"{directory} holds databases of different clusters: " + "; ".join(
                 f"{n}.db: {', '.join(m)}"
                 + ("" if runs is None else f" ({len(runs)} runs of owners)")
-                for n, (m, _, runs) in sorted(found.items()))
+                + ("" if slots is None else f" ({len(slots)} runs of stream owners)")
+                for n, (m, _, runs, slots) in sorted(found.items()))
             + ".  Each cluster needs a directory of its own.")
-    members, groups, runs = kinds.pop()
-    return list(members), groups, None if runs is None else [list(r) for r in runs]
+    members, groups, runs, slots = kinds.pop()
+    return (list(members), groups, None if runs is None else [list(r) for r in runs],
+            None if slots is None else [list(r) for r in slots])
 
 
 async def rescale_if_asked(sup, secret_path: str) -> int | None:
@@ -104,10 +109,12 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
         return 2
     if saved is None or saved[0] == sup.names:
         return None
-    old, key_groups, old_runs = saved
+    old, key_groups, old_runs, old_slot_runs = saved
     try:
         old_owners = None if old_runs is None else ownership.decode(
             old_runs, key_groups, old)
+        old_stream_owners = None if old_slot_runs is None else ownership.decode(
+            old_slot_runs, ownership.STREAM_SLOTS, old, "stream-slot owners")
     except ownership.OwnershipError as e:
         log.error("%s: %s; nothing was moved", directory, e)
         return 2
@@ -142,14 +149,16 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
                          "phase": "draining",
                          "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
-        return await _rescale(sup, old, key_groups, secret_path, old_owners)
+        return await _rescale(sup, old, key_groups, secret_path, old_owners,
+                              old_stream_owners)
     finally:
         sup.rescale_state = None
         sup.write_cluster_file()
 
 
 async def _rescale(sup, old: list[str], key_groups: int, secret_path: str,
-                   old_owners: list[str] | None = None) -> int | None:
+                   old_owners: list[str] | None = None,
+                   old_stream_owners: list[str] | None = None) -> int | None:
     directory, log = sup.resilience_dir, sup.log
     try:
         drained = not any(moves.check_quiet(directory, n) for n in old)
@@ -172,7 +181,8 @@ async def _rescale(sup, old: list[str], key_groups: int, secret_path: str,
                 return 1
         sup.rescale_state["phase"] = "moving"
         sup.write_cluster_file()
-        plan = moves.new_plan(old, sup.names, key_groups, old_owners=old_owners)
+        plan = moves.new_plan(old, sup.names, key_groups, old_owners=old_owners,
+                              old_stream_owners=old_stream_owners)
         moves.write_plan(directory, plan)
         moves.run_plan(directory, plan, log)
     except (StoreError, OSError, sqlite3.Error) as e:
