@@ -158,6 +158,39 @@ def test_a_coordinator_killed_in_the_drain_abandons_the_rescale_at_once(
     assert "no word from the coordinator" not in c.workers[2].stderr
 
 
+def test_a_shrink_abandoned_in_the_drain_is_asked_again(procs, hosts, tmp_path):
+    """`wallaroo cluster shrink --control` waits while the coordinator is
+    SIGKILLed in the drain (the leaver is frozen, so the drain cannot
+    end): the rescale is abandoned, the command says so and asks again
+    (it used to wait for a rescale that no longer existed until its 600 s
+    ran out), and the shrink happens; every output once."""
+    c = Cluster(procs, hosts, tmp_path, messages=3000, votes=3000, rate=1000)
+    c.start_two_and_send(1, after=1.0)
+    c.start(3)
+    c.workers[1].wait_line(lambda l: " done: 2 -> 3 workers" in l, timeout=120)
+    for i in (1, 2, 3):
+        c.workers[i].wait_line(lambda line: line.startswith("ready"), timeout=120)
+    c.workers[3].signal(signal.SIGSTOP)
+    shrink = subprocess.Popen(c.shrink_args(2, "--names", "worker-2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c.workers[1].wait_line(" asked: 3 workers", timeout=60)
+    time.sleep(0.5)
+    c.workers[1].signal(KILL)
+    c.workers[1].wait()
+    c.workers[3].signal(signal.SIGCONT)
+    c.start(1)
+    c.workers[1].wait_line("abandoned: the coordinator stopped before the drain "
+                           "was done", timeout=30)
+    out, err = shrink.communicate(timeout=240)
+    assert shrink.returncode == 0, err
+    assert "abandoned: the cluster runs as before; asking again" in err
+    assert "rescaled in" in out and "2 workers (initializer, worker-1)" in out
+    assert c.workers[3].wait(timeout=60) == 0
+    c.check_all()
+    for i in (1, 2):
+        assert c.workers[i].terminate(timeout=60) == 0
+
+
 def test_a_member_down_at_the_start_abandons_the_rescale_until_it_is_back(
         procs, hosts, tmp_path):
     """worker-1 is down when the joiner asks: the drain cannot reach it, the

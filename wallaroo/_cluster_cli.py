@@ -65,6 +65,50 @@ def _ask(directory: str, request: dict) -> dict:
     return answer
 
 
+def _wait_for_rescale(coordinator, secret: bytes, new: list[str],
+                      deadline: float) -> str:
+    """Poll the coordinator's MEMBERS until the rescale is over: "done"
+    (the members are ``new``), "abandoned" (no rescale in progress and the
+    members are not ``new``) or "timeout"."""
+    import time
+
+    import trio
+
+    from .runtime.control import ASK_ERRORS, ask
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            got = trio.run(lambda: ask(coordinator, secret, "MEMBERS", timeout=5))
+        except ASK_ERRORS:
+            continue  # the coordinator is between two runs
+        if "rescale" in got:
+            continue
+        return "done" if got.get("members") == new else "abandoned"
+    return "timeout"
+
+
+def _ask_again(address, secret: bytes, body: dict, deadline: float) -> dict | None:
+    """SHRINK again once the worker at ``address`` answers and no rescale
+    is in progress there; None when the deadline passes first."""
+    import time
+
+    import trio
+
+    from .runtime.control import ASK_ERRORS, ask_verb
+    while time.monotonic() < deadline:
+        try:
+            answer = trio.run(lambda: ask_verb(address, secret, "SHRINK", body,
+                                               timeout=60))
+        except ASK_ERRORS:
+            time.sleep(0.5)
+            continue
+        if "a rescale is in progress" in answer.get("error", ""):
+            time.sleep(0.5)
+            continue
+        return answer
+    return None
+
+
 def _done(answer: dict) -> None:
     click.echo(f"rescaled in {answer['seconds']:.2f}s: {len(answer['members'])} "
                f"workers ({', '.join(answer['members'])})")
@@ -140,7 +184,7 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
     import trio
 
     from .connectors.auth import AuthError, load_secret
-    from .runtime.control import ASK_ERRORS, ask, ask_verb
+    from .runtime.control import ASK_ERRORS, ask_verb
     from .tools.common import parse_address
     if not secret_file:
         raise click.UsageError("--control needs --cluster-secret-file FILE")
@@ -165,6 +209,7 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
             raise click.ClickException(f"{control}: {e or type(e).__name__}") from None
 
     t0 = time.monotonic()
+    deadline = t0 + TIMEOUT
     answer = call(ask_verb, address, secret, "SHRINK", body, timeout=60)
     if "error" in answer:
         raise click.ClickException(answer["error"])
@@ -174,20 +219,26 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
         if answer.get("rescaling"):
             click.echo("a rescale is in progress")
         return
-    new = answer["plan"]["new"]
-    coordinator = parse_address(answer["coordinator"], "coordinator")
-    click.echo(f"rescale {answer['accepted']} accepted: "
-               f"{len(answer['plan']['old'])} -> {len(new)} workers")
-    deadline = t0 + TIMEOUT
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        try:
-            got = trio.run(lambda: ask(coordinator, secret, "MEMBERS", timeout=5))
-        except ASK_ERRORS:
-            continue  # the coordinator is between two runs
-        if got.get("members") == new and "rescale" not in got:
+    while True:
+        new = answer["plan"]["new"]
+        coordinator = parse_address(answer["coordinator"], "coordinator")
+        click.echo(f"rescale {answer['accepted']} accepted: "
+                   f"{len(answer['plan']['old'])} -> {len(new)} workers")
+        outcome = _wait_for_rescale(coordinator, secret, new, deadline)
+        if outcome == "done":
             _done({"seconds": time.monotonic() - t0, "members": new})
             return
+        if outcome != "abandoned":
+            break
+        # the coordinator stopped before the drain was done (docs/cluster.md,
+        # "Kills"): every worker runs as before, and the shrink is asked again
+        click.echo(f"rescale {answer['accepted']} abandoned: the cluster runs "
+                   f"as before; asking again", err=True)
+        answer = _ask_again(address, secret, body, deadline)
+        if answer is None:
+            break
+        if "error" in answer:
+            raise click.ClickException(answer["error"])
     raise click.ClickException(f"the rescale did not finish within {TIMEOUT:.0f}s; "
                                f"`wallaroo status --control {control} "
                                f"--cluster-secret-file {secret_file}` shows where "

@@ -116,8 +116,13 @@ class ClusterSide:
     def members(self) -> dict:
         """The membership, with every worker's addresses as known here."""
         addresses = self.config.addresses or {}
-        return {"members": self.config.members, "me": self.me,
+        body = {"members": self.config.members, "me": self.me,
                 "addresses": addresses}
+        plan = None if self.rescaler is None else (self.rescaler.current
+                                                    or self.rescaler.draining)
+        if plan is not None:  # as move mode answers (the CLI waits on it)
+            body["rescale"] = plan.id
+        return body
 
     async def _join_after_formation(self, who: str, control: str, data: str) -> dict:
         """A JOIN once the cluster is formed: a member restarted without
