@@ -21,6 +21,7 @@ import tempfile
 from collections import Counter
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, given, note, settings
 
 from wallaroo.recovery import moves
@@ -164,12 +165,40 @@ def test_a_damaged_row_of_a_giver_is_refused_not_copied(tmp_path):
     with sqlite3.connect(moves.db_file(d, "initializer")) as conn:
         conn.execute("UPDATE snapshots SET state = CAST(x'00' || state AS BLOB)")
     plan = _grow_plan(d)
-    import pytest
     with pytest.raises(CorruptionError, match="initializer.db.*failed its checksum"):
         for w in ("initializer", "worker-1"):
             moves.take(d, w, plan)
     with sqlite3.connect(moves.db_file(d, "worker-1")) as conn:
         assert conn.execute("SELECT count(*) FROM partitions").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("attached", [moves.ATTACH_MAX, 0])
+def test_a_take_copies_split_snapshots_whole(tmp_path, monkeypatch, attached):
+    """Snapshots stored in parts, and snapshots larger than the taker's
+    part size, move whole (the take copies most rows with SQL statements
+    and these row by row; a giver past the ``attached`` first is read row
+    by row): the taker's every state is the fold of the input."""
+    from wallaroo.recovery import sqlite_store
+    monkeypatch.setattr(sqlite_store, "PART_BYTES", 16)
+    monkeypatch.setattr(moves, "ATTACH_MAX", attached)
+    d = _one_worker_of(tmp_path, keys=40)
+    with sqlite3.connect(moves.db_file(d, "initializer")) as conn:
+        (split,) = conn.execute("SELECT count(*) FROM snapshots WHERE parts > 0"
+                                ).fetchone()
+    assert split > 0
+    moves.run_plan(d, _grow_plan(d))
+    with sqlite3.connect(moves.db_file(d, "worker-1")) as conn:
+        (taken,) = conn.execute("SELECT count(*) FROM snapshots WHERE parts > 0"
+                                ).fetchone()
+    assert taken > 0
+    c = ClusterDriver(m, 2, resilience_dir=d)
+    c.start_all()
+    counts, _, _ = m.reference([(k, 5, 0, 0) for k in range(40)], [])
+    for key, (n, total) in counts.items():
+        s = c.state_of("counts", key)
+        assert (s.n, s.total) == (n, total), f"key {key}"
+    for drv in c.drivers:
+        drv.stop()
 
 
 def test_a_take_reports_its_progress(tmp_path, monkeypatch, caplog):

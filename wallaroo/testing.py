@@ -280,8 +280,10 @@ class ClusterDriver:
         """``workers``: how many (``initializer``, ``worker-1`` ...), or the
         members' names in the cluster's order (after a shrink)."""
         import os
+
+        from .runtime.rescale import next_names
         self.names = list(workers) if isinstance(workers, (list, tuple)) else \
-            ["initializer"] + [f"worker-{i}" for i in range(1, workers)]
+            next_names(["initializer"], workers - 1)
         self.drivers = [Driver(app, args=args, resilience_dir=os.path.join(
             resilience_dir, ""), worker_name=name, members=self.names, **options)
             for name in self.names]

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from . import bulk, ownership, reading, schema
 from .errors import StoreError
 from .files import DatabaseLock
-from .records import PartitionRow, SnapshotRow, control_checksum
+from .records import (PartitionRow, SnapshotRow, checksum, control_checksum,
+                      partition_checksum, snapshot_head)
 from .sink_identities import PEER_PREFIX
 
 PLAN_FILE = "rescale.json"
@@ -194,7 +195,8 @@ class _Open:
         self.lock = DatabaseLock(self.path)
         self.lock.acquire()
         try:
-            self.conn = sqlite3.connect(self.path, isolation_level=None)
+            # uri: a take attaches its givers read-only (file:...?mode=ro)
+            self.conn = sqlite3.connect(self.path, isolation_level=None, uri=True)
             if new:  # a new member's database, made as a worker makes one
                 self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -333,12 +335,15 @@ def take(directory: str, taker: str, plan: Plan, before=_nothing,
     with _Open(directory, taker) as db:
         if db.meta(TAKEN) == plan.id:
             return 0
+        _sql_functions(db.conn)
+        givers = [g for g in plan.old if g != taker]
         with db.transaction(f"take {taker}", before) as c:
             n = sum(_take_from(c, files.get(g) or db_file(directory, g), taker, plan,
-                               progress and functools.partial(progress, g))
-                    for g in plan.old if g != taker)
+                               progress and functools.partial(progress, g),
+                               f"giver{i}" if i < ATTACH_MAX else None)
+                    for i, g in enumerate(givers))
             c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TAKEN, plan.id))
-        return n
+        return n  # (the givers stay attached until _Open closes the connection)
 
 
 # a take writes what it copied every this many partitions or bytes, so a
@@ -368,18 +373,188 @@ class TakeProgress:
                           now - self.t0)
 
 
+# SQLite attaches at most 10 databases by default: a take from more givers
+# reads the rest row by row
+ATTACH_MAX = 9
+
+
 def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
-               plan: Plan, progress=None) -> int:
+               plan: Plan, progress=None, schema_name: str | None = None) -> int:
     """Copy into the taker's transaction ``c`` what it now owns of one
     giver, every row checked against its checksum first (a damaged row is
-    refused, naming the file, never copied under a fresh checksum)."""
+    refused, naming the file, never copied under a fresh checksum).
+
+    With ``schema_name`` the giver is attached to ``c`` under that name and
+    copied by ``INSERT ... SELECT``, the checksums checked and made by SQL
+    functions (``_sql_functions``): 2x faster than reading every row into
+    Python, which is what the pause of a rescale is mostly made of.  A row
+    those statements refuse is found again the slow way, which raises the
+    error naming it."""
+    if schema_name is not None:
+        c.execute("SAVEPOINT take_attached")
+        try:
+            n = _take_attached(c, giver_path, schema_name, taker, plan, progress)
+            c.execute("RELEASE take_attached")
+            return n
+        except sqlite3.OperationalError as e:
+            if "user-defined function raised exception" not in str(e):
+                raise
+            c.execute("ROLLBACK TO take_attached")
+            c.execute("RELEASE take_attached")
+            _take_rows_from(c, giver_path, taker, plan)  # raises, naming the row
+            raise  # pragma: no cover - the slow way found nothing wrong
+    return _take_rows_from(c, giver_path, taker, plan, progress)
+
+
+def _sql_functions(conn: sqlite3.Connection) -> None:
+    """The checksums of records.py as SQL functions, for ``_take_attached``:
+    ``wallaroo_partition_checksum(pid, state, created_lsn, key_group,
+    key_hash, key)``, ``wallaroo_snapshot_checksum(pid, lsn, pickler,
+    blob)``, and ``wallaroo_checked(ok)``, which fails the statement when
+    ``ok`` is false."""
+    def snapshot_cs(pid, lsn, pickler, blob):
+        return checksum(blob, snapshot_head(pid, lsn, pickler))
+
+    def checked(ok):
+        if not ok:
+            raise ValueError("a row failed its checksum")
+        return 1
+
+    conn.create_function("wallaroo_partition_checksum", 6, partition_checksum,
+                         deterministic=True)
+    conn.create_function("wallaroo_snapshot_checksum", 4, snapshot_cs,
+                         deterministic=True)
+    conn.create_function("wallaroo_checked", 1, checked)
+
+
+def _take_attached(c: sqlite3.Connection, giver_path: str, g: str, taker: str,
+                   plan: Plan, progress=None) -> int:
+    from .key_index import read_watermark
+    from .sqlite_store import PART_BYTES, _blob_limit
+    c.execute(f"ATTACH DATABASE ? AS {g}", (f"file:{giver_path}?mode=ro",))
+    next_lsn = c.execute("SELECT next_lsn FROM main.progress").fetchone()[0]
+    lsn = next_lsn - 1  # every input the taker logged is absorbed
+    (top,) = c.execute("SELECT max(pid) FROM main.partitions").fetchone()
+    base = max(0 if top is None else top + 1, read_watermark(c, "taker"))
+    classes = {refs: cid for cid, refs in c.execute(
+        "SELECT id, refs FROM main.snapshot_classes")}
+    c.execute(f"CREATE TEMP TABLE {g}_classes (given INTEGER PRIMARY KEY, cid INTEGER)")
+    for gcid, refs, cs in c.execute(
+            f"SELECT id, refs, checksum FROM {g}.snapshot_classes").fetchall():
+        if schema.class_set_checksum(gcid, refs) != cs:
+            raise reading.damaged(giver_path, f"table snapshot_classes row {gcid}")
+        cid = classes.get(refs)
+        if cid is None:
+            cid = classes[refs] = 1 + max(classes.values(), default=0)
+            c.execute("INSERT INTO main.snapshot_classes VALUES (?,?,?)",
+                      (cid, refs, schema.class_set_checksum(cid, refs)))
+        c.execute(f"INSERT INTO temp.{g}_classes VALUES (?, ?)", (gcid, cid))
+    c.execute(f"CREATE TEMP TABLE {g}_taking (key_group INTEGER PRIMARY KEY)")
+    c.executemany(f"INSERT INTO temp.{g}_taking VALUES (?)", [
+        (x,) for x in range(plan.key_groups) if plan.owner(x) == taker])
+    # the giver's pids in order, numbered from the taker's next pid
+    c.execute(f"CREATE TEMP TABLE {g}_moving (pid INTEGER PRIMARY KEY, given INTEGER)")
+    c.execute(f"INSERT INTO temp.{g}_moving SELECT ? + row_number() OVER "
+              f"(ORDER BY p.pid) - 1, p.pid FROM {g}.partitions p "
+              f"JOIN temp.{g}_taking USING (key_group)", (base,))
+    (total,) = c.execute(f"SELECT count(*) FROM temp.{g}_moving").fetchone()
+    part = min(PART_BYTES, _blob_limit(c) // 2)
+    for lo in range(base, base + total, FLUSH_ROWS):
+        hi = min(lo + FLUSH_ROWS, base + total)
+        c.execute(
+            f"INSERT INTO main.partitions (pid, state, key_repr, created_lsn, checksum, "
+            f"key, key_group, key_hash) SELECT m.pid, p.state, p.key_repr, ?, "
+            f"wallaroo_partition_checksum(m.pid, p.state, ?, p.key_group, p.key_hash, "
+            f"p.key), p.key, p.key_group, p.key_hash "
+            f"FROM temp.{g}_moving m JOIN {g}.partitions p ON p.pid = m.given "
+            f"WHERE m.pid >= ? AND m.pid < ? AND wallaroo_checked(CASE WHEN "
+            f"typeof(p.key) = 'blob' THEN wallaroo_partition_checksum(p.pid, p.state, "
+            f"p.created_lsn, p.key_group, p.key_hash, p.key) = p.checksum ELSE 0 END) "
+            f"ORDER BY m.pid", (next_lsn, next_lsn, lo, hi))
+        c.execute(
+            f"INSERT INTO main.snapshots (pid, lsn, size, pickler, checksum, state, "
+            f"parts, classes) SELECT m.pid, ?, length(s.state), s.pickler, "
+            f"wallaroo_snapshot_checksum(m.pid, ?, s.pickler, s.state), s.state, 0, "
+            f"k.cid FROM temp.{g}_moving m JOIN {g}.snapshots s ON s.pid = m.given "
+            f"LEFT JOIN temp.{g}_classes k ON k.given = s.classes "
+            f"WHERE m.pid >= ? AND m.pid < ? AND s.parts = 0 AND "
+            f"length(s.state) <= ? AND wallaroo_checked(CASE WHEN s.parts = 0 AND "
+            f"length(s.state) <= ? THEN typeof(s.state) = 'blob' AND "
+            f"wallaroo_snapshot_checksum(s.pid, s.lsn, s.pickler, s.state) = "
+            f"s.checksum ELSE 1 END) ORDER BY m.pid", (lsn, lsn, lo, hi, part, part))
+        if progress is not None:
+            progress(hi - base)
+    # snapshots split in parts, or larger than the taker's parts: row by row
+    big = c.execute(
+        f"SELECT m.pid, m.given FROM temp.{g}_moving m JOIN {g}.snapshots s "
+        f"ON s.pid = m.given WHERE s.parts > 0 OR length(s.state) > ?",
+        (part,)).fetchall()
+    if big:
+        _take_big_snapshots(c, giver_path, dict(big), lsn, part, g)
+    _take_streams(c, c.execute(f"SELECT source, stream, count, last_seen, checksum "
+                               f"FROM {g}.streams"), giver_path, taker, plan)
+    return total
+
+
+def _take_big_snapshots(c: sqlite3.Connection, giver_path: str, pids: dict,
+                        lsn: int, part: int, g: str) -> None:
+    """The snapshots ``_take_attached`` left: ``pids`` maps the taker's pid
+    to the giver's."""
+    by_given = {given: pid for pid, given in pids.items()}
+    gc = sqlite3.connect(f"file:{giver_path}?mode=ro", uri=True)
+    try:
+        for given, pid in sorted(by_given.items()):
+            cols = gc.execute(f"SELECT {reading.PARTITION_COLUMNS} "
+                              f"{reading.PARTITIONS_FROM} WHERE p.pid = ?",
+                              (given,)).fetchone()
+            prow = reading.partition_row(giver_path, cols)
+            snap = reading.snapshot_row(gc, giver_path, prow, cols)
+            blob = snap.blob
+            pieces = [blob] if len(blob) <= part else [
+                blob[i:i + part] for i in range(0, len(blob), part)]
+            (cid,) = c.execute(f"SELECT cid FROM temp.{g}_classes WHERE given = ?",
+                               (cols[-1],)).fetchone() or (None,)
+            c.execute("INSERT INTO main.snapshots (pid, lsn, size, pickler, checksum, "
+                      "state, parts, classes) VALUES (?,?,?,?,?,?,?,?)",
+                      (pid, lsn, len(blob), snap.pickler,
+                       SnapshotRow(pid, lsn, blob, snap.pickler).checksum(), pieces[0],
+                       len(pieces) - 1, cid))
+            c.executemany("INSERT INTO main.snapshot_parts VALUES (?,?,?)",
+                          [(pid, i, piece) for i, piece in enumerate(pieces[1:], 1)])
+    finally:
+        gc.close()
+
+
+def _take_streams(c: sqlite3.Connection, rows, giver_path: str, taker: str,
+                  plan: Plan) -> None:
+    """The resumable-stream counts and Kafka offsets the taker now owns of
+    the giver's ``streams`` rows (checked), the larger count winning."""
+    now = int(time.time())
+    for source, stream, count, seen, cs in rows.fetchall():
+        if control_checksum("streams", source, stream, count, seen) != cs:
+            raise reading.damaged(giver_path, f"table streams row (source "
+                                              f"{source!r}, stream {stream!r})")
+        if plan.stream_owner(source, stream) != taker:
+            continue
+        row = c.execute("SELECT count FROM main.streams WHERE source=? AND stream=?",
+                        (source, stream)).fetchone()
+        count = max(count, row[0] if row else 0)
+        c.execute("INSERT OR REPLACE INTO main.streams VALUES (?,?,?,?,?)",
+                  (source, stream, count, now,
+                   control_checksum("streams", source, stream, count, now)))
+
+
+def _take_rows_from(c: sqlite3.Connection, giver_path: str, taker: str,
+                    plan: Plan, progress=None) -> int:
+    """Copy into the taker's transaction ``c`` what it now owns of one
+    giver, row by row in Python (``_take_from``)."""
     g = sqlite3.connect(f"file:{giver_path}?mode=ro", uri=True)
     try:
         next_lsn = c.execute("SELECT next_lsn FROM progress").fetchone()[0]
         lsn = next_lsn - 1  # every input the taker logged is absorbed
         (top,) = c.execute("SELECT max(pid) FROM partitions").fetchone()
         from .key_index import read_watermark
-        from .sqlite_store import snapshot_pieces
+        from .sqlite_store import PART_BYTES, snapshot_pieces
         pid = max(0 if top is None else top + 1, read_watermark(c, "taker"))
         classes = {refs: cid for cid, refs in c.execute(
             "SELECT id, refs FROM snapshot_classes")}
@@ -405,7 +580,7 @@ def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
                              new.key, new.key_group, new.key_hash))
             held += len(new.key)
             if snap is not None:
-                pieces = snapshot_pieces(c, snap.blob)
+                pieces = snapshot_pieces(c, snap.blob, PART_BYTES)
                 moved = SnapshotRow(pid, lsn, snap.blob, snap.pickler)
                 cid = None
                 refs = given_classes.get(cols[-1])
@@ -430,20 +605,8 @@ def _take_from(c: sqlite3.Connection, giver_path: str, taker: str,
         _write_taken(c, batch)
         if progress is not None:
             progress(n)
-        now = int(time.time())
-        for source, stream, count, seen, cs in g.execute(
-                "SELECT source, stream, count, last_seen, checksum FROM streams"):
-            if control_checksum("streams", source, stream, count, seen) != cs:
-                raise reading.damaged(giver_path, f"table streams row (source "
-                                                  f"{source!r}, stream {stream!r})")
-            if plan.stream_owner(source, stream) != taker:
-                continue
-            row = c.execute("SELECT count FROM streams WHERE source=? AND stream=?",
-                            (source, stream)).fetchone()
-            count = max(count, row[0] if row else 0)
-            c.execute("INSERT OR REPLACE INTO streams VALUES (?,?,?,?,?)",
-                      (source, stream, count, now,
-                       control_checksum("streams", source, stream, count, now)))
+        _take_streams(c, g.execute("SELECT source, stream, count, last_seen, "
+                                   "checksum FROM streams"), giver_path, taker, plan)
         return n
     finally:
         g.close()

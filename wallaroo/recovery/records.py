@@ -166,12 +166,20 @@ class PartitionRow:
     key_hash: int | None = None
 
     def checksum(self) -> int:
-        head = f"{self.pid}\x1f{self.state!r}\x1f{self.created_lsn}"
-        if self.key_group >= 0:
-            head += f"\x1fg{self.key_group}"
-        if self.key_hash is not None:
-            head += f"\x1fh{self.key_hash}"
-        return checksum(self.key, head)
+        return partition_checksum(self.pid, self.state, self.created_lsn,
+                                  self.key_group, self.key_hash, self.key)
+
+
+def partition_checksum(pid: int, state: str, created_lsn: int, key_group: int,
+                       key_hash: int | None, key: bytes) -> int:
+    """A ``partitions`` row's checksum (``PartitionRow.checksum``), from its
+    columns (a rescale's take computes it in SQL)."""
+    head = f"{pid}\x1f{state!r}\x1f{created_lsn}"
+    if key_group >= 0:
+        head += f"\x1fg{key_group}"
+    if key_hash is not None:
+        head += f"\x1fh{key_hash}"
+    return checksum(key, head)
 
 
 @dataclass(slots=True)

@@ -75,8 +75,8 @@ class Supervisor:
             self.worker_args = [*worker_args, "--metrics", f"{metrics[0]}:0"]
         self.dir = resilience_dir or tempfile.mkdtemp(prefix="wallaroo-cluster-")
         self.cluster_file = os.path.join(self.dir, "cluster.json")
-        self.names = names or (["initializer"]
-                               + [f"worker-{i}" for i in range(1, workers)])
+        from .rescale import next_names  # (rescale imports this module)
+        self.names = names or next_names(["initializer"], workers - 1)
         self.members = [Member(n) for n in self.names]
         self.listeners: list[trio.SocketListener] = []
         self.sources: list[str] = []
