@@ -135,6 +135,21 @@ def test_a_kill_in_the_middle_of_a_move(procs, hosts, tmp_path, victim, when, si
     c.grown_and_checked(timeout=180)
 
 
+def _kill_the_coordinator_in_the_drain(c: Cluster, asked: str, frozen: int) -> None:
+    """Once the coordinator logged ``asked`` (host ``frozen`` is stopped
+    by SIGSTOP, so the drain cannot end): SIGKILL it, let the frozen host
+    go on, start the coordinator again and wait for it to abandon the
+    plan."""
+    c.workers[1].wait_line(asked, timeout=60)
+    time.sleep(0.5)
+    c.workers[1].signal(KILL)
+    c.workers[1].wait()
+    c.workers[frozen].signal(signal.SIGCONT)
+    c.start(1)
+    c.workers[1].wait_line("abandoned: the coordinator stopped before the drain "
+                           "was done", timeout=30)
+
+
 def test_a_coordinator_killed_in_the_drain_abandons_the_rescale_at_once(
         procs, hosts, tmp_path):
     """The coordinator is SIGKILLed before every member was told to stop
@@ -146,14 +161,7 @@ def test_a_coordinator_killed_in_the_drain_abandons_the_rescale_at_once(
     c.start_two_and_send(1, after=1.0)
     c.workers[2].signal(signal.SIGSTOP)
     c.start(3)
-    c.workers[1].wait_line(" asked: 2 workers", timeout=60)
-    time.sleep(0.5)
-    c.workers[1].signal(KILL)
-    c.workers[1].wait()
-    c.workers[2].signal(signal.SIGCONT)
-    c.start(1)
-    c.workers[1].wait_line("abandoned: the coordinator stopped before the drain "
-                           "was done", timeout=30)
+    _kill_the_coordinator_in_the_drain(c, " asked: 2 workers", frozen=2)
     c.grown_and_checked(timeout=180)
     assert "no word from the coordinator" not in c.workers[2].stderr
 
@@ -173,14 +181,7 @@ def test_a_shrink_abandoned_in_the_drain_is_asked_again(procs, hosts, tmp_path):
     c.workers[3].signal(signal.SIGSTOP)
     shrink = subprocess.Popen(c.shrink_args(2, "--names", "worker-2"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    c.workers[1].wait_line(" asked: 3 workers", timeout=60)
-    time.sleep(0.5)
-    c.workers[1].signal(KILL)
-    c.workers[1].wait()
-    c.workers[3].signal(signal.SIGCONT)
-    c.start(1)
-    c.workers[1].wait_line("abandoned: the coordinator stopped before the drain "
-                           "was done", timeout=30)
+    _kill_the_coordinator_in_the_drain(c, " asked: 3 workers", frozen=3)
     out, err = shrink.communicate(timeout=240)
     assert shrink.returncode == 0, err
     assert "abandoned: the cluster runs as before; asking again" in err

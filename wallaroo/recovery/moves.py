@@ -427,28 +427,43 @@ def _sql_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("wallaroo_checked", 1, checked)
 
 
-def _take_attached(c: sqlite3.Connection, giver_path: str, g: str, taker: str,
-                   plan: Plan, progress=None) -> int:
+def _taker_start(c: sqlite3.Connection) -> tuple[int, int, dict]:
+    """Where the taker's copy of one giver starts: its next lsn (copied
+    partitions are created there, their snapshots re-based just below it:
+    every input the taker logged is absorbed), its next pid, and its
+    snapshot classes (refs -> id)."""
     from .key_index import read_watermark
-    from .sqlite_store import PART_BYTES, _blob_limit
-    c.execute(f"ATTACH DATABASE ? AS {g}", (f"file:{giver_path}?mode=ro",))
     next_lsn = c.execute("SELECT next_lsn FROM main.progress").fetchone()[0]
-    lsn = next_lsn - 1  # every input the taker logged is absorbed
     (top,) = c.execute("SELECT max(pid) FROM main.partitions").fetchone()
-    base = max(0 if top is None else top + 1, read_watermark(c, "taker"))
+    pid = max(0 if top is None else top + 1, read_watermark(c, "taker"))
     classes = {refs: cid for cid, refs in c.execute(
         "SELECT id, refs FROM main.snapshot_classes")}
+    return next_lsn, pid, classes
+
+
+def _taker_class(c: sqlite3.Connection, classes: dict, refs: str) -> int:
+    """The taker's id of a set of class references, added when new."""
+    cid = classes.get(refs)
+    if cid is None:
+        cid = classes[refs] = 1 + max(classes.values(), default=0)
+        c.execute("INSERT INTO main.snapshot_classes VALUES (?,?,?)",
+                  (cid, refs, schema.class_set_checksum(cid, refs)))
+    return cid
+
+
+def _take_attached(c: sqlite3.Connection, giver_path: str, g: str, taker: str,
+                   plan: Plan, progress=None) -> int:
+    from .sqlite_store import PART_BYTES, _blob_limit
+    c.execute(f"ATTACH DATABASE ? AS {g}", (f"file:{giver_path}?mode=ro",))
+    next_lsn, base, classes = _taker_start(c)
+    lsn = next_lsn - 1
     c.execute(f"CREATE TEMP TABLE {g}_classes (given INTEGER PRIMARY KEY, cid INTEGER)")
     for gcid, refs, cs in c.execute(
             f"SELECT id, refs, checksum FROM {g}.snapshot_classes").fetchall():
         if schema.class_set_checksum(gcid, refs) != cs:
             raise reading.damaged(giver_path, f"table snapshot_classes row {gcid}")
-        cid = classes.get(refs)
-        if cid is None:
-            cid = classes[refs] = 1 + max(classes.values(), default=0)
-            c.execute("INSERT INTO main.snapshot_classes VALUES (?,?,?)",
-                      (cid, refs, schema.class_set_checksum(cid, refs)))
-        c.execute(f"INSERT INTO temp.{g}_classes VALUES (?, ?)", (gcid, cid))
+        c.execute(f"INSERT INTO temp.{g}_classes VALUES (?, ?)",
+                  (gcid, _taker_class(c, classes, refs)))
     c.execute(f"CREATE TEMP TABLE {g}_taking (key_group INTEGER PRIMARY KEY)")
     c.executemany(f"INSERT INTO temp.{g}_taking VALUES (?)", [
         (x,) for x in range(plan.key_groups) if plan.owner(x) == taker])
@@ -490,28 +505,28 @@ def _take_attached(c: sqlite3.Connection, giver_path: str, g: str, taker: str,
         f"ON s.pid = m.given WHERE s.parts > 0 OR length(s.state) > ?",
         (part,)).fetchall()
     if big:
-        _take_big_snapshots(c, giver_path, dict(big), lsn, part, g)
+        _take_big_snapshots(c, giver_path, sorted(big, key=lambda b: b[1]), lsn,
+                            part, g)
     _take_streams(c, c.execute(f"SELECT source, stream, count, last_seen, checksum "
                                f"FROM {g}.streams"), giver_path, taker, plan)
     return total
 
 
-def _take_big_snapshots(c: sqlite3.Connection, giver_path: str, pids: dict,
+def _take_big_snapshots(c: sqlite3.Connection, giver_path: str, pids: list,
                         lsn: int, part: int, g: str) -> None:
-    """The snapshots ``_take_attached`` left: ``pids`` maps the taker's pid
-    to the giver's."""
-    by_given = {given: pid for pid, given in pids.items()}
+    """The snapshots ``_take_attached`` left: ``pids`` holds (the taker's
+    pid, the giver's) pairs."""
+    from .sqlite_store import snapshot_pieces
     gc = sqlite3.connect(f"file:{giver_path}?mode=ro", uri=True)
     try:
-        for given, pid in sorted(by_given.items()):
+        for pid, given in pids:
             cols = gc.execute(f"SELECT {reading.PARTITION_COLUMNS} "
                               f"{reading.PARTITIONS_FROM} WHERE p.pid = ?",
                               (given,)).fetchone()
             prow = reading.partition_row(giver_path, cols)
             snap = reading.snapshot_row(gc, giver_path, prow, cols)
             blob = snap.blob
-            pieces = [blob] if len(blob) <= part else [
-                blob[i:i + part] for i in range(0, len(blob), part)]
+            pieces = snapshot_pieces(c, blob, part)
             (cid,) = c.execute(f"SELECT cid FROM temp.{g}_classes WHERE given = ?",
                                (cols[-1],)).fetchone() or (None,)
             c.execute("INSERT INTO main.snapshots (pid, lsn, size, pickler, checksum, "
@@ -550,14 +565,9 @@ def _take_rows_from(c: sqlite3.Connection, giver_path: str, taker: str,
     giver, row by row in Python (``_take_from``)."""
     g = sqlite3.connect(f"file:{giver_path}?mode=ro", uri=True)
     try:
-        next_lsn = c.execute("SELECT next_lsn FROM progress").fetchone()[0]
-        lsn = next_lsn - 1  # every input the taker logged is absorbed
-        (top,) = c.execute("SELECT max(pid) FROM partitions").fetchone()
-        from .key_index import read_watermark
         from .sqlite_store import PART_BYTES, snapshot_pieces
-        pid = max(0 if top is None else top + 1, read_watermark(c, "taker"))
-        classes = {refs: cid for cid, refs in c.execute(
-            "SELECT id, refs FROM snapshot_classes")}
+        next_lsn, pid, classes = _taker_start(c)
+        lsn = next_lsn - 1
         given_classes = {}
         for cid, refs, cs in g.execute("SELECT id, refs, checksum FROM snapshot_classes"):
             if schema.class_set_checksum(cid, refs) != cs:
@@ -582,14 +592,8 @@ def _take_rows_from(c: sqlite3.Connection, giver_path: str, taker: str,
             if snap is not None:
                 pieces = snapshot_pieces(c, snap.blob, PART_BYTES)
                 moved = SnapshotRow(pid, lsn, snap.blob, snap.pickler)
-                cid = None
                 refs = given_classes.get(cols[-1])
-                if refs is not None:
-                    cid = classes.get(refs)
-                    if cid is None:
-                        cid = classes[refs] = 1 + max(classes.values(), default=0)
-                        c.execute("INSERT INTO snapshot_classes VALUES (?,?,?)",
-                                  (cid, refs, schema.class_set_checksum(cid, refs)))
+                cid = None if refs is None else _taker_class(c, classes, refs)
                 batch[1].append((pid, lsn, len(snap.blob), snap.pickler,
                                  moved.checksum(), pieces[0], len(pieces) - 1, cid))
                 batch[2].extend((pid, i, piece)
