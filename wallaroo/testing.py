@@ -235,6 +235,29 @@ class Driver:
         self.peer_out[member] = [r for r in self.peer_out.get(member, [])
                                  if r.end_seq > n]
 
+    # -- live moves (runtime/live_moves.py): one step, one commit each -------
+    def switch(self, epoch: int, groups: list[int], giver: str, taker: str,
+               crash_before_commit: bool = False) -> int | None:
+        """Step 1 of a live move on this worker; returns its marker (None:
+        it crashed before the commit)."""
+        record, marker = self._core().live_switch(epoch, groups, giver, taker)
+        if crash_before_commit:
+            self.crash()
+            return None
+        self.store.commit(record)
+        return marker
+
+    def hand_over(self, epoch: int, groups: list[int], taker: str,
+                  crash_before_commit: bool = False) -> bool:
+        """Step 2 of a live move on its giver (False: it crashed)."""
+        record = self._core().live_hand_over(epoch, groups, taker)
+        if crash_before_commit:
+            self.crash()
+            return False
+        self.store.commit(record)
+        self._deliver(record.outputs)
+        return True
+
     def peer_count(self, sender: str) -> int:
         """Peer batches from ``sender`` this worker holds durably."""
         return self._core().stream_counts.get(("peer", f"peer:{sender}"), 0)
@@ -357,9 +380,46 @@ class ClusterDriver:
         raise RuntimeError("the cluster did not settle")
 
     def state_of(self, state_name: str, key=None):
-        """The state of a key, on the worker that owns its key group."""
+        """The state of a key, on the worker that owns its key group (as
+        the first live worker says: after a live move, once settled)."""
         d0 = next(d for d in self.drivers if d.core is not None)
         p = d0.core.placement
         g = p.group_of(d0.spec.state(state_name), key)
         owner = self.drivers[p.owners[g]]
         return owner.state(state_name, key)
+
+    def live_move(self, groups: list[int], giver: int, taker: int,
+                  epoch: int | None = None, limit: int = 100) -> int:
+        """Move key groups from worker ``giver`` to worker ``taker`` while
+        the others go on (runtime/live_moves.py): every other worker
+        switches, the giver hands over once it holds what they sent it, the
+        taker takes when the hand-over arrives.  Every worker must be up.
+        Returns the move's epoch."""
+        if epoch is None:
+            self.epochs = getattr(self, "epochs", 0) + 1
+            epoch = self.epochs
+        a, b = self.names[giver], self.names[taker]
+        markers = {self.names[i]: self.drivers[i].switch(epoch, groups, a, b)
+                   for i in range(len(self.drivers)) if i != giver}
+        self.finish_move(epoch, groups, giver, taker, markers, limit)
+        return epoch
+
+    def finish_move(self, epoch: int, groups: list[int], giver: int, taker: int,
+                    markers: dict[str, int], limit: int = 100) -> None:
+        """Steps 2 and 3 of a live move whose switches are done."""
+        g, t = self.drivers[giver], self.drivers[taker]
+        for _ in range(limit):
+            if epoch in g.core.given or g.core.live_hand_over_ready(markers):
+                break
+            self.run_until_quiet()
+        else:
+            raise RuntimeError(f"move {epoch}: the giver never got its markers")
+        if epoch not in g.core.given:
+            g.hand_over(epoch, groups, self.names[taker])
+        for _ in range(limit):
+            if epoch in t.core.taken:
+                return
+            self.exchange()
+            self.run_batch(taker)
+            self.run_until_quiet()
+        raise RuntimeError(f"move {epoch}: the taker never took it")

@@ -108,6 +108,25 @@ class KeyIndex:
             if p.key_hash is not None:
                 self._add(p.state, p.key_hash, p.pid)
 
+    def forget(self, pids) -> None:
+        """Partitions a commit deleted (a live move handed them over): not
+        looked for, nor merged, any more."""
+        gone = set(pids)
+        for k, lst in list(self.recent.items()):
+            kept = [p for p in lst if p not in gone]
+            if len(kept) != len(lst):
+                if kept:
+                    self.recent[k] = kept
+                else:
+                    del self.recent[k]
+        for bucket in self._waiting:
+            if any(pid in gone for _, _, pid in bucket):
+                before = len(bucket)
+                bucket[:] = [e for e in bucket if e[2] not in gone]
+                self.waiting -= before - len(bucket)
+        for bucket in self._merge or ():  # a merge under way
+            bucket[:] = [e for e in bucket if e[2] not in gone]
+
     def pids(self, state: str, key_hash: int) -> list[int]:
         """Partitions not in the table yet that may hold this key."""
         return list(self.recent.get((state, key_hash), ()))

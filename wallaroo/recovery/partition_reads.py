@@ -185,6 +185,25 @@ class PartitionReads:
         and tools)."""
         return reading.all_partitions(self._conn, self.path)
 
+    def keys_in_groups(self, state: str, groups) -> list:
+        """(pid, key) of the stored partitions of ``state`` in key groups
+        ``groups`` (a live move hands them over: runtime/live_moves.py)."""
+        marks = ",".join("?" * len(groups))
+        rows = self._conn.execute(
+            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+            f"WHERE p.state=? AND p.key_group IN ({marks}) ORDER BY p.pid",
+            (state, *groups)).fetchall()
+        out = []
+        for cols in rows:
+            prow = reading.partition_row(self.path, cols)  # its checksum checked
+            try:
+                out.append((prow.pid, snapshots.loads(prow.key)))
+            except Exception as e:
+                raise CorruptionError(
+                    f"{self.path}: cannot load the key of partition {prow.pid} "
+                    f"(state {state!r}): {type(e).__name__}: {e}") from e
+        return out
+
     def keys_of(self, state: str):
         """The keys of every stored partition of ``state`` (its window
         partitions are all loaded at start: runtime/windowing.py)."""

@@ -257,12 +257,19 @@ class CommitRecord:
     # sink -> its resumable stream's base: the receiver's output n is this
     # sink's output n + base (non-zero once a receiver lost what it held)
     sink_bases: dict[int, int] = field(default_factory=dict)
+    # ``meta`` rows this commit writes (key -> text): the membership and the
+    # state of live moves (runtime/live_moves.py)
+    meta: dict[str, str] = field(default_factory=dict)
+    # partitions (pids) this commit deletes, with their snapshots: those a
+    # live move handed to another worker
+    deleted: list[int] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not (self.inputs or self.outputs or self.partitions
                     or self.snapshots or self.streams or self.delivered
                     or self.pending is not None or self.pending_consumed
-                    or self.forget_streams or self.sink_bases)
+                    or self.forget_streams or self.sink_bases or self.meta
+                    or self.deleted)
 
 
 @dataclass
@@ -289,6 +296,8 @@ class Recovered:
     sink_bases: dict[int, int] = field(default_factory=dict)  # see CommitRecord
     # the cluster this database belongs to, as saved (None: not recorded)
     membership: dict | None = field(default=None, compare=False)
+    # the state of live moves (runtime/live_moves.py; None: never moved live)
+    live_moves: dict | None = field(default=None, compare=False)
     # (source, stream) -> when its count last changed (unix seconds)
     stream_seen: dict[tuple[str, str], int] = field(default_factory=dict,
                                                     compare=False)

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from typing import Iterator
 
-from . import bulk, reading, schema, sink_identities, vacuum
+from . import bulk, checked_meta, reading, schema, sink_identities, vacuum
 from .key_index import KeyIndex
 from .checkpointer import JOURNAL_SIZE_LIMIT, Checkpointer
 from .partition_reads import PartitionReads
@@ -146,6 +146,8 @@ class SQLiteStore(PartitionReads):
             self._keys = KeyIndex(conn, self.path)
             self._class_ids = {refs: cid for cid, refs in self.class_sets().items()}
             rec.membership = saved
+            rec.live_moves = checked_meta.read_checked(
+                conn, self.path, checked_meta.LIVE_MOVES, "the state of live moves")
             rec.retired = conn.execute(
                 "SELECT 1 FROM meta WHERE key='retired'").fetchone() is not None
             rec.next_out_seq = self._by_app(rec.next_out_seq)
@@ -178,25 +180,14 @@ class SQLiteStore(PartitionReads):
 
     def _settle_membership(self, proposed: dict | None) -> dict | None:
         conn = self._conn
-        row = conn.execute("SELECT value FROM meta WHERE key='membership'").fetchone()
-        if row is not None:
-            try:
-                body = json.loads(row[0])
-                cs = body.pop("checksum")
-                if control_checksum("membership", json.dumps(body, sort_keys=True)) != cs:
-                    raise ValueError("checksum")
-                return body
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise CorruptionError(f"{self.path}: the membership in table meta "
-                                      f"failed its checksum; refusing to run on "
-                                      f"damaged state") from None
-        if proposed is None:
-            return None
+        saved = checked_meta.read_checked(conn, self.path, "membership",
+                                          "the membership")
+        if saved is not None or proposed is None:
+            return saved
         body = dict(proposed)
-        text = json.dumps({**body, "checksum": control_checksum(
-            "membership", json.dumps(body, sort_keys=True))}, sort_keys=True)
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO meta VALUES ('membership', ?)", (text,))
+        conn.execute("INSERT INTO meta VALUES ('membership', ?)",
+                     (checked_meta.checked_text("membership", body),))
         conn.execute("COMMIT")
         return body
 
@@ -346,6 +337,9 @@ class SQLiteStore(PartitionReads):
         self._commits = commits
         if rec.partitions:  # findable before the commit is said to have landed
             self._keys.committed(rec.partitions)
+        if rec.deleted:
+            self._keys.forget(rec.deleted)
+            self._parted.difference_update(rec.deleted)
         if rec.number > self.landed:
             self.landed = rec.number
         cp = self._checkpointer
@@ -515,6 +509,14 @@ class SQLiteStore(PartitionReads):
             "updated_at=?, checksum=?",
             (rec.next_lsn, rf, commits, time.time(),
              control_checksum("progress", rec.next_lsn, rf, commits)))
+        if rec.meta:
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                             list(rec.meta.items()))
+        if rec.deleted:
+            gone = [(pid,) for pid in rec.deleted]
+            for table in ("snapshot_parts", "snapshots", "partition_keys",
+                          "partitions"):
+                conn.executemany(f"DELETE FROM {table} WHERE pid=?", gone)
         if rf > self._replay_from:
             conn.execute("DELETE FROM input_log WHERE first_lsn < ? AND "
                          "first_lsn + count <= ?", (rf, rf))

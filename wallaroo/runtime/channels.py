@@ -110,11 +110,14 @@ class PeerCodec:
                 out.append((p, s, ks, its))
         return out
 
-    def decode(self, unit: bytes) -> list[tuple[int, int, list, list]]:
-        """The groups of one peer batch (header included)."""
+    def decode(self, unit: bytes) -> list[tuple[int, int, list, list]] | "HandOver":
+        """The groups of one peer batch (header included), or the
+        ``HandOver`` it carries."""
         n, size = HEADER.unpack_from(unit)
         blob = unit[HEADER.size:HEADER.size + size]
         kind, body = blob[:1], blob[1:]
+        if kind == HAND_OVER:
+            return HandOver(**pickle.loads(body))
         groups = pickle.loads(body)
         if kind == b"A":
             if self.serializer is None:
@@ -128,6 +131,29 @@ class PeerCodec:
         if sum(len(g[3]) for g in groups) != n:
             raise ValueError(f"a peer batch that says it holds {n} messages")
         return groups
+
+
+HAND_OVER = b"H"
+
+
+class HandOver:
+    """What a live move's giver sends its taker in one peer batch
+    (runtime/live_moves.py): the moving key groups and their partitions as
+    (state, pickled key, snapshot blob, pickler).  It counts as one message
+    (it gets one lsn in the taker's log)."""
+
+    __slots__ = ("epoch", "groups", "giver", "partitions")
+
+    def __init__(self, epoch: int, groups: list[int], giver: str,
+                 partitions: list[tuple[str, bytes, bytes, str]]):
+        self.epoch, self.groups, self.giver = epoch, groups, giver
+        self.partitions = partitions
+
+    def encode(self) -> bytes:
+        blob = HAND_OVER + pickle.dumps(
+            {"epoch": self.epoch, "groups": self.groups, "giver": self.giver,
+             "partitions": self.partitions}, 5)
+        return HEADER.pack(1, len(blob)) + blob
 
 
 def messages_in(unit: bytes) -> int:

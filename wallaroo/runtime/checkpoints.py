@@ -134,6 +134,10 @@ class Checkpoints:
                 space.to_save.clear()
         if self._save_pending:
             self._due_saves(now, wanted)
+        if self._must_save:  # a live move's (live_moves.py)
+            for space, keys in self._must_save.items():
+                wanted.setdefault(space, set()).update(keys)
+            self._must_save = {}
         checkpointed = 0
         if force or self._checkpoint_due(now):
             held = None if force or not self._held else self._held_back(now)

@@ -34,6 +34,7 @@ from .checkpoints import MAX_NEW_PARTITIONS, MAX_TOUCHED, Checkpoints
 from .dataflow import (Context, Route, StepError, compile_pipeline, first,
                        first_counted_by_source, make_peer_runner, make_runner)
 from .failures import FailureLog
+from .live_moves import LiveMoves
 from .metrics import SIZE_BUCKETS, Histogram, Latency, Stages
 from .placement import DEFAULT_KEY_GROUPS, Placement, stable_hash
 from .replay import replay
@@ -145,7 +146,7 @@ class CoreStats:
     longest_snapshot_seconds: float = 0.0  # pickling snapshots in one commit
 
 
-class WorkerCore(Checkpoints, Windowing):
+class WorkerCore(Checkpoints, Windowing, LiveMoves):
     def __init__(self, app: AppSpec, store: Store, *,
                  log: logging.Logger | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME,
@@ -236,6 +237,7 @@ class WorkerCore(Checkpoints, Windowing):
         self.step_counts: list = []  # (pipeline, step, [messages it took])
         self.recovered = False
         self._init_windows(app)
+        self._init_live()
 
     @property
     def destinations(self) -> int:
@@ -257,7 +259,7 @@ class WorkerCore(Checkpoints, Windowing):
         p = self.placement
         if p is None or p.size == 1:
             return None
-        return Route(p.owners, p.me, p.size)
+        return Route(p.owners, p.me, p.size, self.since)
 
     def _compile(self) -> None:
         ctx = Context(fail=None)
@@ -284,7 +286,8 @@ class WorkerCore(Checkpoints, Windowing):
                         else None)
             for p in self.app.pipelines]
         self.runners.append(make_peer_runner(self.entries, self.codec.decode, ctx,
-                                             self.peer_unit_failed(self.failures)))
+                                             self.peer_unit_failed(self.failures),
+                                             self._take_hand_over))
         self.ctx = ctx
         self.appliers = tick_appliers(self.app, self.entries)
 
@@ -324,6 +327,7 @@ class WorkerCore(Checkpoints, Windowing):
             raise IncompatibleDirectory(
                 f"worker {self.name!r}'s resilience directory: {e}; refusing "
                 f"to route by it") from None
+        self.membership = m
         self.placement = Placement(m["members"], self.name, m["key_groups"], owners,
                                    stream_owners)
         for space in self.spaces.values():
@@ -367,6 +371,7 @@ class WorkerCore(Checkpoints, Windowing):
                 f"it): it runs again only as a member the cluster takes back "
                 f"(`wallaroo cluster grow`, or `--workers` with it)")
         self._settle_membership(rec.membership)
+        self._load_live(rec.live_moves)
         if self.store.durable:
             self._attach_store(rec)
         for space in self.spaces.values():
@@ -395,6 +400,7 @@ class WorkerCore(Checkpoints, Windowing):
                 self.tracker.mark(space, space.touched, rec.replay_from, now)
             space.touched.clear()
             space.to_save.clear()
+        self._load_deferred()
         # the undelivered outputs, read here, or (requeue=False: a worker
         # whose sinks read them back from the store as they drain) counted
         requeued = tuple(self.store.undelivered_outputs(rec.delivered)) \
@@ -556,6 +562,8 @@ class WorkerCore(Checkpoints, Windowing):
         outputs = self._output_rows()
         if self.route is not None:
             outputs.extend(self._peer_rows())
+            if self.deferring is not None:  # waiting for their hand-over
+                outputs.extend(self._deferred_row())
         if durable:
             partitions, snaps = self._bookkeeping(first_lsn, lsn, force_checkpoint)
         else:
@@ -596,12 +604,13 @@ class WorkerCore(Checkpoints, Windowing):
         the last one."""
         oldest = self.tracker.oldest_lsn()
         self.records += 1
+        rf = self.next_lsn if oldest is None else oldest
+        if self._meta_pending:
+            rows["meta"], self._meta_pending = self._meta_pending, {}
         record = CommitRecord(number=self.records,
                               delivered=self._delivered_pending,
                               sink_bases=self._bases_pending,
-                              next_lsn=self.next_lsn,
-                              replay_from=self.next_lsn if oldest is None else oldest,
-                              **rows)
+                              next_lsn=self.next_lsn, replay_from=rf, **rows)
         self._delivered_pending = {}
         self._bases_pending = {}
         return record

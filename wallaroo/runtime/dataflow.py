@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from .._spec import AppSpec, PipelineSpec, StepSpec
 from ..recovery.errors import StoreError
+from .channels import HandOver
 from .states import PartitionKeyError, StateSpace
 
 
@@ -191,19 +192,29 @@ class Route:
     is a member index.  A message for another member is set aside by the
     state step that found it, with its key (so the owner does not compute
     it again), in that step's per-member lists; ``collect(member)`` takes
-    them as (pipeline, step, keys, messages) groups, in each step's order."""
+    them as (pipeline, step, keys, messages) groups, in each step's order.
 
-    __slots__ = ("owners", "me", "members", "steps")
+    Live moves (live_moves.py): ``owners[group]`` is ``deferred`` (the
+    index after the last member) while this worker waits for a group's
+    hand-over; its messages are set aside in that slot (the batch's
+    commit keeps them; replay drops them, like those for other workers).
+    ``since[group]``: the lsn from which this worker owns a group it took
+    live; replay applies none of the group's messages before it."""
 
-    def __init__(self, owners: list[int], me: int, members: int):
+    __slots__ = ("owners", "me", "members", "steps", "since", "deferred")
+
+    def __init__(self, owners: list[int], me: int, members: int,
+                 since: dict[int, int] | None = None):
         self.owners = owners
         self.me = me
         self.members = members
+        self.deferred = members
+        self.since = {} if since is None else since
         self.steps: list[tuple[int, int, list[list], list[list]]] = []
 
     def lists_for(self, pipeline: int, step: int) -> tuple[list[list], list[list]]:
-        keys = [[] for _ in range(self.members)]
-        items = [[] for _ in range(self.members)]
+        keys = [[] for _ in range(self.members + 1)]
+        items = [[] for _ in range(self.members + 1)]
         self.steps.append((pipeline, step, keys, items))
         return keys, items
 
@@ -303,10 +314,30 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
             emit(out)
 
     if route is not None:
-        owners, me = route.owners, route.me
+        owners, me, since = route.owners, route.me, route.since
         peer_keys, peer_items = route.lists_for(*at)
         groups_get = space.groups.get
         group_of = space.group_of
+
+        def route_key(key, item):
+            try:
+                g = groups_get(key)
+                if g is None:
+                    g = group_of(key)
+            except TypeError:
+                g = None  # unhashable: refused by apply
+            if g is not None:
+                o = owners[g]
+                if o != me:
+                    # another worker's, or waiting for its hand-over (the
+                    # original run kept it: a rebuild drops it)
+                    if not rebuild:
+                        peer_keys[o].append(key)
+                        peer_items[o].append(item)
+                    return
+                if since and rebuild and ctx.base + cell[0] < since.get(g, -1):
+                    return  # before this worker took the group: in its snapshot
+            apply(key, item)
 
         def push_routed(item):
             if part_fn is None:
@@ -317,21 +348,8 @@ def _state_stage(step: StepSpec, space: StateSpace, nxt: Push, ctx: Context,
                 except Exception as e:
                     fail(part_name, e)
                     return
-            try:
-                g = groups_get(key)
-                if g is None:
-                    g = group_of(key)
-            except TypeError:
-                g = None  # unhashable: refused by apply
-            if g is not None:
-                o = owners[g]
-                if o != me:
-                    if not rebuild:
-                        peer_keys[o].append(key)
-                        peer_items[o].append(item)
-                    return
-            apply(key, item)
-        return push_routed, apply
+            route_key(key, item)
+        return push_routed, route_key
 
     # The step's outputs go to one plain sink (the usual shape): push() runs
     # the sink stage's body itself (~5% of the engine's time); else emit().
@@ -575,13 +593,17 @@ MAX_SLICE = 4096
 
 
 def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
-                     ctx: Context, fail_unit: Callable) -> Callable[..., int]:
+                     ctx: Context, fail_unit: Callable,
+                     take: Callable | None = None) -> Callable[..., int]:
     """The per-chunk loop of peer batches: each unit (a peer batch) holds
     groups of (pipeline, step, keys, messages) that continue at that state
-    step's ``apply``.  Like
+    step's routing (which applies them, or sends them on if their group
+    moved).  Like
     ``make_runner``, it stops between units once ``deadline`` passed;
     ``skip`` messages at the front are not run (replay from inside a row).
-    A unit that cannot be decoded fails its messages (``fail_unit``)."""
+    A unit that cannot be decoded fails its messages (``fail_unit``).  A
+    live move's hand-over (one message) goes to ``take(hand_over)``; replay
+    passes none (the take's commit holds what it did)."""
     cell = ctx.cell
     bounds = _bounds(ctx)
 
@@ -596,6 +618,13 @@ def make_peer_runner(entries: list[list[Push]], decode_unit: Callable,
             except Exception as e:
                 n = fail_unit(unit, i, e)
                 i += n
+                done += 1
+                continue
+            if type(groups) is HandOver:
+                if i >= skip and take is not None:
+                    cell[0] = i
+                    take(groups)
+                i += 1
                 done += 1
                 continue
             for p, s, keys, items in groups:
