@@ -243,3 +243,100 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
                                f"`wallaroo status --control {control} "
                                f"--cluster-secret-file {secret_file}` shows where "
                                f"it is")
+
+
+@cluster.command("move", context_settings=CONTEXT)
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--groups", required=True, metavar="A-B,C",
+              help="The key groups to move: numbers and ranges.")
+@click.option("--to", "taker", required=True, metavar="WORKER",
+              help="The worker that takes them.")
+@click.option("--control", "control", metavar="HOST:PORT",
+              help="Several hosts: any worker's control address (instead of "
+                   "DIRECTORY).")
+@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
+              metavar="FILE", help="With --control: the cluster's secret.")
+def move(directory, groups, taker, control, cluster_secret_file):
+    """Move key groups, with their state, to another worker while the
+    cluster runs: only the moving groups' messages wait (from the taker's
+    switch to its take); every other group flows.  A move left unfinished
+    (this command was stopped or killed) is finished first.  `wallaroo
+    status` shows the key groups per worker.
+
+    \b
+    Examples:
+      wallaroo cluster move ./state --groups 0-99 --to worker-1
+      wallaroo cluster move --control 10.0.0.1:7100 \\
+          --cluster-secret-file secret --groups 512-767 --to worker-2
+    """
+    import trio
+
+    from .runtime.live_coordinator import Coordinator, MoveFailed, parse_groups
+    try:
+        wanted = parse_groups(groups)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--groups") from None
+    addresses, secret = _control_addresses(directory, control, cluster_secret_file)
+    # one host: a restarted worker has a new control port (cluster.json);
+    # several hosts give each worker a fixed one (--my-control)
+    coordinator = Coordinator(addresses, secret, TIMEOUT, refresh=None if control
+                              else lambda: _control_addresses(directory, None, None)[0])
+    try:
+        reports = trio.run(coordinator.move, wanted, taker)
+    except MoveFailed as e:
+        raise click.ClickException(str(e)) from None
+    if not reports:
+        click.echo(f"nothing to move: {taker} owns those key groups")
+    for r in reports:
+        click.echo(f"move {r.epoch}{' (found under way, finished)' if r.resumed else ''}: "
+                   f"{len(r.groups)} key groups {r.giver} -> {r.taker} in "
+                   f"{r.seconds:.3f}s; their messages waited {r.waited:.3f}s")
+
+
+def _control_addresses(directory: str, control: str | None,
+                       secret_file: str | None) -> tuple[dict, bytes]:
+    """Every member's control address and the cluster secret: from the
+    supervisor's cluster.json and cluster.secret in DIRECTORY, or (several
+    hosts) from the MEMBERS answer of the worker at ``control``."""
+    import trio
+
+    from .connectors.auth import AuthError, load_secret
+    from .runtime.control import ASK_ERRORS, ask
+    from .tools.common import parse_address
+    if control is None:
+        secret_file = os.path.join(directory, "cluster.secret")
+    elif not secret_file:
+        raise click.UsageError("--control needs --cluster-secret-file FILE")
+    try:
+        secret = load_secret(secret_file)
+    except (AuthError, OSError) as e:
+        raise click.ClickException(
+            f"{e}" + ("" if control else f" (is {directory} the --resilience-dir "
+                      f"of a cluster started with --workers N?)")) from None
+    addresses = {}
+    try:
+        if control is None:
+            path = os.path.join(directory, "cluster.json")
+            with open(path) as f:
+                workers = json.load(f)["workers"]
+            for w in workers:
+                if not w.get("control"):
+                    raise click.ClickException(
+                        f"{path}: worker {w['name']!r} has no control address "
+                        f"yet (starting?); try again")
+                addresses[w["name"]] = parse_address(w["control"], "control")
+        else:
+            at = parse_address(control, "--control")
+            got = trio.run(lambda: ask(at, secret, "MEMBERS", timeout=10))
+            for name in got["members"]:
+                a = (got.get("addresses") or {}).get(name, {})
+                if not a.get("control"):
+                    raise click.ClickException(
+                        f"{control}: the address of worker {name!r} is not known")
+                addresses[name] = parse_address(a["control"], "control")
+    except (OSError, ValueError, KeyError) as e:
+        raise click.ClickException(f"cannot find the workers' control addresses: "
+                                   f"{e}") from None
+    except ASK_ERRORS as e:
+        raise click.ClickException(f"{control}: {e or type(e).__name__}") from None
+    return addresses, secret

@@ -96,6 +96,12 @@ class ClusterSide:
         placement = self.worker.core.placement
         if placement is not None:
             owners = placement.owner_names()
+            membership = self.worker.core.membership or {}
+            if "rescale_owners" in membership:  # moved live since (live_moves.py)
+                base = membership["rescale_owners"]
+                owners = ownership.rule_owners(placement.members, placement.key_groups) \
+                    if base is None else ownership.decode(
+                        base, placement.key_groups, placement.members)
             if owners != ownership.rule_owners(placement.members,
                                                placement.key_groups):
                 # a map saved by a rescale: two workers must route alike
@@ -163,6 +169,8 @@ class ClusterSide:
                                         if w.store.durable else None)
             self.rescaler.nursery = nursery
             verbs = self.rescaler.verbs()
+        if w.store.durable and w.live is not None:  # live moves (live_control.py)
+            verbs.update(w.live.verbs())
         self.control = ControlServer(self.me, self.config.secret, self.log,
                                      status=self.status, members=self.members,
                                      join=self._join_after_formation, verbs=verbs)

@@ -89,6 +89,7 @@ class Batch:
     leftover: list[Chunk] = field(default_factory=list)
     cut: bool = False  # leftover[0] is the tail of a chunk the batch began
     processed_at: float = 0.0  # time.monotonic() when its compute ended
+    landed: Any = None  # a trio.Event set once committed and released
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves):
                                     "key_groups": key_groups}
         if addresses:
             self.proposed_membership["addresses"] = addresses
+        self.membership: dict | None = None  # as saved, once settled
         self.placement: Placement | None = None  # once the membership is settled
         self.codec = channels.PeerCodec(app.serializer)
         self.store = store

@@ -55,7 +55,9 @@ class LiveMoves:
         self.since: dict[int, int] = {}  # group -> lsn it is ours from
         # the move this worker waits for as taker: epoch, groups, giver
         self.deferring: dict | None = None
-        self.switched: dict[int, int] = {}  # epoch -> marker
+        # epoch -> {"marker", "groups", "giver", "taker"}: the moves this
+        # worker switched for (asked again, it answers the same)
+        self.switched: dict[int, dict] = {}
         self.given: list[int] = []  # epochs handed over
         self.taken: list[int] = []  # epochs taken
         self.deferred_units: list[bytes] = []  # peer batches waiting (taker)
@@ -70,7 +72,7 @@ class LiveMoves:
             return
         # the route's dict too (route_for): updated in place
         self.since.update({int(g): int(lsn) for g, lsn in body.get("since", {}).items()})
-        self.switched = {int(e): int(m) for e, m in body.get("switched", {}).items()}
+        self.switched = {int(e): m for e, m in body.get("switched", {}).items()}
         self.given = [int(e) for e in body.get("given", [])]
         self.taken = [int(e) for e in body.get("taken", [])]
         self.deferring = body.get("deferring")
@@ -111,18 +113,22 @@ class LiveMoves:
         moves go in the next commit."""
         p = self.placement
         route = self.route
+        membership = dict(self.membership)
+        # the channels' fingerprint keeps the map of the last rescale
+        # (cluster_side.py): live moves change owners one worker at a time
+        membership.setdefault("rescale_owners", membership.get("owners"))
         names = []
         for g, o in enumerate(p.owners):
             if o == route.deferred:  # saved as the taker's: this worker
                 o = p.me
             names.append(p.members[o])
-        membership = dict(self.membership)
         membership["owners"] = ownership.encode(names)
         self.membership = membership
         self._meta_pending["membership"] = checked_meta.checked_text(
             "membership", membership)
         body = {"since": {str(g): lsn for g, lsn in self.since.items()},
-                "switched": {str(e): m for e, m in self.switched.items()},
+                "switched": {str(e): self.switched[e]
+                             for e in sorted(self.switched)[-KEEP_EPOCHS:]},
                 "given": self.given[-KEEP_EPOCHS:],
                 "taken": self.taken[-KEEP_EPOCHS:],
                 "deferring": self.deferring}
@@ -148,6 +154,17 @@ class LiveMoves:
                                 f"cluster ({', '.join(self.placement.members)})"
                                 ) from None
 
+    def live_status(self) -> dict:
+        """What a coordinator needs to start, resume or follow moves."""
+        p = self.placement
+        return {"switched": {str(e): m for e, m in self.switched.items()},
+                "given": self.given, "taken": self.taken,
+                "deferring": self.deferring,
+                "waiting": len(self.deferred_units),
+                "owners": ownership.encode(p.owner_names()) if p else None,
+                "key_groups": p.key_groups if p else 0,
+                "members": list(p.members) if p else []}
+
     # -- 1. switch ----------------------------------------------------------
     def live_switch(self, epoch: int, groups: list[int], giver: str,
                     taker: str) -> tuple[CommitRecord, int]:
@@ -156,7 +173,7 @@ class LiveMoves:
         worker's marker."""
         self._check_live("switch")
         if epoch in self.switched:
-            return self._record(), self.switched[epoch]
+            return self._record(), self.switched[epoch]["marker"]
         a, b = self._member(giver), self._member(taker)
         me = self.placement.me
         if me == a:
@@ -181,7 +198,8 @@ class LiveMoves:
         for g in groups:
             owners[g] = to
         marker = self.next_out_seq[self.peer_dest(a)]
-        self.switched[epoch] = marker
+        self.switched[epoch] = {"marker": marker, "groups": list(groups),
+                                "giver": giver, "taker": taker}
         self._save_live()
         return self._record(), marker
 

@@ -134,8 +134,10 @@ class Placement:
         return [self.members[o] for o in self.stream_owners]
 
     def owner_names(self) -> list[str]:
-        """The owner of every key group, by name."""
-        return [self.members[o] for o in self.owners]
+        """The owner of every key group, by name (a group this worker
+        waits to take in a live move: this worker's)."""
+        n = len(self.members)
+        return [self.members[o] if o < n else self.name for o in self.owners]
 
     def groups_of(self, member: int) -> list[int]:
         return [g for g, o in enumerate(self.owners) if o == member]

@@ -52,6 +52,7 @@ from ..connectors.tcp_source import ConnectionCounter, ConnectionLimits, TCPSour
 from .cluster_side import ClusterConfig, ClusterSide
 from .collections_policy import FullCollections
 from .inbox import Inbox
+from .live_control import LiveControl
 from .metrics import Histogram, WorkerCollector
 from .threads import run_sync_now
 from .metrics import bind as bind_metrics, registry_body, serve as serve_metrics
@@ -172,6 +173,8 @@ class Worker:
         # each peer (None for this worker's own)
         self.dests: list = []
         self.cluster = ClusterSide(self, cluster) if cluster else None
+        # live moves' steps, run between batches (live_control.py)
+        self.live = LiveControl(self) if cluster else None
         self.registry: StreamRegistry | None = None
         self.sources: list[TCPSource] = []
         self.stop_report = StopReport()
@@ -260,7 +263,7 @@ class Worker:
             self.dests += [senders.get(i) for i in range(len(self.sinks),
                                                          self.core.destinations)]
         for row in report.requeued:
-            self.dests[row.sink].enqueue(row)
+            self._enqueue(row)
         self._queue_pending(report.pending)
         # unbuffered: a computed batch waits for the commit thread to take
         # it, and the next batch is formed only then, from everything that
@@ -553,6 +556,12 @@ class Worker:
             while True:
                 if self._stopping and (not inbox or self._past_deadline()):
                     break
+                if self.live is not None and self.live.ops:  # between batches
+                    batch = self.live.next_batch()
+                    if batch is not None:
+                        await send_batches.send(batch)
+                        await trio.sleep(0)
+                    continue
                 with trio.CancelScope(deadline=self._deadline) as scope:
                     self._wait_scope = scope
                     if not (durable and core.idle_commit_due()):
@@ -620,6 +629,8 @@ class Worker:
             async for batch in recv_batches:
                 await self._commit(batch)
                 self._release(batch)
+                if batch.landed is not None:
+                    batch.landed.set()
         done.set()
 
     async def _commit(self, batch: Batch) -> None:
@@ -687,9 +698,21 @@ class Worker:
             self._nursery_ref.start_soon(self.cluster.tell_supervisor,
                                          {"closed": source})
 
+    def _enqueue(self, row) -> None:
+        dest = self.dests[row.sink]
+        # none: this worker's own channel destination, whose rows are the
+        # messages it keeps for a live move's hand-over (live_moves.py)
+        if dest is not None:
+            dest.enqueue(row)
+
+    def wake(self) -> None:
+        """End the engine loop's wait for input (a control step queued)."""
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
     def _release(self, batch: Batch) -> None:
         for row in batch.outputs:
-            self.dests[row.sink].enqueue(row)
+            self._enqueue(row)
         if batch.streams:
             self.registry.committed(batch.streams)
 

@@ -1,0 +1,147 @@
+"""Chaos while key groups move live: ``cluster_app.py`` under ``wallaroo run
+--workers 3 --resilience-dir --resumable-sinks``, fed by two resumable
+senders (u64 values for the sequence windows, votes for 1000 keys), read
+by ``wallaroo receive --resumable``.  ``wallaroo cluster move`` moves
+random ranges of key groups to random workers while input flows; during
+most moves a party is SIGKILLed at a random moment (the giver, the taker,
+a bystander; the supervisor restarts it after ``--restart-delay``), or
+the move command itself is killed and run again (it finishes the move it
+finds under way).  Every output is checked: each window once, gap- and
+repeat-free; each (key, total) of the votes once, and the last total of
+every key equal to its votes.
+
+    python -m tests.chaos.live_move_chaos --messages 20000 --votes 20000 --moves 6
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import struct
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from .cluster_chaos import WindowsAndVotes, chaos_main, finish, vote_keys
+from .rescale_chaos import Cluster
+from .run_chaos import ROOT, Proc, free_port, wallaroo
+
+KEY_GROUPS = 1024
+
+
+@dataclass
+class LiveMoveChaosResult(WindowsAndVotes):
+    messages: int
+    votes: int
+    events: list[str] = field(default_factory=list)
+    moves_done: int = 0
+    waits: list[float] = field(default_factory=list)  # the groups' pauses
+
+    def summary(self) -> str:
+        w = self.waits
+        return "\n".join([
+            f"windows {self.messages}, votes {self.votes}; events: "
+            f"{'; '.join(self.events)}; wall time {self.seconds:.1f}s",
+            f"moves that completed: {self.moves_done}; moving groups waited "
+            + (f"{min(w):.3f}-{max(w):.3f}s" if w else "-"),
+            *self.outcome_lines()])
+
+
+def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1500,
+        seed: int | None = None, workdir: str | None = None,
+        say=print) -> LiveMoveChaosResult:
+    rnd = random.Random(seed)
+    workdir = workdir or tempfile.mkdtemp(prefix="wallaroo-live-move-chaos-")
+    out = os.path.join(workdir, "received.bin")
+    res = LiveMoveChaosResult(messages, votes, workdir=workdir)
+    t0 = time.perf_counter()
+    sink = free_port()
+    receiver = Proc(wallaroo("receive", "--listen", f"127.0.0.1:{sink}", "--resumable",
+                             "--framing", "length", "--output", out),
+                    os.path.join(workdir, "receiver.log"))
+    c = Cluster(workdir, sink, [free_port(), free_port()])
+    c.workers = 3
+    senders: list[Proc] = []
+
+    def event(text: str) -> None:
+        res.events.append(text)
+        say(f"{time.perf_counter() - t0:6.2f}s {text}")
+
+    def move(kill: bool) -> None:
+        names = [w["name"] for w in c.members()]
+        taker = rnd.choice(names)
+        first = rnd.randrange(KEY_GROUPS)
+        last = min(KEY_GROUPS - 1, first + rnd.randrange(50, 400))
+        args = ("--groups", f"{first}-{last}", "--to", taker)
+        what = f"move {first}-{last} to {taker}"
+        cmd = wallaroo("cluster", "move", c.state, *args)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        if kill:
+            time.sleep(rnd.uniform(0.0, 0.6))
+            victims = [w for w in c.members() if w.get("pid")]
+            if rnd.random() < 0.25:
+                event(f"{what}: SIGKILL the move command; run it again")
+                proc.kill()
+                proc.wait(30)
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+            elif victims:
+                w = rnd.choice(victims)
+                event(f"{what}: SIGKILL {w['name']} mid-move")
+                try:
+                    os.kill(w["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        else:
+            event(what)
+        text, _ = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            event(f"{what} failed: {text.strip()}")
+            return
+        for line in text.splitlines():
+            if "their messages waited" in line:
+                res.moves_done += 1
+                res.waits.append(float(line.rsplit("waited ", 1)[1].rstrip("s")))
+        say("        " + text.strip().replace("\n", "\n        "))
+
+    try:
+        receiver.wait_for(r"^listening on", 30)
+        c.start()
+        keys = vote_keys(votes, rnd.randrange(1 << 30))
+        frames = os.path.join(workdir, "votes.frames")
+        with open(frames, "wb") as f:
+            for i, k in enumerate(keys):
+                f.write(struct.pack(">IIH", 6, i, k))
+        senders = [
+            Proc(wallaroo("send", f"127.0.0.1:{c.sources[0]}", "--u64", str(messages),
+                          "--resumable", "seq", "--rate", str(rate),
+                          "--connect-timeout", "300", "--quiet"),
+                 os.path.join(workdir, "sender-seq.log")),
+            Proc(wallaroo("send", f"127.0.0.1:{c.sources[1]}", "--frames", frames,
+                          "--resumable", "votes", "--rate", str(rate),
+                          "--connect-timeout", "300", "--quiet"),
+                 os.path.join(workdir, "sender-votes.log"))]
+        time.sleep(2)
+        move(kill=False)
+        for _ in range(moves):
+            time.sleep(rnd.uniform(0.3, 1.5))
+            move(kill=rnd.random() < 0.8)
+        finish(res, senders, c.sup, receiver, out, keys, t0, timeout=600)
+        return res
+    finally:
+        for p in senders + [c.sup, receiver]:
+            if p is not None:
+                p.kill()
+
+
+def main(argv=None) -> int:
+    return chaos_main("tests.chaos.live_move_chaos", __doc__,
+                      {"messages": 20000, "votes": 20000, "moves": 6, "rate": 1500},
+                      run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

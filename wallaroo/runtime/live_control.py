@@ -1,0 +1,86 @@
+"""A running worker's side of live moves (live_moves.py): the control
+verbs a coordinator (``wallaroo cluster move``) asks, each run by the
+engine loop between two batches and answered once its commit has landed.
+
+    LIVE_STATUS     {}                                   -> the core's live_status()
+    LIVE_SWITCH     {epoch, groups, giver, taker}        -> {"marker": n}
+    LIVE_HAND_OVER  {epoch, groups, taker, markers}      -> {"done": bool}
+
+A step asked again answers the same (the core finds its record), so a
+coordinator that lost an answer, or was restarted, asks again."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import trio
+
+from .core import Batch
+from .live_moves import LiveMoveError
+
+ANSWER_TIMEOUT = 60.0  # a step waits this long for the loop and its commit
+
+
+class LiveControl:
+    def __init__(self, worker):
+        self.worker = worker
+        # (step(core) -> (record or None, answer), event, answer holder)
+        self.ops: deque = deque()
+
+    def verbs(self) -> dict:
+        return {"LIVE_STATUS": self._status, "LIVE_SWITCH": self._switch,
+                "LIVE_HAND_OVER": self._hand_over}
+
+    async def _status(self, request: dict) -> dict:
+        return self.worker.core.live_status()
+
+    async def _switch(self, request: dict) -> dict:
+        def step(core):
+            record, marker = core.live_switch(
+                int(request["epoch"]), [int(g) for g in request["groups"]],
+                str(request["giver"]), str(request["taker"]))
+            return record, {"marker": marker}
+        return await self._run(step)
+
+    async def _hand_over(self, request: dict) -> dict:
+        def step(core):
+            epoch = int(request["epoch"])
+            if epoch in core.given:
+                return None, {"done": True}
+            if not core.live_hand_over_ready(
+                    {str(k): int(v) for k, v in request["markers"].items()}):
+                return None, {"done": False}
+            record = core.live_hand_over(epoch, [int(g) for g in request["groups"]],
+                                         str(request["taker"]))
+            return record, {"done": True}
+        return await self._run(step)
+
+    async def _run(self, step: Callable) -> dict:
+        """Queue ``step`` for the engine loop; its answer once committed."""
+        done, holder = trio.Event(), {}
+        self.ops.append((step, done, holder))
+        self.worker.wake()
+        with trio.move_on_after(ANSWER_TIMEOUT):
+            await done.wait()
+            return holder["answer"]
+        return {"error": f"worker {self.worker.opts.name!r}: the step waited "
+                         f"{ANSWER_TIMEOUT:.0f}s for the engine loop; ask again"}
+
+    def next_batch(self) -> Batch | None:
+        """In the engine loop, between batches: run the first queued step.
+        Returns the batch to commit (its ``landed`` event answers), or None
+        when the step answered without a commit."""
+        step, done, holder = self.ops.popleft()
+        try:
+            record, answer = step(self.worker.core)
+        except (LiveMoveError, KeyError, TypeError, ValueError) as e:
+            holder["answer"] = {"error": f"worker {self.worker.opts.name!r}: "
+                                         f"{type(e).__name__}: {e}"}
+            done.set()
+            return None
+        holder["answer"] = answer
+        if record is None:
+            done.set()
+            return None
+        return Batch(record, list(record.outputs), {}, 0, 0, landed=done)
