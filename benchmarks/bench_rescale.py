@@ -20,6 +20,13 @@ with the workers.
 
     python benchmarks/bench_rescale.py --keys 100000 --lines 20000
 
+With ``--live``, part 1 moves key groups while the cluster runs instead
+(``wallaroo cluster move``, docs/cluster.md "Moving key groups live"): on 2
+workers, the initializer's 512 key groups go to worker-1 (half the keys),
+and only their messages wait.
+
+    python benchmarks/bench_rescale.py --live --keys 200000
+
 With ``--hosts`` (root, iproute2), part 1 runs again over two network-
 namespace hosts: a one-worker cluster formed with ``--cluster-initializer
 --worker-count 1`` on the first, and a worker started on the second with
@@ -162,6 +169,45 @@ def part1(keys: int, probe_rate: int, workdir: Path, start: int = 1) -> dict:
     return _moved(keys, probe_rate, recv, *grow_times, start=start)
 
 
+def live_move(state: Path, groups: str, taker: str) -> tuple[float, float]:
+    """``wallaroo cluster move``: (command seconds, the moving groups' wait
+    as it reports it)."""
+    t = time.perf_counter()
+    done = subprocess.run(wallaroo("cluster", "move", state, "--groups", groups,
+                                   "--to", taker), capture_output=True, text=True,
+                          timeout=900)
+    if done.returncode:
+        raise RuntimeError(done.stdout + done.stderr)
+    took = time.perf_counter() - t
+    waited = max(float(line.rsplit("waited ", 1)[1].rstrip("s"))
+                 for line in done.stdout.splitlines() if "waited" in line)
+    return took, waited
+
+
+def part1_live(keys: int, probe_rate: int, workdir: Path) -> dict:
+    """Part 1 with a live move: 2 workers; every key group of the
+    initializer (0-511) moves to worker-1 while the cluster runs."""
+    recv = Receiver(20)
+    state = workdir / "state-live"
+    sup, source = start_cluster(APP, state, recv.port, workdir / "live.log",
+                                "--checkpoint-interval", "0.5", workers=2)
+    waited = []
+
+    def move() -> float:
+        took, w = live_move(state, "0-511", "worker-1")
+        waited.append(w)
+        return took
+    try:
+        grow_times = _probe_around(source, keys, probe_rate, recv, move)
+    finally:
+        sup.terminate()
+        sup.wait(120)
+    moves = {k: stable_hash(k) % 1024 < 512 for k in range(keys)}
+    r = _moved(keys, probe_rate, recv, *grow_times, moves=moves)
+    r["waited_s"] = waited[0]
+    return r
+
+
 def part1_hosts(keys: int, probe_rate: int, workdir: Path) -> dict:
     """Part 1 over two network-namespace hosts: the joiner's copy of the
     giver's database crosses the link between them."""
@@ -247,9 +293,10 @@ def _probe_around(source: str, keys: int, probe_rate: int, recv: Receiver,
 
 
 def _moved(keys: int, probe_rate: int, recv: Receiver, create_s: float, g0: float,
-           grow_s: float, start: int = 1) -> dict:
+           grow_s: float, start: int = 1, moves: dict | None = None) -> dict:
     g1 = g0 + grow_s
-    moves = moving_keys(keys, start)
+    if moves is None:
+        moves = moving_keys(keys, start)
     with recv.lock:
         probe_out = [(t, int.from_bytes(r[4:12], "big"), int.from_bytes(r[12:20], "big"))
                      for t, r in recv.records[keys:]]
@@ -304,6 +351,10 @@ def main(argv=None) -> int:
     ap.add_argument("--hosts", action="store_true",
                     help="part 1 over two network-namespace hosts (--join), "
                          "instead of both parts on one host")
+    ap.add_argument("--live", action="store_true",
+                    help="part 1 with `wallaroo cluster move` on 2 workers: "
+                         "the initializer's key groups move to worker-1 while "
+                         "the others flow (instead of a grow)")
     ap.add_argument("--from", dest="start", type=int, default=1, metavar="N",
                     help="part 1 on one host: grow from N workers to N+1 "
                          "(default 1)")
@@ -318,6 +369,13 @@ def main(argv=None) -> int:
               f"{r['create_s']:.1f}s; `wallaroo run APP --join` 1 -> 2 workers "
               f"moved {r['moved']:,} of them in {r['grow_s']:.2f}s (the joiner's "
               f"start to its ready line)")
+    elif a.live:
+        r = part1_live(a.keys, a.probe_rate, work)
+        print(f"moving state live: {r['keys']:,} keys created in "
+              f"{r['create_s']:.1f}s on 2 workers; `wallaroo cluster move` moved "
+              f"the {r['moved']:,} keys of the initializer's 512 key groups to "
+              f"worker-1 in {r['grow_s']:.2f}s (command to answer); the moving "
+              f"groups' messages waited {r['waited_s']:.2f}s")
     else:
         r = part1(a.keys, a.probe_rate, work, a.start)
         print(f"moving state: {r['keys']:,} keys created in {r['create_s']:.1f}s; "
@@ -326,10 +384,11 @@ def main(argv=None) -> int:
     print(f"  probe at {r['probe_rate']:,} msgs/s over every key: longest output "
           f"gap {r['gap_moved_s']:.2f}s for keys that moved, "
           f"{r['gap_stayed_s']:.2f}s for keys that stayed; keys that stayed "
-          f"during the grow: {r['stayed_rate_during']:,.0f} outputs/s")
+          f"during the {'move' if a.live else 'grow'}: "
+          f"{r['stayed_rate_during']:,.0f} outputs/s")
     print(f"  every key counted exactly twice after the move: "
           f"{'yes' if r['exact'] else 'NO'}")
-    if a.hosts:
+    if a.hosts or a.live:
         print(f"(logs in {work})")
         return 0 if r["exact"] else 1
     w = part2(a.lines, work)

@@ -251,12 +251,15 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
               help="The key groups to move: numbers and ranges.")
 @click.option("--to", "taker", required=True, metavar="WORKER",
               help="The worker that takes them.")
+@click.option("--step", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Key groups per move: each move holds the giver's and the "
+                   "taker's other groups for one batch, longer for more groups.")
 @click.option("--control", "control", metavar="HOST:PORT",
               help="Several hosts: any worker's control address (instead of "
                    "DIRECTORY).")
 @click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
               metavar="FILE", help="With --control: the cluster's secret.")
-def move(directory, groups, taker, control, cluster_secret_file):
+def move(directory, groups, taker, step, control, cluster_secret_file):
     """Move key groups, with their state, to another worker while the
     cluster runs: only the moving groups' messages wait (from the taker's
     switch to its take); every other group flows.  A move left unfinished
@@ -280,7 +283,8 @@ def move(directory, groups, taker, control, cluster_secret_file):
     # one host: a restarted worker has a new control port (cluster.json);
     # several hosts give each worker a fixed one (--my-control)
     coordinator = Coordinator(addresses, secret, TIMEOUT, refresh=None if control
-                              else lambda: _control_addresses(directory, None, None)[0])
+                              else lambda: _control_addresses(directory, None, None)[0],
+                              step=step)
     try:
         reports = trio.run(coordinator.move, wanted, taker)
     except MoveFailed as e:
@@ -291,6 +295,10 @@ def move(directory, groups, taker, control, cluster_secret_file):
         click.echo(f"move {r.epoch}{' (found under way, finished)' if r.resumed else ''}: "
                    f"{len(r.groups)} key groups {r.giver} -> {r.taker} in "
                    f"{r.seconds:.3f}s; their messages waited {r.waited:.3f}s")
+    if len(reports) > 1:
+        click.echo(f"{sum(len(r.groups) for r in reports)} key groups in "
+                   f"{len(reports)} moves, {sum(r.seconds for r in reports):.3f}s; "
+                   f"the longest wait of a moving group {max(r.waited for r in reports):.3f}s")
 
 
 def _control_addresses(directory: str, control: str | None,

@@ -512,11 +512,18 @@ class SQLiteStore(PartitionReads):
         if rec.meta:
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                              list(rec.meta.items()))
-        if rec.deleted:
-            gone = [(pid,) for pid in rec.deleted]
+        if rec.deleted:  # one pass over each table (partition_keys has
+            # no index by pid)
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS gone "
+                         "(pid INTEGER PRIMARY KEY)")
+            conn.execute("DELETE FROM gone")
+            bulk.insert(conn, "INSERT OR IGNORE INTO gone VALUES",
+                        [(pid,) for pid in rec.deleted])
             for table in ("snapshot_parts", "snapshots", "partition_keys",
                           "partitions"):
-                conn.executemany(f"DELETE FROM {table} WHERE pid=?", gone)
+                conn.execute(f"DELETE FROM {table} WHERE pid IN "
+                             f"(SELECT pid FROM gone)")
+            conn.execute("DELETE FROM gone")
         if rf > self._replay_from:
             conn.execute("DELETE FROM input_log WHERE first_lsn < ? AND "
                          "first_lsn + count <= ?", (rf, rf))

@@ -17,6 +17,7 @@ from ..recovery import ownership
 from .control import ASK_ERRORS, ask_verb
 
 POLL = 0.02  # seconds between asks of a step that is not done yet
+STEP = 64  # key groups per move (wallaroo cluster move --step)
 
 
 class MoveFailed(Exception):
@@ -37,11 +38,12 @@ class MoveReport:
 
 class Coordinator:
     def __init__(self, addresses: dict[str, tuple[str, int]], secret: bytes,
-                 timeout: float = 600.0, refresh=None):
+                 timeout: float = 600.0, refresh=None, step: int = STEP):
         """``addresses``: every member's control address, in the cluster's
         order; ``refresh()``: them again (a worker restarted elsewhere)."""
         self.addresses = addresses
         self.refresh = refresh
+        self.step = step
         self.members = list(addresses)
         self.secret = secret
         self.deadline = time.monotonic() + timeout
@@ -83,8 +85,10 @@ class Coordinator:
         return None
 
     async def move(self, groups: list[int], taker: str) -> list[MoveReport]:
-        """Move ``groups`` to ``taker``: one move per current owner.  A move
-        found under way is finished first."""
+        """Move ``groups`` to ``taker``: moves of at most ``step`` groups of
+        one current owner each (a move's hand-over and take are each one
+        batch of their worker: smaller moves hold its other groups for
+        less).  A move found under way is finished first."""
         if taker not in self.addresses:
             raise MoveFailed(f"{taker!r} is not a member ({', '.join(self.members)})")
         reports = []
@@ -109,8 +113,10 @@ class Coordinator:
                     + [e for s in st.values() for e in s["given"] + s["taken"]]
                     + [0])
         for giver, gs in sorted(by_giver.items()):
-            epoch += 1
-            reports.append(await self.run(epoch, gs, giver, taker))
+            for i in range(0, len(gs), self.step):
+                epoch += 1
+                reports.append(await self.run(epoch, gs[i:i + self.step], giver,
+                                              taker))
         return reports
 
     async def run(self, epoch: int, groups: list[int], giver: str,
