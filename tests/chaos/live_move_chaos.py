@@ -74,13 +74,14 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
         taker = rnd.choice(names)
         first = rnd.randrange(KEY_GROUPS)
         last = min(KEY_GROUPS - 1, first + rnd.randrange(50, 400))
-        args = ("--groups", f"{first}-{last}", "--to", taker)
+        args = ("--groups", f"{first}-{last}", "--to", taker, "--step",
+                str(rnd.choice([16, 64, 256])))
         what = f"move {first}-{last} to {taker}"
         cmd = wallaroo("cluster", "move", c.state, *args)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         if kill:
-            time.sleep(rnd.uniform(0.0, 0.6))
+            time.sleep(rnd.uniform(0.0, 0.1))  # moves of little state are quick
             victims = [w for w in c.members() if w.get("pid")]
             if rnd.random() < 0.25:
                 event(f"{what}: SIGKILL the move command; run it again")
@@ -89,8 +90,13 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
                 proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, cwd=ROOT)
             elif victims:
-                w = rnd.choice(victims)
-                event(f"{what}: SIGKILL {w['name']} mid-move")
+                # the taker, or another worker (a giver or a bystander)
+                mine = [w for w in victims if w["name"] == taker]
+                others = [w for w in victims if w["name"] != taker]
+                w = rnd.choice(mine if mine and (rnd.random() < 0.4 or not others)
+                               else others)
+                role = "the taker" if w["name"] == taker else "a giver or bystander"
+                event(f"{what}: SIGKILL {w['name']} ({role}) mid-move")
                 try:
                     os.kill(w["pid"], signal.SIGKILL)
                 except ProcessLookupError:

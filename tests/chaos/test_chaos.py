@@ -153,3 +153,25 @@ def test_long_windows_chaos_run(tmp_path):
                       workdir=str(tmp_path))
     print(res.summary())
     assert res.ok, res.summary()
+
+
+def test_live_moves_with_sigkills_of_any_party_lose_nothing(tmp_path):
+    """Key groups move live (`wallaroo cluster move`) on 3 workers while
+    resumable senders feed them; during moves the taker, a giver or a
+    bystander is SIGKILLed, or the move command itself (run again, it
+    finishes the move it finds under way)."""
+    from .live_move_chaos import run as live_run
+    res = live_run(messages=10000, votes=10000, moves=5, rate=1500, seed=77,
+                   workdir=str(tmp_path))
+    print(res.summary())
+    assert res.ok, res.summary()
+    assert res.moves_done >= 2, res.summary()
+
+
+@pytest.mark.slow
+def test_long_live_move_chaos_run(tmp_path):
+    from .live_move_chaos import run as live_run
+    res = live_run(messages=60000, votes=60000, moves=20, rate=2000,
+                   workdir=str(tmp_path))
+    print(res.summary())
+    assert res.ok, res.summary()
