@@ -15,6 +15,7 @@ every key equal to its votes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -23,6 +24,8 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+
+from wallaroo.recovery import ownership
 
 from .cluster_chaos import WindowsAndVotes, chaos_main, finish, vote_keys
 from .rescale_chaos import Cluster
@@ -49,9 +52,41 @@ class LiveMoveChaosResult(WindowsAndVotes):
             *self.outcome_lines()])
 
 
+def half_move(state: str, groups: list[int], taker: str) -> str:
+    """Only the switches of a live move (its command killed before the
+    hand-over): returns the giver."""
+    import trio
+
+    from wallaroo.connectors.auth import load_secret
+    from wallaroo.runtime.live_coordinator import Coordinator
+    with open(os.path.join(state, "cluster.json")) as f:
+        workers = json.load(f)["workers"]
+    addresses = {w["name"]: (w["control"].rpartition(":")[0],
+                             int(w["control"].rpartition(":")[2])) for w in workers}
+    c = Coordinator(addresses, load_secret(os.path.join(state, "cluster.secret")), 60)
+
+    async def switches() -> str:
+        st = await c.statuses()
+        owners = ownership.decode(st[taker]["owners"], KEY_GROUPS, list(addresses))
+        giver = next((owners[g] for g in groups if owners[g] != taker), None)
+        if giver is None:
+            raise RuntimeError(f"{taker} owns every one of those groups")
+        gs = [g for g in groups if owners[g] == giver]
+        epoch = 1 + max([int(e) for s in st.values() for e in s["switched"]] + [0])
+        for w in addresses:
+            if w != giver:
+                await c.ask(w, "LIVE_SWITCH", {"epoch": epoch, "groups": gs,
+                                               "giver": giver, "taker": taker})
+        return giver
+    return trio.run(switches)
+
+
 def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1500,
         seed: int | None = None, workdir: str | None = None,
-        say=print) -> LiveMoveChaosResult:
+        say=print, then_grow: bool = False) -> LiveMoveChaosResult:
+    """``then_grow``: after the moves, one is left half done (switched,
+    never handed over) and ``wallaroo cluster grow`` runs: it finishes the
+    move before it drains."""
     rnd = random.Random(seed)
     workdir = workdir or tempfile.mkdtemp(prefix="wallaroo-live-move-chaos-")
     out = os.path.join(workdir, "received.bin")
@@ -135,6 +170,16 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
         for _ in range(moves):
             time.sleep(rnd.uniform(0.3, 1.5))
             move(kill=rnd.random() < 0.8)
+        if then_grow:
+            taker = rnd.choice([w["name"] for w in c.members()])
+            groups = list(range(KEY_GROUPS))  # some are another worker's
+            giver = half_move(c.state, groups, taker)
+            event(f"half a move of {giver}'s groups to {taker}, then grow")
+            done = subprocess.run(wallaroo("cluster", "grow", c.state),
+                                  capture_output=True, text=True, timeout=600,
+                                  cwd=ROOT)
+            event(f"grow: {(done.stdout + done.stderr).strip()}")
+            c.workers += 1
         finish(res, senders, c.sup, receiver, out, keys, t0, timeout=600)
         return res
     finally:

@@ -162,10 +162,12 @@ def test_live_moves_with_sigkills_of_any_party_lose_nothing(tmp_path):
     finishes the move it finds under way)."""
     from .live_move_chaos import run as live_run
     res = live_run(messages=10000, votes=10000, moves=5, rate=1500, seed=77,
-                   workdir=str(tmp_path))
+                   workdir=str(tmp_path), then_grow=True)
     print(res.summary())
     assert res.ok, res.summary()
     assert res.moves_done >= 2, res.summary()
+    # the move left half done was finished by the grow, which went on
+    assert any(e.startswith("grow: rescaled") for e in res.events), res.summary()
 
 
 @pytest.mark.slow

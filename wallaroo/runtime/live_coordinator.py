@@ -79,10 +79,22 @@ class Coordinator:
         """A move some worker switched for that its taker has not taken."""
         for w, s in st.items():
             for e, m in sorted(s["switched"].items(), key=lambda x: int(x[0])):
-                taker = st[m["taker"]]
+                taker = st.get(m["taker"])
+                if taker is None or m["giver"] not in st:
+                    continue  # finished before a rescale that retired them
                 if int(e) not in taker["taken"]:
                     return {"epoch": int(e), **m}
         return None
+
+    async def finish_under_way(self) -> MoveReport | None:
+        """Finish the move the workers say is under way, if any."""
+        pending = await self.under_way(await self.statuses())
+        if pending is None:
+            return None
+        r = await self.run(pending["epoch"], pending["groups"], pending["giver"],
+                           pending["taker"])
+        r.resumed = True
+        return r
 
     async def move(self, groups: list[int], taker: str) -> list[MoveReport]:
         """Move ``groups`` to ``taker``: moves of at most ``step`` groups of
@@ -92,14 +104,10 @@ class Coordinator:
         if taker not in self.addresses:
             raise MoveFailed(f"{taker!r} is not a member ({', '.join(self.members)})")
         reports = []
-        st = await self.statuses()
-        pending = await self.under_way(st)
-        if pending is not None:
-            r = await self.run(pending["epoch"], pending["groups"], pending["giver"],
-                               pending["taker"])
-            r.resumed = True
+        r = await self.finish_under_way()
+        if r is not None:
             reports.append(r)
-            st = await self.statuses()
+        st = await self.statuses()
         owners = ownership.decode(st[taker]["owners"], st[taker]["key_groups"],
                                   self.members)
         bad = [g for g in groups if not 0 <= g < len(owners)]

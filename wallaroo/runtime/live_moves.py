@@ -175,6 +175,9 @@ class LiveMoves:
         if epoch in self.switched:
             return self._record(), self.switched[epoch]["marker"]
         a, b = self._member(giver), self._member(taker)
+        if a == b:
+            raise LiveMoveError(f"move {epoch}: {giver!r} would give key groups "
+                                f"to itself")
         me = self.placement.me
         if me == a:
             raise LiveMoveError(f"worker {self.name!r} is the giver of move "

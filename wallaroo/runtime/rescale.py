@@ -77,6 +77,13 @@ def saved_cluster(directory: str
     if not found:
         return None
     kinds = set(found.values())
+    if len(kinds) > 1 and len({(m, g, slots) for m, g, _, slots in kinds}) == 1:
+        raise RescaleRefused(
+            f"the databases in {directory} disagree on which worker owns some "
+            f"key groups: a live move (`wallaroo cluster move`) was left under "
+            f"way.  Start the cluster with its {len(next(iter(kinds))[0])} "
+            f"workers and run `wallaroo cluster move` again (any groups): it "
+            f"finishes the move first; then rescale.")
     if len(kinds) > 1:
         raise RescaleRefused(
             f"{directory} holds databases of different clusters: " + "; ".join(
@@ -207,6 +214,7 @@ async def _drain(sup, old: list[str], secret_path: str,
             nursery.start_soon(drain._keep_running, m, secret_path, nursery)
         await drain.all_ready()
         if not drain.stopping:
+            await _finish_live_move(drain, secret)
             await _wait_quiet(drain, secret, leaving)
         interrupted = drain.stopping
         drain._stop_all(nursery)
@@ -224,6 +232,27 @@ async def _drain(sup, old: list[str], secret_path: str,
                       "was moved", ", ".join(f"{n}: {c}" for n, c in bad.items()))
         return 1
     return None
+
+
+async def _finish_live_move(drain, secret: bytes) -> None:
+    """A live move left under way (``wallaroo cluster move`` stopped) is
+    finished before anything else moves: its taker holds the moving groups'
+    messages, which no drain delivers (live_moves.py).  ``drain``: a
+    supervisor whose members run."""
+    from .live_coordinator import Coordinator, MoveFailed
+
+    def addresses() -> dict:
+        return {m.name: (m.control.rpartition(":")[0], int(m.control.rpartition(":")[2]))
+                for m in drain.members if m.control}
+    c = Coordinator(addresses(), secret, timeout=LEAVING_WAIT, refresh=addresses)
+    try:
+        r = await c.finish_under_way()
+    except MoveFailed as e:
+        drain.log.error("rescale: finishing the live move under way: %s", e)
+        return
+    if r is not None:
+        drain.log.info("rescale: finished live move %d (%d key groups %s -> %s) "
+                       "first", r.epoch, len(r.groups), r.giver, r.taker)
 
 
 async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> bool:
@@ -443,6 +472,7 @@ async def _answer(sup, req: dict, secret_path: str) -> dict:
                              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         sup.write_cluster_file()
         sup.close_sources()
+        await _finish_live_move(sup, load_secret(secret_path))
         drained = False
         with trio.move_on_after(IN_PLACE_TIMEOUT):
             drained = await _wait_quiet(sup, load_secret(secret_path), [
