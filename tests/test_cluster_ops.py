@@ -348,3 +348,57 @@ def test_a_channel_reset_mid_batch_does_not_stop_the_worker(procs, tmp_path):
     st = json.loads(done.stdout)
     assert [w["restarts"] for w in st["workers"]] == [0, 0], st
     sup.terminate()
+
+
+def test_cluster_move_moves_groups_live_and_finishes_one_left_half_done(
+        procs, tmp_path):
+    """`wallaroo cluster move`: a move left half done (switched, never
+    handed over) shows in `wallaroo status`; the command finishes it first,
+    then moves what it was asked; the workers' key groups follow, and the
+    state moves with them (every letter's partition exists once)."""
+    from .chaos.live_move_chaos import half_move
+    state = str(tmp_path / "state")
+    sup, fields = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
+                              resilience_dir=state)
+
+    def status() -> dict:
+        done = subprocess.run(WALLAROO + ["status", state, "--json"],
+                              capture_output=True, text=True, timeout=WAIT)
+        assert done.returncode == 0, done.stderr
+        return {w["name"]: w for w in json.loads(done.stdout)["workers"]}
+
+    def move(*args) -> subprocess.CompletedProcess:
+        return subprocess.run(WALLAROO + ["cluster", "move", state, *args],
+                              capture_output=True, text=True, timeout=WAIT)
+
+    bad = move("--groups", "0-9", "--to", "worker-7")
+    assert bad.returncode != 0 and "'worker-7' is not a member" in bad.stderr
+    bad = move("--groups", "2000", "--to", "worker-1")
+    assert bad.returncode != 0 and "2000 is not a key group" in bad.stderr
+    bad = move("--groups", "9-3", "--to", "worker-1")
+    assert bad.returncode != 0 and "not a group or a range" in bad.stderr
+
+    giver = half_move(state, list(range(0, 100)), "worker-2")
+    assert giver == "initializer"
+    st = status()
+    assert st["worker-2"]["live_move"]["groups"] == 100
+    text = subprocess.run(WALLAROO + ["status", state], capture_output=True,
+                          text=True, timeout=WAIT).stdout
+    assert "live move 1 under way: 100 key groups initializer -> worker-2" in text
+
+    done = move("--groups", "300-399", "--to", "worker-1", "--step", "50")
+    assert done.returncode == 0, done.stderr
+    assert "move 1 (found under way, finished): 100 key groups initializer -> " \
+           "worker-2" in done.stdout
+    assert "move 2: 42 key groups initializer -> worker-1" in done.stdout
+    assert "move 3: 50 key groups worker-1 -> worker-1" not in done.stdout
+    st = status()
+    assert st["worker-2"]["live_move"] is None
+    # contiguous ranges at the start: initializer 0-341, worker-1 342-682,
+    # worker-2 683-1023
+    assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2")] \
+        == [342 - 100 - 42, 341 + 42, 341 + 100]
+    assert sum(w["partitions"] for w in st.values()) == 26  # each letter once
+    again = move("--groups", "0-99", "--to", "worker-2")
+    assert again.returncode == 0 and "nothing to move" in again.stdout
+    sup.terminate()

@@ -684,6 +684,10 @@ class Worker:
                        "bytes": s.queued_bytes} for s in self.sinks],
             "channels": [{"peer": c.peer, "batches": c.queued_outputs,
                           "bytes": c.queued_bytes} for c in senders.values()],
+            # a live move this worker takes, waiting for its hand-over
+            "live_move": None if core.deferring is None else {
+                **core.deferring, "groups": len(core.deferring["groups"]),
+                "waiting_batches": len(core.deferred_units)},
         }
 
     def _full(self):

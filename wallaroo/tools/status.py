@@ -138,6 +138,13 @@ def render(status: dict, console) -> None:
     for w in status["workers"]:
         if w.get("error"):
             console.print(f"{w['name']}: {w['error']}")
+    for w in status["workers"]:
+        m = w.get("live_move")
+        if m:
+            console.print(f"live move {m['epoch']} under way: {m['groups']} key "
+                          f"groups {m['giver']} -> {w['name']}, their messages "
+                          f"waiting at {w['name']} ({m['waiting_batches']} "
+                          f"batches) for the hand-over")
     r = status.get("rescale")
     if r:
         console.print(f"rescaling from {len(r['from'])} workers ({', '.join(r['from'])}) "
