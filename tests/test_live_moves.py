@@ -132,7 +132,7 @@ def test_groups_move_while_the_others_flow(cluster, tmp_path):
     _check(c, a1 + a2 + a3, [], str(tmp_path))
 
 
-def test_a_giver_cannot_switch_and_a_taker_waits_for_one_move(cluster):
+def test_steps_asked_wrongly_are_refused(cluster):
     c = cluster
     c.run_until_quiet()
     g = 0
@@ -142,6 +142,14 @@ def test_a_giver_cannot_switch_and_a_taker_waits_for_one_move(cluster):
     other = (giver + 1) % 3
     with pytest.raises(LiveMoveError, match="does not own them"):
         c.drivers[giver].hand_over(1, [g + 1000 % 1024], c.names[other])
+    with pytest.raises(LiveMoveError, match="would give key groups to itself"):
+        c.drivers[other].switch(1, [g], c.names[giver], c.names[giver])
+    # a step asked again answers the same; the same epoch for another move
+    # (two commands at once) is refused
+    assert c.drivers[other].switch(1, [g], c.names[giver], c.names[other]) == \
+        c.drivers[other].switch(1, [g], c.names[giver], c.names[other])
+    with pytest.raises(LiveMoveError, match="move 1 is another move"):
+        c.drivers[other].switch(1, [g, g + 1], c.names[giver], c.names[other])
 
 
 a_message = st.tuples(st.integers(0, 7), st.integers(0, 60), st.integers(0, 1),
@@ -196,7 +204,8 @@ def test_a_live_move_with_crashes_at_any_step_keeps_every_state(
 
         # switches, with input arriving between them
         markers = {}
-        others = [i for i in range(3) if i != giver]
+        # the taker first, as the coordinator asks
+        others = sorted((i for i in range(3) if i != giver), key=lambda i: i != taker)
         for n, i in enumerate(others):
             before = list(crash_at(n, False))
             marker = c.drivers[i].switch(1, groups, a, t,

@@ -399,8 +399,10 @@ class ClusterDriver:
             self.epochs = getattr(self, "epochs", 0) + 1
             epoch = self.epochs
         a, b = self.names[giver], self.names[taker]
+        order = sorted((i for i in range(len(self.drivers)) if i != giver),
+                       key=lambda i: i != taker)  # the taker first
         markers = {self.names[i]: self.drivers[i].switch(epoch, groups, a, b)
-                   for i in range(len(self.drivers)) if i != giver}
+                   for i in order}
         self.finish_move(epoch, groups, giver, taker, markers, limit)
         return epoch
 

@@ -189,10 +189,16 @@ class PartitionReads:
         """(pid, key) of the stored partitions of ``state`` in key groups
         ``groups`` (a live move hands them over: runtime/live_moves.py)."""
         marks = ",".join("?" * len(groups))
-        rows = self._conn.execute(
-            f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
-            f"WHERE p.state=? AND p.key_group IN ({marks}) ORDER BY p.pid",
-            (state, *groups)).fetchall()
+        # a connection of its own: commits may be under way on the store's
+        conn = self._reader()
+        try:
+            rows = conn.execute(
+                f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+                f"WHERE p.state=? AND p.key_group IN ({marks}) ORDER BY p.pid",
+                (state, *groups)).fetchall()
+        finally:
+            conn.close()
+            self._readers.remove(conn)
         out = []
         for cols in rows:
             prow = reading.partition_row(self.path, cols)  # its checksum checked

@@ -3,8 +3,8 @@ worker's control port for the steps of live_moves.py, in order, asking
 again what did not answer (a worker restarting, a lost answer), until the
 taker has taken.  It keeps nothing itself: a coordinator that dies is
 replaced by running the command again, which first finishes any move the
-workers say is under way (their LIVE_STATUS holds every switch's groups,
-giver and taker), then starts the new one."""
+workers say is under way (a taker's LIVE_STATUS names the move it waits
+for: the taker switches first, so any switch makes it one), then starts the new one."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class MoveReport:
     groups: list[int]
     giver: str
     taker: str
-    seconds: float = 0.0  # first switch -> taken
-    waited: float = 0.0  # the taker's switch -> its take: the groups' pause
+    seconds: float = 0.0  # the first switch (the taker's) -> taken
+    waited: float = 0.0  # the same: the moving groups' pause
     resumed: bool = False  # a move found under way, finished
     steps: list[str] = field(default_factory=list)
 
@@ -46,6 +46,7 @@ class Coordinator:
         self.step = step
         self.members = list(addresses)
         self.secret = secret
+        self.timeout = timeout
         self.deadline = time.monotonic() + timeout
 
     async def ask(self, worker: str, verb: str, body: dict) -> dict:
@@ -76,14 +77,13 @@ class Coordinator:
         return {w: await self.ask(w, "LIVE_STATUS", {}) for w in self.members}
 
     async def under_way(self, st: dict[str, dict]) -> dict | None:
-        """A move some worker switched for that its taker has not taken."""
+        """A move whose taker switched (the first step: every other switch
+        comes after it) and has not taken."""
         for w, s in st.items():
-            for e, m in sorted(s["switched"].items(), key=lambda x: int(x[0])):
-                taker = st.get(m["taker"])
-                if taker is None or m["giver"] not in st:
-                    continue  # finished before a rescale that retired them
-                if int(e) not in taker["taken"]:
-                    return {"epoch": int(e), **m}
+            d = s.get("deferring")
+            if d is not None:
+                return {"epoch": int(d["epoch"]), "groups": d["groups"],
+                        "giver": d["giver"], "taker": w}
         return None
 
     async def finish_under_way(self) -> MoveReport | None:
@@ -117,13 +117,15 @@ class Coordinator:
         for g in groups:
             if owners[g] != taker:
                 by_giver.setdefault(owners[g], []).append(g)
-        epoch = max([int(e) for s in st.values() for e in s["switched"]]
-                    + [e for s in st.values() for e in s["given"] + s["taken"]]
-                    + [0])
+        seen = max([int(e) for s in st.values() for e in s["switched"]]
+                   + [e for s in st.values() for e in s["given"] + s["taken"]]
+                   + [0])
         for giver, gs in sorted(by_giver.items()):
             for i in range(0, len(gs), self.step):
-                epoch += 1
-                reports.append(await self.run(epoch, gs[i:i + self.step], giver,
+                # past every epoch seen, and from the clock (microseconds):
+                # two commands run at once do not pick the same one
+                seen = max(seen + 1, time.time_ns() // 1000)
+                reports.append(await self.run(seen, gs[i:i + self.step], giver,
                                               taker))
         return reports
 
@@ -131,13 +133,13 @@ class Coordinator:
                   taker: str) -> MoveReport:
         r = MoveReport(epoch, groups, giver, taker)
         t0 = time.monotonic()
+        self.deadline = t0 + self.timeout  # for each move
         markers = {}
-        switched_taker = None
-        # the taker last: the groups wait from its switch on
+        # the taker first: a worker that switched sends the groups'
+        # messages to it, where they wait (were it not switched, it would
+        # send them on to the giver, behind or ahead of earlier ones)
         for w in sorted((w for w in self.members if w != giver),
-                        key=lambda w: w == taker):
-            if w == taker:
-                switched_taker = time.monotonic()
+                        key=lambda w: w != taker):
             a = await self.ask(w, "LIVE_SWITCH", {"epoch": epoch, "groups": groups,
                                                   "giver": giver, "taker": taker})
             markers[w] = a["marker"]
@@ -150,8 +152,7 @@ class Coordinator:
             await trio.sleep(POLL)
         r.steps.append(f"{taker} took")
         now = time.monotonic()
-        r.seconds = now - t0
-        r.waited = now - (switched_taker or t0)
+        r.seconds = r.waited = now - t0  # the groups wait from the taker's switch
         return r
 
 

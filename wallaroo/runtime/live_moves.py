@@ -172,8 +172,15 @@ class LiveMoves:
         Returns the commit record (empty when done before) and the
         worker's marker."""
         self._check_live("switch")
-        if epoch in self.switched:
-            return self._record(), self.switched[epoch]["marker"]
+        done = self.switched.get(epoch)
+        if done is not None:
+            if (done["groups"], done["giver"], done["taker"]) != (
+                    list(groups), giver, taker):
+                raise LiveMoveError(
+                    f"worker {self.name!r}: move {epoch} is another move "
+                    f"({len(done['groups'])} key groups {done['giver']} -> "
+                    f"{done['taker']}): is another `cluster move` running?")
+            return self._record(), done["marker"]
         a, b = self._member(giver), self._member(taker)
         if a == b:
             raise LiveMoveError(f"move {epoch}: {giver!r} would give key groups "

@@ -55,6 +55,15 @@ class RescaleRefused(Exception):
     """The directory cannot be rescaled as asked (the message says why)."""
 
 
+class OwnersDisagree(RescaleRefused):
+    """The databases of one cluster disagree on some key groups' owners:
+    a live move was left half done (``members``: the cluster's)."""
+
+    def __init__(self, members: list[str], message: str):
+        super().__init__(message)
+        self.members = members
+
+
 def saved_cluster(directory: str
                   ) -> tuple[list[str], int, list | None, list | None] | None:
     """The members, key groups, map of key-group owners (its runs; None:
@@ -78,7 +87,7 @@ def saved_cluster(directory: str
         return None
     kinds = set(found.values())
     if len(kinds) > 1 and len({(m, g, slots) for m, g, _, slots in kinds}) == 1:
-        raise RescaleRefused(
+        raise OwnersDisagree(list(next(iter(kinds))[0]),
             f"the databases in {directory} disagree on which worker owns some "
             f"key groups: a live move (`wallaroo cluster move`) was left under "
             f"way.  Start the cluster with its {len(next(iter(kinds))[0])} "
@@ -111,6 +120,11 @@ async def rescale_if_asked(sup, secret_path: str) -> int | None:
                         moves.plan_path(directory))
             moves.run_plan(directory, plan, log)
         saved = saved_cluster(directory)
+    except OwnersDisagree as e:
+        if e.members == sup.names:  # the same cluster: it finishes the move
+            return None
+        log.error("%s", e)
+        return 2
     except (StoreError, RescaleRefused, OSError, sqlite3.Error) as e:
         log.error("%s", e)
         return 2
@@ -213,8 +227,10 @@ async def _drain(sup, old: list[str], secret_path: str,
         for m in drain.members:
             nursery.start_soon(drain._keep_running, m, secret_path, nursery)
         await drain.all_ready()
+        unfinished = None
         if not drain.stopping:
-            await _finish_live_move(drain, secret)
+            unfinished = await _finish_live_move(drain, secret)
+        if unfinished is None and not drain.stopping:
             await _wait_quiet(drain, secret, leaving)
         interrupted = drain.stopping
         drain._stop_all(nursery)
@@ -222,6 +238,10 @@ async def _drain(sup, old: list[str], secret_path: str,
         nursery.cancel_scope.cancel()
     if drain.failure:
         sup.log.error("rescale: %s; nothing was moved", drain.failure)
+        return 1
+    if unfinished is not None:
+        sup.log.error("rescale: a live move under way could not be finished "
+                      "(%s); nothing was moved", unfinished)
         return 1
     if interrupted:
         sup.log.info("stopped while draining the old cluster; nothing was moved")
@@ -234,25 +254,32 @@ async def _drain(sup, old: list[str], secret_path: str,
     return None
 
 
-async def _finish_live_move(drain, secret: bytes) -> None:
+async def _finish_live_move(drain, secret: bytes) -> str | None:
     """A live move left under way (``wallaroo cluster move`` stopped) is
     finished before anything else moves: its taker holds the moving groups'
     messages, which no drain delivers (live_moves.py).  ``drain``: a
-    supervisor whose members run."""
+    supervisor whose members run.  Returns why it could not (None: done,
+    or none was under way)."""
     from .live_coordinator import Coordinator, MoveFailed
 
     def addresses() -> dict:
         return {m.name: (m.control.rpartition(":")[0], int(m.control.rpartition(":")[2]))
                 for m in drain.members if m.control}
+    with trio.move_on_after(LEAVING_WAIT):  # every member, with its address
+        while len(addresses()) < len(drain.members):
+            await trio.sleep(0.1)
+    if len(addresses()) < len(drain.members):
+        return (f"workers {', '.join(m.name for m in drain.members if not m.control)} "
+                f"did not start in {LEAVING_WAIT:.0f}s")
     c = Coordinator(addresses(), secret, timeout=LEAVING_WAIT, refresh=addresses)
     try:
         r = await c.finish_under_way()
     except MoveFailed as e:
-        drain.log.error("rescale: finishing the live move under way: %s", e)
-        return
+        return str(e)
     if r is not None:
         drain.log.info("rescale: finished live move %d (%d key groups %s -> %s) "
                        "first", r.epoch, len(r.groups), r.giver, r.taker)
+    return None
 
 
 async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> bool:
@@ -466,13 +493,17 @@ async def _answer(sup, req: dict, secret_path: str) -> dict:
         # drain in place: sources closed, what is in flight delivered; then
         # the members stop checkpointing everything and the move needs no
         # drain of its own (otherwise they stop at once and it drains them)
+        # a live move under way first, while nothing else changed
+        unfinished = await _finish_live_move(sup, load_secret(secret_path))
+        if unfinished is not None:
+            raise RescaleRefused(f"a live move under way could not be finished "
+                                 f"({unfinished}); nothing changed")
         sup.begin_rescale()
         sup.rescale_state = {"from": list(sup.names), "to": names,
                              "phase": "draining",
                              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         sup.write_cluster_file()
         sup.close_sources()
-        await _finish_live_move(sup, load_secret(secret_path))
         drained = False
         with trio.move_on_after(IN_PLACE_TIMEOUT):
             drained = await _wait_quiet(sup, load_secret(secret_path), [
