@@ -114,6 +114,15 @@ def _done(answer: dict) -> None:
                f"workers ({', '.join(answer['members'])})")
 
 
+def _remote_options(fn):
+    """``--control`` and ``--cluster-secret-file`` (several hosts)."""
+    fn = click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
+                      metavar="FILE", help="With --control: the cluster's secret.")(fn)
+    return click.option("--control", "control", metavar="HOST:PORT",
+                        help="Several hosts: any worker's control address "
+                             "(instead of DIRECTORY).")(fn)
+
+
 @cluster.command("grow", context_settings=CONTEXT)
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
@@ -137,11 +146,7 @@ def grow(directory, count):
 @click.option("--count", type=click.IntRange(min=1),
               help="How many workers leave (the last ones).")
 @click.option("--query", is_flag=True, help="List which workers may leave.")
-@click.option("--control", "control", metavar="HOST:PORT",
-              help="Several hosts: any worker's control address (instead of "
-                   "DIRECTORY).")
-@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
-              metavar="FILE", help="With --control: the cluster's secret.")
+@_remote_options
 def shrink(directory, names, count, query, control, cluster_secret_file):
     """Remove workers from the cluster running on DIRECTORY (one host), or
     reached at --control (several hosts).  A leaving worker hands its key
@@ -254,11 +259,7 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
 @click.option("--step", type=click.IntRange(min=1), default=64, show_default=True,
               help="Key groups per move: each move holds the giver's and the "
                    "taker's other groups for one batch, longer for more groups.")
-@click.option("--control", "control", metavar="HOST:PORT",
-              help="Several hosts: any worker's control address (instead of "
-                   "DIRECTORY).")
-@click.option("--cluster-secret-file", type=click.Path(dir_okay=False),
-              metavar="FILE", help="With --control: the cluster's secret.")
+@_remote_options
 def move(directory, groups, taker, step, control, cluster_secret_file):
     """Move key groups, with their state, to another worker while the
     cluster runs: only the moving groups' messages wait (from the taker's

@@ -153,6 +153,30 @@ def read_frames(data: bytes) -> list[bytes]:
     return out
 
 
+def start_receiver(workdir: str, sink: int, out: str) -> Proc:
+    """``wallaroo receive --resumable`` on ``sink``, writing ``out``."""
+    return Proc(wallaroo("receive", "--listen", f"127.0.0.1:{sink}", "--resumable",
+                         "--framing", "length", "--output", out),
+                os.path.join(workdir, "receiver.log"))
+
+
+def start_senders(workdir: str, sources: list[str], messages: int, keys: list[int],
+                  rate: int, connect_timeout: int) -> list[Proc]:
+    """The two resumable senders: u64 values 1..``messages`` (stream
+    "seq") to ``sources[0]``, and one vote per entry of ``keys`` (stream
+    "votes") to ``sources[1]``."""
+    frames = os.path.join(workdir, "votes.frames")
+    with open(frames, "wb") as f:
+        for i, k in enumerate(keys):
+            f.write(struct.pack(">IIH", 6, i, k))
+    common = ("--rate", str(rate), "--connect-timeout", str(connect_timeout), "--quiet")
+    return [
+        Proc(wallaroo("send", sources[0], "--u64", str(messages), "--resumable", "seq",
+                      *common), os.path.join(workdir, "sender-seq.log")),
+        Proc(wallaroo("send", sources[1], "--frames", frames, "--resumable", "votes",
+                      *common), os.path.join(workdir, "sender-votes.log"))]
+
+
 def run(messages: int = 20000, votes: int = 20000, kills: int = 5, pauses: int = 1,
         rate: int = 4000, seed: int | None = None, workdir: str | None = None,
         say=print) -> ClusterChaosResult:
@@ -164,9 +188,7 @@ def run(messages: int = 20000, votes: int = 20000, kills: int = 5, pauses: int =
     res = ClusterChaosResult(messages, votes, workdir=workdir)
     t0 = time.perf_counter()
     sink = free_port()
-    receiver = Proc(wallaroo("receive", "--listen", f"127.0.0.1:{sink}", "--resumable",
-                             "--framing", "length", "--output", out),
-                    os.path.join(workdir, "receiver.log"))
+    receiver = start_receiver(workdir, sink, out)
     sup = senders = None
     try:
         receiver.wait_for(r"^listening on", 30)
@@ -178,17 +200,7 @@ def run(messages: int = 20000, votes: int = 20000, kills: int = 5, pauses: int =
         ready = sup.wait_for(r"^ready workers=3 sources=(\S+)", 60)
         sources = ready.group(1).split(",")
         keys = vote_keys(votes, rnd.randrange(1 << 30))
-        frames = os.path.join(workdir, "votes.frames")
-        with open(frames, "wb") as f:
-            for i, k in enumerate(keys):
-                f.write(struct.pack(">IIH", 6, i, k))
-        senders = [
-            Proc(wallaroo("send", sources[0], "--u64", str(messages), "--resumable",
-                          "seq", "--rate", str(rate), "--connect-timeout", "120",
-                          "--quiet"), os.path.join(workdir, "sender-seq.log")),
-            Proc(wallaroo("send", sources[1], "--frames", frames, "--resumable",
-                          "votes", "--rate", str(rate), "--connect-timeout", "120",
-                          "--quiet"), os.path.join(workdir, "sender-votes.log"))]
+        senders = start_senders(workdir, sources, messages, keys, rate, 120)
         owner = NAMES[Placement(NAMES, NAMES[0]).owner_of_stream("windows", "seq")]
         targets = ["initializer", "holder", owner] + [
             rnd.choice(NAMES) for _ in range(max(0, kills - 3))]

@@ -26,13 +26,13 @@ import json
 import os
 import random
 import signal
-import struct
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 
-from .cluster_chaos import WindowsAndVotes, chaos_main, finish, vote_keys
+from .cluster_chaos import (WindowsAndVotes, chaos_main, finish, start_receiver,
+                            start_senders, vote_keys)
 from .run_chaos import ROOT, Proc, free_port, wallaroo
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cluster_app.py")
@@ -95,9 +95,7 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 4, rate: int = 1
     res = RescaleChaosResult(messages, votes, workdir=workdir)
     t0 = time.perf_counter()
     sink = free_port()
-    receiver = Proc(wallaroo("receive", "--listen", f"127.0.0.1:{sink}", "--resumable",
-                             "--framing", "length", "--output", out),
-                    os.path.join(workdir, "receiver.log"))
+    receiver = start_receiver(workdir, sink, out)
     c = Cluster(workdir, sink, [free_port(), free_port()])
     senders: list[Proc] = []
 
@@ -140,19 +138,8 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 4, rate: int = 1
         receiver.wait_for(r"^listening on", 30)
         c.start()
         keys = vote_keys(votes, rnd.randrange(1 << 30))
-        frames = os.path.join(workdir, "votes.frames")
-        with open(frames, "wb") as f:
-            for i, k in enumerate(keys):
-                f.write(struct.pack(">IIH", 6, i, k))
-        senders = [
-            Proc(wallaroo("send", f"127.0.0.1:{c.sources[0]}", "--u64", str(messages),
-                          "--resumable", "seq", "--rate", str(rate),
-                          "--connect-timeout", "300", "--quiet"),
-                 os.path.join(workdir, "sender-seq.log")),
-            Proc(wallaroo("send", f"127.0.0.1:{c.sources[1]}", "--frames", frames,
-                          "--resumable", "votes", "--rate", str(rate),
-                          "--connect-timeout", "300", "--quiet"),
-                 os.path.join(workdir, "sender-votes.log"))]
+        senders = start_senders(workdir, [f"127.0.0.1:{p}" for p in c.sources],
+                                messages, keys, rate, 300)
         # Wallaroo's sequence
         time.sleep(2)
         rescale("grow", "--count", "1")
