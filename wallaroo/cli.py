@@ -87,6 +87,15 @@ class _RawArgsCommand(click.Command):
               help="A batch stops taking messages after this long, so a slow "
                    "application never holds the worker (handshakes, ACKs, "
                    "signals) for long.")
+# the default is runtime/commit_path.py's INLINE_MAX (not imported: it brings trio)
+@click.option("--inline-commit-max", type=click.IntRange(min=0), default=500,
+              show_default=True, metavar="N",
+              help="With --resilience-dir: a batch of at most N messages (and "
+                   "little snapshot data) commits on the event loop's thread, "
+                   "larger ones in the commit thread while the next batch is "
+                   "computed.  Under light load that saves a small batch the "
+                   "thread hand-off and waiting for the GIL (lower latency); "
+                   "0: every batch in the commit thread.")
 @click.option("--max-frame-size", type=click.IntRange(min=1, max=512 * 1024 * 1024),
               default=16 * 1024 * 1024, show_default=True, metavar="BYTES",
               help="A frame header announcing more closes that connection.")
@@ -195,7 +204,7 @@ class _RawArgsCommand(click.Command):
 def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         synchronous, checkpoint_interval, save_state_interval, checkpoint_max,
         state_cache, max_batch,
-        max_batch_time,
+        max_batch_time, inline_commit_max,
         max_frame_size, max_connections, handshake_timeout, idle_timeout,
         resumable_sinks, kafka_transactions, metrics_addr, kafka_options,
         sink_outbox_max, workers,
@@ -284,6 +293,7 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                       checkpoint_max=checkpoint_max, state_cache=state_cache,
                       max_batch=max_batch,
                       max_batch_time=max_batch_time, max_frame=max_frame_size,
+                      inline_commit_max=inline_commit_max,
                       max_connections=max_connections or default_max_connections(),
                       handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
                       forget_streams_after=forget_streams_after,

@@ -17,7 +17,8 @@ from ..recovery.moves import is_retired
 from .formation import (FormationError, Retired, check_saved, grow, initialize,
                         join, saved_membership)
 from .host_rescale import read_plan_file
-from .worker import CommitFailed, Worker, WorkerOptions
+from .commit_path import CommitFailed
+from .worker import Worker, WorkerOptions
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1

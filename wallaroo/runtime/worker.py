@@ -2,10 +2,11 @@
 batch cycle until told to stop.
 
     sources --frames--> Inbox --chunks--> engine loop (WorkerCore.process)
-        --batch--> committer (store.commit in a thread) --> sinks, ACKs
+        --batch--> committer (store.commit) --> sinks, ACKs
 
 The engine loop computes batch N+1 while batch N commits in a thread
-(started before the loop runs on: ``threads.py``), and releases happen in
+(started before the loop runs on: ``threads.py``), or on the loop's own
+thread when the batch is small (``commit_path.py``), and releases happen in
 commit order.  A batch is
 bounded by count (``max_batch``) and by time (``max_batch_time``), so a slow
 application never holds the loop (handshakes, ACKs, signals) for long.  A
@@ -54,7 +55,7 @@ from .collections_policy import FullCollections
 from .inbox import Inbox
 from .live_control import LiveControl
 from .metrics import Histogram, WorkerCollector
-from .threads import run_sync_now
+from .commit_path import INLINE_MAX, CommitPath
 from .metrics import bind as bind_metrics, registry_body, serve as serve_metrics
 from .placement import DEFAULT_KEY_GROUPS
 
@@ -77,6 +78,8 @@ class WorkerOptions:
     inbox_bytes: int = 32 * 1024 * 1024
     max_batch: int = 10000
     max_batch_time: float = 0.025
+    # batches of at most this many messages commit on the loop's thread
+    inline_commit_max: int = INLINE_MAX
     sink_queue_bytes: int = 64 * 1024 * 1024
     idle_tick: float = 0.2
     handle_signals: bool = True
@@ -100,10 +103,6 @@ STALL_TICK = 0.01  # how often the event loop's lateness is sampled
 SWITCH_INTERVAL = 0.001  # seconds (sys.setswitchinterval) with Kafka or resilience
 
 
-class CommitFailed(Exception):
-    """The store could not commit a batch; the worker must stop."""
-
-
 @dataclass
 class StopReport:
     """What a stop left behind (the stop line, the exit status)."""
@@ -120,7 +119,7 @@ class StopReport:
                     or self.undelivered_peer_batches)
 
 
-class Worker:
+class Worker(CommitPath):
     def __init__(self, app: AppSpec, store: Store | None = None,
                  options: WorkerOptions | None = None,
                  log: logging.Logger | None = None):
@@ -185,6 +184,7 @@ class Worker:
         self._drain_scope: trio.CancelScope | None = None  # waiting for sinks
         self.recovery = None
         self.commits = 0
+        self.thread_commits = 0  # of them, those run in the commit thread
         self.longest_commit = 0.0
         self.longest_stall = 0.0  # of the event loop (_watch_loop)
         self._stalls_since = "the start"  # the longest_* maxima's (SIGUSR1)
@@ -624,45 +624,6 @@ class Worker:
         idx = self.core.pipeline_index.get(key[0])
         return ("stream", idx, key[1]) in self.inbox._queues
 
-    async def _committer(self, recv_batches, done: trio.Event) -> None:
-        async with recv_batches:
-            async for batch in recv_batches:
-                await self._commit(batch)
-                self._release(batch)
-                if batch.landed is not None:
-                    batch.landed.set()
-        done.set()
-
-    async def _commit(self, batch: Batch) -> None:
-        stages = self.core.stats.stages
-        if batch.processed_at:
-            stages.handoff.observe_n(time.monotonic() - batch.processed_at,
-                                     batch.messages)
-        t0 = time.perf_counter()
-        try:
-            if self.store.durable:
-                took = await run_sync_now(self._timed_commit, batch.record)
-            else:
-                took = self._timed_commit(batch.record)
-        except Exception as e:
-            raise CommitFailed(
-                f"commit of {batch.messages} messages failed: {type(e).__name__}: "
-                f"{e}; stopping (the restart recovers from the log)") from e
-        self.commits += 1
-        self._last_commit = time.monotonic()
-        # the stage includes waiting for the loop to see the commit done (it
-        # may be computing the next batch); the commit's own time is ``took``
-        stages.commit.observe_n(time.perf_counter() - t0, batch.messages)
-        self.commit_hist.observe(took)
-        if took > self.longest_commit:
-            self.longest_commit = took
-
-    def _timed_commit(self, record) -> float:
-        """Commit (in the commit thread); -> seconds it took there."""
-        t0 = time.perf_counter()
-        self.store.commit(record)
-        return time.perf_counter() - t0
-
     def status(self) -> dict:
         """What ``wallaroo status`` shows of this worker."""
         core, p = self.core, self.core.placement
@@ -702,23 +663,10 @@ class Worker:
             self._nursery_ref.start_soon(self.cluster.tell_supervisor,
                                          {"closed": source})
 
-    def _enqueue(self, row) -> None:
-        dest = self.dests[row.sink]
-        # none: this worker's own channel destination, whose rows are the
-        # messages it keeps for a live move's hand-over (live_moves.py)
-        if dest is not None:
-            dest.enqueue(row)
-
     def wake(self) -> None:
         """End the engine loop's wait for input (a control step queued)."""
         if self._wait_scope is not None:
             self._wait_scope.cancel()
-
-    def _release(self, batch: Batch) -> None:
-        for row in batch.outputs:
-            self._enqueue(row)
-        if batch.streams:
-            self.registry.committed(batch.streams)
 
     async def _log_or_drop(self, left: list[Chunk]) -> None:
         """What was read but not processed when the drain ended: logged as
