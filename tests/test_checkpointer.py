@@ -111,3 +111,31 @@ def test_a_restarted_wal_is_written_again_not_cut_back_below_the_journal_limit(t
         else:
             assert after == before
         conn.close()
+
+
+def test_a_commit_never_meets_the_threads_restart(tmp_path, monkeypatch):
+    """The thread's RESTART holds SQLite's write lock while it copies; a
+    commit that met it slept in SQLite's busy handler (1, 2, 5 ms ...),
+    longer than the restart ran.  The two take turns on ``gate`` instead:
+    here the writer has no busy timeout at all, so one meeting would raise
+    "database is locked", and commits come back to back while the thread
+    restarts a WAL that is past its limit after every commit."""
+    monkeypatch.setattr(checkpointer, "EVERY", 0.0005)
+    path, conn = wal_db(tmp_path, rows=0)
+    conn.execute("PRAGMA busy_timeout=0")
+    cp = Checkpointer(path, wal_limit=1024)
+    try:
+        deadline = time.monotonic() + 30
+        commits = 0
+        while cp.background_restarts < 20 and time.monotonic() < deadline:
+            with cp.gate:
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO t VALUES (randomblob(4000))")
+                conn.execute("COMMIT")
+            commits += 1
+            cp.commits = commits
+        assert cp.background_restarts >= 20, (commits, cp.rounds)
+        assert cp.failures == 0
+    finally:
+        cp.close()
+        conn.close()

@@ -15,6 +15,7 @@ position is refused before anything is served from it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -319,18 +320,22 @@ class SQLiteStore(PartitionReads):
             raise StoreError(f"{self.path}: commit on a closed store")
         rf = rec.replay_from
         commits = self._commits + 1
-        conn.execute("BEGIN")
-        try:
-            self._write_rows(conn, rec, rf)
-            self._write_control(conn, rec, rf, commits)
-            conn.execute("COMMIT")
-        except BaseException:
-            self._new_class_ids.clear()
+        cp = self._checkpointer
+        # the checkpoint thread's RESTART waits for the transaction, and the
+        # transaction for it, on this lock (checkpointer.py, "The gate")
+        with (cp.gate if cp is not None else contextlib.nullcontext()):
+            conn.execute("BEGIN")
             try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
+                self._write_rows(conn, rec, rf)
+                self._write_control(conn, rec, rf, commits)
+                conn.execute("COMMIT")
+            except BaseException:
+                self._new_class_ids.clear()
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
         if self._new_class_ids:
             self._class_ids.update(self._new_class_ids)
             self._new_class_ids.clear()
@@ -342,7 +347,6 @@ class SQLiteStore(PartitionReads):
             self._parted.difference_update(rec.deleted)
         if rec.number > self.landed:
             self.landed = rec.number
-        cp = self._checkpointer
         if cp is not None:
             cp.commits = commits
             if cp.wal_too_big():  # checkpoints fell behind (a stat per commit)
