@@ -18,6 +18,9 @@ import time
 
 import pytest
 
+from wallaroo.connectors.auth import load_secret
+
+from .chaos.live_move_chaos import half_move_at
 from .conftest import REPO, WAIT, WALLAROO
 from .host_cluster import Cluster
 from .netns import can_make_hosts
@@ -236,3 +239,65 @@ def test_a_cluster_of_an_earlier_release_grows_like_any_other(procs, hosts,
     c.send(1)
     c.grown_and_checked(timeout=180)
     assert "resumed at message 2000" in c.senders[0].stderr
+
+
+def test_key_groups_move_live_between_hosts(procs, hosts, tmp_path):
+    """``wallaroo cluster move --control`` against a cluster over two
+    hosts, while resumable senders feed worker-1: a quarter of the key
+    groups goes from the initializer to worker-1 (through worker-1's
+    control address), then some come back (through the initializer's);
+    a move is left half done (its command killed after the switches) and
+    its taker, then in another its giver (the initializer), is SIGKILLed
+    and started again with its command line; a run of the command finishes
+    the move.  Every output arrives exactly once, and each worker reports
+    the groups it owns."""
+    c = Cluster(procs, hosts, tmp_path, messages=6000, votes=6000, rate=1000)
+    c.start_two_and_send(2, after=1.5)
+
+    def move(via: int, *args: str, timeout: float = 180):
+        return subprocess.run(
+            WALLAROO + ["cluster", "move", "--control", f"{hosts.address(via)}:7100",
+                        "--cluster-secret-file", str(c.secret), *args],
+            capture_output=True, text=True, timeout=timeout)
+
+    def groups() -> dict:
+        st = subprocess.run(WALLAROO + ["status", "--control",
+                                        f"{hosts.address(1)}:7100",
+                                        "--cluster-secret-file", str(c.secret),
+                                        "--json"],
+                            capture_output=True, text=True, timeout=WAIT)
+        assert st.returncode == 0, st.stderr
+        return {w["name"]: w["key_groups"] for w in json.loads(st.stdout)["workers"]}
+
+    assert groups() == {"initializer": 512, "worker-1": 512}
+    r = move(2, "--groups", "0-255", "--to", "worker-1", "--step", "64")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("key groups initializer -> worker-1") == 4, r.stdout
+    assert groups() == {"initializer": 256, "worker-1": 768}
+    r = move(1, "--groups", "600-699", "--to", "initializer")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "100 key groups in 2 moves" in r.stdout, r.stdout
+    assert groups() == {"initializer": 356, "worker-1": 668}
+    # a move half done (every switch committed, the hand-over not asked)
+    # and its taker, then its giver, SIGKILLed and started again with
+    # their command lines: a run of the command finishes it
+    secret = load_secret(str(c.secret))
+    addresses = {"initializer": (hosts.address(1), 7100),
+                 "worker-1": (hosts.address(2), 7100)}
+    for moving, taker, victim in ((range(256, 512), "worker-1", 2),
+                                  (range(700, 800), "initializer", 1)):
+        giver = half_move_at(addresses, secret, list(moving), taker)
+        assert giver != taker
+        c.workers[victim].p.send_signal(signal.SIGKILL)
+        c.workers[victim].p.wait(timeout=WAIT)
+        c.start(victim)
+        c.workers[victim].wait_line(lambda line: line.startswith("ready"),
+                                    timeout=120)
+        r = move(2, "--groups", f"{moving[0]}-{moving[-1]}", "--to", taker)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "found under way, finished" in r.stdout, r.stdout
+        print(r.stdout)
+    assert groups() == {"initializer": 200, "worker-1": 824}
+    c.check_all()
+    for i in (1, 2):
+        assert c.workers[i].terminate(timeout=60) == 0

@@ -54,16 +54,24 @@ class LiveMoveChaosResult(WindowsAndVotes):
 
 def half_move(state: str, groups: list[int], taker: str) -> str:
     """Only the switches of a live move (its command killed before the
-    hand-over): returns the giver."""
-    import trio
-
+    hand-over) in the one-host cluster of ``state``: returns the giver."""
     from wallaroo.connectors.auth import load_secret
-    from wallaroo.runtime.live_coordinator import Coordinator
     with open(os.path.join(state, "cluster.json")) as f:
         workers = json.load(f)["workers"]
     addresses = {w["name"]: (w["control"].rpartition(":")[0],
                              int(w["control"].rpartition(":")[2])) for w in workers}
-    c = Coordinator(addresses, load_secret(os.path.join(state, "cluster.secret")), 60)
+    return half_move_at(addresses, load_secret(os.path.join(state, "cluster.secret")),
+                        groups, taker)
+
+
+def half_move_at(addresses: dict[str, tuple[str, int]], secret: bytes,
+                 groups: list[int], taker: str) -> str:
+    """``half_move`` for the workers at these control addresses (in
+    member order) and the cluster's secret."""
+    import trio
+
+    from wallaroo.runtime.live_coordinator import Coordinator
+    c = Coordinator(addresses, secret, 60)
 
     async def switches() -> str:
         st = await c.statuses()
