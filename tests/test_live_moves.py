@@ -260,3 +260,45 @@ def test_a_live_move_with_crashes_at_any_step_keeps_every_state(
             if c.alive(i):
                 c.crash(i)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_inspect_tells_held_messages_from_outputs_to_deliver(cluster, tmp_path):
+    """``wallaroo recovery inspect`` on a taker waiting for a hand-over:
+    the messages it holds (its own channel destination's rows) are named
+    so, and are not counted among the outputs and peer batches still to
+    deliver; sinks and channels are named too."""
+    import io
+
+    from rich.console import Console
+
+    from wallaroo.recovery.inspect import inspect_db, undelivered
+    from wallaroo.tools.inspect_view import render
+    c = cluster
+    _feed(c, [(k, v, 0, 0) for v in range(1, 4) for k in range(8)])
+    c.run_until_quiet()
+    g = _group(c, "counts", 5)
+    giver = c.drivers[0].core.placement.owners[g]
+    taker = (giver + 1) % 3
+    for i in range(3):
+        if i != giver:
+            c.drivers[i].switch(1, [g], c.names[giver], c.names[taker])
+    _feed(c, [(5, 10 + v, 0, 0) for v in range(3)], at=taker)
+    c.run_until_quiet()
+    infos = [inspect_db(moves.db_file(str(tmp_path), n)) for n in c.names]
+    info = infos[taker]
+    kinds = {o["kind"]: o for o in info.outbox}
+    assert "held" in kinds and "channel" in kinds, info.outbox
+    held = kinds["held"]
+    assert held["name"] == "messages held for a live move's hand-over"
+    waiting = held["next_seq"] - held["delivered"]
+    assert waiting == held["rows"] >= 1  # a row per batch that held some
+    everything = sum(o["next_seq"] - o["delivered"] for o in info.outbox)
+    assert undelivered(info) == everything - waiting
+    names = [o["name"] for i in infos for o in i.outbox]
+    assert not [i for i in infos if i is not info
+                and any(o["kind"] == "held" for o in i.outbox)]
+    assert any(n.startswith("the channel to worker ") for n in names)
+    assert any(n.startswith("sink 0 of pipeline 'A'") for n in names), names
+    out = io.StringIO()
+    render([info], Console(file=out, width=240), None)
+    assert "messages held for a live move's hand-over" in out.getvalue()

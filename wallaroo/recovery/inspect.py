@@ -10,7 +10,8 @@ import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 
-from .errors import CorruptionError
+from . import sink_identities
+from .errors import CorruptionError, StoreError
 from .files import POSITION_SUFFIX, PositionFile, holder_status, worker_names
 
 
@@ -123,6 +124,7 @@ def inspect_db(path: str, limit: int | None = None) -> WorkerInfo:
                                 "delivered": delivered.get(sink, 0),
                                 "next_seq": next_seq.get(sink, 0)})
         info.outbox.sort(key=lambda o: o["sink"])
+        _name_destinations(conn, info)
         v2 = info.schema_version >= 2
         seen = "last_seen" if v2 else "NULL"
         info.streams = [{"source": s, "stream": n, "durable": c, "last_seen": t}
@@ -136,6 +138,36 @@ def inspect_db(path: str, limit: int | None = None) -> WorkerInfo:
         return info
     finally:
         conn.close()
+
+
+def _name_destinations(conn: sqlite3.Connection, info: WorkerInfo) -> None:
+    """Each outbox entry's ``name`` (a sink of a pipeline, or the channel
+    to a worker) and ``kind``: ``sink``, ``channel``, or ``held``, the
+    worker's own channel destination, which no channel sends: its rows are
+    messages a live move's taker holds until the hand-over arrives
+    (runtime/live_moves.py), not outputs waiting for delivery."""
+    try:
+        idents = sink_identities.read(conn, info.path)
+    except (sqlite3.Error, StoreError):  # before identities, or damaged
+        idents = {}
+    own = sink_identities.PEER_PREFIX + info.worker
+    for o in info.outbox:
+        ident = idents.get(o["sink"])
+        o["name"] = sink_identities.describe(ident, o["sink"])
+        if ident is None or not ident[0].startswith(sink_identities.PEER_PREFIX):
+            o["kind"] = "sink"
+        elif ident[0] == own:
+            o["kind"] = "held"
+            o["name"] = "messages held for a live move's hand-over"
+        else:
+            o["kind"] = "channel"
+
+
+def undelivered(info: WorkerInfo) -> int:
+    """Outputs and peer batches still to deliver (not the messages a live
+    move's taker holds)."""
+    return sum(max(0, o["next_seq"] - o["delivered"]) for o in info.outbox
+               if o.get("kind") != "held")
 
 
 def _position_status(path: str, commits: int) -> str:

@@ -8,7 +8,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from ..recovery.inspect import WorkerInfo
+from ..recovery.inspect import WorkerInfo, undelivered
 
 
 def _size(n: int | None) -> str:
@@ -37,7 +37,7 @@ def render(infos: list[WorkerInfo], console: Console, limit: int | None,
             f"{info.replay_from} ({info.next_lsn - info.replay_from} inputs to "
             f"replay after a crash)")
         if info.retired is not None:
-            waiting = sum(max(0, o["next_seq"] - o["delivered"]) for o in info.outbox)
+            waiting = undelivered(info)
             console.print(
                 f"[bold]retired[/bold] at {info.retired.get('at', '?')}: left the "
                 f"cluster in a rescale (now {', '.join(info.members or ['?'])}); "
@@ -81,7 +81,8 @@ def render(infos: list[WorkerInfo], console: Console, limit: int | None,
                     "next output"):
             out.add_column(col)
         for o in info.outbox:
-            out.add_row(str(o["sink"]), str(o["outputs"] or 0), str(o["rows"]),
+            out.add_row(f"{o['sink']}: {o.get('name', '')}", str(o["outputs"] or 0),
+                        str(o["rows"]),
                         _size(o["bytes"] or 0), str(o["delivered"]), str(o["next_seq"]))
         console.print(out)
         _render_streams(info, console, all_streams)
