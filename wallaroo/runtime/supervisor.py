@@ -81,8 +81,12 @@ class Supervisor:
         self.listeners: list[trio.SocketListener] = []
         self.sources: list[str] = []
         self.stopping = False
+        self.stop_asked = trio.Event()  # set with ``stopping``
         self.failure: str | None = None
         self.exit_codes: dict[str, int] = {}
+        # members that had died and waited for their restart when a stop
+        # came: with their databases they recover at the next start
+        self.restart_pending: set[str] = set()
         self._done = 0
         self._all_done = trio.Event()
         self.pausing = False  # the members stop for a rescale
@@ -209,9 +213,13 @@ class Supervisor:
             return 1
         if not self.resilience_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-        codes = list(self.exit_codes.values())
+        codes = [c for name, c in self.exit_codes.items()
+                 if name not in self.restart_pending]
         self.log.info("stopped: %s", ", ".join(
-            f"{name} {_status(code)}" for name, code in self.exit_codes.items()))
+            f"{name} down since it exited ({_status(code)}), its restart pending "
+            f"when the stop came: it recovers at the next start"
+            if name in self.restart_pending else f"{name} {_status(code)}"
+            for name, code in self.exit_codes.items()))
         if any(c not in (0, 3) for c in codes):  # an error, or killed
             return 1
         return 3 if 3 in codes else 0
@@ -317,7 +325,10 @@ class Supervisor:
             m.restarts += 1
             self.log.warning("worker %s exited (%s); restarting it in %.1fs",
                              m.name, _status(code), self.restart_delay)
-            await trio.sleep(self.restart_delay)
+            with trio.move_on_after(self.restart_delay):
+                await self.stop_asked.wait()  # a stop does not wait for it
+            if self.stopping:  # not restarted: the stop is as for the others
+                self.restart_pending.add(m.name)
 
     def _fail(self, why: str, nursery) -> None:
         self.failure = self.failure or why
@@ -477,6 +488,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        self.stop_asked.set()
         for ls in self.listeners:
             for listener in ls:
                 nursery.start_soon(listener.aclose)
