@@ -53,7 +53,8 @@ lock got ``SQLITE_BUSY`` and slept in SQLite's busy handler, which sleeps
 restart of 2 ms cost the commit 4 to 8 ms, and at 50,000 msgs/s the WAL
 passes ``wal_limit`` every round, so each round made such a commit, the
 paced benchmark's worst messages (benchmarks/README.md).  Now the thread's
-RESTART and the committing connection's transactions take turns on
+RESTART and the committing connection's writes (each commit's
+transaction, and the merge and vacuum steps after it) take turns on
 ``gate``, a plain lock: a commit waits exactly as long as the restart runs
 and never meets its lock, and the restart never meets a commit in flight
 (it fails only for readers).  The thread also runs a second PASSIVE
@@ -99,8 +100,8 @@ class Checkpointer:
         self.commits = 0  # commits so far (the committing thread counts)
         self._wake = threading.Event()
         self.lock = threading.Lock()  # held while checkpointing (see above)
-        # held by the committing connection's transactions and by the
-        # thread's RESTART, so that a commit waits for a restart exactly as
+        # held by the committing connection's writes and by the thread's
+        # RESTART, so that a commit waits for a restart exactly as
         # long as it runs ("The gate" above)
         self.gate = threading.Lock()
         self._stop = False
@@ -168,7 +169,7 @@ class Checkpointer:
                                 "PRAGMA wal_checkpoint(RESTART)").fetchone()
                         if not busy:
                             self.background_restarts += 1
-            except sqlite3.OperationalError as e:  # a commit held the lock
+            except sqlite3.OperationalError as e:  # a writer held the lock
                 log.debug("%s: background WAL restart deferred: %s", self.path, e)
             except sqlite3.Error as e:  # the commit path reports disk trouble
                 self.failures += 1

@@ -318,24 +318,30 @@ class SQLiteStore(PartitionReads):
         conn = self._conn
         if conn is None:
             raise StoreError(f"{self.path}: commit on a closed store")
+        cp = self._checkpointer
+        # every write of the committing connection (the transaction, then a
+        # merge or vacuum step, or a restart of the WAL) and the checkpoint
+        # thread's RESTART take turns on this lock (checkpointer.py, "The
+        # gate")
+        with (cp.gate if cp is not None else contextlib.nullcontext()):
+            self._commit(conn, rec, cp)
+
+    def _commit(self, conn: sqlite3.Connection, rec: CommitRecord,
+                cp: Checkpointer | None) -> None:
         rf = rec.replay_from
         commits = self._commits + 1
-        cp = self._checkpointer
-        # the checkpoint thread's RESTART waits for the transaction, and the
-        # transaction for it, on this lock (checkpointer.py, "The gate")
-        with (cp.gate if cp is not None else contextlib.nullcontext()):
-            conn.execute("BEGIN")
+        conn.execute("BEGIN")
+        try:
+            self._write_rows(conn, rec, rf)
+            self._write_control(conn, rec, rf, commits)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._new_class_ids.clear()
             try:
-                self._write_rows(conn, rec, rf)
-                self._write_control(conn, rec, rf, commits)
-                conn.execute("COMMIT")
-            except BaseException:
-                self._new_class_ids.clear()
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                raise
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
         if self._new_class_ids:
             self._class_ids.update(self._new_class_ids)
             self._new_class_ids.clear()
