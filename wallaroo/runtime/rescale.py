@@ -388,7 +388,7 @@ async def rescale_live(sup, secret_path: str) -> bool:
         if moves.read_plan(sup.resilience_dir) is not None or code == 0:
             sup.rescale_result = {"error": "the supervisor stopped during the "
                                            "rescale; see its log"}
-            sup.stopping = True
+            sup.stop_asked.set()
             return False
         sup.names, sup.n = old, len(old)  # nothing moved: the old members go on
         sup.rescale_result = {"error": "the rescale failed before anything moved "

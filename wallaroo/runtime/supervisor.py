@@ -80,8 +80,7 @@ class Supervisor:
         self.members = [Member(n) for n in self.names]
         self.listeners: list[trio.SocketListener] = []
         self.sources: list[str] = []
-        self.stopping = False
-        self.stop_asked = trio.Event()  # set with ``stopping``
+        self.stop_asked = trio.Event()  # a stop was asked (``stopping``)
         self.failure: str | None = None
         self.exit_codes: dict[str, int] = {}
         # members that had died and waited for their restart when a stop
@@ -99,6 +98,10 @@ class Supervisor:
         self.rescale_state: dict | None = None
         self.generation_ready = trio.Event()  # set when the members are ready
         self._gen = self._outer = None  # the nurseries: members', everything
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_asked.is_set()
 
     # -- setup -----------------------------------------------------------
     def _secret(self) -> str:
@@ -487,7 +490,6 @@ class Supervisor:
     def _stop_all(self, nursery) -> None:
         if self.stopping:
             return
-        self.stopping = True
         self.stop_asked.set()
         for ls in self.listeners:
             for listener in ls:
