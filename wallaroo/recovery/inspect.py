@@ -150,13 +150,13 @@ def _name_destinations(conn: sqlite3.Connection, info: WorkerInfo) -> None:
         idents = sink_identities.read(conn, info.path)
     except (sqlite3.Error, StoreError):  # before identities, or damaged
         idents = {}
-    own = sink_identities.PEER_PREFIX + info.worker
+    own = tuple(sink_identities.peer_identity(info.worker))
     for o in info.outbox:
         ident = idents.get(o["sink"])
         o["name"] = sink_identities.describe(ident, o["sink"])
         if ident is None or not ident[0].startswith(sink_identities.PEER_PREFIX):
             o["kind"] = "sink"
-        elif ident[0] == own:
+        elif ident == own:
             o["kind"] = "held"
             o["name"] = "messages held for a live move's hand-over"
         else:
