@@ -168,14 +168,19 @@ a_crash = st.tuples(st.integers(0, 2), st.integers(0, 3), st.booleans())
        keys=st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True),
        move_total=st.booleans(),
        taker_shift=st.integers(1, 2), entry=st.integers(0, 2),
-       crashes=st.lists(a_crash, max_size=3))
+       crashes=st.lists(a_crash, max_size=3),
+       cache=st.sampled_from([None, None, 1, 3]))
 def test_a_live_move_with_crashes_at_any_step_keeps_every_state(
-        a1, a2, a3, b, keys, move_total, taker_shift, entry, crashes):
+        a1, a2, a3, b, keys, move_total, taker_shift, entry, crashes, cache):
     """Pipeline A's input enters through one worker (``entry``: the
     giver, the taker or a bystander): the order of a key's messages is
-    promised along one route only (DESIGN.md §6)."""
+    promised along one route only (DESIGN.md §6).  ``cache``: the
+    workers' --state-cache (None: every partition in memory); with one,
+    moving partitions are handed over from the store and taken into it
+    without being loaded."""
     d = tempfile.mkdtemp(prefix="wallaroo-live-move-")
-    c = ClusterDriver(m, NAMES, resilience_dir=d, checkpoint_max=2)
+    c = ClusterDriver(m, NAMES, resilience_dir=d, checkpoint_max=2,
+                      state_cache=cache)
     try:
         c.start_all()
         _feed(c, a1, at=entry)
@@ -190,7 +195,7 @@ def test_a_live_move_with_crashes_at_any_step_keeps_every_state(
         taker = (giver + taker_shift) % 3
         a, t = c.names[giver], c.names[taker]
         note(f"move {groups} from {a} to {t}, input at {c.names[entry]}; "
-             f"crashes {crashes}")
+             f"crashes {crashes}; state cache {cache}")
 
         def crash_at(step: int, after: bool):
             for who, when, aft in crashes:
@@ -302,3 +307,59 @@ def test_inspect_tells_held_messages_from_outputs_to_deliver(cluster, tmp_path):
     out = io.StringIO()
     render([info], Console(file=out, width=240), None)
     assert "messages held for a live move's hand-over" in out.getvalue()
+
+
+def test_a_move_with_a_state_cache_loads_none_of_the_moved_partitions(
+        tmp_path, monkeypatch):
+    """With --state-cache, the giver hands over its stored partitions as
+    the bytes it stores them as, and the taker stores them as they came
+    (docs/cluster.md, "Moving key groups live"): neither loads a moved
+    partition that is not in its memory, the taker's memory stays within
+    its cache, and every key's state is right, after the move and after a
+    restart of every worker."""
+    from wallaroo.runtime.states import StateSpace
+    loads = Counter()
+    for name in ("_load", "_unstore"):
+        real = getattr(StateSpace, name)
+
+        def counted(self, *args, real=real, name=name, **kw):
+            loads[name] += 1
+            return real(self, *args, **kw)
+        monkeypatch.setattr(StateSpace, name, counted)
+    cache = 4
+    c = ClusterDriver(m, NAMES, resilience_dir=str(tmp_path), state_cache=cache)
+    c.start_all()
+    a1 = [(k, v, 0, 0) for v in (1, 2) for k in range(200)]
+    _feed(c, a1)
+    c.run_until_quiet()
+    owners = c.drivers[0].core.placement.owners
+    giver = Counter(owners[_group(c, "counts", k)]
+                    for k in range(200)).most_common(1)[0][0]
+    groups = sorted({_group(c, "counts", k) for k in range(200)
+                     if owners[_group(c, "counts", k)] == giver})
+    moved = [k for k in range(200) if _group(c, "counts", k) in groups]
+    taker = (giver + 1) % 3
+    kept = c.drivers[giver].core.spaces["counts"].parts
+    in_memory = sum(1 for k in moved if k in kept)
+    assert len(moved) >= 40 and in_memory <= cache
+    loads.clear()
+    c.live_move(groups, giver, taker)
+    assert loads == Counter(), "a moved partition was loaded"
+    counts = c.drivers[taker].core.spaces["counts"]
+    assert len(counts.parts) <= cache
+    with sqlite3.connect(moves.db_file(str(tmp_path), NAMES[taker])) as conn:
+        (stored,) = conn.execute("SELECT count(*) FROM partitions p JOIN "
+                                 "snapshots s USING (pid) WHERE p.state='counts'"
+                                 ).fetchone()
+    assert stored >= len(moved)
+    # the moved keys go on from their moved states, on the taker
+    a2 = [(k, 7, 0, 0) for k in moved[:10]]
+    _feed(c, a2, at=taker)
+    c.run_until_quiet()
+    assert loads["_load"] >= 10
+    _check(c, a1 + a2, [], str(tmp_path))
+    for i in range(3):
+        c.crash(i)
+        c.start(i)
+    c.run_until_quiet()
+    _check(c, a1 + a2, [], str(tmp_path))

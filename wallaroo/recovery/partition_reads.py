@@ -185,29 +185,39 @@ class PartitionReads:
         and tools)."""
         return reading.all_partitions(self._conn, self.path)
 
-    def keys_in_groups(self, state: str, groups) -> list:
-        """(pid, key) of the stored partitions of ``state`` in key groups
-        ``groups`` (a live move hands them over: runtime/live_moves.py)."""
+    def stored_in_groups(self, state: str, groups) -> list:
+        """(PartitionRow, key, SnapshotRow or None) of the stored partitions
+        of ``state`` in key groups ``groups``, each checked: a live move
+        hands them over as the bytes they are stored as, without loading
+        them (runtime/live_moves.py).  A snapshot's ``classes`` are the
+        class references it recorded."""
         marks = ",".join("?" * len(groups))
         # a connection of its own: commits may be under way on the store's
         conn = self._reader()
+        out = []
         try:
-            rows = conn.execute(
-                f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
-                f"WHERE p.state=? AND p.key_group IN ({marks}) ORDER BY p.pid",
-                (state, *groups)).fetchall()
+            sets = {cid: tuple(text.split("\n")) if text else ()
+                    for cid, text in conn.execute(
+                        "SELECT id, refs FROM snapshot_classes")}
+            for cols in conn.execute(
+                    f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+                    f"WHERE p.state=? AND p.key_group IN ({marks}) ORDER BY p.pid",
+                    (state, *groups)).fetchall():
+                prow = reading.partition_row(self.path, cols)  # checksum checked
+                snap = reading.snapshot_row(conn, self.path, prow, cols)
+                if snap is not None:
+                    snap.classes = sets.get(cols[-1], ())
+                try:
+                    key = snapshots.loads(prow.key)
+                except Exception as e:
+                    raise CorruptionError(
+                        f"{self.path}: cannot load the key of partition "
+                        f"{prow.pid} (state {state!r}): {type(e).__name__}: "
+                        f"{e}") from e
+                out.append((prow, key, snap))
         finally:
             conn.close()
             self._readers.remove(conn)
-        out = []
-        for cols in rows:
-            prow = reading.partition_row(self.path, cols)  # its checksum checked
-            try:
-                out.append((prow.pid, snapshots.loads(prow.key)))
-            except Exception as e:
-                raise CorruptionError(
-                    f"{self.path}: cannot load the key of partition {prow.pid} "
-                    f"(state {state!r}): {type(e).__name__}: {e}") from e
         return out
 
     def keys_of(self, state: str):

@@ -139,8 +139,9 @@ HAND_OVER = b"H"
 class HandOver:
     """What a live move's giver sends its taker in one peer batch
     (runtime/live_moves.py): the moving key groups and their partitions as
-    (state, pickled key, snapshot blob, pickler).  It counts as one message
-    (it gets one lsn in the taker's log)."""
+    (state, pickled key, snapshot blob, pickler, class references); a
+    hand-over written before the references were sent has 4-tuples.  It
+    counts as one message (it gets one lsn in the taker's log)."""
 
     __slots__ = ("epoch", "groups", "giver", "partitions")
 

@@ -177,6 +177,8 @@ class Checkpoints:
                 snaps.append(SnapshotRow(pids[key], lsn, blob, pickler, refs))
                 tracker.clean(space, key)
         number = self.records + 1  # the record these rows go in (_record)
+        if self._taken_stored:  # a live move's take (live_moves.py)
+            new_rows.extend(self._stored_rows(number, snaps))
         for space, key in cold:
             if key in space.dirty:  # a guard: unsaved changes never leave memory
                 continue
@@ -200,7 +202,7 @@ class Checkpoints:
         self.next_pid += 1
         space.pids[key] = pid
         h = stable_hash(key)
-        return PartitionRow(pid, space.name, blob, _key_repr(key), lsn,
+        return PartitionRow(pid, space.name, blob, key_repr(key), lsn,
                             space.group_of(key, h), h)
 
     def _checkpoint_due(self, now: float) -> bool:
@@ -225,6 +227,6 @@ class Checkpoints:
         return is_held
 
 
-def _key_repr(key) -> str:
+def key_repr(key) -> str:
     r = repr(key)
     return r if len(r) <= 200 else r[:197] + "..."

@@ -38,8 +38,11 @@ from typing import Any
 
 from ..recovery import checked_meta, ownership, snapshots
 from ..recovery.errors import StoreError
-from ..recovery.records import CommitRecord, OutputRow
+from ..recovery.records import CommitRecord, OutputRow, PartitionRow, SnapshotRow
 from .channels import HandOver
+from .checkpoints import key_repr
+from .placement import stable_hash
+from .states import StoredState
 
 KEEP_EPOCHS = 64  # moves whose answers a worker remembers (asked again)
 
@@ -63,6 +66,8 @@ class LiveMoves:
         self.deferred_units: list[bytes] = []  # peer batches waiting (taker)
         self._meta_pending: dict[str, str] = {}
         self._must_save: dict = {}  # space -> keys this commit snapshots
+        # partitions a take keeps as bytes: (space, key, StoredState, row)
+        self._taken_stored: list = []
 
     # -- loading -----------------------------------------------------------
     def _load_live(self, body: dict | None) -> None:
@@ -235,16 +240,19 @@ class LiveMoves:
                                 f"groups {wrong[:5]} of move {epoch}: it does "
                                 f"not own them")
         moving = set(groups)
-        parts: list[tuple[str, bytes, bytes, str]] = []
+        parts: list[tuple[str, bytes, bytes, str, tuple]] = []
         deleted: list[int] = []
         for space in self.spaces.values():
-            for key, pid in self._partitions_in(space, moving):
-                state = space.peek(key)
-                blob, pickler, _ = snapshots.dumps_state(
-                    state, space.describe_key(key), self.app.serializer)
-                kblob = space.key_blobs.get(key) or snapshots.dumps(
-                    key, f"partition key {key!r} of state {space.name!r}")[0]
-                parts.append((space.name, kblob, blob, pickler))
+            for key, pid, stored in self._partitions_in(space, moving):
+                if stored is None:  # in memory: its state now
+                    blob, pickler, refs = snapshots.dumps_state(
+                        space.peek(key), space.describe_key(key),
+                        self.app.serializer)
+                    kblob = space.key_blobs.get(key) or snapshots.dumps(
+                        key, f"partition key {key!r} of state {space.name!r}")[0]
+                    parts.append((space.name, kblob, blob, pickler, refs))
+                else:  # stored (and clean): its bytes, not loaded
+                    parts.append((space.name, *stored))
                 if pid is not None:
                     deleted.append(pid)
                 self._forget_partition(space, key)
@@ -265,20 +273,29 @@ class LiveMoves:
         return self._record(outputs=[row], partitions=new_rows, snapshots=snaps,
                             deleted=deleted, next_out_seq={dest: seq + 1})
 
-    def _partitions_in(self, space, moving: set) -> list[tuple[Any, int | None]]:
-        """(key, pid) of every partition of ``space`` in the groups
-        ``moving``: in memory, leaving it, or in the store."""
+    def _partitions_in(self, space, moving: set) -> list[tuple[Any, int | None, Any]]:
+        """(key, pid, stored) of every partition of ``space`` in the groups
+        ``moving``: in memory, leaving it, or in the store.  ``stored``, for
+        one that is not in memory: (pickled key, snapshot, pickler, class
+        references) as the store holds it, so it moves without being
+        loaded; None for one in memory (or stored without a snapshot)."""
         group_of = space.group_of
         found: dict = {}
-        for key in list(space.parts) + list(space.leaving):
+        pids = space.pids
+        for key in space.parts:
+            if group_of(key) in moving:
+                found[key] = (pids.get(key), None)
+        for key, (state, pid, _) in space.leaving.items():
             if key not in found and group_of(key) in moving:
-                found[key] = space.pids.get(key) if key in space.parts \
-                    else space.leaving[key][1]
-        keys_in_groups = getattr(self.store, "keys_in_groups", None)
-        if keys_in_groups is not None:
-            for pid, key in keys_in_groups(space.name, sorted(moving)):
-                found.setdefault(key, pid)
-        return list(found.items())
+                found[key] = (pid, (state.kblob, state.blob, state.pickler, state.refs)
+                              if type(state) is StoredState else None)
+        stored_in_groups = getattr(self.store, "stored_in_groups", None)
+        if stored_in_groups is not None:
+            for prow, key, snap in stored_in_groups(space.name, sorted(moving)):
+                if key not in found:
+                    found[key] = (prow.pid, None if snap is None else (
+                        prow.key, snap.blob, snap.pickler, snap.classes))
+        return [(key, pid, stored) for key, (pid, stored) in found.items()]
 
     def _forget_partition(self, space, key) -> None:
         self.tracker.clean(space, key)
@@ -306,13 +323,20 @@ class LiveMoves:
                 + ("waits for none" if d is None else
                    f"waits for move {d['epoch']}"))
         lsn = self.ctx.base + self.ctx.cell[0]
-        for state, kblob, blob, pickler in h.partitions:
+        for state, kblob, blob, pickler, *refs in h.partitions:
             space = self.spaces[state]
             key = snapshots.loads(kblob)
-            if key in space.parts or space.pids.get(key) is not None:
+            if key in space.parts or key in space.leaving \
+                    or space.pids.get(key) is not None:
                 raise LiveMoveError(
                     f"worker {self.name!r}: move {h.epoch} hands over "
                     f"{space.describe_key(key)}, which this worker holds already")
+            if space.recent is not None and space.spec.next_fire is None:
+                # a state cache: into the store as it came, not into memory
+                # (a window state's partitions all stay in memory)
+                self._take_stored(space, key, StoredState(
+                    kblob, blob, pickler, refs[0] if refs else None, lsn))
+                continue
             space._place(key, snapshots.loads(blob, pickler, self.app.serializer),
                          None)
             space.key_blobs[key] = kblob
@@ -339,3 +363,39 @@ class LiveMoves:
                 self._must_save.setdefault(space, set()).update(space.touched)
         self.taken.append(h.epoch)
         self._save_live()
+
+    def _take_stored(self, space, key, stored: StoredState) -> None:
+        """A handed-over partition kept as bytes until its commit lands
+        (``StoredState``); its rows join the take's commit
+        (``_stored_rows``)."""
+        pid = self.next_pid
+        self.next_pid += 1
+        h = stable_hash(key)
+        row = PartitionRow(pid, space.name, stored.kblob, key_repr(key),
+                           stored.lsn, space.group_of(key, h), h)
+        space.leaving[key] = (stored, pid, None)
+        self._taken_stored.append((space, key, stored, row))
+
+    def _stored_rows(self, number: int, snaps: list[SnapshotRow]) -> list[PartitionRow]:
+        """The rows of the partitions a take kept as bytes, for its commit
+        (record ``number``): each partition's row, and its snapshot as it
+        came unless a message loaded it meanwhile and ``snaps`` holds a
+        newer one.  Until the commit lands, ``leaving`` finds them."""
+        rows: list[PartitionRow] = []
+        newer = {s.pid for s in snaps}
+        for space, key, stored, row in self._taken_stored:
+            rows.append(row)
+            if row.pid in newer:
+                continue
+            refs = stored.refs
+            if refs is None:  # from a giver that did not send them
+                refs = (() if stored.pickler == snapshots.APPLICATION
+                        else snapshots.pickle_refs(stored.blob))
+            snaps.append(SnapshotRow(row.pid, stored.lsn, stored.blob,
+                                     stored.pickler, refs))
+            entry = space.leaving.get(key)
+            if entry is not None and entry[0] is stored:
+                space.leaving[key] = (stored, row.pid, number)
+                self._leaving.append((number, space, key))
+        self._taken_stored = []
+        return rows

@@ -29,6 +29,22 @@ class PartitionKeyError(Exception):
 GROUP_CACHE_MAX = 1 << 20  # keys whose group is remembered
 
 
+class StoredState:
+    """A partition a live move handed this worker, kept as the bytes it
+    came in (its snapshot as of lsn ``lsn``) in ``StateSpace.leaving`` until
+    the commit that stores it lands, instead of being loaded
+    (runtime/live_moves.py): with a state cache, a move of many partitions
+    does not bring them all into memory.  ``create`` loads it if a message
+    needs it sooner."""
+
+    __slots__ = ("kblob", "blob", "pickler", "refs", "lsn")
+
+    def __init__(self, kblob: bytes, blob: bytes, pickler: str, refs: tuple,
+                 lsn: int):
+        self.kblob, self.blob, self.pickler = kblob, blob, pickler
+        self.refs, self.lsn = refs, lsn
+
+
 class StateSpace:
     """All partitions of one state name on this worker."""
 
@@ -87,8 +103,14 @@ class StateSpace:
         if self.leaving:
             back = self.leaving.pop(key, None)
             if back is not None:
-                self._place(key, back[0], back[1])
-                return back[0]
+                state = back[0]
+                if type(state) is StoredState:
+                    self.snap_lsn[key] = state.lsn
+                    state = self._unstore(key, state)
+                    state = inline_copy(state, 1)  # attribute_layout.py
+                    self.loaded += 1
+                self._place(key, state, back[1])
+                return state
         if self.finder is not None:
             found = self._load(key)
             if found is not None:
@@ -103,6 +125,8 @@ class StateSpace:
             return self.parts[key]
         back = self.leaving.get(key)
         if back is not None:
+            if type(back[0]) is StoredState:
+                return self._unstore(key, back[0])
             return back[0]
         if self.finder is not None:
             state = self._load(key, place=False)
@@ -118,6 +142,15 @@ class StateSpace:
             self.pids[key] = pid
         if self.recent is not None:
             self.recent[(self, key)] = None
+
+    def _unstore(self, key: Any, stored: StoredState) -> Any:
+        try:
+            return snapshots.loads(stored.blob, stored.pickler, self.serializer)
+        except Exception as e:
+            raise StoreError(
+                f"cannot load the snapshot of {self.describe_key(key)}, handed "
+                f"over by a live move: {type(e).__name__}: {e} (was the state "
+                f"class renamed or moved?)") from e
 
     def _load(self, key: Any, place: bool = True) -> Any:
         """The stored partition of ``key`` (None: there is none), found by
