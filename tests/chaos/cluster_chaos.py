@@ -293,13 +293,13 @@ def chaos_main(module: str, doc: str, options: dict[str, int], run_fn,
     the command that repeats the run, and the run's summary."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     for name, default in options.items():
-        ap.add_argument(f"--{name}", type=int, default=default)
+        ap.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--json")
     a = ap.parse_args(argv)
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     values = [getattr(a, name) for name in options]
-    flags = " ".join(f"--{n} {v}" for n, v in zip(options, values))
+    flags = " ".join(f"--{n.replace('_', '-')} {v}" for n, v in zip(options, values))
     print(f"{module.rsplit('.', 1)[-1].replace('_', ' ')}: seed {seed}; command: "
           f"python -m {module} {flags} --seed {seed}")
     res = run_fn(*values, seed)

@@ -11,6 +11,7 @@ repeat-free; each (key, total) of the votes once, and the last total of
 every key equal to its votes.
 
     python -m tests.chaos.live_move_chaos --messages 20000 --votes 20000 --moves 6
+    python -m tests.chaos.live_move_chaos --moves 15 --state-cache 20
 """
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ def half_move_at(addresses: dict[str, tuple[str, int]], secret: bytes,
 
 
 def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1500,
-        seed: int | None = None, workdir: str | None = None,
+        state_cache: int = 0, seed: int | None = None, workdir: str | None = None,
         say=print, then_grow: bool = False) -> LiveMoveChaosResult:
-    """``then_grow``: after the moves, one is left half done (switched,
-    never handed over) and ``wallaroo cluster grow`` runs: it finishes the
-    move before it drains."""
+    """``state_cache``: the workers' ``--state-cache`` (0: none), so moved
+    partitions go from store to store without being loaded;
+    ``then_grow``: after the moves, one is left half done (switched, never
+    handed over) and ``wallaroo cluster grow`` runs: it finishes the move
+    before it drains."""
     rnd = random.Random(seed)
     workdir = workdir or tempfile.mkdtemp(prefix="wallaroo-live-move-chaos-")
     out = os.path.join(workdir, "received.bin")
@@ -104,6 +107,8 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
     receiver = start_receiver(workdir, sink, out)
     c = Cluster(workdir, sink, [free_port(), free_port()])
     c.workers = 3
+    if state_cache:
+        c.extra = ("--state-cache", str(state_cache))
     senders: list[Proc] = []
 
     def event(text: str) -> None:
@@ -185,7 +190,8 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
 
 def main(argv=None) -> int:
     return chaos_main("tests.chaos.live_move_chaos", __doc__,
-                      {"messages": 20000, "votes": 20000, "moves": 6, "rate": 1500},
+                      {"messages": 20000, "votes": 20000, "moves": 6, "rate": 1500,
+                       "state_cache": 0},
                       run, argv)
 
 

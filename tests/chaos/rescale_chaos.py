@@ -63,13 +63,14 @@ class Cluster:
         self.state = os.path.join(workdir, "state")
         self.sup: Proc | None = None
         self.workers = 2
+        self.extra: tuple[str, ...] = ()  # more options of the workers
 
     def start(self) -> None:
         self.sup = Proc(wallaroo(
             "run", APP, "--in", ",".join(f"127.0.0.1:{p}" for p in self.sources),
             "--out", f"127.0.0.1:{self.sink}", "--workers", str(self.workers),
             "--resilience-dir", self.state, "--resumable-sinks",
-            "--checkpoint-interval", "0.5", "--restart-delay", "2"),
+            "--checkpoint-interval", "0.5", "--restart-delay", "2", *self.extra),
             os.path.join(self.workdir, "supervisor.log"))
         self.sup.wait_for(r"^ready workers=", 120)
 

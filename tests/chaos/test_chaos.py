@@ -170,6 +170,18 @@ def test_live_moves_with_sigkills_of_any_party_lose_nothing(tmp_path):
     assert any(e.startswith("grow: rescaled") for e in res.events), res.summary()
 
 
+def test_live_moves_of_lazily_loaded_state_with_sigkills_lose_nothing(tmp_path):
+    """The same with ``--state-cache 20`` (1,000 vote keys and the windows'
+    keys on 3 workers): moved partitions go from the giver's store to the
+    taker's without being loaded, while parties are SIGKILLed."""
+    from .live_move_chaos import run as live_run
+    res = live_run(messages=6000, votes=6000, moves=4, rate=1500, state_cache=20,
+                   seed=78, workdir=str(tmp_path))
+    print(res.summary())
+    assert res.ok, res.summary()
+    assert res.moves_done >= 2, res.summary()
+
+
 @pytest.mark.slow
 def test_long_live_move_chaos_run(tmp_path):
     from .live_move_chaos import run as live_run
