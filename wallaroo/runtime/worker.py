@@ -185,6 +185,7 @@ class Worker(CommitPath):
         self.recovery = None
         self.commits = 0
         self.thread_commits = 0  # of them, those run in the commit thread
+        self.in_hand = 0  # batches sent to the committer, not yet released
         self.longest_commit = 0.0
         self.longest_stall = 0.0  # of the event loop (_watch_loop)
         self._stalls_since = "the start"  # the longest_* maxima's (SIGUSR1)
@@ -559,6 +560,7 @@ class Worker(CommitPath):
                 if self.live is not None and self.live.ops:  # between batches
                     batch = self.live.next_batch()
                     if batch is not None:
+                        self.in_hand += 1
                         await send_batches.send(batch)
                         await trio.sleep(0)
                     continue
@@ -601,9 +603,12 @@ class Worker(CommitPath):
                         continue
                 else:
                     continue
-                await send_batches.send(batch)
-                # let the committer start this batch's commit thread before
-                # the next batch is computed (threads.py says why)
+                if not self.committed_in_place(batch):  # commit_path.py
+                    self.in_hand += 1
+                    await send_batches.send(batch)
+                # let the committer start this batch's commit thread (or the
+                # sinks write its outputs) before the next batch is computed
+                # (threads.py says why)
                 await trio.sleep(0)
         done.set()
 
