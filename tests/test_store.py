@@ -969,3 +969,41 @@ def test_a_newer_schema_is_refused(filled):
         conn.execute(f"PRAGMA user_version={len(schema.MIGRATIONS)}")
     with opened(filled) as (store, rec):  # lock released, data intact
         assert_matches(store, rec, model_of(sample_records()[0]))
+
+
+def test_the_size_a_position_records_is_never_more_than_the_files(res_dir,
+                                                                   monkeypatch):
+    """A commit reuses the database size taken at most SIZE_EVERY seconds
+    before (sqlite_store.py): while the file grows, the position file
+    never says it was larger than it is (a restart would take that for a
+    truncation), and once SIZE_EVERY has passed it records the size
+    again."""
+    from wallaroo.recovery import sqlite_store
+    from wallaroo.recovery.files import PositionFile
+    from wallaroo.recovery.records import InputRow
+    clock = [1000.0]
+    monkeypatch.setattr(sqlite_store.time, "monotonic", lambda: clock[0])
+    frames = b"\x00\x00\x00\x04abcd" * 2000
+    with opened(res_dir) as (store, _):
+        pos_file = PositionFile(store.path)
+        lsn = 0
+        sizes = set()
+        for i in range(60):
+            store.commit(CommitRecord(
+                number=i + 1, inputs=[InputRow(lsn, "words", None, None, 2000,
+                                               frames)],
+                next_lsn=lsn + 2000, replay_from=0))
+            lsn += 2000
+            if i % 10 == 9:  # the file grows as pages are copied into it
+                with contextlib.closing(sqlite3.connect(store.path)) as c:
+                    c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            pos = pos_file.read()
+            assert pos.db_size <= os.path.getsize(store.path)
+            assert (pos.commits, pos.next_lsn) == (i + 1, lsn)
+            sizes.add(pos.db_size)
+        (first,) = sizes  # taken once, at the open: the clock stood still
+        assert os.path.getsize(store.path) > first + 1000 * 1000
+        clock[0] += sqlite_store.SIZE_EVERY
+        store.commit(CommitRecord(number=61, next_lsn=lsn, replay_from=0))
+        pos = pos_file.read()
+        assert first + 1000 * 1000 < pos.db_size <= os.path.getsize(store.path)

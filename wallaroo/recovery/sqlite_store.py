@@ -42,6 +42,15 @@ SYNCHRONOUS = ("NORMAL", "FULL")
 # state of any size stays under SQLite's blob limit (1e9 bytes by default).
 # The environment variable lowers it for tests of the split.
 PART_BYTES = int(os.environ.get("WALLAROO_SNAPSHOT_PART_BYTES", 64 * 1024 * 1024))
+# The position file records the database's size after each commit
+# (files.py: a file found smaller at the next start was truncated).  Taking
+# it (a stat, and ``PRAGMA page_count`` when the database vacuums) was a
+# fifth of a small commit's time, so a commit reuses the size taken at
+# most this many seconds before: the file and its pages only grow between
+# two vacuum steps, each of which takes it afresh, so the size recorded
+# is never more than the file's (a truncation of only the last moment's
+# growth is left to the commit and lsn checks).
+SIZE_EVERY = 0.1
 
 
 def db_path(directory: str, worker: str) -> str:
@@ -82,6 +91,7 @@ class SQLiteStore(PartitionReads):
         self._class_ids: dict[tuple, int] = {}  # class references -> set id
         self._new_class_ids: dict[tuple, int] = {}  # in the commit under way
         self._last_next_lsn = 0
+        self._size, self._size_due = 0, 0.0  # the last size taken (SIZE_EVERY)
         self._vacuums = False  # the database vacuums incrementally
         self._page_bytes = 4096  # its page size (read at open)
         self._keys: KeyIndex | None = None  # the key index (key_index.py)
@@ -368,7 +378,7 @@ class SQLiteStore(PartitionReads):
         for s, d in rec.delivered.items():
             if d > self._delivered.get(s, 0):
                 self._delivered[s] = d
-        self._write_position(rec.next_lsn)
+        self._write_position(rec.next_lsn, fresh=False)
         quiet = not rec.inputs
         if self._merges and self._keys.due(quiet):
             self._merge_step(quiet)
@@ -542,14 +552,19 @@ class SQLiteStore(PartitionReads):
                 conn.execute("DELETE FROM outbox WHERE sink=? AND first_seq < ? "
                              "AND first_seq + count <= ?", (self._sink_ids[s], d, d))
 
-    def _write_position(self, next_lsn: int) -> None:
+    def _write_position(self, next_lsn: int, fresh: bool = True) -> None:
+        """The position after a commit; ``fresh``: its database size taken
+        now, not reused (``SIZE_EVERY``)."""
         self._last_next_lsn = next_lsn
-        size = self._lock.size()
-        if self._conn is not None and self._vacuums:
-            # no more than the database as of this commit: a checkpoint
-            # truncates the file to that after a vacuum step (vacuum.py)
-            size = min(size, vacuum.logical_size(self._conn, self._page_bytes))
-        self._position.write(Position(self._commits, next_lsn, size))
+        now = time.monotonic()
+        if fresh or now >= self._size_due:
+            size = self._lock.size()
+            if self._conn is not None and self._vacuums:
+                # no more than the database as of this commit: a checkpoint
+                # truncates the file to that after a vacuum step (vacuum.py)
+                size = min(size, vacuum.logical_size(self._conn, self._page_bytes))
+            self._size, self._size_due = size, now + SIZE_EVERY
+        self._position.write(Position(self._commits, next_lsn, self._size))
 
     def close(self, update_position: bool = True) -> None:
         for reader in self._readers:
