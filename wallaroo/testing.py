@@ -46,9 +46,11 @@ class Driver:
                  max_frame: int | None = None, members: list[str] | None = None,
                  state_cache: int | None = None,
                  event_clock: Callable[[], int] | None = None,
-                 save_state_interval: float = 0.0):
+                 save_state_interval: float = 0.0,
+                 membership: dict | None = None):
         """``event_clock``: the ingest time (ns) each batch gets, for the
-        0.6 API's windows (default: ``time.time_ns``)."""
+        0.6 API's windows (default: ``time.time_ns``); ``membership``: a
+        new member's, joining a running cluster (``ClusterDriver.grow``)."""
         self.event_clock = event_clock
         self.args = list(args or [])
         if isinstance(app, AppSpec):
@@ -66,6 +68,8 @@ class Driver:
                             save_state_interval=save_state_interval)
         if max_frame is not None:
             self.options["max_frame"] = max_frame
+        if membership is not None:
+            self.options["membership"] = membership
         self._now = 0.0
         self.clock = clock or (lambda: self._now)
         self.core: WorkerCore | None = None
@@ -258,6 +262,19 @@ class Driver:
         self._deliver(record.outputs)
         return True
 
+    def add_members(self, members: list[str],
+                    crash_before_commit: bool = False) -> bool:
+        """This worker takes new members (live_members.py; False: it
+        crashed before the commit).  Its restarts use them too."""
+        self.options["members"] = list(members)
+        record = self._core().live_add_members(members)
+        if crash_before_commit:
+            self.crash()
+            return False
+        if record is not None:
+            self.store.commit(record)
+        return True
+
     def peer_count(self, sender: str) -> int:
         """Peer batches from ``sender`` this worker holds durably."""
         return self._core().stream_counts.get(("peer", f"peer:{sender}"), 0)
@@ -307,12 +324,43 @@ class ClusterDriver:
         from .runtime.rescale import next_names
         self.names = list(workers) if isinstance(workers, (list, tuple)) else \
             next_names(["initializer"], workers - 1)
-        self.drivers = [Driver(app, args=args, resilience_dir=os.path.join(
-            resilience_dir, ""), worker_name=name, members=self.names, **options)
-            for name in self.names]
+        self._app, self._args, self._options = app, args, options
+        self._dir = os.path.join(resilience_dir, "")
+        self.drivers = [Driver(app, args=args, resilience_dir=self._dir,
+                               worker_name=name, members=self.names, **options)
+                        for name in self.names]
 
     def start(self, i: int, **kw) -> RecoveryReport:
         return self.drivers[i].start(**kw)
+
+    def grow(self, count: int = 1, crash_before_commit: tuple[int, ...] = ()
+             ) -> list[int]:
+        """The running cluster takes ``count`` new members: every live
+        worker commits the grown membership (``crash_before_commit``: these
+        die instead, and take it when they start again; a worker down
+        takes it when it starts), then the new members start with it.
+        Nothing moves: ``live_move`` gives them key groups.  Returns the
+        new members' indexes."""
+        from .runtime.rescale import next_names
+        names = next_names(self.names, count)
+        membership = None
+        for i, d in enumerate(self.drivers):
+            if d.core is None:
+                d.options["members"] = list(names)
+                continue
+            if d.add_members(names, crash_before_commit=i in crash_before_commit):
+                membership = d.core.membership
+        if membership is None:
+            raise RuntimeError("no worker took the new members")
+        first = len(self.drivers)
+        for name in names[first:]:
+            d = Driver(self._app, args=self._args, resilience_dir=self._dir,
+                       worker_name=name, members=list(names), membership=membership,
+                       **self._options)
+            self.drivers.append(d)
+            d.start()
+        self.names = list(names)
+        return list(range(first, len(names)))
 
     def start_all(self) -> None:
         for i in range(len(self.drivers)):

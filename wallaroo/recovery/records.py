@@ -263,13 +263,19 @@ class CommitRecord:
     # partitions (pids) this commit deletes, with their snapshots: those a
     # live move handed to another worker
     deleted: list[int] = field(default_factory=list)
+    # destinations added after the application's (a member that joined a
+    # running cluster: the channel to it), as identities (pipeline,
+    # position), appended in order; ``fingerprint``: the application's
+    # fingerprint with them, saved with them
+    new_destinations: list[tuple[str, int]] = field(default_factory=list)
+    fingerprint: dict | None = None
 
     def is_empty(self) -> bool:
         return not (self.inputs or self.outputs or self.partitions
                     or self.snapshots or self.streams or self.delivered
                     or self.pending is not None or self.pending_consumed
                     or self.forget_streams or self.sink_bases or self.meta
-                    or self.deleted)
+                    or self.deleted or self.new_destinations)
 
 
 @dataclass

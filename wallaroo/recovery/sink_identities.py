@@ -135,6 +135,28 @@ def map_sinks(conn: sqlite3.Connection, path: str, old_fp: dict | None,
     return ids
 
 
+def add(conn: sqlite3.Connection, path: str, identities) -> list[int]:
+    """Ids for destinations added while the worker runs (a new member's
+    channel), inside the caller's transaction: an identity known already
+    keeps its id."""
+    idents = read(conn, path)
+    by_ident = {v: k for k, v in idents.items()}
+    known = {sid for (sid,) in conn.execute("SELECT sink FROM sinks")}
+    next_id = max([*idents, *known], default=-1) + 1
+    ids = []
+    for pipeline, position in identities:
+        ident = (str(pipeline), int(position))
+        sid = by_ident.get(ident)
+        if sid is None:
+            sid, next_id = next_id, next_id + 1
+            by_ident[ident] = sid
+            conn.execute("INSERT INTO sink_identities VALUES (?,?,?,?)",
+                         (sid, ident[0], ident[1], control_checksum(
+                             "sink_identities", sid, ident[0], ident[1])))
+        ids.append(sid)
+    return ids
+
+
 def find(conn: sqlite3.Connection, path: str, sink: str) -> int:
     """The sink id that ``--sink PIPELINE:POSITION`` (or ``#ID``) names."""
     idents = read(conn, path)

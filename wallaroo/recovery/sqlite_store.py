@@ -341,11 +341,17 @@ class SQLiteStore(PartitionReads):
         rf = rec.replay_from
         commits = self._commits + 1
         conn.execute("BEGIN")
+        added: list[int] = []
         try:
+            if rec.new_destinations:
+                added = self._add_destinations(conn, rec)
             self._write_rows(conn, rec, rf)
             self._write_control(conn, rec, rf, commits)
             conn.execute("COMMIT")
         except BaseException:
+            for sid in added:
+                self._sink_index.pop(sid, None)
+            del self._sink_ids[len(self._sink_ids) - len(added):]
             self._new_class_ids.clear()
             try:
                 conn.execute("ROLLBACK")
@@ -386,6 +392,19 @@ class SQLiteStore(PartitionReads):
             idle = not (rec.inputs or rec.outputs or rec.partitions or rec.snapshots)
             self._vacuum_step(cp, rec.next_lsn, vacuum.IDLE_STEP_PAGES if idle
                               else vacuum.STEP_PAGES)
+
+    def _add_destinations(self, conn: sqlite3.Connection, rec: CommitRecord) -> list[int]:
+        """The ids of the destinations this commit adds (a new member's
+        channel), usable by its own rows; the fingerprint saved with them,
+        so the next open finds them under the same ids."""
+        ids = sink_identities.add(conn, self.path, rec.new_destinations)
+        for sid in ids:
+            self._sink_index[sid] = len(self._sink_ids)
+            self._sink_ids.append(sid)
+        if rec.fingerprint is not None:
+            conn.execute("UPDATE meta SET value=? WHERE key='fingerprint'",
+                         (json.dumps(rec.fingerprint, sort_keys=True),))
+        return ids
 
     def _merge_step(self, quiet: bool) -> None:
         """One step of merging new partitions into the key index

@@ -23,7 +23,7 @@ from .._spec import AppSpec
 from ..connectors.base import PEER, TCP, TICK
 from ..connectors.framing import DEFAULT_MAX_FRAME, Framer
 from ..connectors.kafka_source import RECORD_FRAMING
-from ..recovery import ownership, snapshots
+from ..recovery import checked_meta, ownership, snapshots
 from ..recovery.errors import IncompatibleDirectory, StoreError
 from ..recovery.records import (CommitRecord, InputRow, OutputRow, PartitionRow,
                                 PendingRow)
@@ -34,6 +34,8 @@ from .checkpoints import MAX_NEW_PARTITIONS, MAX_TOUCHED, Checkpoints
 from .dataflow import (Context, Route, compile_pipeline, first,
                        first_counted_by_source, make_peer_runner, make_runner)
 from .failures import FailureLog
+from . import live_members
+from .live_members import LiveMembers
 from .live_moves import LiveMoves
 from .output_rows import OutputRows
 from .metrics import SIZE_BUCKETS, Histogram, Latency, Stages
@@ -148,7 +150,7 @@ class CoreStats:
     longest_snapshot_seconds: float = 0.0  # pickling snapshots in one commit
 
 
-class WorkerCore(Checkpoints, Windowing, LiveMoves, OutputRows):
+class WorkerCore(Checkpoints, Windowing, LiveMoves, LiveMembers, OutputRows):
     def __init__(self, app: AppSpec, store: Store, *,
                  log: logging.Logger | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME,
@@ -160,12 +162,15 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, OutputRows):
                  key_groups: int = DEFAULT_KEY_GROUPS,
                  addresses: dict | None = None,
                  state_cache: int | None = None, deliver_only: bool = False,
-                 save_state_interval: float = 0.0):
+                 save_state_interval: float = 0.0,
+                 membership: dict | None = None):
         """``members``: the cluster's workers in order (default: this one
         alone); ``name``: this worker's; ``addresses`` (several hosts):
         every member's control and data addresses, saved with the
         membership; ``state_cache``: at most this many partitions stay in
-        memory at a batch boundary (the rest are in the store)."""
+        memory at a batch boundary (the rest are in the store);
+        ``membership``: the whole membership of a cluster this worker joins
+        while it runs (its map of owners: live_members.py)."""
         self.app = app
         self.name = name
         # a retired worker's database, run only to deliver its outputs
@@ -173,6 +178,11 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, OutputRows):
         self.deliver_only = deliver_only
         self.proposed_membership = {"members": list(members or [name]),
                                     "key_groups": key_groups}
+        if membership is not None:  # a member joining a running cluster
+            if membership["members"] != self.proposed_membership["members"]:
+                raise ValueError(f"the membership given ({membership['members']}) "
+                                 f"is not the members' ({members})")
+            self.proposed_membership = dict(membership)
         if addresses:
             self.proposed_membership["addresses"] = addresses
         self.membership: dict | None = None  # as saved, once settled
@@ -306,9 +316,20 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, OutputRows):
 
     def _settle_membership(self, saved: dict | None) -> None:
         """The cluster as this worker's database knows it; the core
-        compiles its routing from it."""
+        compiles its routing from it.  A database of the cluster before
+        members joined it while this worker was down (live_members.py)
+        takes the grown membership, saved in the next commit."""
         m = saved or self.proposed_membership
         mine = self.proposed_membership
+        if saved is not None and m["key_groups"] == mine["key_groups"] \
+                and len(mine["members"]) > len(m["members"]) \
+                and mine["members"][:len(m["members"])] == m["members"]:
+            m = live_members.grown(saved, mine["members"],
+                                   live_members.saved_owner_names(saved))
+            self._meta_pending["membership"] = checked_meta.checked_text(
+                "membership", m)
+            self.log.info("the cluster grew to %s while this worker was down: "
+                          "taking the new members", ", ".join(m["members"]))
         if (m["members"], m["key_groups"]) != (mine["members"], mine["key_groups"]):
             raise IncompatibleDirectory(
                 f"worker {self.name!r}'s resilience directory belongs to a cluster "
@@ -332,7 +353,7 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, OutputRows):
                 f"to route by it") from None
         self.membership = m
         self.placement = Placement(m["members"], self.name, m["key_groups"], owners,
-                                   stream_owners)
+                                   stream_owners, m.get("rule_workers"))
         for space in self.spaces.values():
             space.placement = self.placement
         self._compile()

@@ -10,7 +10,9 @@ ranges of the members' order, which every worker computes alike, until a
 rescale saves a map of its own with the membership (recovery/ownership.py).
 Resumable streams belong to a worker by their slot (``stream_slot``) in
 the same way: by a rule (``hash % n``) until a rescale saves a map of
-slots.  Kafka partition ``p`` belongs to member ``p % n``.
+slots.  Kafka partition ``p`` belongs to member ``p % n``.  Members that
+join a running cluster (``runtime/live_members.py``) leave both rules
+dividing by the member count before them (``rule_workers``).
 
 The stable hash never uses Python's ``hash()`` of ``str``/``bytes`` (it is
 randomised per process).  Keys Python compares equal land in the same group:
@@ -73,7 +75,12 @@ class Placement:
     def __init__(self, members: list[str], me: str,
                  key_groups: int = DEFAULT_KEY_GROUPS,
                  owners: list[str] | None = None,
-                 stream_owners: list[str] | None = None):
+                 stream_owners: list[str] | None = None,
+                 rule_workers: int | None = None):
+        """``rule_workers``: the member count the rules for resumable streams
+        (without a map) and Kafka partitions divide by, when members joined
+        a running cluster (live_members.py): they keep what they had, and
+        a member beyond it reads no Kafka partition (None: every member)."""
         if me not in members:
             raise ValueError(f"worker {me!r} is not a member of {members}")
         self.members = list(members)
@@ -93,6 +100,7 @@ class Placement:
         # slot -> member index; None: the rule (hash % n, partition % n)
         self.stream_owners = None if stream_owners is None else [
             index[o] for o in stream_owners]
+        self.rule_workers = rule_workers or len(self.members)
         self._declared: dict[str, dict] = {}  # state -> {declared key: index}
 
     @property
@@ -125,7 +133,7 @@ class Placement:
         come from that worker's log)."""
         if self.stream_owners is not None:
             return self.stream_owners[stream_slot(pipeline, stream)]
-        return stable_hash((pipeline, stream)) % self.size
+        return stable_hash((pipeline, stream)) % self.rule_workers
 
     def stream_owner_names(self) -> list[str] | None:
         """The owner of every stream slot by name; None: the rule."""

@@ -1,0 +1,96 @@
+"""A running cluster taking new members (docs/design/live-moves.md, step
+2): every worker commits the grown membership between two batches, and
+nothing moves or pauses; key groups then move to the new members by live
+moves (live_moves.py), one move at a time, while the rest flows.
+
+What a grown membership keeps, so that adding a member moves nothing by
+itself:
+
+- **Key groups**: the map of owners is saved explicitly (a cluster that
+  never rescaled had contiguous ranges by member count).
+- **Resumable streams and Kafka partitions**: their rules divide by the
+  member count before the grow, ``rule_workers`` (a stream map, where a
+  rescale saved one, stays as it is).  A new member owns no stream and
+  reads no Kafka partition: the connections the supervisor hands it are
+  forwarded to their streams' owners, as any worker's are.
+- **Members are appended**: every destination id (``peer_dest``) stays.
+
+A worker that missed the commit (it was down) adopts the same membership
+when it starts with the longer member list (``grown``: it is computed from
+what its database saved, the same on every worker once no live move is
+under way); a new member gets it whole from its supervisor
+(``--cluster-membership-file``).
+"""
+
+from __future__ import annotations
+
+from ..recovery import checked_meta, ownership
+from ..recovery.records import CommitRecord
+from ..recovery.sink_identities import peer_identity
+from .live_moves import LiveMoveError
+
+
+def grown(saved: dict, members: list[str], owner_names: list[str]) -> dict:
+    """``saved`` with ``members`` (its own, then the new ones), every key
+    group with the owner ``owner_names`` gives it, the rules of streams
+    and Kafka partitions as they were."""
+    old = list(saved["members"])
+    if list(members[:len(old)]) != old or len(members) <= len(old):
+        raise LiveMoveError(
+            f"the members {', '.join(members)} do not extend the cluster's "
+            f"({', '.join(old)}): members join at the end, in order")
+    body = dict(saved)
+    body["members"] = list(members)
+    body["owners"] = ownership.encode(list(owner_names))
+    body.setdefault("rule_workers", len(old))
+    return body
+
+
+def saved_owner_names(saved: dict) -> list[str]:
+    """The owner of every key group a saved membership says."""
+    if saved.get("owners") is not None:
+        return ownership.decode(saved["owners"], saved["key_groups"],
+                                saved["members"])
+    return ownership.rule_owners(saved["members"], saved["key_groups"])
+
+
+class LiveMembers:
+    """The steps of ``WorkerCore`` (a mixin; runtime/core.py) that grow
+    its membership."""
+
+    def live_add_members(self, members: list[str]) -> CommitRecord | None:
+        """Between batches: the cluster's members become ``members`` (the
+        current ones, then new ones).  Returns the commit record (None:
+        done before)."""
+        if not self.durable:
+            raise LiveMoveError(f"worker {self.name!r}: a cluster grows while "
+                                f"it runs only with --resilience-dir")
+        if self.timers is not None:
+            raise LiveMoveError(f"worker {self.name!r}: applications with "
+                                f"windows cannot grow live yet")
+        p = self.placement
+        if list(members) == p.members:
+            return None
+        if self.deferring is not None:
+            raise LiveMoveError(
+                f"worker {self.name!r} waits for the hand-over of move "
+                f"{self.deferring['epoch']}: finish it first")
+        before = len(p.members)
+        self._use_membership(grown(self.membership, members, p.owner_names()))
+        return self._record(
+            new_destinations=[tuple(peer_identity(m)) for m in members[before:]],
+            fingerprint=self.fingerprint())
+
+    def _use_membership(self, m: dict, save: bool = True) -> None:
+        """Route by membership ``m`` from now on (members appended: every
+        destination id stays; the new members' channels start empty);
+        ``save``: in the next commit."""
+        members = list(m["members"])
+        self.proposed_membership["members"] = members
+        for d in range(len(self.next_out_seq), self.destinations):
+            self.next_out_seq.setdefault(d, 0)
+            self.delivered.setdefault(d, 0)
+        if save:
+            self._meta_pending["membership"] = checked_meta.checked_text(
+                "membership", m)
+        self._settle_membership(m)
