@@ -452,3 +452,61 @@ def test_a_stop_while_a_worker_waits_for_its_restart_is_clean(procs, tmp_path):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_cluster_grow_live_adds_a_worker_without_stopping_the_others(procs, tmp_path):
+    """`wallaroo cluster grow --live`: the workers take the new member
+    without a restart (their pids stay), it starts with no key groups, and
+    live moves give it the share a rescale would: initializer 342,
+    worker-1 341, worker-2 341 of 1,024 groups, every letter's partition
+    once.  A restart with --workers 3 finds the same; a worker down during
+    the grow takes the new member when it starts."""
+    state = str(tmp_path / "state")
+    sup, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
+                              resilience_dir=state)
+    votes = tmp_path / "votes.frames"
+    subprocess.run(["python", str(REPO / "examples" / "alphabet" / "make_votes.py"),
+                    "--count", "2600", str(votes)], check=True, capture_output=True)
+    send(fields["sources"], "--frames", str(votes))
+
+    def status() -> dict:
+        done = subprocess.run(WALLAROO + ["status", state, "--json"],
+                              capture_output=True, text=True, timeout=WAIT)
+        assert done.returncode == 0, done.stderr
+        return {w["name"]: w for w in json.loads(done.stdout)["workers"]}
+
+    pids = {n: w["pid"] for n, w in status().items()}
+    done = subprocess.run(WALLAROO + ["cluster", "grow", state, "--live"],
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr + sup.stderr[-3000:]
+    assert re.match(r"grew live in \d+\.\d\ds: 3 workers \(initializer, worker-1, "
+                    r"worker-2\); 341 key groups moved to the new workers in 6 "
+                    r"moves, the longest wait of a moving group \d+\.\d{3}s$",
+                    done.stdout.strip()), done.stdout
+    st = status()
+    assert {n: st[n]["pid"] for n in pids} == pids  # nobody restarted
+    assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2")] \
+        == [342, 341, 341]
+    assert sum(w["partitions"] for w in st.values()) == 26
+    assert not os.path.exists(os.path.join(state, "membership.json"))
+    assert "the cluster grew to 3 workers (initializer, worker-1, worker-2); " \
+           "nothing moved" in sup.stderr
+    assert sup.terminate(timeout=WAIT) == 0, sup.stderr[-2000:]
+    sup, fields = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
+                              resilience_dir=state)
+    st = status()
+    assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2")] \
+        == [342, 341, 341]
+    # worker-2 is down while the cluster grows again: it takes worker-3 at
+    # its restart
+    os.kill(st["worker-2"]["pid"], signal.SIGKILL)
+    done = subprocess.run(WALLAROO + ["cluster", "grow", state, "--live"],
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr + sup.stderr[-3000:]
+    st = status()
+    assert sorted(st) == ["initializer", "worker-1", "worker-2", "worker-3"]
+    assert sum(w["key_groups"] for w in st.values()) == 1024
+    assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2",
+                                           "worker-3")] == [256, 256, 256, 256]
+    assert sum(w["partitions"] for w in st.values()) == 26
+    sup.terminate(timeout=WAIT)

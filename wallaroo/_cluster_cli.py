@@ -127,17 +127,30 @@ def _remote_options(fn):
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @click.option("--count", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many workers to add.")
-def grow(directory, count):
+@click.option("--live", is_flag=True,
+              help="Grow while the cluster runs: the new workers join with no "
+                   "key groups and live moves give them their share, while "
+                   "every other group flows (no stop; applications without "
+                   "0.6 windows).  Without it every worker stops and restarts.")
+def grow(directory, count, live):
     """Add workers to the cluster running on DIRECTORY (its --resilience-dir;
     default: the current directory).  New workers are named by the cluster's
     rule (the lowest free worker-<i>); they take their share of the key
     groups, with their state.
 
     \b
-    Example:
+    Examples:
       wallaroo cluster grow ./state --count 1
+      wallaroo cluster grow ./state --live
     """
-    _done(_ask(directory, {"op": "grow", "count": count}))
+    answer = _ask(directory, {"op": "grow", "count": count, "live": live})
+    if not live:
+        _done(answer)
+        return
+    click.echo(f"grew live in {answer['seconds']:.2f}s: {len(answer['members'])} "
+               f"workers ({', '.join(answer['members'])}); {answer['moved']} key "
+               f"groups moved to the new workers in {answer['moves']} moves, the "
+               f"longest wait of a moving group {answer['longest_wait']:.3f}s")
 
 
 @cluster.command("shrink", context_settings=CONTEXT)

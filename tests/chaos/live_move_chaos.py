@@ -41,6 +41,7 @@ class LiveMoveChaosResult(WindowsAndVotes):
     votes: int
     events: list[str] = field(default_factory=list)
     moves_done: int = 0
+    grows_done: int = 0
     waits: list[float] = field(default_factory=list)  # the groups' pauses
 
     def summary(self) -> str:
@@ -48,7 +49,8 @@ class LiveMoveChaosResult(WindowsAndVotes):
         return "\n".join([
             f"windows {self.messages}, votes {self.votes}; events: "
             f"{'; '.join(self.events)}; wall time {self.seconds:.1f}s",
-            f"moves that completed: {self.moves_done}; moving groups waited "
+            f"moves that completed: {self.moves_done}; live grows that "
+            f"completed: {self.grows_done}; moving groups waited "
             + (f"{min(w):.3f}-{max(w):.3f}s" if w else "-"),
             *self.outcome_lines()])
 
@@ -91,13 +93,15 @@ def half_move_at(addresses: dict[str, tuple[str, int]], secret: bytes,
 
 
 def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1500,
-        state_cache: int = 0, seed: int | None = None, workdir: str | None = None,
-        say=print, then_grow: bool = False) -> LiveMoveChaosResult:
+        state_cache: int = 0, grows: int = 0, seed: int | None = None,
+        workdir: str | None = None, say=print, then_grow: bool = False,
+        workers: int = 3) -> LiveMoveChaosResult:
     """``state_cache``: the workers' ``--state-cache`` (0: none), so moved
-    partitions go from store to store without being loaded;
-    ``then_grow``: after the moves, one is left half done (switched, never
-    handed over) and ``wallaroo cluster grow`` runs: it finishes the move
-    before it drains."""
+    partitions go from store to store without being loaded; ``grows``:
+    that many ``wallaroo cluster grow --live`` among the moves, most with
+    a worker SIGKILLed during the grow; ``then_grow``: after the moves,
+    one is left half done (switched, never handed over) and ``wallaroo
+    cluster grow`` runs: it finishes the move before it drains."""
     rnd = random.Random(seed)
     workdir = workdir or tempfile.mkdtemp(prefix="wallaroo-live-move-chaos-")
     out = os.path.join(workdir, "received.bin")
@@ -106,7 +110,7 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
     sink = free_port()
     receiver = start_receiver(workdir, sink, out)
     c = Cluster(workdir, sink, [free_port(), free_port()])
-    c.workers = 3
+    c.workers = workers
     if state_cache:
         c.extra = ("--state-cache", str(state_cache))
     senders: list[Proc] = []
@@ -149,6 +153,9 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
                     pass
         else:
             event(what)
+        finish_move(proc, what)
+
+    def finish_move(proc, what: str) -> None:
         text, _ = proc.communicate(timeout=300)
         if proc.returncode != 0:
             event(f"{what} failed: {text.strip()}")
@@ -159,6 +166,31 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
                 res.waits.append(float(line.rsplit("waited ", 1)[1].rstrip("s")))
         say("        " + text.strip().replace("\n", "\n        "))
 
+    def grow(kill: bool) -> None:
+        cmd = wallaroo("cluster", "grow", c.state, "--live")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        what = f"grow --live to {c.workers + 1} workers"
+        if kill:
+            time.sleep(rnd.uniform(0.0, 1.0))
+            victims = [w for w in c.members() if w.get("pid")]
+            if victims:
+                w = rnd.choice(victims)
+                event(f"{what}: SIGKILL {w['name']} during it")
+                try:
+                    os.kill(w["pid"], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        else:
+            event(what)
+        text, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            event(f"{what} failed: {text.strip()}")
+            return
+        c.workers += 1
+        res.grows_done += 1
+        say("        " + text.strip())
+
     try:
         receiver.wait_for(r"^listening on", 30)
         c.start()
@@ -167,9 +199,13 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
                                 messages, keys, rate, 300)
         time.sleep(2)
         move(kill=False)
-        for _ in range(moves):
+        grow_at = set(rnd.sample(range(moves + grows), grows))
+        for i in range(moves + grows):
             time.sleep(rnd.uniform(0.3, 1.5))
-            move(kill=rnd.random() < 0.8)
+            if i in grow_at:
+                grow(kill=rnd.random() < 0.7)
+            else:
+                move(kill=rnd.random() < 0.8)
         if then_grow:
             taker = rnd.choice([w["name"] for w in c.members()])
             groups = list(range(KEY_GROUPS))  # some are another worker's
@@ -191,7 +227,7 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
 def main(argv=None) -> int:
     return chaos_main("tests.chaos.live_move_chaos", __doc__,
                       {"messages": 20000, "votes": 20000, "moves": 6, "rate": 1500,
-                       "state_cache": 0},
+                       "state_cache": 0, "grows": 0},
                       run, argv)
 
 

@@ -47,6 +47,9 @@ class ClusterConfig:
     # one host, before a rescale (supervisor.py): no sources; at the stop,
     # every partition checkpointed whatever the time, sinks not waited for
     drain_only: bool = False
+    # one host, a member the running cluster took (live_members.py): the
+    # whole membership to start with, when its database has none
+    membership: dict | None = None
 
 
 class ClusterSide:
@@ -60,30 +63,56 @@ class ClusterSide:
         self.server: DataServer | None = None
         self._link = None  # trio socket to the supervisor
         self._handed: dict[int, trio.MemorySendChannel] = {}
+        self._reader = self._limiter = None  # the channels' outbox reader, limiter
         self.rescaler = None  # several hosts: host_rescale.RunningSide
 
     # -- the destinations ------------------------------------------------
     def make_senders(self, reader, limiter) -> dict[int, ChannelSender]:
         """A channel sender for every peer, its queue at the recovered
         delivery position (peer batches the peer acknowledged)."""
-        core = self.worker.core
-        opts = self.worker.opts
+        self._reader, self._limiter = reader, limiter
         for member, name in enumerate(self.config.members):
-            if name == self.me:
-                continue
-            dest = core.peer_dest(member)
-            # without a store the whole bound is in memory (DESIGN.md §6)
-            memory = opts.sink_queue_bytes if reader is not None else \
-                self.config.peer_outbox_max
-            queue = OutboxQueue(dest, memory, self.config.peer_outbox_max,
-                                reader, core.delivered.get(dest, 0))
-            queue.produced = core.next_out_seq.get(dest, 0)
-            if reader is not None and queue.produced > queue.delivered:
-                queue.spilled_from = queue.delivered
-            self.senders[dest] = ChannelSender(
-                name, dest, queue, core.note_delivered, self.log, self.me,
-                self.config.secret, self.address_of, self.fingerprint(), limiter)
+            if name != self.me:
+                self._make_sender(member, name)
         return self.senders
+
+    def _make_sender(self, member: int, name: str) -> ChannelSender:
+        core = self.worker.core
+        reader = self._reader
+        dest = core.peer_dest(member)
+        # without a store the whole bound is in memory (DESIGN.md §6)
+        memory = self.worker.opts.sink_queue_bytes if reader is not None else \
+            self.config.peer_outbox_max
+        queue = OutboxQueue(dest, memory, self.config.peer_outbox_max,
+                            reader, core.delivered.get(dest, 0))
+        queue.produced = core.next_out_seq.get(dest, 0)
+        if reader is not None and queue.produced > queue.delivered:
+            queue.spilled_from = queue.delivered
+        sender = self.senders[dest] = ChannelSender(
+            name, dest, queue, core.note_delivered, self.log, self.me,
+            self.config.secret, self.address_of, self.fingerprint(),
+            self._limiter)
+        return sender
+
+    def add_members(self, members: list[str], nursery) -> dict[int, ChannelSender]:
+        """The cluster grew to ``members`` (the core took them:
+        live_members.py): a channel to each new member, started in
+        ``nursery``, and the fingerprint every channel handshake shows
+        (the membership is in it) updated."""
+        old = len(self.config.members)
+        self.config.members = list(members)
+        core = self.worker.core
+        made = {core.peer_dest(i): self._make_sender(i, name)
+                for i, name in enumerate(members) if i >= old and name != self.me}
+        fp = self.fingerprint()
+        for sender in self.senders.values():
+            sender.fingerprint = fp
+        if self.server is not None:
+            self.server.fingerprint = fp.encode()
+            self.server.members = set(members)
+        for sender in made.values():
+            nursery.start_soon(sender.run)
+        return made
 
     def fingerprint(self) -> str:
         """What two workers must agree on to exchange peer batches: the
@@ -293,6 +322,22 @@ def write_own_entry(directory: str, application: str | None, me: str, state: str
         json.dump(body, f, indent=1)
         f.write("\n")
     os.replace(tmp, path)
+
+
+GROWN_FILE = "membership.json"  # in the resilience directory (one host)
+
+
+def grown_membership(directory: str | None, members: list[str]) -> dict | None:
+    """The membership a running one-host cluster grew to, as its supervisor
+    left it for the new members (None: none, or of other members)."""
+    if not directory:
+        return None
+    try:
+        with open(os.path.join(directory, GROWN_FILE)) as f:
+            body = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) and body.get("members") == members else None
 
 
 def load_secret(path: str) -> bytes:

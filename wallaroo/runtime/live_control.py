@@ -5,6 +5,7 @@ engine loop between two batches and answered once its commit has landed.
     LIVE_STATUS     {}                                   -> the core's live_status()
     LIVE_SWITCH     {epoch, groups, giver, taker}        -> {"marker": n}
     LIVE_HAND_OVER  {epoch, groups, taker, markers}      -> {"done": bool}
+    LIVE_ADD_MEMBERS {members}                           -> {"membership": {...}}
 
 A step asked again answers the same (the core finds its record), so a
 coordinator that lost an answer, or was restarted, asks again."""
@@ -30,7 +31,27 @@ class LiveControl:
 
     def verbs(self) -> dict:
         return {"LIVE_STATUS": self._status, "LIVE_SWITCH": self._switch,
-                "LIVE_HAND_OVER": self._hand_over}
+                "LIVE_HAND_OVER": self._hand_over,
+                "LIVE_ADD_MEMBERS": self._add_members}
+
+    async def _add_members(self, request: dict) -> dict:
+        """The cluster grows (live_members.py): the core takes the members,
+        then the channels to the new ones start.  Answers the membership a
+        new member starts with."""
+        members = [str(m) for m in request["members"]]
+
+        def step(core):
+            record = core.live_add_members(members)
+            w = self.worker
+            if record is not None and w.cluster is not None:
+                made = w.cluster.add_members(members, w._nursery_ref)
+                w.dests += [None] * (core.destinations - len(w.dests))
+                for dest, sender in made.items():
+                    w.dests[dest] = sender
+                w.log.info("the cluster grew to %d workers (%s); nothing moved",
+                           len(members), ", ".join(members))
+            return record, {"membership": core.membership}
+        return await self._run(step)
 
     async def _status(self, request: dict) -> dict:
         return self.worker.core.live_status()

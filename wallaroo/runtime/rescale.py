@@ -85,6 +85,7 @@ def saved_cluster(directory: str
                            None if slots is None else tuple(map(tuple, slots)))
     if not found:
         return None
+    _as_grown(found)
     kinds = set(found.values())
     if len(kinds) > 1 and len({(m, g, slots) for m, g, _, slots in kinds}) == 1:
         raise OwnersDisagree(list(next(iter(kinds))[0]),
@@ -104,6 +105,25 @@ def saved_cluster(directory: str
     members, groups, runs, slots = kinds.pop()
     return (list(members), groups, None if runs is None else [list(r) for r in runs],
             None if slots is None else [list(r) for r in slots])
+
+
+def _as_grown(found: dict[str, tuple]) -> None:
+    """A grow while the cluster ran (live_grow.py) stopped before every
+    member took the new members: those that did not take them when they
+    start with the grown member list (live_members.py), so they count as
+    members of the grown cluster."""
+    longest = max(found.values(), key=lambda k: len(k[0]))
+    members, groups = longest[0], longest[1]
+    for name, kind in found.items():
+        if kind[1] == groups and len(kind[0]) < len(members) \
+                and members[:len(kind[0])] == kind[0]:
+            found[name] = longest
+
+
+def grown_from(saved: list[str], names: list[str]) -> bool:
+    """``names`` are ``saved`` or more members after them (a worker that
+    was down while the cluster grew takes them when it starts)."""
+    return list(names[:len(saved)]) == list(saved) and len(names) >= len(saved)
 
 
 async def rescale_if_asked(sup, secret_path: str) -> int | None:
@@ -487,6 +507,12 @@ async def _answer(sup, req: dict, secret_path: str) -> dict:
             names = next_names(sup.names, count)
         else:
             names = shrunk_names(sup.names, req.get("names"), req.get("count"))
+        if op == "grow" and req.get("live"):
+            from .live_grow import grow_live
+            sup.log.info("grow --live asked: %d workers (%s) -> %d (%s)",
+                         len(sup.names), ", ".join(sup.names), len(names),
+                         ", ".join(names))
+            return await grow_live(sup, names, secret_path)
         sup.log.info("%s asked: %d workers (%s) -> %d (%s)", op, len(sup.names),
                      ", ".join(sup.names), len(names), ", ".join(names))
         sup.rescale_result = None

@@ -12,7 +12,7 @@ from ..recovery.store import MemoryStore
 from . import logs
 from .loader import ApplicationLoadError, load_application
 from ..connectors.auth import AuthError, load_secret
-from .cluster_side import ClusterConfig
+from .cluster_side import ClusterConfig, grown_membership
 from ..recovery.moves import is_retired
 from .formation import (FormationError, Retired, check_saved, grow, initialize,
                         join, saved_membership)
@@ -180,7 +180,9 @@ async def cluster_setup(c: dict, name: str, resilience_dir: str | None,
                              supervisor_fd=c["supervisor_fd"],
                              peer_outbox_max=c["peer_outbox_max"],
                              control_bind=("127.0.0.1", 0),
-                             drain_only=c.get("drain_only", False))
+                             drain_only=c.get("drain_only", False),
+                             membership=grown_membership(resilience_dir,
+                                                         c["members"]))
     if c["kind"] == "initializer":
         control, data = c["control"], c["data"]
     else:

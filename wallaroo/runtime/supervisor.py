@@ -157,6 +157,7 @@ class Supervisor:
         """Why this directory's databases belong to a cluster other than
         the one asked for (None: they do not)."""
         from .formation import saved_membership
+        from .rescale import grown_from
         from ..recovery.moves import is_retired
         if not self.resilience_dir or not os.path.isdir(self.resilience_dir):
             return None
@@ -164,7 +165,7 @@ class Supervisor:
             if not f.endswith(".db") or is_retired(self.resilience_dir, f[:-3]):
                 continue
             saved = saved_membership(self.resilience_dir, f[:-3])
-            if saved is not None and saved["members"] != self.names:
+            if saved is not None and not grown_from(saved["members"], self.names):
                 n = len(saved["members"])
                 return (f"{self.resilience_dir} holds a cluster of {n} workers "
                         f"({', '.join(saved['members'])}; see {f}); this run asks "

@@ -164,6 +164,7 @@ class Worker(CommitPath):
                                key_groups=cluster.key_groups if cluster
                                else DEFAULT_KEY_GROUPS,
                                addresses=cluster.addresses if cluster else None,
+                               membership=cluster.membership if cluster else None,
                                deliver_only=self.opts.deliver_only)
         self.inbox = Inbox(max(self.opts.inbox_bytes, self.opts.max_frame),
                            self.core.header_lengths)
@@ -295,7 +296,7 @@ class Worker(CommitPath):
                 KafkaSource(p.index, p.source, self.inbox, self.core.stream_counts,
                             self.registry, log, self.app.name,
                             placement.me if placement else 0,
-                            placement.size if placement else 1,
+                            placement.rule_workers if placement else 1,
                             durable=self.store.durable,
                             options=self.opts.kafka_options)
                 if p.source.kind == "kafka" else
