@@ -27,6 +27,13 @@ and only their messages wait.
 
     python benchmarks/bench_rescale.py --live --keys 200000
 
+With ``--grow-live``, both parts grow with ``wallaroo cluster grow --live``
+(docs/cluster.md, "Growing while it runs"): the new worker joins with no
+key groups and live moves give it its share; only the moving groups'
+messages wait.
+
+    python benchmarks/bench_rescale.py --grow-live --keys 100000
+
 With ``--hosts`` (root, iproute2), part 1 runs again over two network-
 namespace hosts: a one-worker cluster formed with ``--cluster-initializer
 --worker-count 1`` on the first, and a worker started on the second with
@@ -130,10 +137,13 @@ def start_cluster(app: Path, state: Path, sink: int, log: Path, *extra,
     return sup, fields["sources"]
 
 
+GROW_ARGS: list[str] = []  # ["--live"] with --grow-live
+
+
 def grow(state: Path) -> float:
     t = time.perf_counter()
-    done = subprocess.run(wallaroo("cluster", "grow", state), capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(wallaroo("cluster", "grow", state, *GROW_ARGS),
+                          capture_output=True, text=True, timeout=900)
     if done.returncode:
         raise RuntimeError(done.stdout + done.stderr)
     return time.perf_counter() - t
@@ -355,12 +365,20 @@ def main(argv=None) -> int:
                     help="part 1 with `wallaroo cluster move` on 2 workers: "
                          "the initializer's key groups move to worker-1 while "
                          "the others flow (instead of a grow)")
+    ap.add_argument("--grow-live", action="store_true",
+                    help="both parts grow with `wallaroo cluster grow --live` "
+                         "(no stop: the new worker joins, then live moves give "
+                         "it its share)")
     ap.add_argument("--from", dest="start", type=int, default=1, metavar="N",
                     help="part 1 on one host: grow from N workers to N+1 "
                          "(default 1)")
     a = ap.parse_args(argv)
     if a.start < 1 or (a.hosts and a.start != 1):
         ap.error("--from takes a number of workers >= 1, on one host")
+    if a.grow_live:
+        if a.hosts or a.live:
+            ap.error("--grow-live is for the one-host grow (not --hosts or --live)")
+        GROW_ARGS.append("--live")
     print(machine_line())
     work = Path(tempfile.mkdtemp(prefix="wallaroo-bench-rescale-"))
     if a.hosts:
@@ -379,7 +397,8 @@ def main(argv=None) -> int:
     else:
         r = part1(a.keys, a.probe_rate, work, a.start)
         print(f"moving state: {r['keys']:,} keys created in {r['create_s']:.1f}s; "
-              f"`wallaroo cluster grow` {a.start} -> {a.start + 1} workers moved "
+              f"`wallaroo cluster grow{' --live' if a.grow_live else ''}` "
+              f"{a.start} -> {a.start + 1} workers moved "
               f"{r['moved']:,} of them in {r['grow_s']:.2f}s (command to answer)")
     print(f"  probe at {r['probe_rate']:,} msgs/s over every key: longest output "
           f"gap {r['gap_moved_s']:.2f}s for keys that moved, "
