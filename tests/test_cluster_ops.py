@@ -510,3 +510,58 @@ def test_cluster_grow_live_adds_a_worker_without_stopping_the_others(procs, tmp_
                                            "worker-3")] == [256, 256, 256, 256]
     assert sum(w["partitions"] for w in st.values()) == 26
     sup.terminate(timeout=WAIT)
+
+
+def test_a_live_grow_refused_or_taken_half_way(procs, tmp_path):
+    """A member that does not answer (SIGSTOP) before anything changed: the
+    grow is refused and nothing changes.  A grow that only the initializer
+    took (its LIVE_ADD_MEMBERS asked directly, as a grow that stopped
+    after it): the next `grow --live` finds it taken there, has worker-1
+    take the same membership, and finishes it."""
+    import trio
+
+    from wallaroo.connectors.auth import load_secret
+    from wallaroo.runtime.live_coordinator import Coordinator
+    state = str(tmp_path / "state")
+    sup = procs("run", ALPHABET, "--in", "127.0.0.1:0", "--out", "127.0.0.1:9",
+                "--workers", "2", "--resilience-dir", state,
+                env={"WALLAROO_GROW_WAIT": "3"})
+    sup.wait_line(lambda line: line.startswith("ready "), timeout=60)
+
+    def status() -> dict:
+        done = subprocess.run(WALLAROO + ["status", state, "--json"],
+                              capture_output=True, text=True, timeout=WAIT)
+        assert done.returncode == 0, done.stderr
+        return {w["name"]: w for w in json.loads(done.stdout)["workers"]}
+
+    def grow(*args) -> subprocess.CompletedProcess:
+        return subprocess.run(WALLAROO + ["cluster", "grow", state, *args],
+                              capture_output=True, text=True, timeout=WAIT)
+
+    st = status()
+    pid = st["worker-1"]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        refused = grow("--live")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert refused.returncode != 0
+    assert "worker 'worker-1' did not answer LIVE_STATUS in time" in refused.stderr
+    assert "nothing changed" in refused.stderr
+    assert sorted(status()) == ["initializer", "worker-1"]
+    # the initializer alone takes worker-2
+    control = st["initializer"]["control"]
+    addresses = {"initializer": (control.rpartition(":")[0],
+                                 int(control.rpartition(":")[2]))}
+    c = Coordinator(addresses, load_secret(os.path.join(state, "cluster.secret")), 30)
+    trio.run(lambda: c.ask("initializer", "LIVE_ADD_MEMBERS",
+                           {"members": ["initializer", "worker-1", "worker-2"]}))
+    done = grow("--live")
+    assert done.returncode == 0, done.stderr + sup.stderr[-3000:]
+    assert ": 3 workers (initializer, worker-1, worker-2); 341 key groups" \
+        in done.stdout, done.stdout
+    st = status()
+    assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2")] \
+        == [342, 341, 341]
+    assert sum(w["partitions"] for w in st.values()) == 26  # each letter once
+    sup.terminate(timeout=WAIT)

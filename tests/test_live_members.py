@@ -36,7 +36,12 @@ def test_a_cluster_grows_while_input_flows_and_moves_groups_to_the_new_member(tm
     _feed(c, a1)
     c.run_until_quiet()
     owners_before = list(c.drivers[0].core.placement.owners)
+    counted = [{(p, st): n[0] for p, st, n in d.core.step_counts} for d in c.drivers]
+    assert any(n for count in counted for n in count.values())
     (new,) = c.grow()
+    # the routing was compiled again; the steps' counters (metrics) go on
+    for d, count in zip(c.drivers, counted):
+        assert {(p, st): n[0] for p, st, n in d.core.step_counts} == count
     assert c.names == ["initializer", "worker-1", "worker-2"]
     for d in c.drivers:  # the same map everywhere, the new member owning nothing
         p = d.core.placement

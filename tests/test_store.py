@@ -1007,3 +1007,25 @@ def test_the_size_a_position_records_is_never_more_than_the_files(res_dir,
         store.commit(CommitRecord(number=61, next_lsn=lsn, replay_from=0))
         pos = pos_file.read()
         assert first + 1000 * 1000 < pos.db_size <= os.path.getsize(store.path)
+
+
+def test_a_destination_added_while_running_is_readable_by_an_older_reader(res_dir):
+    """A member that joins a running cluster adds the channel to it as a
+    destination (CommitRecord.new_destinations): its outputs are stored
+    under a new sink id, found again after a reopen, and a reader made
+    before the destination was added reads them back (a queue that
+    spilled to disk)."""
+    with opened(res_dir) as (store, _):
+        reader = store.output_reader()
+        dest = 2  # the application's two sinks, then the new channel
+        # the sinks of FP by place, as a fingerprint with identities says them
+        fp = dict(FP, sink_identities=[["", 0], ["", 1], ["\0peer:worker-9", 0]])
+        store.commit(CommitRecord(
+            number=1, new_destinations=[("\0peer:worker-9", 0)], fingerprint=fp))
+        store.commit(CommitRecord(number=2, outputs=[OutputRow(dest, 0, 1, b"x")],
+                                  next_out_seq={dest: 1}))
+        rows = reader(dest, 0, 1 << 20)
+        assert [(r.sink, r.first_seq, r.data) for r in rows] == [(dest, 0, b"x")]
+    with opened(res_dir, fp) as (store, rec):
+        assert rec.next_out_seq.get(dest) == 1
+        assert [(r.sink, r.data) for r in store.undelivered_outputs({})] == [(dest, b"x")]

@@ -185,24 +185,31 @@ class PartitionReads:
         and tools)."""
         return reading.all_partitions(self._conn, self.path)
 
-    def stored_in_groups(self, state: str, groups) -> list:
+    def stored_in_groups(self, state: str, groups, skip=frozenset()) -> list:
         """(PartitionRow, key, SnapshotRow or None) of the stored partitions
-        of ``state`` in key groups ``groups``, each checked: a live move
-        hands them over as the bytes they are stored as, without loading
-        them (runtime/live_moves.py).  A snapshot's ``classes`` are the
-        class references it recorded."""
+        of ``state`` in key groups ``groups``, each checked, but those whose
+        pid is in ``skip`` (the caller holds them in memory: neither their
+        keys nor their snapshots are read): a live move hands them over as
+        the bytes they are stored as, without loading them
+        (runtime/live_moves.py).  A snapshot's ``classes`` are the class
+        references it recorded.  One read transaction: a commit under way
+        meanwhile is seen whole or not at all."""
         marks = ",".join("?" * len(groups))
         # a connection of its own: commits may be under way on the store's
         conn = self._reader()
         out = []
         try:
+            conn.execute("BEGIN")
             sets = {cid: tuple(text.split("\n")) if text else ()
                     for cid, text in conn.execute(
                         "SELECT id, refs FROM snapshot_classes")}
-            for cols in conn.execute(
-                    f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
-                    f"WHERE p.state=? AND p.key_group IN ({marks}) ORDER BY p.pid",
-                    (state, *groups)).fetchall():
+            pids = [pid for (pid,) in conn.execute(
+                f"SELECT pid FROM partitions WHERE state=? AND key_group IN "
+                f"({marks}) ORDER BY pid", (state, *groups)) if pid not in skip]
+            by_pid = (f"SELECT {reading.PARTITION_COLUMNS} {reading.PARTITIONS_FROM} "
+                      f"WHERE p.pid=?")
+            for pid in pids:
+                cols = conn.execute(by_pid, (pid,)).fetchone()
                 prow = reading.partition_row(self.path, cols)  # checksum checked
                 snap = reading.snapshot_row(conn, self.path, prow, cols)
                 if snap is not None:
@@ -215,6 +222,7 @@ class PartitionReads:
                         f"{prow.pid} (state {state!r}): {type(e).__name__}: "
                         f"{e}") from e
                 out.append((prow, key, snap))
+            conn.execute("COMMIT")
         finally:
             conn.close()
             self._readers.remove(conn)

@@ -305,8 +305,10 @@ class SQLiteStore(PartitionReads):
         """A function ``(sink, from_seq, max_bytes) -> [OutputRow]`` reading
         undelivered outputs back (a sink whose outputs did not fit in
         memory), on a connection of its own: call it from one thread at a
-        time, while commits go on in another."""
-        path, ids, index = self.path, list(self._sink_ids), dict(self._sink_index)
+        time, while commits go on in another.  It sees destinations added
+        since it was made (a member that joined: ``_add_destinations``),
+        as those lists are only ever appended to."""
+        path, ids, index = self.path, self._sink_ids, self._sink_index
         conn: list[sqlite3.Connection] = []
 
         def read(sink: int, from_seq: int, max_bytes: int) -> list[OutputRow]:

@@ -93,4 +93,12 @@ class LiveMembers:
         if save:
             self._meta_pending["membership"] = checked_meta.checked_text(
                 "membership", m)
+        # the routing is compiled again: the counters of each step's
+        # messages and of failures go on (metrics.py exports them as counters)
+        seen = {(p, st): n for p, st, n in self.step_counts}
+        failures = self.failures
         self._settle_membership(m)
+        for p, st, n in self.step_counts:
+            n[0] = seen.get((p, st), [0])[0]
+        self.failures.counts.update(failures.counts)
+        self.failures.total = failures.total

@@ -291,7 +291,9 @@ class LiveMoves:
                               if type(state) is StoredState else None)
         stored_in_groups = getattr(self.store, "stored_in_groups", None)
         if stored_in_groups is not None:
-            for prow, key, snap in stored_in_groups(space.name, sorted(moving)):
+            held = {pid for pid, _ in found.values() if pid is not None}
+            for prow, key, snap in stored_in_groups(space.name, sorted(moving),
+                                                    held):
                 if key not in found:
                     found[key] = (prow.pid, None if snap is None else (
                         prow.key, snap.blob, snap.pickler, snap.classes))

@@ -507,6 +507,10 @@ async def _answer(sup, req: dict, secret_path: str) -> dict:
             names = next_names(sup.names, count)
         else:
             names = shrunk_names(sup.names, req.get("names"), req.get("count"))
+        if sup.pending_grow is not None and not (op == "grow" and req.get("live")):
+            raise RescaleRefused(
+                f"a live grow to {', '.join(sup.pending_grow['names'])} stopped "
+                f"half-way: run `wallaroo cluster grow --live` to finish it first")
         if op == "grow" and req.get("live"):
             from .live_grow import grow_live
             sup.log.info("grow --live asked: %d workers (%s) -> %d (%s)",

@@ -96,6 +96,8 @@ class Supervisor:
         self.delivering: set[str] = set()  # retired workers being run
         # while a rescale runs: {"from", "to", "phase", "since"} (cluster.json)
         self.rescale_state: dict | None = None
+        # a `grow --live` that stopped half-way: {"names", "old"} (live_grow.py)
+        self.pending_grow: dict | None = None
         self.generation_ready = trio.Event()  # set when the members are ready
         self._gen = self._outer = None  # the nurseries: members', everything
 
