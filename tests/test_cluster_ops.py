@@ -24,6 +24,15 @@ from .test_cluster_examples import run_cluster, send
 ALPHABET = REPO / "examples" / "alphabet_partitioned" / "alphabet_partitioned.py"
 
 
+def workers_of(state: str) -> dict:
+    """Every worker of the cluster on ``state`` as `wallaroo status --json`
+    shows it, by name."""
+    done = subprocess.run(WALLAROO + ["status", state, "--json"],
+                          capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    return {w["name"]: w for w in json.loads(done.stdout)["workers"]}
+
+
 def test_status_shows_every_worker(procs, tmp_path):
     state = str(tmp_path / "state")
     sup, fields = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
@@ -363,12 +372,6 @@ def test_cluster_move_moves_groups_live_and_finishes_one_left_half_done(
     sup, fields = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
                               resilience_dir=state)
 
-    def status() -> dict:
-        done = subprocess.run(WALLAROO + ["status", state, "--json"],
-                              capture_output=True, text=True, timeout=WAIT)
-        assert done.returncode == 0, done.stderr
-        return {w["name"]: w for w in json.loads(done.stdout)["workers"]}
-
     def move(*args) -> subprocess.CompletedProcess:
         return subprocess.run(WALLAROO + ["cluster", "move", state, *args],
                               capture_output=True, text=True, timeout=WAIT)
@@ -382,7 +385,7 @@ def test_cluster_move_moves_groups_live_and_finishes_one_left_half_done(
 
     giver = half_move(state, list(range(0, 100)), "worker-2")
     assert giver == "initializer"
-    st = status()
+    st = workers_of(state)
     assert st["worker-2"]["live_move"]["groups"] == 100
     text = subprocess.run(WALLAROO + ["status", state], capture_output=True,
                           text=True, timeout=WAIT).stdout
@@ -392,7 +395,7 @@ def test_cluster_move_moves_groups_live_and_finishes_one_left_half_done(
     sup.wait(WAIT)
     sup, fields = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
                               resilience_dir=state)
-    assert status()["worker-2"]["live_move"]["groups"] == 100
+    assert workers_of(state)["worker-2"]["live_move"]["groups"] == 100
 
     done = move("--groups", "300-399", "--to", "worker-1", "--step", "50")
     assert done.returncode == 0, done.stderr
@@ -402,7 +405,7 @@ def test_cluster_move_moves_groups_live_and_finishes_one_left_half_done(
     assert re.search(r"^move \d+: 42 key groups initializer -> worker-1 in ",
                      done.stdout, re.M), done.stdout
     assert done.stdout.count("\n") == 3  # two moves and the total
-    st = status()
+    st = workers_of(state)
     assert st["worker-2"]["live_move"] is None
     # contiguous ranges at the start: initializer 0-341, worker-1 342-682,
     # worker-2 683-1023
@@ -469,13 +472,7 @@ def test_cluster_grow_live_adds_a_worker_without_stopping_the_others(procs, tmp_
                     "--count", "2600", str(votes)], check=True, capture_output=True)
     send(fields["sources"], "--frames", str(votes))
 
-    def status() -> dict:
-        done = subprocess.run(WALLAROO + ["status", state, "--json"],
-                              capture_output=True, text=True, timeout=WAIT)
-        assert done.returncode == 0, done.stderr
-        return {w["name"]: w for w in json.loads(done.stdout)["workers"]}
-
-    pids = {n: w["pid"] for n, w in status().items()}
+    pids = {n: w["pid"] for n, w in workers_of(state).items()}
     done = subprocess.run(WALLAROO + ["cluster", "grow", state, "--live"],
                           capture_output=True, text=True, timeout=WAIT)
     assert done.returncode == 0, done.stderr + sup.stderr[-3000:]
@@ -483,7 +480,7 @@ def test_cluster_grow_live_adds_a_worker_without_stopping_the_others(procs, tmp_
                     r"worker-2\); 341 key groups moved to the new workers in 6 "
                     r"moves, the longest wait of a moving group \d+\.\d{3}s$",
                     done.stdout.strip()), done.stdout
-    st = status()
+    st = workers_of(state)
     assert {n: st[n]["pid"] for n in pids} == pids  # nobody restarted
     assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2")] \
         == [342, 341, 341]
@@ -494,7 +491,7 @@ def test_cluster_grow_live_adds_a_worker_without_stopping_the_others(procs, tmp_
     assert sup.terminate(timeout=WAIT) == 0, sup.stderr[-2000:]
     sup, fields = run_cluster(procs, ALPHABET, 3, "--out", "127.0.0.1:9",
                               resilience_dir=state)
-    st = status()
+    st = workers_of(state)
     assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2")] \
         == [342, 341, 341]
     # worker-2 is down while the cluster grows again: it takes worker-3 at
@@ -503,7 +500,7 @@ def test_cluster_grow_live_adds_a_worker_without_stopping_the_others(procs, tmp_
     done = subprocess.run(WALLAROO + ["cluster", "grow", state, "--live"],
                           capture_output=True, text=True, timeout=WAIT)
     assert done.returncode == 0, done.stderr + sup.stderr[-3000:]
-    st = status()
+    st = workers_of(state)
     assert sorted(st) == ["initializer", "worker-1", "worker-2", "worker-3"]
     assert sum(w["key_groups"] for w in st.values()) == 1024
     assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2",
@@ -528,17 +525,11 @@ def test_a_live_grow_refused_or_taken_half_way(procs, tmp_path):
                 env={"WALLAROO_GROW_WAIT": "3"})
     sup.wait_line(lambda line: line.startswith("ready "), timeout=60)
 
-    def status() -> dict:
-        done = subprocess.run(WALLAROO + ["status", state, "--json"],
-                              capture_output=True, text=True, timeout=WAIT)
-        assert done.returncode == 0, done.stderr
-        return {w["name"]: w for w in json.loads(done.stdout)["workers"]}
-
     def grow(*args) -> subprocess.CompletedProcess:
         return subprocess.run(WALLAROO + ["cluster", "grow", state, *args],
                               capture_output=True, text=True, timeout=WAIT)
 
-    st = status()
+    st = workers_of(state)
     pid = st["worker-1"]["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -548,7 +539,7 @@ def test_a_live_grow_refused_or_taken_half_way(procs, tmp_path):
     assert refused.returncode != 0
     assert "worker 'worker-1' did not answer LIVE_STATUS in time" in refused.stderr
     assert "nothing changed" in refused.stderr
-    assert sorted(status()) == ["initializer", "worker-1"]
+    assert sorted(workers_of(state)) == ["initializer", "worker-1"]
     # the initializer alone takes worker-2
     control = st["initializer"]["control"]
     addresses = {"initializer": (control.rpartition(":")[0],
@@ -560,7 +551,7 @@ def test_a_live_grow_refused_or_taken_half_way(procs, tmp_path):
     assert done.returncode == 0, done.stderr + sup.stderr[-3000:]
     assert ": 3 workers (initializer, worker-1, worker-2); 341 key groups" \
         in done.stdout, done.stdout
-    st = status()
+    st = workers_of(state)
     assert [st[n]["key_groups"] for n in ("initializer", "worker-1", "worker-2")] \
         == [342, 341, 341]
     assert sum(w["partitions"] for w in st.values()) == 26  # each letter once

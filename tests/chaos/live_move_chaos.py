@@ -119,7 +119,14 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
         res.events.append(text)
         say(f"{time.perf_counter() - t0:6.2f}s {text}")
 
-    def move(kill: bool) -> None:
+    def kill(w: dict, why: str) -> None:
+        event(why)
+        try:
+            os.kill(w["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def move(kill_one: bool) -> None:
         names = [w["name"] for w in c.members()]
         taker = rnd.choice(names)
         first = rnd.randrange(KEY_GROUPS)
@@ -130,7 +137,7 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
         cmd = wallaroo("cluster", "move", c.state, *args)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        if kill:
+        if kill_one:
             time.sleep(rnd.uniform(0.0, 0.1))  # moves of little state are quick
             victims = [w for w in c.members() if w.get("pid")]
             if rnd.random() < 0.25:
@@ -146,11 +153,7 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
                 w = rnd.choice(mine if mine and (rnd.random() < 0.4 or not others)
                                else others)
                 role = "the taker" if w["name"] == taker else "a giver or bystander"
-                event(f"{what}: SIGKILL {w['name']} ({role}) mid-move")
-                try:
-                    os.kill(w["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                kill(w, f"{what}: SIGKILL {w['name']} ({role}) mid-move")
         else:
             event(what)
         finish_move(proc, what)
@@ -166,21 +169,17 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
                 res.waits.append(float(line.rsplit("waited ", 1)[1].rstrip("s")))
         say("        " + text.strip().replace("\n", "\n        "))
 
-    def grow(kill: bool) -> None:
+    def grow(kill_one: bool) -> None:
         cmd = wallaroo("cluster", "grow", c.state, "--live")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         what = f"grow --live to {c.workers + 1} workers"
-        if kill:
+        if kill_one:
             time.sleep(rnd.uniform(0.0, 1.0))
             victims = [w for w in c.members() if w.get("pid")]
             if victims:
                 w = rnd.choice(victims)
-                event(f"{what}: SIGKILL {w['name']} during it")
-                try:
-                    os.kill(w["pid"], signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                kill(w, f"{what}: SIGKILL {w['name']} during it")
         else:
             event(what)
         text, _ = proc.communicate(timeout=600)
@@ -198,14 +197,14 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
         senders = start_senders(workdir, [f"127.0.0.1:{p}" for p in c.sources],
                                 messages, keys, rate, 300)
         time.sleep(2)
-        move(kill=False)
+        move(kill_one=False)
         grow_at = set(rnd.sample(range(moves + grows), grows))
         for i in range(moves + grows):
             time.sleep(rnd.uniform(0.3, 1.5))
             if i in grow_at:
-                grow(kill=rnd.random() < 0.7)
+                grow(kill_one=rnd.random() < 0.7)
             else:
-                move(kill=rnd.random() < 0.8)
+                move(kill_one=rnd.random() < 0.8)
         if then_grow:
             taker = rnd.choice([w["name"] for w in c.members()])
             groups = list(range(KEY_GROUPS))  # some are another worker's
