@@ -163,10 +163,10 @@ def read_manifest(db_path: str) -> Manifest | None:
 
 
 def write_manifest(db_path: str, manifest: Manifest) -> None:
-    _atomic_write(db_path + MANIFEST_SUFFIX, manifest.to_json().encode())
+    atomic_write(db_path + MANIFEST_SUFFIX, manifest.to_json().encode())
 
 
-def _atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

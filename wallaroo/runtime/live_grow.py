@@ -29,12 +29,13 @@ import trio
 
 from ..connectors.auth import load_secret
 from ..recovery import moves, ownership
+from ..recovery.files import atomic_write
 from . import live_members
 from .cluster_side import GROWN_FILE
 from .formation import saved_membership
 from .live_coordinator import Coordinator, MoveFailed
 from .live_moves import LiveMoveError
-from .rescale import RescaleRefused
+from .rescale import RescaleRefused, control_addresses
 
 READY_WAIT = 120.0  # seconds a new member may take to start
 # how long a member may take to answer a step of the grow before it stops
@@ -46,22 +47,11 @@ class GrowRefused(RescaleRefused):
     """The cluster cannot grow live as asked (the message says why)."""
 
 
-def _addresses(sup) -> dict:
-    out = {}
-    for m in sup.members:
-        if m.control:
-            host, _, port = m.control.rpartition(":")
-            out[m.name] = (host, int(port))
-    return out
-
-
 def write_grown(directory: str, membership: dict) -> None:
-    path = os.path.join(directory, GROWN_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(membership, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    """``membership.json``, replaced whole and synced: the new members
+    start from it."""
+    atomic_write(os.path.join(directory, GROWN_FILE),
+                 (json.dumps(membership, indent=1) + "\n").encode())
 
 
 def _grown_membership(directory: str, first: str, names: list[str]) -> dict:
@@ -107,8 +97,8 @@ async def grow_live(sup, names: list[str], secret_path: str) -> dict:
                     f"grow` without --live, which takes its state back")
     secret = load_secret(secret_path)
     t0 = trio.current_time()
-    c = Coordinator(_addresses(sup), secret, timeout=WAIT,
-                    refresh=lambda: _addresses(sup))
+    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
+                    refresh=lambda: control_addresses(sup.members))
     try:
         await c.finish_under_way()
     except MoveFailed as e:
@@ -156,8 +146,8 @@ async def grow_live(sup, names: list[str], secret_path: str) -> dict:
     except OSError:
         pass
     started = trio.current_time()
-    c = Coordinator(_addresses(sup), secret, timeout=WAIT,
-                    refresh=lambda: _addresses(sup))
+    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
+                    refresh=lambda: control_addresses(sup.members))
     try:
         st = await c.statuses()
         current = ownership.decode(st[old[0]]["owners"], st[old[0]]["key_groups"],

@@ -283,8 +283,7 @@ async def _finish_live_move(drain, secret: bytes) -> str | None:
     from .live_coordinator import Coordinator, MoveFailed
 
     def addresses() -> dict:
-        return {m.name: (m.control.rpartition(":")[0], int(m.control.rpartition(":")[2]))
-                for m in drain.members if m.control}
+        return control_addresses(drain.members)
     with trio.move_on_after(LEAVING_WAIT):  # every member, with its address
         while len(addresses()) < len(drain.members):
             await trio.sleep(0.1)
@@ -300,6 +299,16 @@ async def _finish_live_move(drain, secret: bytes) -> str | None:
         drain.log.info("rescale: finished live move %d (%d key groups %s -> %s) "
                        "first", r.epoch, len(r.groups), r.giver, r.taker)
     return None
+
+
+def control_addresses(members) -> dict[str, tuple[str, int]]:
+    """Each supervised member's control address (those that said one)."""
+    out = {}
+    for m in members:
+        if m.control:
+            host, _, port = m.control.rpartition(":")
+            out[m.name] = (host, int(port))
+    return out
 
 
 async def _wait_quiet(drain, secret: bytes, leaving: list[str]) -> bool:
