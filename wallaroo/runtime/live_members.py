@@ -18,8 +18,8 @@ itself:
 A worker that missed the commit (it was down) adopts the same membership
 when it starts with the longer member list (``grown``: it is computed from
 what its database saved, the same on every worker once no live move is
-under way); a new member gets it whole from its supervisor
-(``--cluster-membership-file``).
+under way); a new member gets it whole from its supervisor, in
+``<dir>/membership.json`` (``cluster_side.grown_membership``).
 """
 
 from __future__ import annotations
