@@ -150,3 +150,133 @@ def test_a_grow_with_crashes_keeps_every_state(a1, a2, crashes, entry, moved):
             if c.alive(i):
                 c.crash(i)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _give_back(c: ClusterDriver, leaving: int) -> None:
+    """Live moves give the groups of member ``leaving`` to the others, as
+    a rescale to the members before it would plan them."""
+    owners = [c.names[o] for o in c.drivers[0].core.placement.owners]
+    target = ownership.balanced_owners(owners, c.names[:leaving])
+    for taker in range(leaving):
+        groups = [g for g, o in enumerate(target)
+                  if o == c.names[taker] and owners[g] == c.names[leaving]]
+        for i in range(0, len(groups), 300):
+            c.live_move(groups[i:i + 300], leaving, taker)
+
+
+def test_a_member_that_joined_leaves_while_input_flows(tmp_path):
+    """Grow 2 -> 3, give the new member its share, then take it back and
+    let the member leave: its channels drained, the others drop it in one
+    commit each, and nothing of the fold is lost or doubled, before and
+    after a restart of everyone (which takes the short membership)."""
+    c = ClusterDriver(m, NAMES, resilience_dir=str(tmp_path), checkpoint_max=5)
+    c.start_all()
+    a1 = _msgs(1, 3)
+    _feed(c, a1)
+    c.run_until_quiet()
+    (new,) = c.grow()
+    owners = [c.names[o] for o in c.drivers[0].core.placement.owners]
+    target = ownership.balanced_owners(owners, c.names)
+    for giver in (0, 1):
+        groups = [g for g, o in enumerate(target)
+                  if o == c.names[new] and owners[g] == c.names[giver]]
+        c.live_move(groups, giver, new)
+    a2 = _msgs(10, 2)
+    _feed(c, a2, at=new)
+    c.run_until_quiet()
+    # it cannot leave while it owns key groups
+    with pytest.raises(LiveMoveError, match="still own key groups"):
+        c.drivers[0].core.live_remove_members(NAMES)
+    _give_back(c, new)
+    a3 = _msgs(20, 2)
+    _feed(c, a3[: len(a3) // 2], at=new)  # still an entry until it leaves
+    c.run_until_quiet()
+    assert c.shrink() == ["worker-2"]
+    for d in c.drivers:
+        assert d.core.placement.members == NAMES
+        assert d.core.destinations == len(d.spec.sinks) + 2
+    _feed(c, a3[len(a3) // 2:], at=1)
+    c.run_until_quiet()
+    _check(c, a1 + a2 + a3, [], str(tmp_path))
+    for i in range(2):
+        c.crash(i)
+        c.start(i)
+    c.run_until_quiet()
+    _check(c, a1 + a2 + a3, [], str(tmp_path))
+    # and it grows again, under a new name: the new channel is empty
+    (again,) = c.grow()
+    assert c.names[again] == "worker-2"
+    a4 = _msgs(30, 1)
+    _feed(c, a4, at=again)
+    c.run_until_quiet()
+    _check(c, a1 + a2 + a3 + a4, [], str(tmp_path))
+
+
+def test_shrinking_live_is_refused_for_members_that_did_not_join_live(tmp_path):
+    c = ClusterDriver(m, NAMES + ["worker-2"], resilience_dir=str(tmp_path))
+    c.start_all()
+    core = c.drivers[0].core
+    with pytest.raises(LiveMoveError, match="did not join while the cluster ran"):
+        core.live_remove_members(NAMES)
+    with pytest.raises(LiveMoveError, match="less its last ones"):
+        core.live_remove_members(["initializer", "worker-2"])
+    with pytest.raises(LiveMoveError, match="is one of those leaving"):
+        c.drivers[2].core.live_remove_members(NAMES)
+
+
+a_shrink_crash = st.sampled_from(["none", "before commit", "down during the shrink"])
+
+
+@settings(max_examples=30, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(a1=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 60),
+                             st.integers(0, 1), st.sampled_from([0, 0, 0, 1, 2, 3])),
+                   min_size=1, max_size=30),
+       a2=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 60),
+                             st.integers(0, 1), st.just(0)), max_size=30),
+       crashes=st.tuples(a_shrink_crash, a_shrink_crash), entry=st.integers(0, 2))
+def test_a_shrink_with_crashes_keeps_every_state(a1, a2, crashes, entry):
+    """A member that joined takes groups and input, gives them back and
+    leaves; each remaining worker drops it normally, crashes before that
+    commit, or is down during it, and comes back with the short
+    membership.  Everything matches the reference fold, before and after
+    a restart of everyone."""
+    d = tempfile.mkdtemp(prefix="wallaroo-live-shrink-")
+    c = ClusterDriver(m, NAMES, resilience_dir=d, checkpoint_max=2)
+    try:
+        c.start_all()
+        (new,) = c.grow()
+        keys = sorted({x[0] for x in a1})[:3]
+        groups = sorted({_group(c, "counts", k) for k in keys})
+        owners = c.drivers[0].core.placement.owners
+        for giver in (0, 1):
+            gs = [g for g in groups if owners[g] == giver]
+            if gs:
+                c.live_move(gs, giver, new)
+        _feed(c, a1, at=entry)
+        c.run_until_quiet()
+        _give_back(c, new)
+        note(f"crashes {crashes}, entry {entry}")
+        for i, how in enumerate(crashes):
+            if how == "down during the shrink":
+                c.crash(i)
+        c.shrink(crash_before_commit=tuple(
+            i for i, how in enumerate(crashes) if how == "before commit"))
+        for i in range(2):
+            if not c.alive(i):
+                c.start(i)
+        for dr in c.drivers:
+            assert dr.core.placement.members == NAMES
+        _feed(c, a2, at=entry % 2)
+        c.run_until_quiet()
+        _check(c, a1 + a2, [], d)
+        for i in range(2):
+            c.crash(i)
+            c.start(i)
+        c.run_until_quiet()
+        _check(c, a1 + a2, [], d)
+    finally:
+        for i in range(len(c.drivers)):
+            if c.alive(i):
+                c.crash(i)
+        shutil.rmtree(d, ignore_errors=True)

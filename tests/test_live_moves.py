@@ -43,7 +43,7 @@ def _outputs(c: ClusterDriver) -> Counter:
     """Outputs delivered, each (worker, sink, sequence number) once: a
     resend after a crash repeats a number, a duplicate would not."""
     got = Counter()
-    for d in c.drivers:
+    for d in c.drivers + c.retired:  # members that left delivered theirs
         for sink, rows in d.delivered_rows.items():
             seen = set()
             for row in rows:

@@ -275,6 +275,21 @@ class Driver:
             self.store.commit(record)
         return True
 
+    def remove_members(self, members: list[str],
+                       crash_before_commit: bool = False) -> bool:
+        """The cluster's last members left (live_members.py; False: this
+        worker crashed before the commit).  Its restarts use ``members``."""
+        self.options["members"] = list(members)
+        record = self._core().live_remove_members(members)
+        if crash_before_commit:
+            self.crash()
+            return False
+        if record is not None:
+            self.store.commit(record)
+            self.peer_out = {r: rows for r, rows in self.peer_out.items()
+                             if r < len(members)}
+        return True
+
     def peer_count(self, sender: str) -> int:
         """Peer batches from ``sender`` this worker holds durably."""
         return self._core().stream_counts.get(("peer", f"peer:{sender}"), 0)
@@ -329,6 +344,7 @@ class ClusterDriver:
         self.drivers = [Driver(app, args=args, resilience_dir=self._dir,
                                worker_name=name, members=self.names, **options)
                         for name in self.names]
+        self.retired: list[Driver] = []  # members that left (shrink)
 
     def start(self, i: int, **kw) -> RecoveryReport:
         return self.drivers[i].start(**kw)
@@ -361,6 +377,31 @@ class ClusterDriver:
             d.start()
         self.names = list(names)
         return list(range(first, len(names)))
+
+    def shrink(self, count: int = 1, crash_before_commit: tuple[int, ...] = ()
+               ) -> list[str]:
+        """The running cluster's last ``count`` members leave: they must
+        own no key group (``live_move`` gives theirs away first); once
+        nothing is in flight they stop, and every other worker drops them
+        (``crash_before_commit``: these die instead, and drop them when
+        they start again).  Returns the names that left."""
+        names, leaving = self.names[:-count], self.names[-count:]
+        self.run_until_quiet()
+        for d in self.drivers[len(names):]:
+            if any(d.peer_out.values()):
+                raise RuntimeError(f"{d.worker_name} still holds peer batches "
+                                   f"(a receiver is down): it cannot leave yet")
+            if d.core is not None:
+                d.stop()
+        self.retired += self.drivers[len(names):]
+        del self.drivers[len(names):]
+        for i, d in enumerate(self.drivers):
+            if d.core is None:
+                d.options["members"] = list(names)
+                continue
+            d.remove_members(names, crash_before_commit=i in crash_before_commit)
+        self.names = list(names)
+        return leaving
 
     def start_all(self) -> None:
         for i in range(len(self.drivers)):

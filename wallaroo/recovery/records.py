@@ -269,13 +269,18 @@ class CommitRecord:
     # fingerprint with them, saved with them
     new_destinations: list[tuple[str, int]] = field(default_factory=list)
     fingerprint: dict | None = None
+    # destinations removed from the end (members that left a running
+    # cluster, their channels drained: live_members.py); ``fingerprint``
+    # without them, saved with it.  Their ids stay in sink_identities.
+    dropped_destinations: int = 0
 
     def is_empty(self) -> bool:
         return not (self.inputs or self.outputs or self.partitions
                     or self.snapshots or self.streams or self.delivered
                     or self.pending is not None or self.pending_consumed
                     or self.forget_streams or self.sink_bases or self.meta
-                    or self.deleted or self.new_destinations)
+                    or self.deleted or self.new_destinations
+                    or self.dropped_destinations)
 
 
 @dataclass

@@ -347,6 +347,9 @@ class SQLiteStore(PartitionReads):
         try:
             if rec.new_destinations:
                 added = self._add_destinations(conn, rec)
+            elif rec.dropped_destinations and rec.fingerprint is not None:
+                conn.execute("UPDATE meta SET value=? WHERE key='fingerprint'",
+                             (json.dumps(rec.fingerprint, sort_keys=True),))
             self._write_rows(conn, rec, rf)
             self._write_control(conn, rec, rf, commits)
             conn.execute("COMMIT")
@@ -364,6 +367,8 @@ class SQLiteStore(PartitionReads):
             self._class_ids.update(self._new_class_ids)
             self._new_class_ids.clear()
         self._commits = commits
+        if rec.dropped_destinations:
+            self._drop_destinations(rec.dropped_destinations)
         if rec.partitions:  # findable before the commit is said to have landed
             self._keys.committed(rec.partitions)
         if rec.deleted:
@@ -394,6 +399,17 @@ class SQLiteStore(PartitionReads):
             idle = not (rec.inputs or rec.outputs or rec.partitions or rec.snapshots)
             self._vacuum_step(cp, rec.next_lsn, vacuum.IDLE_STEP_PAGES if idle
                               else vacuum.STEP_PAGES)
+
+    def _drop_destinations(self, count: int) -> None:
+        """The last ``count`` destinations are gone (members that left;
+        their rows were all delivered): a destination added later takes
+        their place, under an id of its own."""
+        first = len(self._sink_ids) - count
+        for i in range(first, len(self._sink_ids)):
+            self._sink_index.pop(self._sink_ids[i], None)
+            for known in (self._next_seq, self._delivered, self._bases):
+                known.pop(i, None)
+        del self._sink_ids[first:]
 
     def _add_destinations(self, conn: sqlite3.Connection, rec: CommitRecord) -> list[int]:
         """The ids of the destinations this commit adds (a new member's

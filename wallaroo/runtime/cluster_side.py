@@ -59,6 +59,7 @@ class ClusterSide:
         self.log: logging.Logger = worker.log
         self.me = worker.opts.name
         self.senders: dict[int, ChannelSender] = {}
+        self._scopes: dict[int, trio.CancelScope] = {}  # each sender's
         self.data_address: tuple[str, int] | None = None
         self.server: DataServer | None = None
         self._link = None  # trio socket to the supervisor
@@ -111,8 +112,36 @@ class ClusterSide:
             self.server.fingerprint = fp.encode()
             self.server.members = set(members)
         for sender in made.values():
-            nursery.start_soon(sender.run)
+            nursery.start_soon(self._run_sender, sender)
         return made
+
+    def remove_members(self, members: list[str]) -> list[int]:
+        """The cluster's last members left (the core dropped them, their
+        channels drained: live_members.py): their channels stop, and the
+        fingerprint every handshake shows is updated.  Returns the
+        destinations gone."""
+        self.config.members = list(members)
+        core = self.worker.core
+        gone = [d for d in self.senders if d >= core.destinations]
+        for d in gone:
+            sender = self.senders.pop(d)
+            scope = self._scopes.pop(d, None)
+            if scope is not None:
+                scope.cancel()
+            self.config.peer_addresses.pop(sender.peer, None)
+        fp = self.fingerprint()
+        for sender in self.senders.values():
+            sender.fingerprint = fp
+        if self.server is not None:
+            self.server.fingerprint = fp.encode()
+            self.server.members = set(members)
+        return gone
+
+    async def _run_sender(self, sender: ChannelSender) -> None:
+        """A channel, until it ends or its member leaves (remove_members)."""
+        with trio.CancelScope() as scope:
+            self._scopes[sender.spec.index] = scope
+            await sender.run()
 
     def fingerprint(self) -> str:
         """What two workers must agree on to exchange peer batches: the
@@ -207,7 +236,7 @@ class ClusterSide:
         self.control_address = (self.config.advertise_host or chost, cport)
         nursery.start_soon(self.control.serve)
         for sender in self.senders.values():
-            nursery.start_soon(sender.run)
+            nursery.start_soon(self._run_sender, sender)
         if self.config.supervisor_fd is not None:
             sock = socket.socket(fileno=self.config.supervisor_fd)
             self._link = trio.socket.from_stdlib_socket(sock)

@@ -36,7 +36,7 @@ from .dataflow import (Context, Route, compile_pipeline, first,
 from .failures import FailureLog
 from . import live_members
 from .live_members import LiveMembers
-from .live_moves import LiveMoves
+from .live_moves import LiveMoveError, LiveMoves
 from .output_rows import OutputRows
 from .metrics import SIZE_BUCKETS, Histogram, Latency, Stages
 from .placement import DEFAULT_KEY_GROUPS, Placement, stable_hash
@@ -330,6 +330,21 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, LiveMembers, OutputRows):
                 "membership", m)
             self.log.info("the cluster grew to %s while this worker was down: "
                           "taking the new members", ", ".join(m["members"]))
+        elif saved is not None and m["key_groups"] == mine["key_groups"] \
+                and 0 < len(mine["members"]) < len(m["members"]) \
+                and m["members"][:len(mine["members"])] == mine["members"]:
+            try:
+                m = live_members.shrunk(saved, mine["members"])
+            except LiveMoveError as e:
+                raise IncompatibleDirectory(
+                    f"worker {self.name!r}'s resilience directory belongs to a "
+                    f"cluster of {len(saved['members'])} workers "
+                    f"({', '.join(saved['members'])}), and this run drops the "
+                    f"last ones: {e}") from None
+            self._meta_pending["membership"] = checked_meta.checked_text(
+                "membership", m)
+            self.log.info("the cluster shrank to %s while this worker was down: "
+                          "the others left", ", ".join(m["members"]))
         if (m["members"], m["key_groups"]) != (mine["members"], mine["key_groups"]):
             raise IncompatibleDirectory(
                 f"worker {self.name!r}'s resilience directory belongs to a cluster "

@@ -6,6 +6,7 @@ engine loop between two batches and answered once its commit has landed.
     LIVE_SWITCH     {epoch, groups, giver, taker}        -> {"marker": n}
     LIVE_HAND_OVER  {epoch, groups, taker, markers}      -> {"done": bool}
     LIVE_ADD_MEMBERS {members}                           -> {"membership": {...}}
+    LIVE_REMOVE_MEMBERS {members}                        -> {"membership": {...}}
 
 A step asked again answers the same (the core finds its record), so a
 coordinator that lost an answer, or was restarted, asks again."""
@@ -32,7 +33,8 @@ class LiveControl:
     def verbs(self) -> dict:
         return {"LIVE_STATUS": self._status, "LIVE_SWITCH": self._switch,
                 "LIVE_HAND_OVER": self._hand_over,
-                "LIVE_ADD_MEMBERS": self._add_members}
+                "LIVE_ADD_MEMBERS": self._add_members,
+                "LIVE_REMOVE_MEMBERS": self._remove_members}
 
     async def _add_members(self, request: dict) -> dict:
         """The cluster grows (live_members.py): the core takes the members,
@@ -49,6 +51,22 @@ class LiveControl:
                 for dest, sender in made.items():
                     w.dests[dest] = sender
                 w.log.info("the cluster grew to %d workers (%s); nothing moved",
+                           len(members), ", ".join(members))
+            return record, {"membership": core.membership}
+        return await self._run(step)
+
+    async def _remove_members(self, request: dict) -> dict:
+        """The cluster's last members left (live_members.py): the core
+        drops them once nothing waits for them, then their channels stop."""
+        members = [str(m) for m in request["members"]]
+
+        def step(core):
+            record = core.live_remove_members(members)
+            w = self.worker
+            if record is not None and w.cluster is not None:
+                w.cluster.remove_members(members)
+                del w.dests[core.destinations:]
+                w.log.info("the cluster shrank to %d workers (%s); nothing moved",
                            len(members), ", ".join(members))
             return record, {"membership": core.membership}
         return await self._run(step)

@@ -46,6 +46,36 @@ def grown(saved: dict, members: list[str], owner_names: list[str]) -> dict:
     return body
 
 
+def shrunk(saved: dict, members: list[str]) -> dict:
+    """``saved`` without its last members, those a live shrink retired:
+    they must own no key group, and be members a live grow added (past
+    ``rule_workers``: no resumable stream and no Kafka partition is
+    theirs), so nothing of anyone's moves and every destination id that
+    is left stays."""
+    old = list(saved["members"])
+    leaving = old[len(members):]
+    if list(old[:len(members)]) != list(members) or not leaving or not members:
+        raise LiveMoveError(
+            f"the members {', '.join(members)} are not the cluster's "
+            f"({', '.join(old)}) less its last ones: only the members that "
+            f"joined last leave while the cluster runs")
+    rule = saved.get("rule_workers", len(old))
+    if len(members) < rule:
+        raise LiveMoveError(
+            f"{', '.join(old[len(members):rule])} did not join while the "
+            f"cluster ran: resumable streams and Kafka partitions are theirs "
+            f"by rule; `wallaroo cluster shrink` without --live takes them away")
+    owners = saved_owner_names(saved)
+    held = sorted({o for o in owners if o in leaving})
+    if held:
+        raise LiveMoveError(
+            f"{', '.join(held)} still own key groups: move them away first")
+    body = dict(saved)
+    body["members"] = list(members)
+    body["owners"] = ownership.encode(owners)
+    return body
+
+
 def saved_owner_names(saved: dict) -> list[str]:
     """The owner of every key group a saved membership says."""
     if saved.get("owners") is not None:
@@ -81,6 +111,36 @@ class LiveMembers:
             new_destinations=[tuple(peer_identity(m)) for m in members[before:]],
             fingerprint=self.fingerprint())
 
+    def live_remove_members(self, members: list[str]) -> CommitRecord | None:
+        """Between batches: the cluster's last members, which own nothing
+        and whose channels are drained, are gone; ``members`` stay.
+        Returns the commit record (None: done before)."""
+        if not self.durable:
+            raise LiveMoveError(f"worker {self.name!r}: a cluster shrinks while "
+                                f"it runs only with --resilience-dir")
+        p = self.placement
+        if list(members) == p.members:
+            return None
+        if self.name not in members:
+            raise LiveMoveError(f"worker {self.name!r} is one of those leaving")
+        if self.deferring is not None:
+            raise LiveMoveError(
+                f"worker {self.name!r} waits for the hand-over of move "
+                f"{self.deferring['epoch']}: finish it first")
+        m = shrunk(self.membership, members)
+        waiting = [f"{name}: {self.next_out_seq.get(d, 0) - self.delivered.get(d, 0)}"
+                   for i, name in enumerate(p.members) if i >= len(members)
+                   for d in [self.peer_dest(i)]
+                   if self.next_out_seq.get(d, 0) > self.delivered.get(d, 0)]
+        if waiting:
+            raise LiveMoveError(
+                f"worker {self.name!r} still holds peer batches for the leaving "
+                f"members ({', '.join(waiting)}): they leave once delivered")
+        dropped = len(p.members) - len(members)
+        self._use_membership(m)
+        return self._record(dropped_destinations=dropped,
+                            fingerprint=self.fingerprint())
+
     def _use_membership(self, m: dict, save: bool = True) -> None:
         """Route by membership ``m`` from now on (members appended: every
         destination id stays; the new members' channels start empty);
@@ -90,6 +150,10 @@ class LiveMembers:
         for d in range(len(self.next_out_seq), self.destinations):
             self.next_out_seq.setdefault(d, 0)
             self.delivered.setdefault(d, 0)
+        for d in [d for d in self.next_out_seq if d >= self.destinations]:
+            # a member that left: its channel was drained
+            for known in (self.next_out_seq, self.delivered, self.sink_bases):
+                known.pop(d, None)
         if save:
             self._meta_pending["membership"] = checked_meta.checked_text(
                 "membership", m)
