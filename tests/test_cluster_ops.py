@@ -556,3 +556,85 @@ def test_a_live_grow_refused_or_taken_half_way(procs, tmp_path):
         == [342, 341, 341]
     assert sum(w["partitions"] for w in st.values()) == 26  # each letter once
     sup.terminate(timeout=WAIT)
+
+
+def test_cluster_shrink_live_lets_a_member_that_joined_leave_while_input_flows(
+        procs, tmp_path):
+    """2 workers grow live to 3, then worker-2 leaves live while a
+    resumable sender streams 1..3000 (its connection may be worker-2's: it
+    reconnects and resumes).  The others keep their pids, take its key
+    groups back (512/512), and every sequence window arrives once; its
+    database is marked retired, `--query` says who may leave live, and a
+    restart with --workers 2 starts the two without rescaling."""
+    state = str(tmp_path / "state")
+    out = tmp_path / "out.bin"
+    recv, sink = start_receiver(procs, "--framing", "length", "--output", out)
+    sup, fields = run_cluster(procs, REPO / "tests" / "chaos" / "sequence_window.py",
+                              2, "--out", f"127.0.0.1:{sink}", resilience_dir=state)
+
+    def cluster(*args):
+        return subprocess.run(WALLAROO + ["cluster", *args], capture_output=True,
+                              text=True, timeout=WAIT)
+
+    done = cluster("shrink", state, "--count", "1", "--live")
+    assert done.returncode != 0
+    assert "worker-1 did not join while the cluster ran" in done.stderr, done.stderr
+    done = cluster("grow", state, "--live")
+    assert done.returncode == 0, done.stderr + sup.stderr[-3000:]
+    done = cluster("shrink", state, "--query")
+    assert "may leave with --live (the last ones of these): worker-2" in done.stdout
+    frames = tmp_path / "in.frames"
+    frames.write_bytes(u64_frames(range(1, 3001)))
+    # two idle clients first: the supervisor hands each connection to the
+    # member holding the fewest, so the sender's is worker-2's
+    host, port = fields["sources"].rsplit(":", 1)
+    idle = []
+    for _ in range(2):
+        idle.append(socket.create_connection((host, int(port))))
+        time.sleep(0.3)
+    sender = subprocess.Popen(WALLAROO + ["send", fields["sources"], "--frames",
+                                          str(frames), "--resumable", "seq",
+                                          "--rate", "1000", "--quiet"],
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    pids = {n: w["pid"] for n, w in workers_of(state).items()}
+    done = cluster("shrink", state, "--count", "1", "--live")
+    assert done.returncode == 0, done.stderr + sup.stderr[-3000:]
+    assert re.match(r"shrank live in \d+\.\d\ds: 2 workers \(initializer, "
+                    r"worker-1\); 341 key groups moved from the leaving workers "
+                    r"in \d+ moves, the longest wait of a moving group "
+                    r"\d+\.\d{3}s$", done.stdout.strip()), done.stdout
+    assert sender.wait(timeout=WAIT) == 0, sender.stderr.read()
+    assert "forwarded by worker 'worker-2'" in sup.stderr  # its connection
+    for s in idle:
+        s.close()
+    st = workers_of(state)
+    assert sorted(st) == ["initializer", "worker-1"]
+    assert {n: st[n]["pid"] for n in st} == {n: pids[n] for n in st}
+    assert [st[n]["key_groups"] for n in ("initializer", "worker-1")] == [512, 512]
+    assert "worker worker-2 left the cluster" in sup.stderr
+    assert "the cluster shrank to 2 workers (initializer, worker-1); nothing " \
+           "moved" in sup.stderr
+    deadline = time.monotonic() + WAIT
+    while len(read_frames(out.read_bytes() if out.exists() else b"")) < 3000:
+        assert time.monotonic() < deadline, sup.stderr[-3000:]
+        time.sleep(0.05)
+    report = validate(read_frames(out.read_bytes()), 3000)
+    assert report.ok, report.summary()
+    inspect = subprocess.run(WALLAROO + ["recovery", "inspect", state, "--worker",
+                                         "worker-2"], capture_output=True,
+                             text=True, timeout=WAIT)
+    assert "retired" in inspect.stdout and "left the cluster while it ran" in \
+        inspect.stdout, inspect.stdout + inspect.stderr
+    assert sup.terminate(timeout=WAIT) == 0, sup.stderr[-2000:]
+    sup, fields = run_cluster(procs, REPO / "tests" / "chaos" / "sequence_window.py",
+                              2, "--out", f"127.0.0.1:{sink}", resilience_dir=state)
+    assert "rescaling from" not in sup.stderr
+    frames.write_bytes(u64_frames(range(1, 3601)))
+    send(fields["sources"], "--frames", str(frames), "--resumable", "seq")
+    while len(read_frames(out.read_bytes())) < 3600:
+        assert time.monotonic() < deadline, sup.stderr[-3000:]
+        time.sleep(0.05)
+    assert sup.terminate(timeout=WAIT) == 0, sup.stderr[-2000:]
+    report = validate(read_frames(out.read_bytes()), 3600)
+    assert report.ok, report.summary()

@@ -159,8 +159,14 @@ def grow(directory, count, live):
 @click.option("--count", type=click.IntRange(min=1),
               help="How many workers leave (the last ones).")
 @click.option("--query", is_flag=True, help="List which workers may leave.")
+@click.option("--live", is_flag=True,
+              help="One host: shrink while the cluster runs.  The leaving "
+                   "workers (the last ones, which joined with `grow --live`) "
+                   "give their key groups away by live moves, drain and stop, "
+                   "while every other group flows.  Without it every worker "
+                   "stops and restarts.")
 @_remote_options
-def shrink(directory, names, count, query, control, cluster_secret_file):
+def shrink(directory, names, count, query, live, control, cluster_secret_file):
     """Remove workers from the cluster running on DIRECTORY (one host), or
     reached at --control (several hosts).  A leaving worker hands its key
     groups (with their state) to the others and stops; its database stays,
@@ -174,25 +180,42 @@ def shrink(directory, names, count, query, control, cluster_secret_file):
       wallaroo cluster shrink ./state --count 1
 
     \b
+    One host, while it runs (worker-2 joined with `grow --live`):
+      wallaroo cluster shrink ./state --count 1 --live
+
+    \b
     Several hosts (worker-2 leaves; its host can go):
       wallaroo cluster shrink --control 10.0.0.1:7100 \\
           --cluster-secret-file secret --names worker-2
     """
     if control is not None:
+        if live:
+            raise click.UsageError("--live shrinks a one-host cluster (give its "
+                                   "DIRECTORY, not --control)")
         return _shrink_remote(control, cluster_secret_file, names, count, query)
     if query:
         a = _ask(directory, {"op": "query"})
         click.echo(f"members: {', '.join(a['members'])}")
         click.echo(f"may leave: {', '.join(a['may_leave']) or 'none'}")
+        if "may_leave_live" in a:
+            click.echo(f"may leave with --live (the last ones of these): "
+                       f"{', '.join(a['may_leave_live']) or 'none'}")
         return
     if (names is None) == (count is None):
         raise click.UsageError("give --names W1,W2 or --count K (or --query)")
-    request = {"op": "shrink"}
+    request = {"op": "shrink", "live": live}
     if names is not None:
         request["names"] = [n.strip() for n in names.split(",") if n.strip()]
     else:
         request["count"] = count
-    _done(_ask(directory, request))
+    answer = _ask(directory, request)
+    if not live:
+        _done(answer)
+        return
+    click.echo(f"shrank live in {answer['seconds']:.2f}s: {len(answer['members'])} "
+               f"workers ({', '.join(answer['members'])}); {answer['moved']} key "
+               f"groups moved from the leaving workers in {answer['moves']} moves, "
+               f"the longest wait of a moving group {answer['longest_wait']:.3f}s")
 
 
 def _shrink_remote(control: str, secret_file: str | None, names, count,

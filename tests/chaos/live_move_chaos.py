@@ -42,6 +42,7 @@ class LiveMoveChaosResult(WindowsAndVotes):
     events: list[str] = field(default_factory=list)
     moves_done: int = 0
     grows_done: int = 0
+    shrinks_done: int = 0
     waits: list[float] = field(default_factory=list)  # the groups' pauses
 
     def summary(self) -> str:
@@ -50,7 +51,8 @@ class LiveMoveChaosResult(WindowsAndVotes):
             f"windows {self.messages}, votes {self.votes}; events: "
             f"{'; '.join(self.events)}; wall time {self.seconds:.1f}s",
             f"moves that completed: {self.moves_done}; live grows that "
-            f"completed: {self.grows_done}; moving groups waited "
+            f"completed: {self.grows_done}; live shrinks that completed: "
+            f"{self.shrinks_done}; moving groups waited "
             + (f"{min(w):.3f}-{max(w):.3f}s" if w else "-"),
             *self.outcome_lines()])
 
@@ -93,13 +95,16 @@ def half_move_at(addresses: dict[str, tuple[str, int]], secret: bytes,
 
 
 def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1500,
-        state_cache: int = 0, grows: int = 0, seed: int | None = None,
-        workdir: str | None = None, say=print, then_grow: bool = False,
-        workers: int = 3) -> LiveMoveChaosResult:
+        state_cache: int = 0, grows: int = 0, shrinks: int = 0,
+        seed: int | None = None, workdir: str | None = None, say=print,
+        then_grow: bool = False, workers: int = 3) -> LiveMoveChaosResult:
     """``state_cache``: the workers' ``--state-cache`` (0: none), so moved
     partitions go from store to store without being loaded; ``grows``:
     that many ``wallaroo cluster grow --live`` among the moves, most with
-    a worker SIGKILLed during the grow; ``then_grow``: after the moves,
+    a worker SIGKILLed during the grow; ``shrinks``: that many ``wallaroo
+    cluster shrink --live --count 1`` (a grow first when no member that
+    joined live is left), most with a worker SIGKILLed during the shrink
+    (the leaving one, another, or the initializer); ``then_grow``: after the moves,
     one is left half done (switched, never handed over) and ``wallaroo
     cluster grow`` runs: it finishes the move before it drains."""
     rnd = random.Random(seed)
@@ -190,6 +195,35 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
         res.grows_done += 1
         say("        " + text.strip())
 
+    def shrink(kill_one: bool) -> None:
+        if c.workers <= workers:  # only members that joined live leave live
+            grow(kill_one=False)
+        cmd = wallaroo("cluster", "shrink", c.state, "--count", "1", "--live")
+        what = f"shrink --live to {c.workers - 1} workers"
+        leaving = (c.members() or [{"name": None}])[-1]["name"]
+        for attempt in range(3):  # one that stopped goes on from there
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+            if kill_one and attempt == 0:
+                time.sleep(rnd.uniform(0.0, 1.5))
+                victims = [w for w in c.members() if w.get("pid")]
+                if victims:
+                    w = rnd.choice(victims)
+                    role = ("the leaving one" if w["name"] == leaving
+                            else "the initializer" if w["name"] == "initializer"
+                            else "another")
+                    kill(w, f"{what}: SIGKILL {w['name']} ({role}) during it")
+            elif attempt == 0:
+                event(what)
+            text, _ = proc.communicate(timeout=900)
+            if proc.returncode == 0:
+                c.workers -= 1
+                res.shrinks_done += 1
+                say("        " + text.strip())
+                return
+            event(f"{what} failed: {text.strip()}")
+            time.sleep(1.0)
+
     try:
         receiver.wait_for(r"^listening on", 30)
         c.start()
@@ -198,11 +232,17 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
                                 messages, keys, rate, 300)
         time.sleep(2)
         move(kill_one=False)
-        grow_at = set(rnd.sample(range(moves + grows), grows))
-        for i in range(moves + grows):
+        steps = ["move"] * (moves + grows)
+        for i in rnd.sample(range(moves + grows), grows):  # (as before shrinks)
+            steps[i] = "grow"
+        for _ in range(shrinks):
+            steps.insert(rnd.randrange(len(steps) + 1), "shrink")
+        for step in steps:
             time.sleep(rnd.uniform(0.3, 1.5))
-            if i in grow_at:
+            if step == "grow":
                 grow(kill_one=rnd.random() < 0.7)
+            elif step == "shrink":
+                shrink(kill_one=rnd.random() < 0.7)
             else:
                 move(kill_one=rnd.random() < 0.8)
         if then_grow:
@@ -226,7 +266,7 @@ def run(messages: int = 20000, votes: int = 20000, moves: int = 6, rate: int = 1
 def main(argv=None) -> int:
     return chaos_main("tests.chaos.live_move_chaos", __doc__,
                       {"messages": 20000, "votes": 20000, "moves": 6, "rate": 1500,
-                       "state_cache": 0, "grows": 0},
+                       "state_cache": 0, "grows": 0, "shrinks": 0},
                       run, argv)
 
 

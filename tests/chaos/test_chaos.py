@@ -182,16 +182,17 @@ def test_live_moves_of_lazily_loaded_state_with_sigkills_lose_nothing(tmp_path):
     assert res.moves_done >= 2, res.summary()
 
 
-def test_live_grows_with_sigkills_lose_nothing(tmp_path):
-    """`wallaroo cluster grow --live` twice (2 -> 4 workers) among live
-    moves while resumable senders feed the cluster, a worker SIGKILLed
-    during most grows and moves: every window and vote exactly once."""
+def test_live_grows_and_shrinks_with_sigkills_lose_nothing(tmp_path):
+    """`wallaroo cluster grow --live` twice (2 -> 4 workers) and `shrink
+    --live` once among live moves while resumable senders feed the
+    cluster, a worker SIGKILLed during most grows, shrinks and moves:
+    every window and vote exactly once."""
     from .live_move_chaos import run as live_run
-    res = live_run(messages=8000, votes=8000, moves=3, grows=2, rate=1500,
-                   workers=2, seed=91, workdir=str(tmp_path))
+    res = live_run(messages=8000, votes=8000, moves=3, grows=2, shrinks=1,
+                   rate=1500, workers=2, seed=91, workdir=str(tmp_path))
     print(res.summary())
     assert res.ok, res.summary()
-    assert res.grows_done == 2, res.summary()
+    assert res.grows_done >= 2 and res.shrinks_done == 1, res.summary()
 
 
 @pytest.mark.slow

@@ -701,6 +701,20 @@ def set_membership(directory: str, worker: str, plan: Plan,
                     "plan": plan.id, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})))
 
 
+def mark_retired(directory: str, worker: str, membership: dict) -> None:
+    """A worker that left a running cluster (runtime/live_shrink.py), once
+    stopped: ``retired``, with the membership the others go on with (as
+    a rescale's step 3 leaves a worker that left)."""
+    from .checked_meta import checked_text
+    with _Open(directory, worker) as db:
+        with db.transaction(f"retire {worker}", _nothing) as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('membership', ?)",
+                      (checked_text("membership", membership),))
+            if db.meta(RETIRED) is None:
+                c.execute("INSERT INTO meta VALUES (?, ?)", (RETIRED, json.dumps({
+                    "live": True, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})))
+
+
 def _checked_membership(text: str, path: str) -> dict:
     body = json.loads(text)
     cs = body.pop("checksum", None)

@@ -79,7 +79,7 @@ def saved_cluster(directory: str
             found[name] = ((name,), DEFAULT_KEY_GROUPS, None, None)
         else:
             runs, slots = saved.get("owners"), saved.get("stream_owners")
-            found[name] = (tuple(saved["members"]),
+            found[name] = (tuple(without_retired(directory, saved["members"])),
                            int(saved.get("key_groups", DEFAULT_KEY_GROUPS)),
                            None if runs is None else tuple(map(tuple, runs)),
                            None if slots is None else tuple(map(tuple, slots)))
@@ -118,6 +118,17 @@ def _as_grown(found: dict[str, tuple]) -> None:
         if kind[1] == groups and len(kind[0]) < len(members) \
                 and members[:len(kind[0])] == kind[0]:
             found[name] = longest
+
+
+def without_retired(directory: str, members: list[str]) -> list[str]:
+    """A saved member list less its last members whose databases are
+    marked retired: a live shrink (live_shrink.py) retires them before the
+    others drop them, and a worker that did not drop them yet does when it
+    starts with the short list (live_members.py)."""
+    members = list(members)
+    while len(members) > 1 and moves.is_retired(directory, members[-1]):
+        members.pop()
+    return members
 
 
 def grown_from(saved: list[str], names: list[str]) -> bool:
@@ -499,7 +510,10 @@ async def _request(sup, stream, secret_path: str) -> None:
 async def _answer(sup, req: dict, secret_path: str) -> dict:
     op = req["op"]
     if op == "query":
+        saved = saved_membership(sup.resilience_dir, sup.names[0]) or {}
+        rule = saved.get("rule_workers", len(sup.names))
         return {"members": sup.names, "may_leave": sup.names[1:],
+                "may_leave_live": sup.names[max(rule, 1):],
                 "rescaling": sup.pausing}
     if op not in ("grow", "shrink"):
         raise ValueError(f"unknown op {op!r}")
@@ -514,8 +528,23 @@ async def _answer(sup, req: dict, secret_path: str) -> dict:
             if count < 1:
                 raise RescaleRefused("--count must be at least 1")
             names = next_names(sup.names, count)
+            if req.get("live"):  # not the name of a worker that left live
+                taken = sup.names + [n for n in worker_names(sup.resilience_dir)
+                                     if n not in sup.names]
+                names = sup.names + next_names(taken, count)[len(taken):]
         else:
             names = shrunk_names(sup.names, req.get("names"), req.get("count"))
+        if op == "shrink" and req.get("live"):
+            from .live_shrink import shrink_live
+            sup.log.info("shrink --live asked: %d workers (%s) -> %d (%s)",
+                         len(sup.names), ", ".join(sup.names), len(names),
+                         ", ".join(names))
+            if sup.pending_grow is not None:
+                raise RescaleRefused(
+                    f"a live grow to {', '.join(sup.pending_grow['names'])} "
+                    f"stopped half-way: run `wallaroo cluster grow --live` to "
+                    f"finish it first")
+            return await shrink_live(sup, names, secret_path)
         if sup.pending_grow is not None and not (op == "grow" and req.get("live")):
             raise RescaleRefused(
                 f"a live grow to {', '.join(sup.pending_grow['names'])} stopped "

@@ -52,6 +52,7 @@ class Member:
     connections: int = 0
     ready_once: bool = False
     stopping: bool = False  # it said it is draining: hand it nothing
+    leaving: bool = False  # a live shrink stops it for good (live_shrink.py)
     ready_event: trio.Event = field(default_factory=trio.Event)
 
 
@@ -159,7 +160,7 @@ class Supervisor:
         """Why this directory's databases belong to a cluster other than
         the one asked for (None: they do not)."""
         from .formation import saved_membership
-        from .rescale import grown_from
+        from .rescale import grown_from, without_retired
         from ..recovery.moves import is_retired
         if not self.resilience_dir or not os.path.isdir(self.resilience_dir):
             return None
@@ -167,7 +168,8 @@ class Supervisor:
             if not f.endswith(".db") or is_retired(self.resilience_dir, f[:-3]):
                 continue
             saved = saved_membership(self.resilience_dir, f[:-3])
-            if saved is not None and not grown_from(saved["members"], self.names):
+            if saved is not None and not grown_from(
+                    without_retired(self.resilience_dir, saved["members"]), self.names):
                 n = len(saved["members"])
                 return (f"{self.resilience_dir} holds a cluster of {n} workers "
                         f"({', '.join(saved['members'])}; see {f}); this run asks "
@@ -301,15 +303,22 @@ class Supervisor:
         try:
             await self._keep_running_loop(m, secret, nursery)
         finally:
-            self._done += 1
-            if self._done == len(self.members):
+            if m.leaving and m in self.members:  # it left the cluster
+                self.members.remove(m)
+            else:
+                self._done += 1
+            if self._done >= len(self.members):
                 self._all_done.set()
 
     async def _keep_running_loop(self, m: Member, secret: str, nursery) -> None:
         while not (self.stopping or self.pausing):
             code = await self._run_once(m, secret)
-            self.exit_codes[m.name] = code
             m.state, m.pid, m.exit_code = "down", None, code
+            if m.leaving:
+                self.log.info("worker %s left the cluster (%s)", m.name, _status(code))
+                m.ready_event.set()
+                return
+            self.exit_codes[m.name] = code
             self.write_cluster_file()
             m.ready_event.set()  # whoever waits for readiness: it ended
             if self.stopping or self.pausing:

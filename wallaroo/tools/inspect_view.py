@@ -40,7 +40,8 @@ def render(infos: list[WorkerInfo], console: Console, limit: int | None,
             waiting = undelivered(info)
             console.print(
                 f"[bold]retired[/bold] at {info.retired.get('at', '?')}: left the "
-                f"cluster in a rescale (now {', '.join(info.members or ['?'])}); "
+                f"cluster {'while it ran' if info.retired.get('live') else 'in a rescale'} "
+                f"(now {', '.join(info.members or ['?'])}); "
                 + (f"{waiting} outputs still wait for delivery" if waiting else
                    "nothing left to deliver") + "; its file is kept")
         elif info.members is not None and len(info.members) > 1:

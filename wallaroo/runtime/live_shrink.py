@@ -1,0 +1,234 @@
+"""``wallaroo cluster shrink --live``: members of a one-host cluster that
+joined it while it ran (``grow --live``) leave while it runs, the
+supervisor coordinating (docs/design/live-moves.md, step 2, reversed):
+
+1. a live move left under way is finished first;
+2. live moves (``runtime/live_coordinator.py``) give the leaving members'
+   key groups to the others, as a rescale to the members that stay would
+   place them (``ownership.balanced_owners``), while every group flows;
+3. the leaving members close their sources and the supervisor hands them
+   no new client (a resumable client reconnects, to another member, and
+   resumes from what was committed); until nothing is in flight to or
+   from them: their inbox, their channels and every other member's
+   channel to them empty, their sinks' outputs delivered (for at most
+   ``rescale.LEAVING_WAIT``: what is left is delivered by the retired
+   worker run on its own, as after a rescale);
+4. they stop, their databases are marked retired (``wallaroo recovery
+   inspect`` shows it) with the membership the others go on with, and
+   the supervisor's member list loses them;
+5. every other member drops them (``LIVE_REMOVE_MEMBERS``, one commit
+   each between two batches; a member down meanwhile drops them when it
+   starts with the short list: live_members.py).
+
+Only the members that joined live, and only the last ones, leave this way:
+resumable streams and Kafka partitions belong to the members before the
+first live grow by rule (``rule_workers``), and members are numbered by
+their place in the list.  Any other shrink drains and stops the cluster
+(``wallaroo cluster shrink`` without --live).
+
+A crash of any worker, or of the command, during steps 1-3 leaves a
+cluster whose leaving members own nothing (or some of their groups):
+``shrink --live`` again goes on from there.  After step 4 the shrink is
+done for the supervisor; a member that did not drop them yet does at its
+next start.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import trio
+
+from ..connectors.auth import load_secret
+from ..recovery import moves, ownership
+from ..recovery.errors import StoreError
+from . import live_members
+from .control import ask
+from .formation import saved_membership
+from .live_coordinator import Coordinator, MoveFailed
+from .live_grow import WAIT
+from .live_moves import LiveMoveError
+from .rescale import LEAVING_WAIT, QUIET_POLL, RescaleRefused, control_addresses
+
+STOP_WAIT = 60.0  # seconds a drained leaving member may take to stop
+
+
+class ShrinkRefused(RescaleRefused):
+    """The cluster cannot shrink live as asked (the message says why)."""
+
+
+def _shrunk_membership(directory: str, first: str, names: list[str]) -> dict:
+    """The membership the others will commit (live_members.shrunk), checked
+    before anything moves: the leaving members joined live and are last."""
+    saved = saved_membership(directory, first)
+    if saved is None:
+        raise ShrinkRefused(f"{first}.db in {directory} holds no membership; "
+                            f"nothing changed")
+    leaving = saved["members"][len(names):]
+    rule = saved.get("rule_workers", len(saved["members"]))
+    if saved["members"][:len(names)] != names or not leaving:
+        raise ShrinkRefused(
+            f"only the members that joined last leave while the cluster runs "
+            f"(members: {', '.join(saved['members'])}); `wallaroo cluster "
+            f"shrink` without --live drains and restarts the cluster for any "
+            f"other; nothing changed")
+    if len(names) < rule:
+        raise ShrinkRefused(
+            f"{', '.join(saved['members'][len(names):rule])} did not join while "
+            f"the cluster ran: resumable streams and Kafka partitions are theirs "
+            f"by rule.  `wallaroo cluster shrink` without --live moves them; "
+            f"nothing changed")
+    body = dict(saved)  # their key groups are given away first
+    body["owners"] = ownership.encode(ownership.balanced_owners(
+        live_members.saved_owner_names(saved), names))
+    try:
+        return live_members.shrunk(body, names)
+    except LiveMoveError as e:
+        raise ShrinkRefused(f"{e}; nothing changed") from None
+
+
+async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
+    """Shrink ``sup``'s running cluster to ``names``; the answer for
+    ``wallaroo cluster shrink --live``."""
+    directory = sup.resilience_dir
+    old = list(sup.names)
+    leaving = [n for n in old if n not in names]
+    if any(s.next_fire is not None for s in sup.spec.states):
+        raise ShrinkRefused("applications with windows cannot shrink live yet: "
+                            "`wallaroo cluster shrink` without --live rescales them")
+    _shrunk_membership(directory, old[0], names)
+    secret = load_secret(secret_path)
+    t0 = trio.current_time()
+    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
+                    refresh=lambda: control_addresses(sup.members))
+    try:
+        await c.finish_under_way()
+        st = await c.statuses()
+        current = ownership.decode(st[old[0]]["owners"], st[old[0]]["key_groups"],
+                                   old)
+        target = ownership.balanced_owners(current, names)
+        reports = []
+        for taker in names:
+            groups = [g for g, o in enumerate(target)
+                      if o == taker and current[g] in leaving]
+            if groups:
+                reports += await c.move(groups, taker)
+    except MoveFailed as e:
+        return _stopped(names, f"giving their key groups away: {e}")
+    moved = sum(len(r.groups) for r in reports)
+    sup.log.info("shrink: %d key groups of %s moved live in %d moves; draining "
+                 "them", moved, ", ".join(leaving), len(reports))
+    gone = [m for m in sup.members if m.name in leaving]
+    drained = await _drain(sup, secret, gone)
+    if drained is not None:
+        for m in gone:  # they go on, owning nothing, as members
+            m.stopping = False
+        return _stopped(names, drained)
+    # they stop and are not restarted; the supervisor's member list loses
+    # them as each ends (Supervisor._keep_running)
+    for m in gone:
+        m.leaving = True
+        if m.proc is not None and m.proc.returncode is None:
+            if not sup._send(m, {"stop": "drained"}):
+                m.proc.send_signal(signal.SIGTERM)
+    with trio.move_on_after(STOP_WAIT):
+        while any(m in sup.members for m in gone):
+            await trio.sleep(QUIET_POLL)
+    for m in gone:
+        if m in sup.members and m.proc is not None and m.proc.returncode is None:
+            sup.log.error("shrink: %s did not stop within %.0fs; killing it "
+                          "(it held nothing)", m.name, STOP_WAIT)
+            m.proc.kill()
+    while any(m in sup.members for m in gone):
+        await trio.sleep(QUIET_POLL)
+    if sup.stopping:
+        return _stopped(names, "the cluster is stopping")
+    membership = _shrunk_membership(directory, old[0], names)
+    try:
+        for name in leaving:
+            moves.mark_retired(directory, name, membership)
+    except (StoreError, OSError) as e:
+        sup.log.error("shrink: cannot mark %s retired: %s", ", ".join(leaving), e)
+    sup.names, sup.n = list(names), len(names)
+    sup.write_cluster_file()
+    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
+                    refresh=lambda: control_addresses(sup.members))
+    try:
+        for name in names:
+            c.deadline = time.monotonic() + WAIT
+            answer = await c.ask(name, "LIVE_REMOVE_MEMBERS", {"members": names})
+            if answer["membership"]["members"] != names:
+                raise MoveFailed(f"{name} kept the members "
+                                 f"{', '.join(answer['membership']['members'])}")
+    except MoveFailed as e:
+        sup.log.error("shrink: %s; a member that did not drop %s does when it "
+                      "starts again", e, ", ".join(leaving))
+    now = trio.current_time()
+    sup.log.info("shrink: %s left; %d workers (%s) in %.2fs", ", ".join(leaving),
+                 len(names), ", ".join(names), now - t0)
+    return {"ok": True, "members": list(names), "seconds": round(now - t0, 3),
+            "moved": moved, "moves": len(reports),
+            "longest_wait": round(max((r.waited for r in reports), default=0.0), 3),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+async def _drain(sup, secret: bytes, gone: list) -> str | None:
+    """Until nothing is in flight to or from the members ``gone`` (their
+    sources closed), twice in a row with the same counts; None when
+    drained, or why not (in ``WAIT`` seconds)."""
+    leaving = {m.name for m in gone}
+    last = None
+    sinks_until = trio.current_time() + LEAVING_WAIT
+    deadline = trio.current_time() + WAIT
+    why = "nothing answered"
+    while trio.current_time() < deadline and not sup.stopping:
+        for m in gone:  # again after a restart: it opened them again
+            m.stopping = True
+            sup._send(m, {"drain": True})
+        await trio.sleep(QUIET_POLL)
+        try:
+            answers = {}
+            for m in sup.members:
+                if m.state != "ready" or not m.control:
+                    raise OSError(f"worker {m.name} is {m.state}")
+                host, _, port = m.control.rpartition(":")
+                answers[m.name] = await ask((host, int(port)), secret, "STATUS",
+                                            me="supervisor", timeout=5)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as e:
+            last, why = None, str(e)
+            continue
+        held = []
+        for name, a in answers.items():
+            for ch in a.get("channels", ()):
+                if (name in leaving or ch.get("peer") in leaving) and ch.get("batches", 1):
+                    held.append(f"{name} -> {ch.get('peer')}: {ch['batches']} batches")
+            if name in leaving:
+                if a.get("inbox", {}).get("messages", 1):
+                    held.append(f"{name}'s inbox: {a['inbox']['messages']} messages")
+                outputs = sum(s.get("outputs", 0) for s in a.get("sinks", ()))
+                if outputs and trio.current_time() < sinks_until:
+                    held.append(f"{name}'s sinks: {outputs} outputs")
+        counts = tuple((answers[n].get("messages_in"), answers[n].get("outputs"),
+                        answers[n].get("commits")) for n in sorted(leaving))
+        if held:
+            last, why = None, "; ".join(held)
+            continue
+        if counts == last:
+            waiting = {n: sum(s.get("outputs", 0) for s in answers[n].get("sinks", ()))
+                       for n in sorted(leaving)}
+            if any(waiting.values()):
+                sup.log.warning(
+                    "shrink: leaving workers still hold undelivered outputs after "
+                    "%.0fs (%s): they stay in their databases, marked retired, and "
+                    "are delivered from there", LEAVING_WAIT,
+                    ", ".join(f"{n}: {k}" for n, k in waiting.items() if k))
+            return None
+        last = counts
+    return f"draining {', '.join(sorted(leaving))} took over {WAIT:.0f}s ({why})"
+
+
+def _stopped(names: list[str], why: str) -> dict:
+    return {"error": f"the shrink to {len(names)} workers ({', '.join(names)}) "
+                     f"stopped: {why}.  Nothing is lost; run `wallaroo cluster "
+                     f"shrink --live` again to go on from there"}
