@@ -33,6 +33,7 @@ key groups and live moves give it its share; only the moving groups'
 messages wait.
 
     python benchmarks/bench_rescale.py --grow-live --keys 100000
+    python benchmarks/bench_rescale.py --shrink-live --keys 100000
 
 With ``--hosts`` (root, iproute2), part 1 runs again over two network-
 namespace hosts: a one-worker cluster formed with ``--cluster-initializer
@@ -149,6 +150,15 @@ def grow(state: Path) -> float:
     return time.perf_counter() - t
 
 
+def shrink_live(state: Path) -> float:
+    t = time.perf_counter()
+    done = subprocess.run(wallaroo("cluster", "shrink", state, "--count", 1, "--live"),
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(done.stdout + done.stderr)
+    return time.perf_counter() - t
+
+
 def send(source: str, *args) -> None:
     done = subprocess.run(wallaroo("send", source, *args, "--quiet"),
                           capture_output=True, text=True, timeout=900)
@@ -177,6 +187,24 @@ def part1(keys: int, probe_rate: int, workdir: Path, start: int = 1) -> dict:
         sup.terminate()
         sup.wait(120)
     return _moved(keys, probe_rate, recv, *grow_times, start=start)
+
+
+def part1_shrink_live(keys: int, probe_rate: int, workdir: Path) -> dict:
+    """Part 1 the other way: 1 worker grows live to 2, the keys are
+    created, then worker-1 leaves with ``wallaroo cluster shrink --live``
+    while every key is probed; the keys that move are those it had."""
+    recv = Receiver(20)
+    state = workdir / "state-keys"
+    sup, source = start_cluster(APP, state, recv.port, workdir / "keys.log",
+                                "--checkpoint-interval", "0.5", workers=1)
+    try:
+        grow(state)
+        times = _probe_around(source, keys, probe_rate, recv,
+                              lambda: shrink_live(state))
+    finally:
+        sup.terminate()
+        sup.wait(120)
+    return _moved(keys, probe_rate, recv, *times)
 
 
 def live_move(state: Path, groups: str, taker: str) -> tuple[float, float]:
@@ -369,13 +397,19 @@ def main(argv=None) -> int:
                     help="both parts grow with `wallaroo cluster grow --live` "
                          "(no stop: the new worker joins, then live moves give "
                          "it its share)")
+    ap.add_argument("--shrink-live", action="store_true",
+                    help="part 1 only: 1 worker grows live to 2, then the "
+                         "keys are made and `wallaroo cluster shrink --live` "
+                         "takes worker-1 away while every key is probed")
     ap.add_argument("--from", dest="start", type=int, default=1, metavar="N",
                     help="part 1 on one host: grow from N workers to N+1 "
                          "(default 1)")
     a = ap.parse_args(argv)
     if a.start < 1 or (a.hosts and a.start != 1):
         ap.error("--from takes a number of workers >= 1, on one host")
-    if a.grow_live:
+    if a.shrink_live and (a.hosts or a.live or a.start != 1):
+        ap.error("--shrink-live is for one host, from 2 workers to 1")
+    if a.grow_live or a.shrink_live:
         if a.hosts or a.live:
             ap.error("--grow-live is for the one-host grow (not --hosts or --live)")
         GROW_ARGS.append("--live")
@@ -387,6 +421,12 @@ def main(argv=None) -> int:
               f"{r['create_s']:.1f}s; `wallaroo run APP --join` 1 -> 2 workers "
               f"moved {r['moved']:,} of them in {r['grow_s']:.2f}s (the joiner's "
               f"start to its ready line)")
+    elif a.shrink_live:
+        r = part1_shrink_live(a.keys, a.probe_rate, work)
+        print(f"moving state live, shrinking: {r['keys']:,} keys created in "
+              f"{r['create_s']:.1f}s on 2 workers (grown live from 1); `wallaroo "
+              f"cluster shrink --live` 2 -> 1 workers moved the {r['moved']:,} "
+              f"keys of worker-1 in {r['grow_s']:.2f}s (command to answer)")
     elif a.live:
         r = part1_live(a.keys, a.probe_rate, work)
         print(f"moving state live: {r['keys']:,} keys created in "
@@ -403,11 +443,11 @@ def main(argv=None) -> int:
     print(f"  probe at {r['probe_rate']:,} msgs/s over every key: longest output "
           f"gap {r['gap_moved_s']:.2f}s for keys that moved, "
           f"{r['gap_stayed_s']:.2f}s for keys that stayed; keys that stayed "
-          f"during the {'move' if a.live else 'grow'}: "
+          f"during the {'move' if a.live else 'shrink' if a.shrink_live else 'grow'}: "
           f"{r['stayed_rate_during']:,.0f} outputs/s")
     print(f"  every key counted exactly twice after the move: "
           f"{'yes' if r['exact'] else 'NO'}")
-    if a.hosts or a.live:
+    if a.hosts or a.live or a.shrink_live:
         print(f"(logs in {work})")
         return 0 if r["exact"] else 1
     w = part2(a.lines, work)

@@ -314,8 +314,9 @@ class Supervisor:
         while not (self.stopping or self.pausing):
             code = await self._run_once(m, secret)
             m.state, m.pid, m.exit_code = "down", None, code
-            if m.leaving:
+            if m.leaving:  # its earlier exits are not the cluster's stop
                 self.log.info("worker %s left the cluster (%s)", m.name, _status(code))
+                self.exit_codes.pop(m.name, None)
                 m.ready_event.set()
                 return
             self.exit_codes[m.name] = code
