@@ -69,6 +69,18 @@ def read(conn: sqlite3.Connection, path: str) -> dict[int, Identity]:
     return idents
 
 
+def _row(sid: int, ident: Identity) -> tuple:
+    """A ``sink_identities`` row, with its checksum."""
+    return (sid, ident[0], ident[1], control_checksum(
+        "sink_identities", sid, ident[0], ident[1]))
+
+
+def _next_id(conn: sqlite3.Connection, idents: dict[int, Identity]) -> int:
+    """The first id no identity and no ``sinks`` row uses."""
+    known = {sid for (sid,) in conn.execute("SELECT sink FROM sinks")}
+    return max([*idents, *known], default=-1) + 1
+
+
 def undelivered(conn: sqlite3.Connection) -> dict[int, int]:
     """Sink id -> outputs produced but not delivered.  (An outbox row of a
     sink the ``sinks`` table does not know is damage: its checksum, which
@@ -98,7 +110,7 @@ def map_sinks(conn: sqlite3.Connection, path: str, old_fp: dict | None,
                 taken.add(sinks_only[sid])
                 new.append(sid)
     by_ident = {v: k for k, v in idents.items()}
-    next_id = max([*idents, *known], default=-1) + 1
+    next_id = _next_id(conn, idents)
     ids = []
     for ident in app:
         sid = by_ident.get(ident)
@@ -128,9 +140,7 @@ def map_sinks(conn: sqlite3.Connection, path: str, old_fp: dict | None,
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             "INSERT OR REPLACE INTO sink_identities VALUES (?,?,?,?)",
-            [(sid, idents[sid][0], idents[sid][1], control_checksum(
-                "sink_identities", sid, idents[sid][0], idents[sid][1]))
-             for sid in new])
+            [_row(sid, idents[sid]) for sid in new])
         conn.execute("COMMIT")
     return ids
 
@@ -141,8 +151,7 @@ def add(conn: sqlite3.Connection, path: str, identities) -> list[int]:
     keeps its id."""
     idents = read(conn, path)
     by_ident = {v: k for k, v in idents.items()}
-    known = {sid for (sid,) in conn.execute("SELECT sink FROM sinks")}
-    next_id = max([*idents, *known], default=-1) + 1
+    next_id = _next_id(conn, idents)
     ids = []
     for pipeline, position in identities:
         ident = (str(pipeline), int(position))
@@ -151,8 +160,7 @@ def add(conn: sqlite3.Connection, path: str, identities) -> list[int]:
             sid, next_id = next_id, next_id + 1
             by_ident[ident] = sid
             conn.execute("INSERT INTO sink_identities VALUES (?,?,?,?)",
-                         (sid, ident[0], ident[1], control_checksum(
-                             "sink_identities", sid, ident[0], ident[1])))
+                         _row(sid, ident))
         ids.append(sid)
     return ids
 

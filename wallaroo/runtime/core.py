@@ -322,8 +322,7 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, LiveMembers, OutputRows):
         m = saved or self.proposed_membership
         mine = self.proposed_membership
         if saved is not None and m["key_groups"] == mine["key_groups"] \
-                and len(mine["members"]) > len(m["members"]) \
-                and mine["members"][:len(m["members"])] == m["members"]:
+                and live_members.extends(mine["members"], m["members"]):
             m = live_members.grown(saved, mine["members"],
                                    live_members.saved_owner_names(saved))
             self._meta_pending["membership"] = checked_meta.checked_text(
@@ -331,8 +330,7 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, LiveMembers, OutputRows):
             self.log.info("the cluster grew to %s while this worker was down: "
                           "taking the new members", ", ".join(m["members"]))
         elif saved is not None and m["key_groups"] == mine["key_groups"] \
-                and 0 < len(mine["members"]) < len(m["members"]) \
-                and m["members"][:len(mine["members"])] == mine["members"]:
+                and mine["members"] and live_members.extends(m["members"], mine["members"]):
             try:
                 m = live_members.shrunk(saved, mine["members"])
             except LiveMoveError as e:

@@ -30,12 +30,18 @@ from ..recovery.sink_identities import peer_identity
 from .live_moves import LiveMoveError
 
 
+def extends(longer, shorter) -> bool:
+    """``longer`` is ``shorter`` and more members after them: how a live
+    grow changes a member list (and a live shrink, the other way)."""
+    return len(longer) > len(shorter) and list(longer[:len(shorter)]) == list(shorter)
+
+
 def grown(saved: dict, members: list[str], owner_names: list[str]) -> dict:
     """``saved`` with ``members`` (its own, then the new ones), every key
     group with the owner ``owner_names`` gives it, the rules of streams
     and Kafka partitions as they were."""
     old = list(saved["members"])
-    if list(members[:len(old)]) != old or len(members) <= len(old):
+    if not extends(members, old):
         raise LiveMoveError(
             f"the members {', '.join(members)} do not extend the cluster's "
             f"({', '.join(old)}): members join at the end, in order")
@@ -54,7 +60,7 @@ def shrunk(saved: dict, members: list[str]) -> dict:
     is left stays."""
     old = list(saved["members"])
     leaving = old[len(members):]
-    if list(old[:len(members)]) != list(members) or not leaving or not members:
+    if not members or not extends(old, members):
         raise LiveMoveError(
             f"the members {', '.join(members)} are not the cluster's "
             f"({', '.join(old)}) less its last ones: only the members that "

@@ -65,9 +65,8 @@ def _shrunk_membership(directory: str, first: str, names: list[str]) -> dict:
     if saved is None:
         raise ShrinkRefused(f"{first}.db in {directory} holds no membership; "
                             f"nothing changed")
-    leaving = saved["members"][len(names):]
     rule = saved.get("rule_workers", len(saved["members"]))
-    if saved["members"][:len(names)] != names or not leaving:
+    if not live_members.extends(saved["members"], names):
         raise ShrinkRefused(
             f"only the members that joined last leave while the cluster runs "
             f"(members: {', '.join(saved['members'])}); `wallaroo cluster "

@@ -39,6 +39,7 @@ from ..recovery.errors import StoreError
 from ..recovery.files import worker_names
 from .control import ask
 from .formation import saved_membership
+from .live_members import extends
 from .placement import DEFAULT_KEY_GROUPS
 
 QUIET_POLL = 0.05  # seconds between two looks at the draining workers
@@ -115,8 +116,7 @@ def _as_grown(found: dict[str, tuple]) -> None:
     longest = max(found.values(), key=lambda k: len(k[0]))
     members, groups = longest[0], longest[1]
     for name, kind in found.items():
-        if kind[1] == groups and len(kind[0]) < len(members) \
-                and members[:len(kind[0])] == kind[0]:
+        if kind[1] == groups and extends(members, kind[0]):
             found[name] = longest
 
 
@@ -134,7 +134,7 @@ def without_retired(directory: str, members: list[str]) -> list[str]:
 def grown_from(saved: list[str], names: list[str]) -> bool:
     """``names`` are ``saved`` or more members after them (a worker that
     was down while the cluster grew takes them when it starts)."""
-    return list(names[:len(saved)]) == list(saved) and len(names) >= len(saved)
+    return list(names) == list(saved) or extends(names, saved)
 
 
 async def rescale_if_asked(sup, secret_path: str) -> int | None:
