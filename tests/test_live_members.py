@@ -203,13 +203,71 @@ def test_a_member_that_joined_leaves_while_input_flows(tmp_path):
         c.start(i)
     c.run_until_quiet()
     _check(c, a1 + a2 + a3, [], str(tmp_path))
-    # and it grows again, under a new name: the new channel is empty
+    # and it grows again, under a new name: the new channel, in the freed
+    # destination's place, starts empty, and groups move to the new member
     (again,) = c.grow()
-    assert c.names[again] == "worker-2"
+    assert c.names[again] == "worker-3"
+    owners = [c.names[o] for o in c.drivers[0].core.placement.owners]
+    target = ownership.balanced_owners(owners, c.names)
+    for giver in (0, 1):
+        c.live_move([g for g, o in enumerate(target) if o == "worker-3"
+                     and owners[g] == c.names[giver]], giver, again)
     a4 = _msgs(30, 1)
     _feed(c, a4, at=again)
     c.run_until_quiet()
     _check(c, a1 + a2 + a3 + a4, [], str(tmp_path))
+    for i in range(3):
+        c.crash(i)
+        c.start(i)
+    c.run_until_quiet()
+    _check(c, a1 + a2 + a3 + a4, [], str(tmp_path))
+
+
+def test_an_acknowledgement_noted_but_not_committed_is_saved_with_the_drop(tmp_path):
+    """A worker noted the leaving member's last acknowledgement but had not
+    committed it when it drops the member: the drop's commit saves it under
+    the member's sink id, and no position of the dropped destination stays
+    behind in the store to be written under the next member's id."""
+    c = ClusterDriver(m, NAMES, resilience_dir=str(tmp_path), checkpoint_max=5)
+    c.start_all()
+    (new,) = c.grow()
+    g = _group(c, "counts", 3)
+    c.live_move([g], c.drivers[0].core.placement.owners[g], new)
+    _feed(c, _msgs(1, 2, keys=5))
+    c.run_until_quiet()
+    _give_back(c, new)
+    x = c.drivers[0].core
+    d = x.peer_dest(new)
+    assert x.delivered[d] > 0  # the initializer sent it batches
+    c.run_until_quiet()
+    x._delivered_pending[d] = x.delivered[d]  # as if its ack came just now
+    c.drivers[0].remove_members(NAMES)  # the initializer drops it first
+    c.shrink()
+    store = c.drivers[0].store
+    assert all(i < x.destinations for i in store._delivered), store._delivered
+    (again,) = c.grow()
+    c.live_move([g], c.drivers[0].core.placement.owners[g], again)
+    _feed(c, _msgs(10, 2, keys=5))
+    c.run_until_quiet()
+    for i in range(3):
+        c.crash(i)
+        c.start(i)
+    c.run_until_quiet()
+    _check(c, _msgs(1, 2, keys=5) + _msgs(10, 2, keys=5), [], str(tmp_path))
+
+
+def test_a_member_that_left_does_not_join_again_under_its_name(tmp_path):
+    """Its channels' positions stay in the others' databases, under its
+    name's sink id: a live grow takes names never used in the cluster."""
+    c = ClusterDriver(m, NAMES, resilience_dir=str(tmp_path))
+    c.start_all()
+    c.grow()
+    c.shrink()
+    core = c.drivers[0].core
+    with pytest.raises(LiveMoveError, match="takes a name never used"):
+        core.live_add_members(NAMES + ["worker-2"])
+    (again,) = c.grow()
+    assert c.names[again] == "worker-3"
 
 
 def test_shrinking_live_is_refused_for_members_that_did_not_join_live(tmp_path):

@@ -277,13 +277,14 @@ class Driver:
 
     def remove_members(self, members: list[str],
                        crash_before_commit: bool = False) -> bool:
-        """The cluster's last members left (live_members.py; False: this
-        worker crashed before the commit).  Its restarts use ``members``."""
-        self.options["members"] = list(members)
+        """This worker drops the cluster's last members (live_members.py;
+        False: it crashed before the commit, and starts again with every
+        member).  Its restarts use ``members`` once it dropped them."""
         record = self._core().live_remove_members(members)
         if crash_before_commit:
             self.crash()
             return False
+        self.options["members"] = list(members)
         if record is not None:
             self.store.commit(record)
             self.peer_out = {r: rows for r, rows in self.peer_out.items()
@@ -358,7 +359,9 @@ class ClusterDriver:
         Nothing moves: ``live_move`` gives them key groups.  Returns the
         new members' indexes."""
         from .runtime.rescale import next_names
-        names = next_names(self.names, count)
+        # a name of a member that left is not taken again (as the supervisor)
+        taken = self.names + [n for n in self.retired_names() if n not in self.names]
+        names = self.names + next_names(taken, count)[len(taken):]
         membership = None
         for i, d in enumerate(self.drivers):
             if d.core is None:
@@ -380,28 +383,37 @@ class ClusterDriver:
 
     def shrink(self, count: int = 1, crash_before_commit: tuple[int, ...] = ()
                ) -> list[str]:
-        """The running cluster's last ``count`` members leave: they must
-        own no key group (``live_move`` gives theirs away first); once
-        nothing is in flight they stop, and every other worker drops them
-        (``crash_before_commit``: these die instead, and drop them when
-        they start again).  Returns the names that left."""
+        """The running cluster's last ``count`` members leave, as ``wallaroo
+        cluster shrink --live`` makes them (runtime/live_shrink.py): they
+        must own no key group (``live_move`` gives theirs away first); once
+        nothing is in flight every other worker drops them while they still
+        run (``crash_before_commit``: these die instead; a worker down is
+        started again with every member, gets what it missed, and is asked
+        again), then they stop.  Returns the names that left."""
         names, leaving = self.names[:-count], self.names[-count:]
         self.run_until_quiet()
         for d in self.drivers[len(names):]:
             if any(d.peer_out.values()):
                 raise RuntimeError(f"{d.worker_name} still holds peer batches "
                                    f"(a receiver is down): it cannot leave yet")
+        for i, d in enumerate(self.drivers[:len(names)]):
+            if d.core is not None and d.remove_members(
+                    names, crash_before_commit=i in crash_before_commit):
+                continue
+            d.start()  # with every member: the leaving ones still run
+            self.run_until_quiet()
+            d.remove_members(names)
+        for d in self.drivers[len(names):]:
             if d.core is not None:
                 d.stop()
         self.retired += self.drivers[len(names):]
         del self.drivers[len(names):]
-        for i, d in enumerate(self.drivers):
-            if d.core is None:
-                d.options["members"] = list(names)
-                continue
-            d.remove_members(names, crash_before_commit=i in crash_before_commit)
         self.names = list(names)
         return leaving
+
+    def retired_names(self) -> list[str]:
+        """The members that left (``shrink``)."""
+        return [d.worker_name for d in self.retired]
 
     def start_all(self) -> None:
         for i in range(len(self.drivers)):

@@ -86,6 +86,7 @@ class SQLiteStore(PartitionReads):
         self._bases: dict[int, int] = {}
         self._pending_counts: dict[int, int] = {}
         self._sink_ids: list[int] = []  # the application's sink i -> store id
+        self._identities: set = set()  # every destination identity it numbered
         self._sink_index: dict[int, int] = {}  # store id -> application's i
         self._parted: set[int] = set()  # pids whose snapshot has extra parts
         self._class_ids: dict[tuple, int] = {}  # class references -> set id
@@ -151,6 +152,7 @@ class SQLiteStore(PartitionReads):
             self._sink_ids = sink_identities.map_sinks(conn, self.path, old_fp,
                                                        fingerprint)
             self._sink_index = {sid: i for i, sid in enumerate(self._sink_ids)}
+            self._identities = set(sink_identities.read(conn, self.path).values())
             saved = self._settle_membership(membership)
             self.starts = self._count_start()
             rec, self._parted = reading.load(conn, self.path)
@@ -367,8 +369,6 @@ class SQLiteStore(PartitionReads):
             self._class_ids.update(self._new_class_ids)
             self._new_class_ids.clear()
         self._commits = commits
-        if rec.dropped_destinations:
-            self._drop_destinations(rec.dropped_destinations)
         if rec.partitions:  # findable before the commit is said to have landed
             self._keys.committed(rec.partitions)
         if rec.deleted:
@@ -391,6 +391,8 @@ class SQLiteStore(PartitionReads):
         for s, d in rec.delivered.items():
             if d > self._delivered.get(s, 0):
                 self._delivered[s] = d
+        if rec.dropped_destinations:  # after their last positions, written
+            self._drop_destinations(rec.dropped_destinations)
         self._write_position(rec.next_lsn, fresh=False)
         quiet = not rec.inputs
         if self._merges and self._keys.due(quiet):
@@ -399,6 +401,11 @@ class SQLiteStore(PartitionReads):
             idle = not (rec.inputs or rec.outputs or rec.partitions or rec.snapshots)
             self._vacuum_step(cp, rec.next_lsn, vacuum.IDLE_STEP_PAGES if idle
                               else vacuum.STEP_PAGES)
+
+    def had_destination(self, identity) -> bool:
+        """Whether this database numbered a destination of ``identity``
+        before (its positions are kept under that id)."""
+        return tuple(identity) in self._identities
 
     def _drop_destinations(self, count: int) -> None:
         """The last ``count`` destinations are gone (members that left;
@@ -416,6 +423,7 @@ class SQLiteStore(PartitionReads):
         channel), usable by its own rows; the fingerprint saved with them,
         so the next open finds them under the same ids."""
         ids = sink_identities.add(conn, self.path, rec.new_destinations)
+        self._identities.update(tuple(i) for i in rec.new_destinations)
         for sid in ids:
             self._sink_index[sid] = len(self._sink_ids)
             self._sink_ids.append(sid)

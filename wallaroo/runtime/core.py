@@ -36,7 +36,7 @@ from .dataflow import (Context, Route, compile_pipeline, first,
 from .failures import FailureLog
 from . import live_members
 from .live_members import LiveMembers
-from .live_moves import LiveMoveError, LiveMoves
+from .live_moves import LiveMoves
 from .output_rows import OutputRows
 from .metrics import SIZE_BUCKETS, Histogram, Latency, Stages
 from .placement import DEFAULT_KEY_GROUPS, Placement, stable_hash
@@ -329,20 +329,6 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, LiveMembers, OutputRows):
                 "membership", m)
             self.log.info("the cluster grew to %s while this worker was down: "
                           "taking the new members", ", ".join(m["members"]))
-        elif saved is not None and m["key_groups"] == mine["key_groups"] \
-                and mine["members"] and live_members.extends(m["members"], mine["members"]):
-            try:
-                m = live_members.shrunk(saved, mine["members"])
-            except LiveMoveError as e:
-                raise IncompatibleDirectory(
-                    f"worker {self.name!r}'s resilience directory belongs to a "
-                    f"cluster of {len(saved['members'])} workers "
-                    f"({', '.join(saved['members'])}), and this run drops the "
-                    f"last ones: {e}") from None
-            self._meta_pending["membership"] = checked_meta.checked_text(
-                "membership", m)
-            self.log.info("the cluster shrank to %s while this worker was down: "
-                          "the others left", ", ".join(m["members"]))
         if (m["members"], m["key_groups"]) != (mine["members"], mine["key_groups"]):
             raise IncompatibleDirectory(
                 f"worker {self.name!r}'s resilience directory belongs to a cluster "
@@ -727,7 +713,11 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, LiveMembers, OutputRows):
         return self._checkpoint_due(now) or self._save_due(now)
 
     def note_delivered(self, sink: int, end_seq: int) -> None:
-        """A sink wrote outputs up to ``end_seq``; saved with the next commit."""
+        """A sink wrote outputs up to ``end_seq``; saved with the next commit.
+        (A late word from the channel of a member that left is ignored: its
+        destination is gone, its last position saved when it was dropped.)"""
+        if sink >= self.destinations:
+            return
         before = self.delivered.get(sink, 0)
         if end_seq > before:
             if sink < len(self.app.sinks):

@@ -112,6 +112,13 @@ class LiveMembers:
                 f"worker {self.name!r} waits for the hand-over of move "
                 f"{self.deferring['epoch']}: finish it first")
         before = len(p.members)
+        again = [m for m in members[before:] if self.store.had_destination(
+            peer_identity(m))]
+        if again:  # its channel's old positions would be taken up again
+            raise LiveMoveError(
+                f"worker {self.name!r} had a channel to {', '.join(again)}, a "
+                f"member that left: a member joining while the cluster runs "
+                f"takes a name never used in it")
         self._use_membership(grown(self.membership, members, p.owner_names()))
         return self._record(
             new_destinations=[tuple(peer_identity(m)) for m in members[before:]],

@@ -7,18 +7,22 @@ supervisor coordinating (docs/design/live-moves.md, step 2, reversed):
    key groups to the others, as a rescale to the members that stay would
    place them (``ownership.balanced_owners``), while every group flows;
 3. the leaving members close their sources and the supervisor hands them
-   no new client (a resumable client reconnects, to another member, and
-   resumes from what was committed); until nothing is in flight to or
-   from them: their inbox, their channels and every other member's
+   no new client, restarts included (a resumable client reconnects, to
+   another member, and resumes from what was committed); until nothing is
+   in flight to or from them, twice in a row with the same counts: their
+   inbox, their commit path, their channels and every other member's
    channel to them empty, their sinks' outputs delivered (for at most
    ``rescale.LEAVING_WAIT``: what is left is delivered by the retired
    worker run on its own, as after a rescale);
-4. they stop, their databases are marked retired (``wallaroo recovery
-   inspect`` shows it) with the membership the others go on with, and
-   the supervisor's member list loses them;
-5. every other member drops them (``LIVE_REMOVE_MEMBERS``, one commit
-   each between two batches; a member down meanwhile drops them when it
-   starts with the short list: live_members.py).
+4. every other member drops them (``LIVE_REMOVE_MEMBERS``, one commit
+   each between two batches, saving their channels' last positions)
+   while they still run: a member that crashes before its commit starts
+   again with every member, gets their acknowledgements again, and is
+   asked again;
+5. they stop and are not restarted; their databases are checked (nothing
+   left for the others) and marked retired (``wallaroo recovery inspect``
+   shows it) with the membership the others went on with, the last
+   first, and the supervisor's member list loses them.
 
 Only the members that joined live, and only the last ones, leave this way:
 resumable streams and Kafka partitions belong to the members before the
@@ -26,16 +30,18 @@ first live grow by rule (``rule_workers``), and members are numbered by
 their place in the list.  Any other shrink drains and stops the cluster
 (``wallaroo cluster shrink`` without --live).
 
-A crash of any worker, or of the command, during steps 1-3 leaves a
+A crash of any worker, or of the command, during steps 1-4 leaves a
 cluster whose leaving members own nothing (or some of their groups):
-``shrink --live`` again goes on from there.  After step 4 the shrink is
-done for the supervisor; a member that did not drop them yet does at its
-next start.
+``shrink --live`` again goes on from there.  A supervisor stopped before
+step 5 leaves them members (``rescale.saved_cluster`` counts the
+databases that dropped them with those that did not as the longer
+cluster, as after a grow stopped half-way).
 """
 
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 
 import trio
@@ -119,11 +125,29 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
     sup.log.info("shrink: %d key groups of %s moved live in %d moves; draining "
                  "them", moved, ", ".join(leaving), len(reports))
     gone = [m for m in sup.members if m.name in leaving]
+    for m in gone:  # no client for them from now on, restarts included
+        m.draining = True
     drained = await _drain(sup, secret, gone)
     if drained is not None:
         for m in gone:  # they go on, owning nothing, as members
-            m.stopping = False
+            m.draining = m.stopping = False
         return _stopped(names, drained)
+    # every other worker drops them while they still run: one that crashes
+    # before its commit gets their acknowledgements again when it restarts
+    # (with every member), and is asked again
+    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
+                    refresh=lambda: control_addresses(sup.members))
+    try:
+        for name in names:
+            c.deadline = time.monotonic() + WAIT
+            answer = await c.ask(name, "LIVE_REMOVE_MEMBERS", {"members": names})
+            if answer["membership"]["members"] != names:
+                raise MoveFailed(f"{name} kept the members "
+                                 f"{', '.join(answer['membership']['members'])}")
+    except MoveFailed as e:  # they stay, running, with no client
+        return _stopped(names, f"the others dropping {', '.join(leaving)}: {e}")
+    if sup.stopping:
+        return _stopped(names, "the cluster is stopping")
     # they stop and are not restarted; the supervisor's member list loses
     # them as each ends (Supervisor._keep_running)
     for m in gone:
@@ -141,28 +165,26 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
             m.proc.kill()
     while any(m in sup.members for m in gone):
         await trio.sleep(QUIET_POLL)
-    if sup.stopping:
-        return _stopped(names, "the cluster is stopping")
-    membership = _shrunk_membership(directory, old[0], names)
-    try:
-        for name in leaving:
+    sup.names, sup.n = list(names), len(names)
+    sup.write_cluster_file()
+    held = _still_held(directory, leaving)
+    if held:  # the drain said nothing was left: not retired, kept whole
+        why = "; ".join(f"{n}: {', '.join(p)}" for n, p in held.items())
+        sup.log.error("shrink: %s stopped still holding %s: not retired.  Start "
+                      "the cluster again with --workers %d: it takes them back "
+                      "and delivers it", ", ".join(held), why, len(old))
+        return {"error": f"{', '.join(held)} stopped still holding {why}; they "
+                         f"are not retired: start the cluster again with "
+                         f"--workers {len(old)} to deliver it"}
+    membership = saved_membership(directory, old[0])  # the others' now
+    try:  # the last first: a retired set is always the end of the list
+        for name in reversed(leaving):
             moves.mark_retired(directory, name, membership)
     except (StoreError, OSError) as e:
         sup.log.error("shrink: cannot mark %s retired: %s", ", ".join(leaving), e)
-    sup.names, sup.n = list(names), len(names)
-    sup.write_cluster_file()
-    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
-                    refresh=lambda: control_addresses(sup.members))
-    try:
-        for name in names:
-            c.deadline = time.monotonic() + WAIT
-            answer = await c.ask(name, "LIVE_REMOVE_MEMBERS", {"members": names})
-            if answer["membership"]["members"] != names:
-                raise MoveFailed(f"{name} kept the members "
-                                 f"{', '.join(answer['membership']['members'])}")
-    except MoveFailed as e:
-        sup.log.error("shrink: %s; a member that did not drop %s does when it "
-                      "starts again", e, ", ".join(leaving))
+    if any(moves.undelivered_outputs(directory, n) for n in leaving):
+        from .rescale import deliver_retired
+        sup._gen.start_soon(deliver_retired, sup)
     now = trio.current_time()
     sup.log.info("shrink: %s left; %d workers (%s) in %.2fs", ", ".join(leaving),
                  len(names), ", ".join(names), now - t0)
@@ -170,6 +192,21 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
             "moved": moved, "moves": len(reports),
             "longest_wait": round(max((r.waited for r in reports), default=0.0), 3),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _still_held(directory: str, leaving: list[str]) -> dict[str, list[str]]:
+    """What the stopped leaving workers' databases hold for other workers
+    (input not processed, peer batches not acknowledged); empty: nothing."""
+    held = {}
+    for name in leaving:
+        try:
+            problems = [p for p in moves.check_quiet(directory, name)
+                        if "peer batches" in p or "rows of input" in p]
+        except (StoreError, OSError, sqlite3.Error) as e:
+            problems = [f"an unreadable database ({e})"]
+        if problems:
+            held[name] = problems
+    return held
 
 
 async def _drain(sup, secret: bytes, gone: list) -> str | None:
@@ -205,6 +242,8 @@ async def _drain(sup, secret: bytes, gone: list) -> str | None:
             if name in leaving:
                 if a.get("inbox", {}).get("messages", 1):
                     held.append(f"{name}'s inbox: {a['inbox']['messages']} messages")
+                if a.get("in_hand", 1):  # a batch computed, not yet released
+                    held.append(f"{name}: {a.get('in_hand')} batches being committed")
                 outputs = sum(s.get("outputs", 0) for s in a.get("sinks", ()))
                 if outputs and trio.current_time() < sinks_until:
                     held.append(f"{name}'s sinks: {outputs} outputs")

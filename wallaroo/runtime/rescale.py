@@ -80,7 +80,7 @@ def saved_cluster(directory: str
             found[name] = ((name,), DEFAULT_KEY_GROUPS, None, None)
         else:
             runs, slots = saved.get("owners"), saved.get("stream_owners")
-            found[name] = (tuple(without_retired(directory, saved["members"])),
+            found[name] = (tuple(saved["members"]),
                            int(saved.get("key_groups", DEFAULT_KEY_GROUPS)),
                            None if runs is None else tuple(map(tuple, runs)),
                            None if slots is None else tuple(map(tuple, slots)))
@@ -118,17 +118,6 @@ def _as_grown(found: dict[str, tuple]) -> None:
     for name, kind in found.items():
         if kind[1] == groups and extends(members, kind[0]):
             found[name] = longest
-
-
-def without_retired(directory: str, members: list[str]) -> list[str]:
-    """A saved member list less its last members whose databases are
-    marked retired: a live shrink (live_shrink.py) retires them before the
-    others drop them, and a worker that did not drop them yet does when it
-    starts with the short list (live_members.py)."""
-    members = list(members)
-    while len(members) > 1 and moves.is_retired(directory, members[-1]):
-        members.pop()
-    return members
 
 
 def grown_from(saved: list[str], names: list[str]) -> bool:

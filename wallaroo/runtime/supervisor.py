@@ -53,6 +53,7 @@ class Member:
     ready_once: bool = False
     stopping: bool = False  # it said it is draining: hand it nothing
     leaving: bool = False  # a live shrink stops it for good (live_shrink.py)
+    draining: bool = False  # a live shrink takes it away: hand it nothing
     ready_event: trio.Event = field(default_factory=trio.Event)
 
 
@@ -160,7 +161,7 @@ class Supervisor:
         """Why this directory's databases belong to a cluster other than
         the one asked for (None: they do not)."""
         from .formation import saved_membership
-        from .rescale import grown_from, without_retired
+        from .rescale import grown_from
         from ..recovery.moves import is_retired
         if not self.resilience_dir or not os.path.isdir(self.resilience_dir):
             return None
@@ -168,8 +169,7 @@ class Supervisor:
             if not f.endswith(".db") or is_retired(self.resilience_dir, f[:-3]):
                 continue
             saved = saved_membership(self.resilience_dir, f[:-3])
-            if saved is not None and not grown_from(
-                    without_retired(self.resilience_dir, saved["members"]), self.names):
+            if saved is not None and not grown_from(saved["members"], self.names):
                 n = len(saved["members"])
                 return (f"{self.resilience_dir} holds a cluster of {n} workers "
                         f"({', '.join(saved['members'])}; see {f}); this run asks "
@@ -311,7 +311,7 @@ class Supervisor:
                 self._all_done.set()
 
     async def _keep_running_loop(self, m: Member, secret: str, nursery) -> None:
-        while not (self.stopping or self.pausing):
+        while not (self.stopping or self.pausing or m.leaving):
             code = await self._run_once(m, secret)
             m.state, m.pid, m.exit_code = "down", None, code
             if m.leaving:  # its earlier exits are not the cluster's stop
@@ -475,7 +475,7 @@ class Supervisor:
             if self.pausing:  # a rescale: the client waits for the new members
                 deadline = trio.current_time() + 30
             ready = [m for m in self.members if m.state == "ready" and m.link
-                     and not m.stopping and not self.pausing]
+                     and not m.stopping and not m.draining and not self.pausing]
             if ready:
                 m = min(ready, key=lambda x: x.connections)
                 fd = stream.socket.fileno()

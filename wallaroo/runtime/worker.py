@@ -647,6 +647,7 @@ class Worker(CommitPath):
             "restarts_kept": max(0, self.store.starts - 1),
             "outputs": core.stats.outputs, "failures": core.stats.failures,
             "inbox": {"messages": self.inbox.messages, "bytes": self.inbox.bytes},
+            "in_hand": self.in_hand,  # batches being committed, not released
             "sinks": [{"sink": s.spec.label, "outputs": s.queued_outputs,
                        "bytes": s.queued_bytes} for s in self.sinks],
             "channels": [{"peer": c.peer, "batches": c.queued_outputs,
