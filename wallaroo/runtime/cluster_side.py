@@ -105,12 +105,7 @@ class ClusterSide:
         core = self.worker.core
         made = {core.peer_dest(i): self._make_sender(i, name)
                 for i, name in enumerate(members) if i >= old and name != self.me}
-        fp = self.fingerprint()
-        for sender in self.senders.values():
-            sender.fingerprint = fp
-        if self.server is not None:
-            self.server.fingerprint = fp.encode()
-            self.server.members = set(members)
+        self._show_membership(members)
         for sender in made.values():
             nursery.start_soon(self._run_sender, sender)
         return made
@@ -129,13 +124,18 @@ class ClusterSide:
             if scope is not None:
                 scope.cancel()
             self.config.peer_addresses.pop(sender.peer, None)
+        self._show_membership(members)
+        return gone
+
+    def _show_membership(self, members: list[str]) -> None:
+        """Every channel handshake shows the fingerprint of the membership
+        now (it is in it); the data port takes batches of ``members``."""
         fp = self.fingerprint()
         for sender in self.senders.values():
             sender.fingerprint = fp
         if self.server is not None:
             self.server.fingerprint = fp.encode()
             self.server.members = set(members)
-        return gone
 
     async def _run_sender(self, sender: ChannelSender) -> None:
         """A channel, until it ends or its member leaves (remove_members)."""

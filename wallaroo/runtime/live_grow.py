@@ -47,6 +47,13 @@ class GrowRefused(RescaleRefused):
     """The cluster cannot grow live as asked (the message says why)."""
 
 
+def coordinator(sup, secret: bytes) -> Coordinator:
+    """A coordinator of live moves over ``sup``'s members (their control
+    addresses read again when one restarted)."""
+    return Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
+                       refresh=lambda: control_addresses(sup.members))
+
+
 def write_grown(directory: str, membership: dict) -> None:
     """``membership.json``, replaced whole and synced: the new members
     start from it."""
@@ -97,8 +104,7 @@ async def grow_live(sup, names: list[str], secret_path: str) -> dict:
                     f"grow` without --live, which takes its state back")
     secret = load_secret(secret_path)
     t0 = trio.current_time()
-    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
-                    refresh=lambda: control_addresses(sup.members))
+    c = coordinator(sup, secret)
     try:
         await c.finish_under_way()
     except MoveFailed as e:
@@ -146,8 +152,7 @@ async def grow_live(sup, names: list[str], secret_path: str) -> dict:
     except OSError:
         pass
     started = trio.current_time()
-    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
-                    refresh=lambda: control_addresses(sup.members))
+    c = coordinator(sup, secret)
     try:
         st = await c.statuses()
         current = ownership.decode(st[old[0]]["owners"], st[old[0]]["key_groups"],

@@ -52,10 +52,10 @@ from ..recovery.errors import StoreError
 from . import live_members
 from .control import ask
 from .formation import saved_membership
-from .live_coordinator import Coordinator, MoveFailed
-from .live_grow import WAIT
+from .live_coordinator import MoveFailed
+from .live_grow import WAIT, coordinator
 from .live_moves import LiveMoveError
-from .rescale import LEAVING_WAIT, QUIET_POLL, RescaleRefused, control_addresses
+from .rescale import LEAVING_WAIT, QUIET_POLL, RescaleRefused
 
 STOP_WAIT = 60.0  # seconds a drained leaving member may take to stop
 
@@ -105,8 +105,7 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
     _shrunk_membership(directory, old[0], names)
     secret = load_secret(secret_path)
     t0 = trio.current_time()
-    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
-                    refresh=lambda: control_addresses(sup.members))
+    c = coordinator(sup, secret)
     try:
         await c.finish_under_way()
         st = await c.statuses()
@@ -135,8 +134,7 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
     # every other worker drops them while they still run: one that crashes
     # before its commit gets their acknowledgements again when it restarts
     # (with every member), and is asked again
-    c = Coordinator(control_addresses(sup.members), secret, timeout=WAIT,
-                    refresh=lambda: control_addresses(sup.members))
+    c = coordinator(sup, secret)
     try:
         for name in names:
             c.deadline = time.monotonic() + WAIT
