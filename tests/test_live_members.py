@@ -282,7 +282,8 @@ def test_shrinking_live_is_refused_for_members_that_did_not_join_live(tmp_path):
         c.drivers[2].core.live_remove_members(NAMES)
 
 
-a_shrink_crash = st.sampled_from(["none", "before commit", "down during the shrink"])
+a_shrink_crash = st.sampled_from(["none", "before commit", "after commit",
+                                  "down during the shrink"])
 
 
 @settings(max_examples=30, database=None, deadline=None,
@@ -298,7 +299,8 @@ def test_a_shrink_with_crashes_keeps_every_state(a1, a2, crashes, entry):
     leaves; each remaining worker drops it normally, crashes before that
     commit, or is down during it, and comes back with the short
     membership.  Everything matches the reference fold, before and after
-    a restart of everyone."""
+    a restart of everyone.  (Or crashes just after that commit, and starts
+    again with the short membership, as the supervisor starts it.)"""
     d = tempfile.mkdtemp(prefix="wallaroo-live-shrink-")
     c = ClusterDriver(m, NAMES, resilience_dir=d, checkpoint_max=2)
     try:
@@ -319,7 +321,9 @@ def test_a_shrink_with_crashes_keeps_every_state(a1, a2, crashes, entry):
             if how == "down during the shrink":
                 c.crash(i)
         c.shrink(crash_before_commit=tuple(
-            i for i, how in enumerate(crashes) if how == "before commit"))
+            i for i, how in enumerate(crashes) if how == "before commit"),
+                 crash_after_commit=tuple(
+            i for i, how in enumerate(crashes) if how == "after commit"))
         for i in range(2):
             if not c.alive(i):
                 c.start(i)

@@ -381,15 +381,17 @@ class ClusterDriver:
         self.names = list(names)
         return list(range(first, len(names)))
 
-    def shrink(self, count: int = 1, crash_before_commit: tuple[int, ...] = ()
-               ) -> list[str]:
+    def shrink(self, count: int = 1, crash_before_commit: tuple[int, ...] = (),
+               crash_after_commit: tuple[int, ...] = ()) -> list[str]:
         """The running cluster's last ``count`` members leave, as ``wallaroo
         cluster shrink --live`` makes them (runtime/live_shrink.py): they
         must own no key group (``live_move`` gives theirs away first); once
         nothing is in flight every other worker drops them while they still
         run (``crash_before_commit``: these die instead; a worker down is
         started again with every member, gets what it missed, and is asked
-        again), then they stop.  Returns the names that left."""
+        again; ``crash_after_commit``: these die once they dropped them, and
+        start again with the members they dropped them for), then they stop.
+        Returns the names that left."""
         names, leaving = self.names[:-count], self.names[-count:]
         self.run_until_quiet()
         for d in self.drivers[len(names):]:
@@ -399,6 +401,9 @@ class ClusterDriver:
         for i, d in enumerate(self.drivers[:len(names)]):
             if d.core is not None and d.remove_members(
                     names, crash_before_commit=i in crash_before_commit):
+                if i in crash_after_commit:
+                    d.crash()
+                    d.start()
                 continue
             d.start()  # with every member: the leaving ones still run
             self.run_until_quiet()

@@ -95,16 +95,22 @@ def _shrunk_membership(directory: str, first: str, names: list[str]) -> dict:
 
 async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
     """Shrink ``sup``'s running cluster to ``names``; the answer for
-    ``wallaroo cluster shrink --live``."""
+    ``wallaroo cluster shrink --live``.  A shrink that stopped after the
+    members began dropping the leaving ones (``sup.pending_shrink``) goes
+    on from there."""
     directory = sup.resilience_dir
+    secret = load_secret(secret_path)
+    t0 = trio.current_time()
+    pending = sup.pending_shrink
+    if pending is not None and sup.names == names:  # they stopped already
+        return await _finish(sup, secret, names, pending["old"], t0, [])
     old = list(sup.names)
     leaving = [n for n in old if n not in names]
     if any(s.next_fire is not None for s in sup.spec.states):
         raise ShrinkRefused("applications with windows cannot shrink live yet: "
                             "`wallaroo cluster shrink` without --live rescales them")
-    _shrunk_membership(directory, old[0], names)
-    secret = load_secret(secret_path)
-    t0 = trio.current_time()
+    if pending is None:  # (a shrink resumed: some dropped them already)
+        _shrunk_membership(directory, old[0], names)
     c = coordinator(sup, secret)
     try:
         await c.finish_under_way()
@@ -128,12 +134,17 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
         m.draining = True
     drained = await _drain(sup, secret, gone)
     if drained is not None:
-        for m in gone:  # they go on, owning nothing, as members
-            m.draining = m.stopping = False
+        if sup.pending_shrink is None:  # nothing dropped them yet: they go
+            for m in gone:  # on as members, restarted to open their sources
+                m.draining = m.stopping = False
+                if m.proc is not None and m.proc.returncode is None:
+                    m.proc.send_signal(signal.SIGTERM)
         return _stopped(names, drained)
     # every other worker drops them while they still run: one that crashes
     # before its commit gets their acknowledgements again when it restarts
-    # (with every member), and is asked again
+    # with every member, and is asked again; until the shrink is done a
+    # restarted member starts with the member list its database holds
+    sup.pending_shrink = {"names": list(names), "old": old}
     c = coordinator(sup, secret)
     try:
         for name in names:
@@ -165,6 +176,25 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
         await trio.sleep(QUIET_POLL)
     sup.names, sup.n = list(names), len(names)
     sup.write_cluster_file()
+    return await _finish(sup, secret, names, old, t0, reports)
+
+
+async def _finish(sup, secret: bytes, names: list[str], old: list[str], t0: float,
+                  reports: list) -> dict:
+    """The leaving workers stopped: every member on the short list (one
+    restarted in between included), their databases checked and retired."""
+    directory = sup.resilience_dir
+    leaving = [n for n in old if n not in names]
+    try:
+        c = coordinator(sup, secret)
+        for name, st in (await c.statuses()).items():
+            if st.get("members") != names:
+                c.deadline = time.monotonic() + WAIT
+                await c.ask(name, "LIVE_REMOVE_MEMBERS", {"members": names})
+    except MoveFailed as e:
+        return _stopped(names, f"checking the members after {', '.join(leaving)} "
+                               f"stopped: {e}")
+    sup.pending_shrink = None
     held = _still_held(directory, leaving)
     if held:  # the drain said nothing was left: not retired, kept whole
         why = "; ".join(f"{n}: {', '.join(p)}" for n, p in held.items())
@@ -187,7 +217,7 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
     sup.log.info("shrink: %s left; %d workers (%s) in %.2fs", ", ".join(leaving),
                  len(names), ", ".join(names), now - t0)
     return {"ok": True, "members": list(names), "seconds": round(now - t0, 3),
-            "moved": moved, "moves": len(reports),
+            "moved": sum(len(r.groups) for r in reports), "moves": len(reports),
             "longest_wait": round(max((r.waited for r in reports), default=0.0), 3),
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

@@ -523,8 +523,17 @@ async def _answer(sup, req: dict, secret_path: str) -> dict:
                 names = sup.names + next_names(taken, count)[len(taken):]
         else:
             names = shrunk_names(sup.names, req.get("names"), req.get("count"))
+        if sup.pending_shrink is not None and not (op == "shrink" and req.get("live")):
+            raise RescaleRefused(
+                f"a live shrink to {', '.join(sup.pending_shrink['names'])} "
+                f"stopped half-way: run `wallaroo cluster shrink --live` to "
+                f"finish it first")
         if op == "shrink" and req.get("live"):
             from .live_shrink import shrink_live
+            if sup.pending_shrink is not None:
+                names = list(sup.pending_shrink["names"])
+                sup.log.info("shrink --live: finishing the shrink to %s first",
+                             ", ".join(names))
             sup.log.info("shrink --live asked: %d workers (%s) -> %d (%s)",
                          len(sup.names), ", ".join(sup.names), len(names),
                          ", ".join(names))

@@ -100,6 +100,10 @@ class Supervisor:
         self.rescale_state: dict | None = None
         # a `grow --live` that stopped half-way: {"names", "old"} (live_grow.py)
         self.pending_grow: dict | None = None
+        # a `shrink --live` whose members began dropping the leaving ones:
+        # {"names", "old"}; until it is done a member starts with the member
+        # list its own database holds (live_shrink.py)
+        self.pending_shrink: dict | None = None
         self.generation_ready = trio.Event()  # set when the members are ready
         self._gen = self._outer = None  # the nurseries: members', everything
 
@@ -346,6 +350,21 @@ class Supervisor:
             if self.stopping:  # not restarted: the stop is as for the others
                 self.restart_pending.add(m.name)
 
+    def _members_for(self, m: Member) -> list[str]:
+        """The member list ``m`` starts with: the cluster's, or while a live
+        shrink is under way, the one its own database holds (the members
+        before or after the shrink), so that a worker that dropped the
+        leaving ones does not take them back, nor one that did not drop them
+        yet lose their acknowledgements (live_shrink.py)."""
+        pending = self.pending_shrink
+        if pending is not None and self.resilience_dir:
+            from .formation import saved_membership
+            saved = saved_membership(self.resilience_dir, m.name)
+            if saved is not None and saved["members"] in (pending["old"],
+                                                          pending["names"]):
+                return list(saved["members"])
+        return self.names
+
     def _fail(self, why: str, nursery) -> None:
         self.failure = self.failure or why
         self.log.error("%s", why)
@@ -358,7 +377,7 @@ class Supervisor:
         m.connections = 0
         cmd = [sys.executable, "-m", "wallaroo.cli", "run", self.app_path,
                *self.worker_args, "--name", m.name, "--cluster-members",
-               ",".join(self.names), "--cluster-secret-file", secret,
+               ",".join(self._members_for(m)), "--cluster-secret-file", secret,
                "--supervisor-fd", str(theirs.fileno())]
         m.state = "starting"
         ready_before = m.ready_once
