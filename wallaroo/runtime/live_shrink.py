@@ -32,7 +32,10 @@ their place in the list.  Any other shrink drains and stops the cluster
 
 A crash of any worker, or of the command, during steps 1-4 leaves a
 cluster whose leaving members own nothing (or some of their groups):
-``shrink --live`` again goes on from there.  A supervisor stopped before
+``shrink --live`` again goes on from there.  From step 4 until the shrink
+is done (``sup.pending_shrink``), a member the supervisor restarts starts
+with the member list its own database holds (``Supervisor._members_for``),
+and once the leaving members stopped every member's list is checked.  A supervisor stopped before
 step 5 leaves them members (``rescale.saved_cluster`` counts the
 databases that dropped them with those that did not as the longer
 cluster, as after a grow stopped half-way).
