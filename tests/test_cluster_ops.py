@@ -457,6 +457,31 @@ def test_a_stop_while_a_worker_waits_for_its_restart_is_clean(procs, tmp_path):
             pass
 
 
+def test_a_stop_that_reaches_a_worker_while_it_restarts_is_clean(procs, tmp_path):
+    """SIGTERM to the supervisor just after it restarted a SIGKILLed worker:
+    the worker, still starting, dies of the stop's SIGTERM, which loses
+    nothing (its database recovers it at the next start), and the
+    supervisor exits 0, saying so.  A slow chaos run's stop came at that
+    moment and the supervisor exited 1."""
+    state = str(tmp_path / "state")
+    sup, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
+                              "--restart-delay", "0", resilience_dir=state)
+    body = json.load(open(fields["cluster_file"]))
+    pid = next(w["pid"] for w in body["workers"] if w["name"] == "worker-1")
+    os.kill(pid, signal.SIGKILL)
+    sup.wait_line("worker worker-1 exited (killed by SIGKILL); restarting it in 0.0s")
+    time.sleep(0.05)  # started again, its interpreter still loading
+    assert sup.terminate(timeout=WAIT) == 0, sup.stderr[-2000:]
+    line = sup.wait_line("[supervisor] info: stopped: ")
+    assert "initializer exit status 0" in line
+    assert ("worker-1 killed by SIGTERM while it was starting (the stop came "
+            "before it could stop cleanly)") in line or \
+        "worker-1 exit status 0" in line, line
+    sup, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
+                              resilience_dir=state)
+    assert sup.terminate(timeout=WAIT) == 0, sup.stderr[-2000:]
+
+
 def test_cluster_grow_live_adds_a_worker_without_stopping_the_others(procs, tmp_path):
     """`wallaroo cluster grow --live`: the workers take the new member
     without a restart (their pids stay), it starts with no key groups, and

@@ -88,6 +88,9 @@ class Supervisor:
         # members that had died and waited for their restart when a stop
         # came: with their databases they recover at the next start
         self.restart_pending: set[str] = set()
+        # members the stop's SIGTERM reached while they were starting (just
+        # restarted: no handler yet), so it killed them; nothing is lost
+        self.stopped_starting: set[str] = set()
         self._done = 0
         self._all_done = trio.Event()
         self.pausing = False  # the members stop for a rescale
@@ -226,11 +229,14 @@ class Supervisor:
         if not self.resilience_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
         codes = [c for name, c in self.exit_codes.items()
-                 if name not in self.restart_pending]
+                 if name not in self.restart_pending | self.stopped_starting]
         self.log.info("stopped: %s", ", ".join(
             f"{name} down since it exited ({_status(code)}), its restart pending "
             f"when the stop came: it recovers at the next start"
-            if name in self.restart_pending else f"{name} {_status(code)}"
+            if name in self.restart_pending else
+            f"{name} {_status(code)} while it was starting (the stop came before "
+            f"it could stop cleanly): it recovers at the next start"
+            if name in self.stopped_starting else f"{name} {_status(code)}"
             for name, code in self.exit_codes.items()))
         if any(c not in (0, 3) for c in codes):  # an error, or killed
             return 1
@@ -317,6 +323,10 @@ class Supervisor:
     async def _keep_running_loop(self, m: Member, secret: str, nursery) -> None:
         while not (self.stopping or self.pausing or m.leaving):
             code = await self._run_once(m, secret)
+            if self.stopping and code == -signal.SIGTERM and m.state != "ready":
+                # restarted just before the stop: killed before it had its
+                # handlers, with nothing done that its database lacks
+                self.stopped_starting.add(m.name)
             m.state, m.pid, m.exit_code = "down", None, code
             if m.leaving:  # its earlier exits are not the cluster's stop
                 self.log.info("worker %s left the cluster (%s)", m.name, _status(code))
