@@ -17,8 +17,10 @@ import tarfile
 import time
 
 import pytest
+import trio
 
 from wallaroo.connectors.auth import load_secret
+from wallaroo.runtime.control import ask_verb
 
 from .chaos.live_move_chaos import half_move_at
 from .conftest import REPO, WAIT, WALLAROO
@@ -300,4 +302,96 @@ def test_key_groups_move_live_between_hosts(procs, hosts, tmp_path):
     assert groups() == {"initializer": 200, "worker-1": 824}
     c.check_all()
     for i in (1, 2):
+        assert c.workers[i].terminate(timeout=60) == 0
+
+
+def _key_groups(c: Cluster, via: int) -> dict:
+    """Each worker's count of key groups, as ``wallaroo status`` reports."""
+    st = subprocess.run(WALLAROO + ["status", "--control", f"{c.hosts.address(via)}:7100",
+                                    "--cluster-secret-file", str(c.secret), "--json"],
+                        capture_output=True, text=True, timeout=WAIT)
+    assert st.returncode == 0, st.stderr
+    return {w["name"]: w["key_groups"] for w in json.loads(st.stdout)["workers"]}
+
+
+def test_a_host_joins_while_the_cluster_runs(procs, hosts, tmp_path):
+    """``wallaroo run APP --join ... --live`` through worker-1's control
+    port, while resumable senders feed worker-1: the others keep running
+    (the same processes, never drained or restarted), the joiner takes
+    its share of the key groups by live moves, is SIGKILLed and comes back
+    with its command line as a member; every output arrives exactly once."""
+    c = Cluster(procs, hosts, tmp_path, messages=6000, votes=6000, rate=1000)
+    c.start_two_and_send(2, after=1.5)
+    args = [a if a != f"{hosts.address(1)}:7100" else f"{hosts.address(2)}:7100"
+            for a in c.args(3)] + ["--live"]
+    c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+    line = c.workers[1].wait_line(lambda l: "grow --live by worker-2 done" in l,
+                                  timeout=120)
+    assert "341 key groups moved live" in line, line
+    assert "joining the cluster of initializer, worker-1 while it runs" \
+        in c.workers[3].stderr
+    assert sorted(_key_groups(c, 3).values()) == [341, 341, 342]
+    for i in (1, 2):  # never drained, stopped or started again
+        assert c.workers[i].p.poll() is None and _readies(c.workers[i]) == 1
+        assert "rescale" not in c.workers[i].stderr, c.workers[i].stderr[-3000:]
+    time.sleep(1.0)
+    c.workers[3].p.send_signal(signal.SIGKILL)
+    c.workers[3].p.wait(timeout=WAIT)
+    c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+    c.workers[3].wait_line(lambda line: line.startswith("ready"), timeout=120)
+    assert "rejoining the cluster of initializer, worker-1, worker-2" \
+        in c.workers[3].stderr
+    # a GROW asked again (a joiner that lost the answer) changes nothing;
+    # another worker's address, or a member's name at other addresses, is
+    # refused
+    secret = load_secret(str(c.secret))
+    me = hosts.address(3)
+
+    def grow(name: str, control: str, data: str) -> dict:
+        body = {"name": name, "control": control, "data": data, "live": True}
+        return trio.run(ask_verb, (hosts.address(2), 7100), secret, "GROW", body)
+
+    again = grow("worker-2", f"{me}:7100", f"{me}:7101")
+    assert again["membership"]["members"] == ["initializer", "worker-1", "worker-2"]
+    assert "at other addresses" in grow("worker-2", f"{me}:7100", f"{me}:7102")["error"]
+    assert "is worker worker-1's address" in grow(
+        "worker-3", f"{me}:7200", f"{hosts.address(2)}:7101")["error"]
+    c.check_all()
+    assert sorted(_key_groups(c, 1).values()) == [341, 341, 342]
+    for w in c.workers.values():
+        print("\n".join(line for line in w.stderr.splitlines()
+                        if "grow" in line or "join" in line or "move" in line))
+    for i in (3, 2, 1):
+        assert c.workers[i].terminate(timeout=60) == 0
+
+
+def test_a_host_joining_live_comes_through_sigkills_of_itself_and_the_coordinator(
+        procs, hosts, tmp_path):
+    """The joiner and the coordinator (the initializer) SIGKILLed together
+    just after every member took the joiner, before its share moved: both
+    start again with their command lines, the joiner asks again (or
+    rejoins) and the coordinator gives it its share when it starts; the
+    other worker keeps running throughout; every output exactly once."""
+    c = Cluster(procs, hosts, tmp_path, messages=6000, votes=6000, rate=1000)
+    c.start_two_and_send(2, after=1.5)
+    args = c.args(3) + ["--live"]
+    c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+    c.workers[1].wait_line(lambda l: "initializer, worker-1 took worker-2" in l,
+                           timeout=120)
+    for i in (3, 1):
+        c.workers[i].p.send_signal(signal.SIGKILL)
+    for i in (3, 1):
+        c.workers[i].p.wait(timeout=WAIT)
+    c.start(1)
+    c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+    line = c.workers[1].wait_line(lambda l: "grow --live by worker-2 done" in l,
+                                  timeout=180)
+    assert "341 key groups moved live" in line, c.workers[1].stderr[-3000:]
+    assert c.workers[2].p.poll() is None and _readies(c.workers[2]) == 1
+    assert sorted(_key_groups(c, 2).values()) == [341, 341, 342]
+    c.check_all()
+    for w in c.workers.values():
+        print("\n".join(line for line in w.stderr.splitlines()
+                        if "grow" in line or "join" in line))
+    for i in (3, 2, 1):
         assert c.workers[i].terminate(timeout=60) == 0

@@ -84,6 +84,10 @@ def test_growing_is_refused_while_a_move_waits_and_for_members_out_of_order(tmp_
     core = c.drivers[0].core
     with pytest.raises(LiveMoveError, match="members join at the end"):
         core.live_add_members(["worker-1", "initializer", "worker-2"])
+    with pytest.raises(LiveMoveError, match="one-host cluster's members have no "
+                                            "fixed addresses"):
+        core.live_add_members(c.names + ["worker-2"], {"worker-2": {
+            "control": "10.0.0.3:7100", "data": "10.0.0.3:7101"}})
     g = _group(c, "counts", 3)
     giver = core.placement.owners[g]
     c.drivers[1 - giver].switch(1, [g], c.names[giver], c.names[1 - giver])

@@ -165,6 +165,12 @@ class _RawArgsCommand(click.Command):
                    "control address (with --name, --my-control, --my-data, "
                    "--resilience-dir); it grows by this worker, which takes its "
                    "share of the key groups with their state.")
+@click.option("--live", "join_live", is_flag=True,
+              help="With --join: join while the cluster runs.  The other "
+                   "workers keep running (no drain, no restart); key groups "
+                   "move to this worker with their state, a few at a time, "
+                   "while every other group flows.  It owns no resumable stream "
+                   "and reads no Kafka partition until a rescale without --live.")
 @click.option("--my-control", metavar="HOST:PORT",
               help="Several hosts, other workers: where this one's control "
                    "port listens.")
@@ -210,8 +216,8 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
         sink_outbox_max, workers,
         restart_delay,
         cluster_initializer, worker_count, control_addr, data_addr, join_addr,
-        my_control, my_data, cluster_secret_file, peer_outbox_max, cluster_members,
-        supervisor_fd, rescale_drain, deliver_retired, forget_streams_after,
+        join_live, my_control, my_data, cluster_secret_file, peer_outbox_max,
+        cluster_members, supervisor_fd, rescale_drain, deliver_retired, forget_streams_after,
         drain_timeout, log_level, profile_dir, app_args):
     """Run the application APP (a .py file, or an importable module).
 
@@ -251,6 +257,7 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
       wallaroo run APP.py --join 10.0.0.1:7100 --name worker-3 \\
           --my-control 10.0.0.4:7100 --my-data 10.0.0.4:7101 --in 10.0.0.4:7010 \\
           --out 10.0.0.9:7002 --resilience-dir ./state --cluster-secret-file secret
+    (add --live to join without stopping the others)
     """
     from .runtime.runner import run_worker
     target = application_module or app
@@ -282,6 +289,11 @@ def run(ctx, app, in_addrs, out_addrs, name, resilience_dir, application_module,
                             data_addr, my_control, my_data, cluster_secret_file,
                             cluster_members, supervisor_fd, peer_outbox_max, name,
                             join_addr, resilience_dir)
+    if join_live:
+        if cluster is None or cluster["kind"] != "joiner":
+            raise click.UsageError("--live joins a running cluster without "
+                                   "stopping it: give it with --join")
+        cluster["live"] = True
     if rescale_drain:
         if cluster is None or cluster["kind"] != "supervised":
             raise click.UsageError("--rescale-drain is the supervisor's")

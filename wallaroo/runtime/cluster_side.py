@@ -95,13 +95,21 @@ class ClusterSide:
             self._limiter)
         return sender
 
-    def add_members(self, members: list[str], nursery) -> dict[int, ChannelSender]:
+    def add_members(self, members: list[str], nursery,
+                    addresses: dict | None = None) -> dict[int, ChannelSender]:
         """The cluster grew to ``members`` (the core took them:
         live_members.py): a channel to each new member, started in
         ``nursery``, and the fingerprint every channel handshake shows
-        (the membership is in it) updated."""
+        (the membership is in it) updated.  ``addresses`` (several hosts):
+        every member's, as the membership now saves them."""
         old = len(self.config.members)
         self.config.members = list(members)
+        if addresses is not None:
+            from .host_rescale import split
+            self.config.addresses = dict(addresses)
+            for name in members[old:]:
+                self.config.peer_addresses[name] = split(
+                    addresses[name]["data"])
         core = self.worker.core
         made = {core.peer_dest(i): self._make_sender(i, name)
                 for i, name in enumerate(members) if i >= old and name != self.me}
@@ -227,6 +235,7 @@ class ClusterSide:
                                         if w.store.durable else None)
             self.rescaler.nursery = nursery
             verbs = self.rescaler.verbs()
+            nursery.start_soon(self.rescaler.live.resume_shares)
         if w.store.durable and w.live is not None:  # live moves (live_control.py)
             verbs.update(w.live.verbs())
         self.control = ControlServer(self.me, self.config.secret, self.log,

@@ -61,8 +61,9 @@ def check_saved(saved: dict, name: str, control: str, data: str,
     if name not in members:
         raise FormationError(f"this resilience directory belongs to a cluster of "
                              f"{members}, which has no worker {name!r}")
+    # --worker-count binds until a rescale, or a live grow (rule_workers)
     if worker_count is not None and worker_count != len(members) \
-            and not saved.get("rescaled"):  # --worker-count binds until a rescale
+            and not saved.get("rescaled") and "rule_workers" not in saved:
         raise FormationError(
             f"the cluster was formed with {len(members)} workers ({', '.join(members)}); "
             f"this run says --worker-count {worker_count}.  Start it with its "
@@ -189,3 +190,26 @@ async def grow(contact: tuple[str, int], name: str, control_text: str,
     write_plan_file(resilience_dir, name, plan, "joining", plan.old[0])
     log.info("joining the cluster of %s: rescale %s accepted by %s",
              ", ".join(plan.old), plan.id, answer.get("coordinator"))
+
+
+async def grow_live(contact: tuple[str, int], name: str, control_text: str,
+                    data_text: str, secret: bytes, resilience_dir: str | None,
+                    log: logging.Logger) -> dict:
+    """A worker that joins a running cluster while it runs (``--join
+    --live``, host_live_grow.py): ask any member until every member has
+    taken this one; the membership it starts from (it owns nothing yet;
+    the first member then moves its share of the key groups to it)."""
+    if resilience_dir is None:
+        raise FormationError("a worker joining a running cluster (--join) needs "
+                             "--resilience-dir: it takes its share of the state")
+    body = {"name": name, "control": control_text, "data": data_text, "live": True}
+    answer = await _ask_retrying(contact, secret, "GROW " + json.dumps(body), name,
+                                 60, log, "joining the running cluster")
+    membership = answer.get("membership")
+    if not isinstance(membership, dict) or name not in membership.get("members", ()):
+        raise FormationError(f"the cluster at {contact[0]}:{contact[1]} "
+                             f"refused to grow by {name!r}: {answer.get('error', answer)}")
+    log.info("joining the cluster of %s while it runs (coordinated by %s)",
+             ", ".join(m for m in membership["members"] if m != name),
+             answer.get("coordinator"))
+    return membership

@@ -164,6 +164,8 @@ class RunningSide:
         self.after: str | None = None  # "exec": start again once stopped
         self.nursery: trio.Nursery | None = None
         self.since = ""  # when the drain began
+        from .host_live_grow import HostLiveGrow
+        self.live = HostLiveGrow(self)  # GROW with "live" (the coordinator's)
 
     @property
     def config(self):
@@ -193,14 +195,21 @@ class RunningSide:
             return {"error": f"the coordinator {first} at {address[0]}:{address[1]} "
                              f"did not answer ({e or type(e).__name__})", "retry": True}
 
-    def _busy(self) -> dict | None:
-        """Why the coordinator cannot begin a rescale now (None: it can)."""
+    def _stopping(self) -> dict | None:
         stop = self.worker._stop
         if self.after is not None or self.worker.stop_mode is not None \
                 or (stop is not None and stop.is_set()):
             return {"error": "the coordinator is stopping (it starts again)",
                     "retry": True}
         return None
+
+    def _busy(self) -> dict | None:
+        """Why the coordinator cannot begin a rescale now (None: it can)."""
+        joining = sorted(self.live.sharing | ({self.live.adding} - {None}))
+        if joining:
+            return {"error": f"a worker is joining while the cluster runs "
+                             f"({', '.join(joining)})", "retry": True}
+        return self._stopping()
 
     async def grow(self, body: dict) -> dict:
         if self.me != self.config.members[0]:
@@ -210,6 +219,11 @@ class RunningSide:
                 and isinstance(control, str) and isinstance(data, str)):
             return {"error": "GROW needs a name, a control and a data address"}
         members = self.config.members
+        if body.get("live"):
+            if self.current is not None:
+                return {"error": f"a rescale is in progress ({len(self.current.old)} "
+                                 f"-> {len(self.current.new)} workers)", "retry": True}
+            return self._stopping() or await self.live.grow(name, control, data)
         if self._busy():
             return self._busy()
         if self.current is not None:

@@ -5,7 +5,7 @@ engine loop between two batches and answered once its commit has landed.
     LIVE_STATUS     {}                                   -> the core's live_status()
     LIVE_SWITCH     {epoch, groups, giver, taker}        -> {"marker": n}
     LIVE_HAND_OVER  {epoch, groups, taker, markers}      -> {"done": bool}
-    LIVE_ADD_MEMBERS {members}                           -> {"membership": {...}}
+    LIVE_ADD_MEMBERS {members[, addresses]}              -> {"membership": {...}}
     LIVE_REMOVE_MEMBERS {members}                        -> {"membership": {...}}
 
 A step asked again answers the same (the core finds its record), so a
@@ -39,14 +39,20 @@ class LiveControl:
     async def _add_members(self, request: dict) -> dict:
         """The cluster grows (live_members.py): the core takes the members,
         then the channels to the new ones start.  Answers the membership a
-        new member starts with."""
+        new member starts with.  Several hosts: ``addresses``, the new
+        members' ``{"control", "data"}``."""
         members = [str(m) for m in request["members"]]
+        addresses = request.get("addresses")
+        if addresses is not None:
+            addresses = {str(n): {"control": str(a["control"]), "data": str(a["data"])}
+                         for n, a in addresses.items()}
 
         def step(core):
-            record = core.live_add_members(members)
+            record = core.live_add_members(members, addresses)
             w = self.worker
             if record is not None and w.cluster is not None:
-                made = w.cluster.add_members(members, w._nursery_ref)
+                made = w.cluster.add_members(members, w._nursery_ref,
+                                             core.membership.get("addresses"))
                 w.dests += [None] * (core.destinations - len(w.dests))
                 for dest, sender in made.items():
                     w.dests[dest] = sender

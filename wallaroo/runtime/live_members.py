@@ -94,10 +94,12 @@ class LiveMembers:
     """The steps of ``WorkerCore`` (a mixin; runtime/core.py) that grow
     its membership."""
 
-    def live_add_members(self, members: list[str]) -> CommitRecord | None:
+    def live_add_members(self, members: list[str],
+                         addresses: dict | None = None) -> CommitRecord | None:
         """Between batches: the cluster's members become ``members`` (the
-        current ones, then new ones).  Returns the commit record (None:
-        done before)."""
+        current ones, then new ones); ``addresses`` (several hosts): the
+        new members' control and data addresses.  Returns the commit
+        record (None: done before)."""
         if not self.durable:
             raise LiveMoveError(f"worker {self.name!r}: a cluster grows while "
                                 f"it runs only with --resilience-dir")
@@ -105,13 +107,32 @@ class LiveMembers:
             raise LiveMoveError(f"worker {self.name!r}: applications with "
                                 f"windows cannot grow live yet")
         p = self.placement
+        known = self.membership.get("addresses")
+        if (known is None) != (addresses is None):
+            raise LiveMoveError(
+                f"worker {self.name!r}: " + ("a cluster over several hosts takes "
+                                             "new members with their addresses"
+                                             if known is not None else
+                                             "a one-host cluster's members have "
+                                             "no fixed addresses"))
         if list(members) == p.members:
+            clash = {n: a for n, a in (addresses or {}).items()
+                     if known.get(n) != a}
+            if clash:
+                raise LiveMoveError(
+                    f"worker {self.name!r}: {', '.join(clash)} joined with "
+                    f"other addresses ({', '.join(f'{n}: {known.get(n)}' for n in clash)})")
             return None
         if self.deferring is not None:
             raise LiveMoveError(
                 f"worker {self.name!r} waits for the hand-over of move "
                 f"{self.deferring['epoch']}: finish it first")
         before = len(p.members)
+        if addresses is not None and sorted(addresses) != sorted(members[before:]):
+            raise LiveMoveError(
+                f"worker {self.name!r}: the addresses given are of "
+                f"{', '.join(sorted(addresses)) or 'no one'}, the new members are "
+                f"{', '.join(members[before:])}")
         again = [m for m in members[before:] if self.store.had_destination(
             peer_identity(m))]
         if again:  # its channel's old positions would be taken up again
@@ -119,7 +140,10 @@ class LiveMembers:
                 f"worker {self.name!r} had a channel to {', '.join(again)}, a "
                 f"member that left: a member joining while the cluster runs "
                 f"takes a name never used in it")
-        self._use_membership(grown(self.membership, members, p.owner_names()))
+        m = grown(self.membership, members, p.owner_names())
+        if addresses is not None:
+            m["addresses"] = {**known, **addresses}
+        self._use_membership(m)
         return self._record(
             new_destinations=[tuple(peer_identity(m)) for m in members[before:]],
             fingerprint=self.fingerprint())

@@ -14,8 +14,8 @@ from .loader import ApplicationLoadError, load_application
 from ..connectors.auth import AuthError, load_secret
 from .cluster_side import ClusterConfig, grown_membership
 from ..recovery.moves import is_retired
-from .formation import (FormationError, Retired, check_saved, grow, initialize,
-                        join, saved_membership)
+from .formation import (FormationError, Retired, check_saved, grow, grow_live,
+                        initialize, join, saved_membership)
 from .host_rescale import read_plan_file
 from .commit_path import CommitFailed
 from .worker import Worker, WorkerOptions
@@ -199,6 +199,9 @@ async def cluster_setup(c: dict, name: str, resilience_dir: str | None,
     elif c["kind"] == "initializer":
         membership = await initialize(control, name, control_text, data_text,
                                       c["worker_count"], secret, log)
+    elif c["kind"] == "joiner" and c.get("live"):
+        membership = await grow_live(c["join"], name, control_text, data_text,
+                                     secret, resilience_dir, log)
     elif c["kind"] == "joiner":
         await grow(c["join"], name, control_text, data_text, secret,
                    resilience_dir, log)
@@ -212,7 +215,9 @@ async def cluster_setup(c: dict, name: str, resilience_dir: str | None,
         control_bind=control, key_groups=membership["key_groups"],
         peer_outbox_max=c["peer_outbox_max"], addresses=addresses,
         peer_addresses={n: _split(a["data"]) for n, a in addresses.items()
-                        if n != name})
+                        if n != name},
+        # a live joiner starts from the grown membership (its map of owners)
+        membership=membership if saved is None and c["kind"] == "joiner" else None)
 
 
 def _text(addr: tuple[str, int]) -> str:
