@@ -395,3 +395,101 @@ def test_a_host_joining_live_comes_through_sigkills_of_itself_and_the_coordinato
                         if "grow" in line or "join" in line))
     for i in (3, 2, 1):
         assert c.workers[i].terminate(timeout=60) == 0
+
+
+def test_a_host_that_joined_live_leaves_live(procs, hosts, tmp_path):
+    """``wallaroo cluster shrink --control ... --names worker-2 --live``
+    after worker-2 joined with ``--live``, while resumable senders feed
+    worker-1: worker-2 gives its key groups back by live moves, closes its
+    sources, is SIGKILLed in the drain and comes back with its command
+    line (no sources), and once both others dropped it stops, retires
+    itself and exits 0; the others keep their processes throughout;
+    every output arrives exactly once."""
+    c = Cluster(procs, hosts, tmp_path, messages=6000, votes=6000, rate=1000)
+    c.start_two_and_send(2, after=1.0)
+    args = c.args(3) + ["--live"]
+    c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+    c.workers[1].wait_line(lambda l: "grow --live by worker-2 done" in l, timeout=120)
+    q = c.shrink(2, "--query")
+    assert q.returncode == 0, q.stderr
+    assert "may leave with --live (the last ones of these): worker-2" in q.stdout
+    refused = c.shrink(2, "--names", "worker-1", "--live")
+    assert refused.returncode != 0
+    assert "only the members that joined last leave" in refused.stderr, refused.stderr
+    time.sleep(1.0)
+    shrink = subprocess.Popen(c.shrink_args(2, "--names", "worker-2", "--live"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    c.workers[3].wait_line(lambda l: "leaving the cluster while it runs" in l,
+                           timeout=120)
+    c.workers[3].p.send_signal(signal.SIGKILL)
+    c.workers[3].p.wait(timeout=WAIT)
+    c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+    out, err = shrink.communicate(timeout=300)
+    assert shrink.returncode == 0, out + err
+    assert "shrank live in" in out, out
+    assert c.workers[3].wait(timeout=120) == 0, c.workers[3].stderr[-3000:]
+    assert "started again with no sources" in c.workers[3].stderr
+    assert "left the cluster while it ran: retired (initializer, worker-1 go on)" \
+        in c.workers[3].stderr
+    assert _key_groups(c, 1) == {"initializer": 512, "worker-1": 512}
+    for i in (1, 2):
+        assert c.workers[i].p.poll() is None and _readies(c.workers[i]) == 1
+    ins = subprocess.run(WALLAROO + ["recovery", "inspect", c.state(3)],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert "left the cluster while it ran" in ins.stdout, ins.stdout
+    again = c.procs(*args, prefix=hosts.run_in(3, []))
+    assert again.wait(timeout=WAIT) == 0
+    assert "left its cluster in a rescale" in again.stderr
+    c.check_all()
+    print(out)
+    for w in c.workers.values():
+        print("\n".join(line for line in w.stderr.splitlines()
+                        if "leav" in line or "shrank" in line or "retir" in line))
+    for i in (2, 1):
+        assert c.workers[i].terminate(timeout=60) == 0
+
+
+def test_a_live_leave_stopped_half_way_is_finished_by_the_command_run_again(
+        procs, hosts, tmp_path):
+    """The steps of a live shrink done by hand up to the first member's
+    drop (as a command killed there leaves them): every key group moved
+    away, worker-2 told to leave, the initializer dropping it.  The command
+    run again through worker-1 (which still has every member) finishes it:
+    worker-1 drops worker-2, which retires itself; every output exactly
+    once."""
+    c = Cluster(procs, hosts, tmp_path, messages=4000, votes=4000, rate=1000)
+    c.start_two_and_send(2, after=1.0)
+    args = c.args(3) + ["--live"]
+    c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+    c.workers[1].wait_line(lambda l: "grow --live by worker-2 done" in l, timeout=120)
+    moved = subprocess.run(
+        WALLAROO + ["cluster", "move", "--control", f"{hosts.address(2)}:7100",
+                    "--cluster-secret-file", str(c.secret), "--groups", "0-1023",
+                    "--to", "initializer"], capture_output=True, text=True, timeout=180)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    secret = load_secret(str(c.secret))
+    stay = ["initializer", "worker-1"]
+
+    def ask(host: int, verb: str, body: dict) -> dict:
+        return trio.run(ask_verb, (hosts.address(host), 7100), secret, verb, body)
+
+    assert ask(3, "LIVE_LEAVE", {"members": stay}) == {"ok": True, "owns": 0}
+    assert "error" in ask(3, "LIVE_LEAVE", {"members": ["initializer"]})
+    deadline = time.monotonic() + 60
+    while True:  # until worker-2's last acknowledgements reached it
+        answer = ask(1, "LIVE_REMOVE_MEMBERS", {"members": stay})
+        if "error" not in answer or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert answer["membership"]["members"] == stay, answer
+    r = subprocess.run(c.shrink_args(2, "--names", "worker-2", "--live"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "finishing the shrink to initializer, worker-1" in r.stdout, r.stdout
+    assert c.workers[3].wait(timeout=120) == 0, c.workers[3].stderr[-3000:]
+    assert "left the cluster while it ran: retired" in c.workers[3].stderr
+    assert _key_groups(c, 2) == {"initializer": 1024, "worker-1": 0}
+    c.check_all()
+    for i in (2, 1):
+        assert c.workers[i].terminate(timeout=60) == 0

@@ -160,11 +160,11 @@ def grow(directory, count, live):
               help="How many workers leave (the last ones).")
 @click.option("--query", is_flag=True, help="List which workers may leave.")
 @click.option("--live", is_flag=True,
-              help="One host: shrink while the cluster runs.  The leaving "
-                   "workers (the last ones, which joined with `grow --live`) "
-                   "give their key groups away by live moves, drain and stop, "
-                   "while every other group flows.  Without it every worker "
-                   "stops and restarts.")
+              help="Shrink while the cluster runs.  The leaving workers (the "
+                   "last ones, which joined with `grow --live` or `--join ... "
+                   "--live`) give their key groups away by live moves, drain "
+                   "and stop, while every other group flows.  Without it every "
+                   "worker stops and restarts.")
 @_remote_options
 def shrink(directory, names, count, query, live, control, cluster_secret_file):
     """Remove workers from the cluster running on DIRECTORY (one host), or
@@ -187,11 +187,15 @@ def shrink(directory, names, count, query, live, control, cluster_secret_file):
     Several hosts (worker-2 leaves; its host can go):
       wallaroo cluster shrink --control 10.0.0.1:7100 \\
           --cluster-secret-file secret --names worker-2
+
+    \b
+    Several hosts, while it runs (worker-3 joined with --join ... --live):
+      wallaroo cluster shrink --control 10.0.0.1:7100 \\
+          --cluster-secret-file secret --names worker-3 --live
     """
     if control is not None:
-        if live:
-            raise click.UsageError("--live shrinks a one-host cluster (give its "
-                                   "DIRECTORY, not --control)")
+        if live and not query:
+            return _shrink_remote_live(control, cluster_secret_file, names, count)
         return _shrink_remote(control, cluster_secret_file, names, count, query)
     if query:
         a = _ask(directory, {"op": "query"})
@@ -212,6 +216,32 @@ def shrink(directory, names, count, query, live, control, cluster_secret_file):
     if not live:
         _done(answer)
         return
+    click.echo(f"shrank live in {answer['seconds']:.2f}s: {len(answer['members'])} "
+               f"workers ({', '.join(answer['members'])}); {answer['moved']} key "
+               f"groups moved from the leaving workers in {answer['moves']} moves, "
+               f"the longest wait of a moving group {answer['longest_wait']:.3f}s")
+
+
+def _shrink_remote_live(control: str, secret_file: str | None, names,
+                        count) -> None:
+    """Several hosts, ``--live``: this command coordinates
+    (runtime/host_live_shrink.py)."""
+    import trio
+
+    from .runtime.host_live_shrink import ShrinkFailed, shrink_hosts
+    from .runtime.live_coordinator import MoveFailed
+    if (names is None) == (count is None):
+        raise click.UsageError("give --names W1,W2 or --count K (or --query)")
+    addresses, secret = _control_addresses(".", control, secret_file)
+    staying = None if names is None else [n for n in addresses if n not in {
+        x.strip() for x in names.split(",") if x.strip()}]
+    try:
+        answer = trio.run(lambda: shrink_hosts(addresses, secret, staying, count,
+                                               echo=click.echo))
+    except (ShrinkFailed, MoveFailed) as e:
+        raise click.ClickException(
+            f"the shrink stopped: {e}.  Nothing is lost; run the command again "
+            f"to go on from there") from None
     click.echo(f"shrank live in {answer['seconds']:.2f}s: {len(answer['members'])} "
                f"workers ({', '.join(answer['members'])}); {answer['moved']} key "
                f"groups moved from the leaving workers in {answer['moves']} moves, "
@@ -257,6 +287,9 @@ def _shrink_remote(control: str, secret_file: str | None, names, count,
     if query:
         click.echo(f"members: {', '.join(answer['members'])}")
         click.echo(f"may leave: {', '.join(answer['may_leave']) or 'none'}")
+        if "may_leave_live" in answer:
+            click.echo(f"may leave with --live (the last ones of these): "
+                       f"{', '.join(answer['may_leave_live']) or 'none'}")
         if answer.get("rescaling"):
             click.echo("a rescale is in progress")
         return

@@ -236,6 +236,7 @@ class ClusterSide:
             self.rescaler.nursery = nursery
             verbs = self.rescaler.verbs()
             nursery.start_soon(self.rescaler.live.resume_shares)
+            self.rescaler.leaving.watch()  # a worker leaving live, restarted
         if w.store.durable and w.live is not None:  # live moves (live_control.py)
             verbs.update(w.live.verbs())
         self.control = ControlServer(self.me, self.config.secret, self.log,

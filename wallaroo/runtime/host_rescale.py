@@ -165,19 +165,22 @@ class RunningSide:
         self.nursery: trio.Nursery | None = None
         self.since = ""  # when the drain began
         from .host_live_grow import HostLiveGrow
+        from .host_live_shrink import Leaving
         self.live = HostLiveGrow(self)  # GROW with "live" (the coordinator's)
+        self.leaving = Leaving(self)  # LIVE_LEAVE: this worker leaves live
 
     @property
     def config(self):
         return self.side.config
 
     def verbs(self) -> dict:
-        return {"GROW": self.grow, "SHRINK": self.shrink, "RESCALE": self.order}
+        return {"GROW": self.grow, "SHRINK": self.shrink, "RESCALE": self.order,
+                **self.leaving.verbs()}
 
     def status_extra(self) -> dict:
         plan = self.current or self.draining
         if plan is None:
-            return {}
+            return self.leaving.status_extra()
         return {"rescale": {"id": plan.id, "from": list(plan.old),
                             "to": list(plan.new), "phase": "draining",
                             "since": self.since}}
@@ -250,7 +253,9 @@ class RunningSide:
             return await self._pass_on("SHRINK", body)
         members = self.config.members
         if body.get("query"):
+            p = self.worker.core.placement
             return {"members": members, "may_leave": members[1:],
+                    "may_leave_live": members[max(1, p.rule_workers):],
                     "rescaling": self.current is not None}
         if self.current is not None:
             return {"error": "a rescale is in progress; try again when it is done"}

@@ -2,7 +2,7 @@
 verbs a coordinator (``wallaroo cluster move``) asks, each run by the
 engine loop between two batches and answered once its commit has landed.
 
-    LIVE_STATUS     {}                                   -> the core's live_status()
+    LIVE_STATUS     {[membership]}                       -> the core's live_status()
     LIVE_SWITCH     {epoch, groups, giver, taker}        -> {"marker": n}
     LIVE_HAND_OVER  {epoch, groups, taker, markers}      -> {"done": bool}
     LIVE_ADD_MEMBERS {members[, addresses]}              -> {"membership": {...}}
@@ -78,7 +78,10 @@ class LiveControl:
         return await self._run(step)
 
     async def _status(self, request: dict) -> dict:
-        return self.worker.core.live_status()
+        st = self.worker.core.live_status()
+        if request.get("membership"):  # the whole saved membership too
+            st["membership"] = self.worker.core.membership
+        return st
 
     async def _switch(self, request: dict) -> dict:
         def step(core):

@@ -60,17 +60,7 @@ def shrunk(saved: dict, members: list[str]) -> dict:
     is left stays."""
     old = list(saved["members"])
     leaving = old[len(members):]
-    if not members or not extends(old, members):
-        raise LiveMoveError(
-            f"the members {', '.join(members)} are not the cluster's "
-            f"({', '.join(old)}) less its last ones: only the members that "
-            f"joined last leave while the cluster runs")
-    rule = saved.get("rule_workers", len(old))
-    if len(members) < rule:
-        raise LiveMoveError(
-            f"{', '.join(old[len(members):rule])} did not join while the "
-            f"cluster ran: resumable streams and Kafka partitions are theirs "
-            f"by rule; `wallaroo cluster shrink` without --live takes them away")
+    may_leave(old, members, saved.get("rule_workers", len(old)))
     owners = saved_owner_names(saved)
     held = sorted({o for o in owners if o in leaving})
     if held:
@@ -80,6 +70,22 @@ def shrunk(saved: dict, members: list[str]) -> dict:
     body["members"] = list(members)
     body["owners"] = ownership.encode(owners)
     return body
+
+
+def may_leave(old: list[str], members: list[str], rule_workers: int) -> None:
+    """Whether the members of ``old`` not in ``members`` may leave while
+    the cluster runs: the last ones, and members a live grow added (past
+    ``rule_workers``); raises LiveMoveError saying why not."""
+    if not members or not extends(old, members):
+        raise LiveMoveError(
+            f"the members {', '.join(members)} are not the cluster's "
+            f"({', '.join(old)}) less its last ones: only the members that "
+            f"joined last leave while the cluster runs")
+    if len(members) < rule_workers:
+        raise LiveMoveError(
+            f"{', '.join(old[len(members):rule_workers])} did not join while the "
+            f"cluster ran: resumable streams and Kafka partitions are theirs "
+            f"by rule; `wallaroo cluster shrink` without --live takes them away")
 
 
 def saved_owner_names(saved: dict) -> list[str]:

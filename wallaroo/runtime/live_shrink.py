@@ -116,17 +116,7 @@ async def shrink_live(sup, names: list[str], secret_path: str) -> dict:
         _shrunk_membership(directory, old[0], names)
     c = coordinator(sup, secret)
     try:
-        await c.finish_under_way()
-        st = await c.statuses()
-        current = ownership.decode(st[old[0]]["owners"], st[old[0]]["key_groups"],
-                                   old)
-        target = ownership.balanced_owners(current, names)
-        reports = []
-        for taker in names:
-            groups = [g for g, o in enumerate(target)
-                      if o == taker and current[g] in leaving]
-            if groups:
-                reports += await c.move(groups, taker)
+        reports = await give_away(c, old, names)
     except MoveFailed as e:
         return _stopped(names, f"giving their key groups away: {e}")
     moved = sum(len(r.groups) for r in reports)
@@ -225,6 +215,57 @@ async def _finish(sup, secret: bytes, names: list[str], old: list[str], t0: floa
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+async def give_away(c, old: list[str], names: list[str]) -> list:
+    """Steps 1 and 2: a live move under way finished, then the key groups
+    of the members of ``old`` not in ``names`` moved, by ``c``'s live
+    moves, to where a rescale to ``names`` would place them."""
+    await c.finish_under_way()
+    st = await c.statuses()
+    current = ownership.decode(st[old[0]]["owners"], st[old[0]]["key_groups"], old)
+    target = ownership.balanced_owners(current, names)
+    reports = []
+    for taker in names:
+        groups = [g for g, o in enumerate(target)
+                  if o == taker and current[g] not in names]
+        if groups:
+            reports += await c.move(groups, taker)
+    return reports
+
+
+def held_by_leaving(answers: dict[str, dict], leaving, count_sinks: bool) -> list[str]:
+    """From every member's STATUS answer: what is still in flight to or
+    from the ``leaving`` members (empty: nothing); their sinks' outputs
+    count while ``count_sinks``."""
+    held = []
+    for name, a in answers.items():
+        for ch in a.get("channels", ()):
+            if (name in leaving or ch.get("peer") in leaving) and ch.get("batches", 1):
+                held.append(f"{name} -> {ch.get('peer')}: {ch['batches']} batches")
+        if name in leaving:
+            if a.get("inbox", {}).get("messages", 1):
+                held.append(f"{name}'s inbox: {a['inbox']['messages']} messages")
+            if a.get("in_hand", 1):  # a batch computed, not yet released
+                held.append(f"{name}: {a.get('in_hand')} batches being committed")
+            outputs = sum(s.get("outputs", 0) for s in a.get("sinks", ()))
+            if outputs and count_sinks:
+                held.append(f"{name}'s sinks: {outputs} outputs")
+    return held
+
+
+def leaving_counts(answers: dict[str, dict], leaving) -> tuple:
+    """The counts of the leaving members that must stand still between two
+    looks for the drain to be over."""
+    return tuple((answers[n].get("messages_in"), answers[n].get("outputs"),
+                  answers[n].get("commits")) for n in sorted(leaving))
+
+
+def undelivered(answers: dict[str, dict], leaving) -> dict[str, int]:
+    """Outputs each leaving member's sinks still wait for (none: left out)."""
+    waiting = {n: sum(s.get("outputs", 0) for s in answers[n].get("sinks", ()))
+               for n in sorted(leaving)}
+    return {n: k for n, k in waiting.items() if k}
+
+
 def _still_held(directory: str, leaving: list[str]) -> dict[str, list[str]]:
     """What the stopped leaving workers' databases hold for other workers
     (input not processed, peer batches not acknowledged); empty: nothing."""
@@ -265,33 +306,19 @@ async def _drain(sup, secret: bytes, gone: list) -> str | None:
         except (OSError, trio.TooSlowError, trio.BrokenResourceError, ValueError) as e:
             last, why = None, str(e)
             continue
-        held = []
-        for name, a in answers.items():
-            for ch in a.get("channels", ()):
-                if (name in leaving or ch.get("peer") in leaving) and ch.get("batches", 1):
-                    held.append(f"{name} -> {ch.get('peer')}: {ch['batches']} batches")
-            if name in leaving:
-                if a.get("inbox", {}).get("messages", 1):
-                    held.append(f"{name}'s inbox: {a['inbox']['messages']} messages")
-                if a.get("in_hand", 1):  # a batch computed, not yet released
-                    held.append(f"{name}: {a.get('in_hand')} batches being committed")
-                outputs = sum(s.get("outputs", 0) for s in a.get("sinks", ()))
-                if outputs and trio.current_time() < sinks_until:
-                    held.append(f"{name}'s sinks: {outputs} outputs")
-        counts = tuple((answers[n].get("messages_in"), answers[n].get("outputs"),
-                        answers[n].get("commits")) for n in sorted(leaving))
+        held = held_by_leaving(answers, leaving, trio.current_time() < sinks_until)
+        counts = leaving_counts(answers, leaving)
         if held:
             last, why = None, "; ".join(held)
             continue
         if counts == last:
-            waiting = {n: sum(s.get("outputs", 0) for s in answers[n].get("sinks", ()))
-                       for n in sorted(leaving)}
-            if any(waiting.values()):
+            waiting = undelivered(answers, leaving)
+            if waiting:
                 sup.log.warning(
                     "shrink: leaving workers still hold undelivered outputs after "
                     "%.0fs (%s): they stay in their databases, marked retired, and "
                     "are delivered from there", LEAVING_WAIT,
-                    ", ".join(f"{n}: {k}" for n, k in waiting.items() if k))
+                    ", ".join(f"{n}: {k}" for n, k in waiting.items()))
             return None
         last = counts
     return f"draining {', '.join(sorted(leaving))} took over {WAIT:.0f}s ({why})"

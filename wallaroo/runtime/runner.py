@@ -16,6 +16,8 @@ from .cluster_side import ClusterConfig, grown_membership
 from ..recovery.moves import is_retired
 from .formation import (FormationError, Retired, check_saved, grow, grow_live,
                         initialize, join, saved_membership)
+from .host_live_shrink import read_leaving, retire
+from .live_moves import LiveMoveError
 from .host_rescale import read_plan_file
 from .commit_path import CommitFailed
 from .worker import Worker, WorkerOptions
@@ -77,6 +79,13 @@ def _run_worker(app: str, args: list[str], *, name: str, resilience_dir: str | N
         if several and read_plan_file(resilience_dir, name) is not None:
             after.append(await _move(cluster, name, resilience_dir, log))
             return
+        try:
+            leaving = read_leaving(resilience_dir, name) if several else None
+        except LiveMoveError as e:
+            raise _ConfigError(str(e)) from None
+        if leaving is not None and "membership" in leaving:
+            after.append("leave")  # every other member dropped it already
+            return
         if cluster is not None:
             try:
                 config = await cluster_setup(cluster, name, resilience_dir, log)
@@ -88,6 +97,10 @@ def _run_worker(app: str, args: list[str], *, name: str, resilience_dir: str | N
             if config is None:  # a joiner's grow was accepted
                 after.append(await _move(cluster, name, resilience_dir, log))
                 return
+            if leaving is not None:  # leaving while the cluster runs: no sources
+                log.info("leaving the cluster while it runs (%s stay): started "
+                         "again with no sources", ", ".join(leaving["members"]))
+                config.drain_only = True
         try:
             worker = Worker(spec, store, WorkerOptions(name=name, cluster=config,
                                                        **options), log)
@@ -120,6 +133,14 @@ def _run_worker(app: str, args: list[str], *, name: str, resilience_dir: str | N
     if after == ["exec"]:
         log.info("rescale done: starting again with the same command line")
         exec_again()
+    if after == ["leave"]:
+        try:
+            if not retire(resilience_dir, name, log):
+                return EXIT_RUNTIME
+        except (StoreError, OSError) as e:
+            log.error("leaving: cannot retire %s: %s", name, e)
+            return EXIT_RUNTIME
+        after = ["retired"]
     if after == ["retired"]:
         return _deliver_retired(spec, resilience_dir, name, synchronous, log,
                                 options)
