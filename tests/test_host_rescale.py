@@ -341,9 +341,9 @@ def test_a_host_joins_while_the_cluster_runs(procs, hosts, tmp_path):
     c.workers[3].wait_line(lambda line: line.startswith("ready"), timeout=120)
     assert "rejoining the cluster of initializer, worker-1, worker-2" \
         in c.workers[3].stderr
-    # a GROW asked again (a joiner that lost the answer) changes nothing;
-    # another worker's address, or a member's name at other addresses, is
-    # refused
+    # a member that owns state is refused (a fresh database would lose
+    # it), the first member too (it once crashed the coordinator), and so
+    # is another worker's address
     secret = load_secret(str(c.secret))
     me = hosts.address(3)
 
@@ -351,11 +351,15 @@ def test_a_host_joins_while_the_cluster_runs(procs, hosts, tmp_path):
         body = {"name": name, "control": control, "data": data, "live": True}
         return trio.run(ask_verb, (hosts.address(2), 7100), secret, "GROW", body)
 
-    again = grow("worker-2", f"{me}:7100", f"{me}:7101")
-    assert again["membership"]["members"] == ["initializer", "worker-1", "worker-2"]
-    assert "at other addresses" in grow("worker-2", f"{me}:7100", f"{me}:7102")["error"]
+    for name, host in (("worker-2", 3), ("initializer", 1)):
+        at = hosts.address(host)
+        answer = grow(name, f"{at}:7100", f"{at}:7101")
+        assert "owns state: it restarts with its own command line" in \
+            answer["error"], answer
+        assert "retry" not in answer
     assert "is worker worker-1's address" in grow(
         "worker-3", f"{me}:7200", f"{hosts.address(2)}:7101")["error"]
+    assert c.workers[1].p.poll() is None
     c.check_all()
     assert sorted(_key_groups(c, 1).values()) == [341, 341, 342]
     for w in c.workers.values():
@@ -387,6 +391,11 @@ def test_a_host_joining_live_comes_through_sigkills_of_itself_and_the_coordinato
     line = c.workers[1].wait_line(lambda l: "grow --live by worker-2 done" in l,
                                   timeout=180)
     assert "341 key groups moved live" in line, c.workers[1].stderr[-3000:]
+    # the share was saved before it was given: the first member gives it
+    # when it starts again, whether or not the joiner asks again
+    assert "grow --live by worker-2: giving it its share of the key groups " \
+        "(not given before)" in c.workers[1].stderr
+    assert not (tmp_path / "state1" / "initializer.live-grow.json").exists()
     assert c.workers[2].p.poll() is None and _readies(c.workers[2]) == 1
     assert sorted(_key_groups(c, 2).values()) == [341, 341, 342]
     c.check_all()

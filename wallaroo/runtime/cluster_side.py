@@ -235,7 +235,7 @@ class ClusterSide:
                                         if w.store.durable else None)
             self.rescaler.nursery = nursery
             verbs = self.rescaler.verbs()
-            nursery.start_soon(self.rescaler.live.resume_shares)
+            self.rescaler.live.resume_shares()
             self.rescaler.leaving.watch()  # a worker leaving live, restarted
         if w.store.durable and w.live is not None:  # live moves (live_control.py)
             verbs.update(w.live.verbs())

@@ -93,7 +93,12 @@ class ControlServer:
                 if not isinstance(request, dict):
                     answer = {"error": f"{verb.decode()}: the body is not a JSON object"}
                 else:
-                    answer = await self.verbs[verb.decode()](request)
+                    try:
+                        answer = await self.verbs[verb.decode()](request)
+                    except Exception as e:  # noqa: BLE001 - answered, not fatal
+                        self.log.exception("control port: %s failed", verb.decode())
+                        answer = {"error": f"worker {self.me!r}: {verb.decode()} "
+                                           f"failed: {type(e).__name__}: {e}"}
                 if isinstance(answer, FileAnswer):
                     await send_file(stream, session, answer)
                     return

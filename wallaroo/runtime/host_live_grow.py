@@ -27,21 +27,55 @@ the joiner answer the same.  Until every member has taken it, channels
 between members that did and members that did not refuse each other
 (their fingerprints differ), so their peer batches wait; nothing is lost.
 A first member that dies while it gives the joiner its share leaves each
-move done or not done, and gives the share when it starts again if the
-joiner still owns no key group (``resume_shares``); otherwise
-``wallaroo cluster move --control`` moves the rest.  The joiner owns no resumable stream and reads no Kafka partition
+move done or not done; it saved the joiner's name first
+(``<dir>/<name>.live-grow.json``) and, when it starts again, finishes a
+move left under way and gives the rest of the share (``resume_shares``).
+One joiner is taken at a time: another is answered "try again" until the
+share has moved.  The joiner owns no resumable stream and reads no Kafka partition
 until a rescale without ``--live``.
 """
 
 from __future__ import annotations
 
+import json
+import os
+
 import trio
 
-from ..recovery import ownership
-from .live_coordinator import Coordinator, MoveFailed
+from ..recovery import moves, ownership
+from ..recovery.files import atomic_write
+from ..recovery.sink_identities import peer_identity
+from .live_coordinator import Coordinator, MoveFailed, StepRefused
 
 ADD_WAIT = 20.0  # seconds every member has to take the joiner, per GROW
 SHARE_WAIT = 600.0  # seconds the joiner has to start and take its share
+
+
+def shares_file(directory: str, name: str) -> str:
+    """The first member's list of joiners whose share is still to move."""
+    return os.path.join(directory, f"{name}.live-grow.json")
+
+
+def read_shares(directory: str, name: str) -> list[str]:
+    try:
+        with open(shares_file(directory, name)) as f:
+            return list(json.load(f)["joiners"])
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # unreadable: `wallaroo cluster move` gives what is missing
+
+
+def write_shares(directory: str, name: str, joiners: list[str]) -> None:
+    path = shares_file(directory, name)
+    if joiners:
+        atomic_write(path, (json.dumps({"joiners": joiners}) + "\n").encode())
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    moves._fsync_dir(directory)
 
 
 class HostLiveGrow:
@@ -75,33 +109,51 @@ class HostLiveGrow:
         config = self.rs.config
         members = list(config.members)
         wanted = {"control": control, "data": data}
+        p = self.rs.worker.core.placement
         if name in members:
+            # taken already, by some or every member, and never started
+            # (a member with state restarts with its own command line and
+            # database: a fresh one would lose its state)
+            i = members.index(name)
+            if i < p.rule_workers or name in p.owner_names():
+                return {"error": f"{name!r} is a member of the cluster already "
+                                 f"({', '.join(members)}), and owns state: it "
+                                 f"restarts with its own command line and its "
+                                 f"database"}
             if config.addresses.get(name) != wanted:
                 return {"error": f"{name!r} is a member of the cluster already "
                                  f"({', '.join(members)}), at other addresses: a "
                                  f"member restarts with its own command line"}
-            new = members  # taken already (by some or every member): again
-            old = members[:members.index(name)]
+            new, old = members, members[:i]
         else:
             used = {a: n for n, v in config.addresses.items() for a in v.values()}
             for a in (control, data):
                 if a in used:
                     return {"error": f"{a} is worker {used[a]}'s address"}
+            if self.rs.worker.core.store.had_destination(peer_identity(name)):
+                return {"error": f"{name!r} was a member of this cluster (it left): "
+                                 f"a worker joining while the cluster runs takes a "
+                                 f"name never used in it"}
             new, old = [*members, name], members
-        if self.adding is not None:
-            return {"error": f"the cluster is taking {self.adding} now", "retry": True}
+        busy = sorted(self.sharing - {name}) + ([self.adding] if self.adding else [])
+        if busy:  # one joiner at a time: its moves would miss the next one
+            return {"error": f"the cluster is taking {', '.join(busy)} now",
+                    "retry": True}
         self.adding = name
+        self._save_share(name)  # before any member takes it
         try:
             membership = await self._add(old, new, {n: config.addresses.get(n, wanted)
                                                     for n in new[len(old):]})
+        except StepRefused as e:
+            self.rs.log.error("grow --live by %s refused: %s", name, e)
+            self._drop_share(name)
+            return {"error": f"a member refused {name}: {e}"}
         except MoveFailed as e:
             self.rs.log.warning("grow --live by %s: %s; it asks again", name, e)
             return {"error": f"not every member took {name} yet ({e})", "retry": True}
         finally:
             self.adding = None
-        if name not in self.sharing:
-            self.sharing.add(name)
-            self.rs.nursery.start_soon(self._give_share, name)
+        self._start_share(name)
         c = self.rs.side.control_address
         return {"membership": membership, "coordinator": f"{c[0]}:{c[1]}"}
 
@@ -114,31 +166,51 @@ class HostLiveGrow:
         await c.finish_under_way()
         body = {"members": new, "addresses": addresses}
         answers = {}
-        for m in [x for x in old if x != me] + [me]:  # this one last
+        for m in old:  # this one (the first) first: its refusal changes nothing
             answers[m] = (await c.ask(m, "LIVE_ADD_MEMBERS", body))["membership"]
         mine = answers[me]
-        differ = [m for m, a in answers.items() if a != mine]
+
+        def seen(a: dict) -> tuple:  # (owners differ while a move runs)
+            return a["members"], a.get("addresses")
+        differ = [m for m, a in answers.items() if seen(a) != seen(mine)]
         if differ:
-            raise MoveFailed(f"{', '.join(differ)} saved another membership than "
-                             f"{me}")
+            raise StepRefused(f"{', '.join(differ)} saved another membership "
+                              f"than {me}")
         self.rs.log.info("grow --live: %s took %s; nothing moved",
                          ", ".join(old), ", ".join(new[len(old):]))
         return mine
 
-    async def resume_shares(self) -> None:
-        """The first member, once started: a member that joined live and
-        owns no key group yet (this worker died while it gave it its
-        share) is given it now."""
+    def _save_share(self, name: str) -> None:
+        """``name`` in ``<dir>/<first>.live-grow.json`` (synced), before any
+        member takes it: a first member that dies from then on gives it
+        its share when it starts again."""
+        joiners = read_shares(self.rs.directory, self.rs.me)
+        if name not in joiners:
+            write_shares(self.rs.directory, self.rs.me, joiners + [name])
+
+    def _drop_share(self, name: str) -> None:
+        write_shares(self.rs.directory, self.rs.me,
+                     [n for n in read_shares(self.rs.directory, self.rs.me) if n != name])
+
+    def _start_share(self, name: str) -> None:
+        """Give ``name`` its share in the background (once)."""
+        if name not in self.sharing:
+            self.sharing.add(name)
+            self.rs.nursery.start_soon(self._give_share, name)
+
+    def resume_shares(self) -> None:
+        """The first member, once started: the shares it was giving when it
+        stopped are given now (a move left under way finished first); a
+        joiner it had not taken yet is forgotten (it asks again)."""
         if self.refusal() is not None or self.rs.me != self.rs.config.members[0]:
             return
-        p = self.rs.worker.core.placement
-        owned = set(p.owner_names())
-        for name in p.members[p.rule_workers:]:
-            if name not in owned and name not in self.sharing:
-                self.rs.log.info("grow --live by %s: giving it its share of the "
-                                 "key groups (not given before)", name)
-                self.sharing.add(name)
-                self.rs.nursery.start_soon(self._give_share, name)
+        for name in read_shares(self.rs.directory, self.rs.me):
+            if name not in self.rs.config.members:
+                self._drop_share(name)
+                continue
+            self.rs.log.info("grow --live by %s: giving it its share of the "
+                             "key groups (not given before)", name)
+            self._start_share(name)
 
     async def _give_share(self, name: str) -> None:
         """Once ``name`` answers: live moves give it the key groups a
@@ -148,6 +220,7 @@ class HostLiveGrow:
             c = Coordinator(self.control_addresses(members), self.rs.config.secret,
                             timeout=SHARE_WAIT)
             started = trio.current_time()
+            await c.finish_under_way()
             while True:  # the joiner answers once it has started
                 st = await c.ask(name, "LIVE_STATUS", {})
                 if st.get("members") == members:
@@ -165,6 +238,7 @@ class HostLiveGrow:
             return
         finally:
             self.sharing.discard(name)
+        self._drop_share(name)
         self.rs.log.info(
             "grow --live by %s done: %d key groups moved live in %d moves, %.2fs; "
             "the longest wait of a moving group %.3fs", name,

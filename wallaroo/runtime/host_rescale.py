@@ -296,6 +296,7 @@ class RunningSide:
         move mode (this one last); abandoned when that cannot be done."""
         others = [m for m in plan.old if m != self.me]
         try:
+            await self._finish_live_move(plan)
             for m in others:
                 await self._order_until(m, plan, "drain")
             self.worker.close_sources()
@@ -320,6 +321,24 @@ class RunningSide:
         write_plan_file(self.directory, self.me, plan, "stopped", self.me)
         self.worker.stop_mode = "drained"
         self.worker.request_stop()
+
+    async def _finish_live_move(self, plan: moves.Plan) -> None:
+        """A live move left under way (``wallaroo cluster move`` stopped, or
+        a first member that died while it gave a joiner its share) is
+        finished before the drain: its taker holds the moving groups'
+        messages, which no drain delivers (live_moves.py)."""
+        from .live_coordinator import Coordinator, MoveFailed
+        c = Coordinator({m: split(plan.addresses[m]["control"]) for m in plan.old},
+                        self.config.secret, timeout=GIVE_UP)  # as the orders
+        try:
+            r = await c.finish_under_way()
+        except MoveFailed as e:
+            raise RescaleRefused(f"a live move under way could not be finished "
+                                 f"({e})") from None
+        if r is not None:
+            self.log.info("rescale %s: finished live move %d (%d key groups %s -> "
+                          "%s) first", plan.id, r.epoch, len(r.groups), r.giver,
+                          r.taker)
 
     async def _order_until(self, name: str, plan: moves.Plan, op: str) -> None:
         deadline = trio.current_time() + GIVE_UP

@@ -24,6 +24,11 @@ class MoveFailed(Exception):
     """A move cannot go on (the message says why)."""
 
 
+class StepRefused(MoveFailed):
+    """A worker answered a step with an error (not a worker that did not
+    answer): asking again would get the same answer."""
+
+
 @dataclass
 class MoveReport:
     epoch: int
@@ -68,7 +73,7 @@ class Coordinator:
             if "error" in answer:
                 if "waited" in answer["error"]:  # the loop was busy: again
                     continue
-                raise MoveFailed(answer["error"])
+                raise StepRefused(answer["error"])
             return answer
         raise MoveFailed(f"worker {worker!r} did not answer {verb} in time"
                          + (f" ({type(last).__name__}: {last})" if last else ""))
