@@ -43,6 +43,7 @@ its ``ready`` line (its copy of the giver's database crosses the hosts'
 link).
 
     sudo python benchmarks/bench_rescale.py --keys 100000 --hosts
+    sudo python benchmarks/bench_rescale.py --keys 100000 --hosts --grow-live
 """
 
 from __future__ import annotations
@@ -246,9 +247,11 @@ def part1_live(keys: int, probe_rate: int, workdir: Path) -> dict:
     return r
 
 
-def part1_hosts(keys: int, probe_rate: int, workdir: Path) -> dict:
+def part1_hosts(keys: int, probe_rate: int, workdir: Path, live: bool = False) -> dict:
     """Part 1 over two network-namespace hosts: the joiner's copy of the
-    giver's database crosses the link between them."""
+    giver's database crosses the link between them.  ``live``: the joiner
+    joins with ``--live`` (nothing stops; the grow's time runs from its
+    start to the first member's ``grow --live by worker-1 done`` line)."""
     sys.path.insert(0, str(REPO))
     from tests.netns import BRIDGE_ADDR, Hosts
     hosts = Hosts(2)
@@ -270,7 +273,9 @@ def part1_hosts(keys: int, probe_rate: int, workdir: Path) -> dict:
                                "--control", f"{me}:7100", "--data", f"{me}:7101"]
             return base + ["--join", f"{hosts.address(1)}:7100", "--name",
                            "worker-1", "--my-control", f"{me}:7100", "--my-data",
-                           f"{me}:7101"]
+                           f"{me}:7101"] + (["--live"] if live else [])
+
+        grown = threading.Event()  # the first member's "grow --live ... done"
 
         def start(i: int) -> threading.Event:
             p = subprocess.Popen(hosts.run_in(i, wallaroo(*args(i))),
@@ -285,6 +290,8 @@ def part1_hosts(keys: int, probe_rate: int, workdir: Path) -> dict:
                     logf.flush()
                     if line.startswith("ready "):
                         ready.set()
+                    if "grow --live by worker-1 done" in line:
+                        grown.set()
             threading.Thread(target=pump, daemon=True).start()
             return ready
 
@@ -294,7 +301,8 @@ def part1_hosts(keys: int, probe_rate: int, workdir: Path) -> dict:
 
         def join() -> float:
             t = time.perf_counter()
-            if not start(2).wait(900):
+            ready = start(2)
+            if not (grown if live else ready).wait(900):
                 raise RuntimeError(f"the joiner did not become ready "
                                    f"(see {workdir / 'host2.log'})")
             return time.perf_counter() - t
@@ -410,17 +418,20 @@ def main(argv=None) -> int:
     if a.shrink_live and (a.hosts or a.live or a.start != 1):
         ap.error("--shrink-live is for one host, from 2 workers to 1")
     if a.grow_live or a.shrink_live:
-        if a.hosts or a.live:
-            ap.error("--grow-live is for the one-host grow (not --hosts or --live)")
+        if a.live or (a.hosts and a.shrink_live):
+            ap.error("--grow-live is a grow (not --live); --shrink-live is for "
+                     "one host")
         GROW_ARGS.append("--live")
     print(machine_line())
     work = Path(tempfile.mkdtemp(prefix="wallaroo-bench-rescale-"))
     if a.hosts:
-        r = part1_hosts(a.keys, a.probe_rate, work)
+        r = part1_hosts(a.keys, a.probe_rate, work, live=a.grow_live)
         print(f"moving state over two hosts: {r['keys']:,} keys created in "
-              f"{r['create_s']:.1f}s; `wallaroo run APP --join` 1 -> 2 workers "
+              f"{r['create_s']:.1f}s; `wallaroo run APP --join"
+              f"{' --live' if a.grow_live else ''}` 1 -> 2 workers "
               f"moved {r['moved']:,} of them in {r['grow_s']:.2f}s (the joiner's "
-              f"start to its ready line)")
+              f"start to " + ("the first member's `grow --live ... done` line)"
+                              if a.grow_live else "its ready line)"))
     elif a.shrink_live:
         r = part1_shrink_live(a.keys, a.probe_rate, work)
         print(f"moving state live, shrinking: {r['keys']:,} keys created in "
