@@ -10,6 +10,7 @@ restart into the new membership with their original command lines."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -508,6 +509,42 @@ def test_a_live_leave_stopped_half_way_is_finished_by_the_command_run_again(
     assert c.workers[3].wait(timeout=120) == 0, c.workers[3].stderr[-3000:]
     assert "left the cluster while it ran: retired" in c.workers[3].stderr
     assert _key_groups(c, 2) == {"initializer": 1024, "worker-1": 0}
+    c.check_all()
+    for i in (2, 1):
+        assert c.workers[i].terminate(timeout=60) == 0
+
+
+def test_a_live_leave_whose_drain_cannot_end_is_called_off(procs, hosts, tmp_path):
+    """worker-1 frozen (SIGSTOP) once worker-2 was told to leave: the
+    command's drain cannot read its status, gives up after
+    WALLAROO_GROW_WAIT seconds and tells worker-2 to stay; worker-2 starts
+    again with its sources open, as a member.  Once worker-1 runs again the
+    command, run again, lets worker-2 leave; every output exactly once."""
+    c = Cluster(procs, hosts, tmp_path, messages=4000, votes=4000, rate=1000)
+    c.start_two_and_send(2, after=1.0)
+    args = c.args(3) + ["--live"]
+    c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+    c.workers[1].wait_line(lambda l: "grow --live by worker-2 done" in l, timeout=120)
+    shrink = subprocess.Popen(c.shrink_args(1, "--names", "worker-2", "--live"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "WALLAROO_GROW_WAIT": "4"})
+    c.workers[3].wait_line(lambda l: "leaving the cluster while it runs" in l,
+                           timeout=120)
+    c.workers[2].p.send_signal(signal.SIGSTOP)
+    try:
+        out, err = shrink.communicate(timeout=120)
+    finally:
+        c.workers[2].p.send_signal(signal.SIGCONT)
+    assert shrink.returncode == 1, out + err
+    assert "worker-2 stay members, their sources open again" in err, err
+    c.workers[3].wait_line(lambda l: "leaving the cluster called off" in l, timeout=60)
+    _ready_again(c.workers[3], 1)
+    assert not (tmp_path / "state3" / "worker-2.leaving.json").exists()
+    r = subprocess.run(c.shrink_args(1, "--names", "worker-2", "--live"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert c.workers[3].wait(timeout=120) == 0, c.workers[3].stderr[-3000:]
+    assert _key_groups(c, 1) == {"initializer": 512, "worker-1": 512}
     c.check_all()
     for i in (2, 1):
         assert c.workers[i].terminate(timeout=60) == 0

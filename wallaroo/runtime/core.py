@@ -214,6 +214,7 @@ class WorkerCore(Checkpoints, Windowing, LiveMoves, LiveMembers, OutputRows):
         # evictions waiting for their commit to land: (record number, space, key)
         self._leaving: deque = deque()
         self.records = 0  # commit records made (numbered from 1)
+        self.membership_record = 0  # the record of the last member change
         self.evictions = 0
         for space in self.spaces.values():
             space.recent = self.recent

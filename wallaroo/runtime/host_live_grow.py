@@ -139,12 +139,16 @@ class HostLiveGrow:
         if busy:  # one joiner at a time: its moves would miss the next one
             return {"error": f"the cluster is taking {', '.join(busy)} now",
                     "retry": True}
-        self.adding = name
         self._save_share(name)  # before any member takes it
+        self.adding = name
         try:
             membership = await self._add(old, new, {n: config.addresses.get(n, wanted)
                                                     for n in new[len(old):]})
         except StepRefused as e:
+            if name in self.rs.config.members:  # this one took it: finish later
+                self.rs.log.warning("grow --live by %s: %s; it asks again", name, e)
+                return {"error": f"not every member took {name} yet ({e})",
+                        "retry": True}
             self.rs.log.error("grow --live by %s refused: %s", name, e)
             self._drop_share(name)
             return {"error": f"a member refused {name}: {e}"}
@@ -164,6 +168,9 @@ class HostLiveGrow:
         c = Coordinator(self.control_addresses(old), self.rs.config.secret,
                         timeout=ADD_WAIT)
         await c.finish_under_way()
+        leaving = [n for n, st in (await c.statuses()).items() if st.get("leaving")]
+        if leaving:  # a member appended now would be dropped with them
+            raise MoveFailed(f"{', '.join(leaving)} is leaving the cluster")
         body = {"members": new, "addresses": addresses}
         answers = {}
         for m in old:  # this one (the first) first: its refusal changes nothing

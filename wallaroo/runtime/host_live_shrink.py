@@ -125,6 +125,8 @@ class Leaving:
                 rs.worker.request_stop()
             return {"ok": True}
         names = [str(n) for n in request.get("members", ())]
+        if rs.current is not None or rs.draining is not None:
+            return {"error": f"worker {me!r} takes part in a rescale now"}
         p = rs.worker.core.placement
         try:
             if me in names:
@@ -162,7 +164,8 @@ class Leaving:
                 answers = {n: await ask_verb(addresses[n], rs.config.secret,
                                              "LIVE_STATUS", {"membership": True},
                                              me=rs.me, timeout=10) for n in names}
-                if all(a.get("members") == names for a in answers.values()):
+                if all(a.get("members") == names and a.get("members_landed", True)
+                       for a in answers.values()) and not self._holding():
                     break
             except ASK_ERRORS:
                 pass
@@ -179,6 +182,14 @@ class Leaving:
         rs.worker.request_stop()
 
 
+    def _holding(self) -> list[str]:
+        """What this worker still has in flight (its inbox, a batch being
+        committed, its channels): it stops only once that is nothing, so
+        its database holds nothing for the others when it retires."""
+        st = self.rs.side.status()
+        return held_by_leaving({self.rs.me: st}, {self.rs.me}, count_sinks=False)
+
+
 def _split(text: str) -> tuple[str, int]:
     from .host_rescale import split
     return split(text)
@@ -192,8 +203,11 @@ def retire(directory: str, name: str, log: logging.Logger) -> bool:
     body = read_leaving(directory, name)
     held = _still_held(directory, [name])
     if held:
-        log.error("leaving: %s still holds %s: not retired.  Start it again with "
-                  "its command line", name, "; ".join(held[name]))
+        log.error("leaving: %s still holds %s: not retired, and its database "
+                  "keeps it (nothing is lost).  The others dropped it, so it "
+                  "cannot deliver that itself: `wallaroo recovery inspect` shows "
+                  "what; docs/cluster.md, \"Shrinking while it runs, several "
+                  "hosts\"", name, "; ".join(held[name]))
         return False
     moves.mark_retired(directory, name, body["membership"])
     _remove_leaving(directory, name)
@@ -205,7 +219,13 @@ def retire(directory: str, name: str, log: logging.Logger) -> bool:
 # -- the command's side ----------------------------------------------------
 
 class ShrinkFailed(Exception):
-    """The shrink stopped (the message says why and what to do)."""
+    """The shrink stopped (the message says why); ``again``: running the
+    command again goes on from there (False: it would be another shrink,
+    or the same refusal)."""
+
+    def __init__(self, message: str, again: bool = True):
+        super().__init__(message)
+        self.again = again
 
 
 async def shrink_hosts(addresses: dict[str, tuple[str, int]], secret: bytes,
@@ -234,13 +254,17 @@ async def shrink_hosts(addresses: dict[str, tuple[str, int]], secret: bytes,
         if names is None:
             if count >= len(members):
                 raise ShrinkFailed(f"--count must be 1 to {len(members) - 1}: "
-                                   f"the first member ({members[0]}) stays")
+                                   f"the first member ({members[0]}) stays", False)
             names = members[:-count]
         rule = statuses[members[0]]["membership"].get("rule_workers", len(members))
         try:
             live_members.may_leave(members, names, rule)
         except LiveMoveError as e:
-            raise ShrinkFailed(f"{e}; nothing changed") from None
+            raise ShrinkFailed(f"{e}; nothing changed", False) from None
+        busy = [n for n, st in statuses.items() if st.get("leaving") and n in names]
+        if busy:
+            raise ShrinkFailed(f"{', '.join(busy)} is leaving (another shrink); "
+                               f"nothing changed", False)
         leaving = [n for n in members if n not in names]
         reports = await give_away(c, members, names)
         moved = sum(len(r.groups) for r in reports)
@@ -250,14 +274,16 @@ async def shrink_hosts(addresses: dict[str, tuple[str, int]], secret: bytes,
             await c.ask(n, "LIVE_LEAVE", {"members": names})
         why = await _drain(c, members, leaving)
         if why is not None:
+            c.deadline = time.monotonic() + WAIT
             for n in leaving:
                 await c.ask(n, "LIVE_LEAVE", {"stay": True})
-            raise ShrinkFailed(f"{why}; {', '.join(leaving)} stay, sources open "
-                               f"again")
+            raise ShrinkFailed(f"{why}; {', '.join(leaving)} stay members, their "
+                               f"sources open again")
     leaving = [n for n in members if n not in names]
     for n in names:  # step 4, while the leaving ones still run
         c.deadline = time.monotonic() + WAIT
-        answer = await c.ask(n, "LIVE_REMOVE_MEMBERS", {"members": names})
+        answer = await c.ask(n, "LIVE_REMOVE_MEMBERS", {"members": names,
+                                                        "leaving": leaving})
         if answer["membership"]["members"] != names:
             raise ShrinkFailed(f"{n} kept the members "
                                f"{', '.join(answer['membership']['members'])}")
@@ -310,5 +336,7 @@ async def _stopped(c: Coordinator, leaving: list[str]) -> None:
                 break
             await trio.sleep(QUIET_POLL)
         else:
-            raise ShrinkFailed(f"{n} was dropped by every other member but did "
-                               f"not stop within {STOP_WAIT:.0f}s; see its log")
+            raise ShrinkFailed(f"every other member dropped {n}, but it did not "
+                               f"stop within {STOP_WAIT:.0f}s: it stops and retires "
+                               f"on its own once its last batches are delivered "
+                               f"(see its log)", False)

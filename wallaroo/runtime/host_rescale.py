@@ -331,6 +331,15 @@ class RunningSide:
         c = Coordinator({m: split(plan.addresses[m]["control"]) for m in plan.old},
                         self.config.secret, timeout=GIVE_UP)  # as the orders
         try:
+            leaving = [n for n, st in (await c.statuses()).items()
+                       if st.get("leaving")]
+        except MoveFailed as e:
+            raise RescaleRefused(str(e)) from None
+        if leaving:
+            raise RescaleRefused(f"{', '.join(leaving)} is leaving the cluster "
+                                 f"(`wallaroo cluster shrink --live`): finish that "
+                                 f"first")
+        try:
             r = await c.finish_under_way()
         except MoveFailed as e:
             raise RescaleRefused(f"a live move under way could not be finished "

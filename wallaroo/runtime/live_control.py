@@ -6,7 +6,7 @@ engine loop between two batches and answered once its commit has landed.
     LIVE_SWITCH     {epoch, groups, giver, taker}        -> {"marker": n}
     LIVE_HAND_OVER  {epoch, groups, taker, markers}      -> {"done": bool}
     LIVE_ADD_MEMBERS {members[, addresses]}              -> {"membership": {...}}
-    LIVE_REMOVE_MEMBERS {members}                        -> {"membership": {...}}
+    LIVE_REMOVE_MEMBERS {members[, leaving]}             -> {"membership": {...}}
 
 A step asked again answers the same (the core finds its record), so a
 coordinator that lost an answer, or was restarted, asks again."""
@@ -65,9 +65,11 @@ class LiveControl:
         """The cluster's last members left (live_members.py): the core
         drops them once nothing waits for them, then their channels stop."""
         members = [str(m) for m in request["members"]]
+        leaving = request.get("leaving")
+        leaving = None if leaving is None else [str(m) for m in leaving]
 
         def step(core):
-            record = core.live_remove_members(members)
+            record = core.live_remove_members(members, leaving)
             w = self.worker
             if record is not None and w.cluster is not None:
                 w.cluster.remove_members(members)
@@ -78,9 +80,13 @@ class LiveControl:
         return await self._run(step)
 
     async def _status(self, request: dict) -> dict:
-        st = self.worker.core.live_status()
+        w = self.worker
+        st = w.core.live_status()
         if request.get("membership"):  # the whole saved membership too
-            st["membership"] = self.worker.core.membership
+            st["membership"] = w.core.membership
+        rescaler = w.cluster.rescaler if w.cluster is not None else None
+        if rescaler is not None and rescaler.leaving.staying is not None:
+            st["leaving"] = True  # several hosts: this worker leaves live
         return st
 
     async def _switch(self, request: dict) -> dict:

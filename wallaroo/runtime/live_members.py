@@ -150,20 +150,30 @@ class LiveMembers:
         if addresses is not None:
             m["addresses"] = {**known, **addresses}
         self._use_membership(m)
-        return self._record(
+        record = self._record(
             new_destinations=[tuple(peer_identity(m)) for m in members[before:]],
             fingerprint=self.fingerprint())
+        self.membership_record = record.number
+        return record
 
-    def live_remove_members(self, members: list[str]) -> CommitRecord | None:
+    def live_remove_members(self, members: list[str],
+                            leaving: list[str] | None = None) -> CommitRecord | None:
         """Between batches: the cluster's last members, which own nothing
-        and whose channels are drained, are gone; ``members`` stay.
-        Returns the commit record (None: done before)."""
+        and whose channels are drained, are gone; ``members`` stay;
+        ``leaving``: the members that leave, as the asker knows them (a
+        member that joined since is not dropped with them).  Returns the
+        commit record (None: done before)."""
         if not self.durable:
             raise LiveMoveError(f"worker {self.name!r}: a cluster shrinks while "
                                 f"it runs only with --resilience-dir")
         p = self.placement
         if list(members) == p.members:
             return None
+        if leaving is not None and p.members[len(members):] != list(leaving):
+            raise LiveMoveError(
+                f"worker {self.name!r}: the members after {', '.join(members)} are "
+                f"{', '.join(p.members[len(members):])}, not {', '.join(leaving)} "
+                f"(did one join meanwhile?)")
         if self.name not in members:
             raise LiveMoveError(f"worker {self.name!r} is one of those leaving")
         if self.deferring is not None:
@@ -181,8 +191,10 @@ class LiveMembers:
                 f"members ({', '.join(waiting)}): they leave once delivered")
         dropped = len(p.members) - len(members)
         self._use_membership(m)
-        return self._record(dropped_destinations=dropped,
-                            fingerprint=self.fingerprint())
+        record = self._record(dropped_destinations=dropped,
+                              fingerprint=self.fingerprint())
+        self.membership_record = record.number
+        return record
 
     def _use_membership(self, m: dict, save: bool = True) -> None:
         """Route by membership ``m`` from now on (members appended: every

@@ -162,7 +162,11 @@ class LiveMoves:
     def live_status(self) -> dict:
         """What a coordinator needs to start, resume or follow moves."""
         p = self.placement
-        return {"switched": {str(e): m for e, m in self.switched.items()},
+        # the member list as committed: a grow or shrink applies it between
+        # two batches, before its commit lands
+        landed = getattr(self.store, "landed", 0) >= self.membership_record
+        return {"members_landed": landed,
+                "switched": {str(e): m for e, m in self.switched.items()},
                 "given": self.given, "taken": self.taken,
                 "deferring": self.deferring,
                 "waiting": len(self.deferred_units),

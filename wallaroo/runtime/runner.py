@@ -3,6 +3,8 @@ and turn what went wrong into one clear log line and an exit code."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import trio
 
 from .._errors import WallarooParameterError
@@ -137,7 +139,7 @@ def _run_worker(app: str, args: list[str], *, name: str, resilience_dir: str | N
         try:
             if not retire(resilience_dir, name, log):
                 return EXIT_RUNTIME
-        except (StoreError, OSError) as e:
+        except (StoreError, OSError, LiveMoveError, sqlite3.Error) as e:
             log.error("leaving: cannot retire %s: %s", name, e)
             return EXIT_RUNTIME
         after = ["retired"]
