@@ -138,3 +138,90 @@ def _run(procs, hosts, tmp_path, rnd: random.Random) -> None:
     c.check_all()
     for i in (1, 2):
         assert c.workers[i].terminate(timeout=60) == 0
+
+
+LIVE_STEPS = 6
+
+
+def key_group_counts(c: Cluster, via: int) -> list[int] | None:
+    """Each worker's count of key groups, sorted (None: no answer now)."""
+    import json
+    from ..conftest import WALLAROO
+    st = subprocess.run(WALLAROO + ["status", "--control", f"{c.hosts.address(via)}:7100",
+                                    "--cluster-secret-file", str(c.secret), "--json"],
+                        capture_output=True, text=True, timeout=60)
+    if st.returncode != 0:
+        return None
+    try:
+        return sorted(w["key_groups"] for w in json.loads(st.stdout)["workers"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def wait_counts(c: Cluster, want: list[int], timeout: float = 300) -> None:
+    t0 = time.monotonic()
+    while key_group_counts(c, 2) != want:
+        assert time.monotonic() - t0 < timeout, (
+            f"key groups not {want} after {timeout}s:\n" + "\n".join(
+                f"--- host {i}\n" + w.stderr[-4000:] for i, w in c.workers.items()))
+        time.sleep(0.5)
+
+
+def test_live_grows_and_shrinks_over_hosts_with_kills(procs, tmp_path):
+    """``--join ... --live`` and ``shrink --control ... --live``, one after
+    the other, the third host joining each time as a new worker, each with
+    a SIGKILL of a random worker (the first member, worker-1 which the
+    senders feed, or the one joining or leaving) at a random moment, started
+    again with its command line half a second later.  Every output exactly
+    once; the first two workers' processes restart only when killed."""
+    hosts = Hosts(3)
+    try:
+        _run_live(procs, hosts, tmp_path, random.Random(
+            int(os.environ.get("WALLAROO_CHAOS_SEED", 20261203))))
+    finally:
+        hosts.close()
+
+
+def _run_live(procs, hosts, tmp_path, rnd: random.Random) -> None:
+    c = Cluster(procs, hosts, tmp_path, messages=40000, votes=40000, rate=800)
+    c.start_two_and_send(2, after=2)
+    events = []
+    for n in range(LIVE_STEPS):
+        growing = n % 2 == 0
+        joiner = f"worker-{2 + (n + 2) // 2}"
+        if growing:
+            c.names[3], c.states[3] = joiner, str(tmp_path / f"state3-{joiner}")
+            args = c.args(3) + ["--live"]
+            c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+            mark = f"took {joiner}; nothing moved"
+            c.workers[1].wait_line(lambda line: mark in line, timeout=120)
+        else:
+            shrink = subprocess.Popen(
+                c.shrink_args(rnd.choice([1, 2]), "--names", joiner, "--live"),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            c.workers[3].wait_line(lambda line: "leaving the cluster while it runs"
+                                   in line, timeout=120)
+        time.sleep(rnd.uniform(0.0, 1.5))
+        victim = rnd.choice([1, 2, 3])
+        if c.workers[victim].p.poll() is None:
+            c.workers[victim].signal(signal.SIGKILL)
+            c.workers[victim].wait()
+            time.sleep(0.5)
+            if victim == 3:
+                c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
+            else:
+                c.start(victim)
+            events.append(f"{'grow' if growing else 'shrink'} {joiner} live: "
+                          f"SIGKILL host {victim}")
+        if growing:
+            wait_counts(c, [341, 341, 342])
+        else:
+            out, err = shrink.communicate(timeout=600)
+            assert shrink.returncode == 0, out + err
+            assert c.workers[3].wait(timeout=120) == 0, c.workers[3].stderr[-4000:]
+            wait_counts(c, [512, 512])
+        events.append(f"{'grew' if growing else 'shrank'}: {joiner}")
+    print("\n".join(events))
+    c.check_all()
+    for i in (1, 2):
+        assert c.workers[i].terminate(timeout=60) == 0

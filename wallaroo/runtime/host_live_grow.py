@@ -45,6 +45,7 @@ import trio
 from ..recovery import moves, ownership
 from ..recovery.files import atomic_write
 from ..recovery.sink_identities import peer_identity
+from .host_rescale import split
 from .live_coordinator import Coordinator, MoveFailed, StepRefused
 
 ADD_WAIT = 20.0  # seconds every member has to take the joiner, per GROW
@@ -88,7 +89,6 @@ class HostLiveGrow:
         self.sharing: set[str] = set()  # joiners being given their share
 
     def control_addresses(self, names) -> dict[str, tuple[str, int]]:
-        from .host_rescale import split
         addresses = self.rs.config.addresses
         return {n: split(addresses[n]["control"]) for n in names}
 

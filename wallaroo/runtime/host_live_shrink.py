@@ -53,6 +53,7 @@ from ..recovery import moves
 from ..recovery.files import atomic_write
 from . import live_members
 from .control import ASK_ERRORS, ask, ask_verb
+from .host_rescale import split
 from .live_coordinator import Coordinator
 from .live_moves import LiveMoveError
 from .live_shrink import give_away, held_by_leaving, leaving_counts, undelivered
@@ -157,7 +158,7 @@ class Leaving:
     async def _watch(self) -> None:
         rs = self.rs
         names = read_leaving(rs.directory, rs.me)["members"]
-        addresses = {n: _split(rs.config.addresses[n]["control"]) for n in names}
+        addresses = {n: split(rs.config.addresses[n]["control"]) for n in names}
         noted = 0.0
         while True:
             try:
@@ -181,18 +182,12 @@ class Leaving:
         rs.after = "leave"
         rs.worker.request_stop()
 
-
     def _holding(self) -> list[str]:
         """What this worker still has in flight (its inbox, a batch being
         committed, its channels): it stops only once that is nothing, so
         its database holds nothing for the others when it retires."""
         st = self.rs.side.status()
         return held_by_leaving({self.rs.me: st}, {self.rs.me}, count_sinks=False)
-
-
-def _split(text: str) -> tuple[str, int]:
-    from .host_rescale import split
-    return split(text)
 
 
 def retire(directory: str, name: str, log: logging.Logger) -> bool:
