@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from wallaroo.connectors.auth import load_secret
-from wallaroo.runtime.control import ask_verb
+from wallaroo.runtime.control import ask, ask_verb
 
 from .chaos.live_move_chaos import half_move_at
 from .conftest import REPO, WAIT, WALLAROO
@@ -454,6 +454,10 @@ def test_a_host_that_joined_live_leaves_live(procs, hosts, tmp_path, victim):
     for i in (1, 2):
         assert c.workers[i].p.poll() is None
         assert _readies(c.workers[i]) == 1 or i == victim
+        # its addresses left with it: another worker may join there
+        known = trio.run(ask, (hosts.address(i), 7100), load_secret(str(c.secret)),
+                         "MEMBERS")
+        assert sorted(known["addresses"]) == ["initializer", "worker-1"], known
     ins = subprocess.run(WALLAROO + ["recovery", "inspect", c.state(3)],
                          capture_output=True, text=True, timeout=WAIT)
     assert "left the cluster while it ran" in ins.stdout, ins.stdout
@@ -490,14 +494,14 @@ def test_a_live_leave_stopped_half_way_is_finished_by_the_command_run_again(
     secret = load_secret(str(c.secret))
     stay = ["initializer", "worker-1"]
 
-    def ask(host: int, verb: str, body: dict) -> dict:
+    def ask_host(host: int, verb: str, body: dict) -> dict:
         return trio.run(ask_verb, (hosts.address(host), 7100), secret, verb, body)
 
-    assert ask(3, "LIVE_LEAVE", {"members": stay}) == {"ok": True, "owns": 0}
-    assert "error" in ask(3, "LIVE_LEAVE", {"members": ["initializer"]})
+    assert ask_host(3, "LIVE_LEAVE", {"members": stay}) == {"ok": True, "owns": 0}
+    assert "error" in ask_host(3, "LIVE_LEAVE", {"members": ["initializer"]})
     deadline = time.monotonic() + 60
     while True:  # until worker-2's last acknowledgements reached it
-        answer = ask(1, "LIVE_REMOVE_MEMBERS", {"members": stay})
+        answer = ask_host(1, "LIVE_REMOVE_MEMBERS", {"members": stay})
         if "error" not in answer or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -182,6 +182,16 @@ def test_live_grows_and_shrinks_over_hosts_with_kills(procs, tmp_path):
         hosts.close()
 
 
+def wait_log(c: Cluster, i: int, text: str, timeout: float = 120) -> None:
+    """Until host ``i``'s worker logs ``text``; every worker's log if not."""
+    deadline = time.monotonic() + timeout
+    while text not in c.workers[i].stderr:
+        assert time.monotonic() < deadline, f"no {text!r} from host {i}:\n" + \
+            "\n".join(f"--- host {j}\n" + w.stderr[-5000:]
+                      for j, w in c.workers.items())
+        time.sleep(0.1)
+
+
 def _run_live(procs, hosts, tmp_path, rnd: random.Random) -> None:
     c = Cluster(procs, hosts, tmp_path, messages=40000, votes=40000, rate=800)
     c.start_two_and_send(2, after=2)
@@ -194,13 +204,12 @@ def _run_live(procs, hosts, tmp_path, rnd: random.Random) -> None:
             args = c.args(3) + ["--live"]
             c.workers[3] = c.procs(*args, prefix=hosts.run_in(3, []))
             mark = f"took {joiner}; nothing moved"
-            c.workers[1].wait_line(lambda line: mark in line, timeout=120)
+            wait_log(c, 1, mark)
         else:
             shrink = subprocess.Popen(
                 c.shrink_args(rnd.choice([1, 2]), "--names", joiner, "--live"),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            c.workers[3].wait_line(lambda line: "leaving the cluster while it runs"
-                                   in line, timeout=120)
+            wait_log(c, 3, "leaving the cluster while it runs")
         time.sleep(rnd.uniform(0.0, 1.5))
         victim = rnd.choice([1, 2, 3])
         if c.workers[victim].p.poll() is None:

@@ -132,6 +132,8 @@ class ClusterSide:
             if scope is not None:
                 scope.cancel()
             self.config.peer_addresses.pop(sender.peer, None)
+            if self.config.addresses is not None:  # several hosts
+                self.config.addresses.pop(sender.peer, None)
         self._show_membership(members)
         return gone
 

@@ -69,6 +69,9 @@ def shrunk(saved: dict, members: list[str]) -> dict:
     body = dict(saved)
     body["members"] = list(members)
     body["owners"] = ownership.encode(owners)
+    if body.get("addresses") is not None:  # several hosts: theirs go too
+        body["addresses"] = {n: a for n, a in body["addresses"].items()
+                             if n in members}
     return body
 
 
