@@ -478,9 +478,9 @@ def test_a_live_leave_stopped_half_way_is_finished_by_the_command_run_again(
     """The steps of a live shrink done by hand up to the first member's
     drop (as a command killed there leaves them): every key group moved
     away, worker-2 told to leave, the initializer dropping it.  The command
-    run again through worker-1 (which still has every member) finishes it:
-    worker-1 drops worker-2, which retires itself; every output exactly
-    once."""
+    run again through the initializer (which no longer lists worker-2)
+    finishes it: worker-1 drops worker-2, which retires itself; every
+    output exactly once.  A shrink of a worker that left is refused."""
     c = Cluster(procs, hosts, tmp_path, messages=4000, votes=4000, rate=1000)
     c.start_two_and_send(2, after=1.0)
     args = c.args(3) + ["--live"]
@@ -499,6 +499,10 @@ def test_a_live_leave_stopped_half_way_is_finished_by_the_command_run_again(
 
     assert ask_host(3, "LIVE_LEAVE", {"members": stay}) == {"ok": True, "owns": 0}
     assert "error" in ask_host(3, "LIVE_LEAVE", {"members": ["initializer"]})
+    # while it leaves, a stop-the-world shrink is refused before any drain
+    stw = c.shrink(2, "--names", "worker-2")
+    assert stw.returncode == 1
+    assert "worker-2 is leaving the cluster while it runs" in stw.stderr, stw.stderr
     deadline = time.monotonic() + 60
     while True:  # until worker-2's last acknowledgements reached it
         answer = ask_host(1, "LIVE_REMOVE_MEMBERS", {"members": stay})
@@ -506,13 +510,18 @@ def test_a_live_leave_stopped_half_way_is_finished_by_the_command_run_again(
             break
         time.sleep(0.5)
     assert answer["membership"]["members"] == stay, answer
-    r = subprocess.run(c.shrink_args(2, "--names", "worker-2", "--live"),
+    # through the initializer, which no longer lists worker-2
+    r = subprocess.run(c.shrink_args(1, "--names", "worker-2", "--live"),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "finishing the shrink to initializer, worker-1" in r.stdout, r.stdout
     assert c.workers[3].wait(timeout=120) == 0, c.workers[3].stderr[-3000:]
     assert "left the cluster while it ran: retired" in c.workers[3].stderr
     assert _key_groups(c, 2) == {"initializer": 1024, "worker-1": 0}
+    again = c.shrink(2, "--names", "worker-2", "--live")
+    assert again.returncode == 1
+    assert "worker-2: not a member of the cluster (initializer, worker-1)" in \
+        again.stderr and "run the command again" not in again.stderr, again.stderr
     c.check_all()
     for i in (2, 1):
         assert c.workers[i].terminate(timeout=60) == 0
@@ -532,13 +541,16 @@ def test_a_live_leave_whose_drain_cannot_end_is_called_off(procs, hosts, tmp_pat
     shrink = subprocess.Popen(c.shrink_args(1, "--names", "worker-2", "--live"),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "WALLAROO_GROW_WAIT": "4"})
-    c.workers[3].wait_line(lambda l: "leaving the cluster while it runs" in l,
-                           timeout=120)
+    first = ""
+    while "draining them" not in first:  # the moves are done; the drain next
+        first = shrink.stdout.readline()
+        assert first, shrink.communicate(timeout=60)
     c.workers[2].p.send_signal(signal.SIGSTOP)
     try:
         out, err = shrink.communicate(timeout=120)
     finally:
         c.workers[2].p.send_signal(signal.SIGCONT)
+    assert "leaving the cluster while it runs" in c.workers[3].stderr
     assert shrink.returncode == 1, out + err
     assert "worker-2 stay members, their sources open again" in err, err
     c.workers[3].wait_line(lambda l: "leaving the cluster called off" in l, timeout=60)

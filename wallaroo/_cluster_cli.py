@@ -233,17 +233,10 @@ def _shrink_remote_live(control: str, secret_file: str | None, names,
     if (names is None) == (count is None):
         raise click.UsageError("give --names W1,W2 or --count K (or --query)")
     addresses, secret = _control_addresses(".", control, secret_file)
-    staying = None
-    if names is not None:
-        wanted = [x.strip() for x in names.split(",") if x.strip()]
-        unknown = [n for n in wanted if n not in addresses]
-        if unknown:
-            raise click.ClickException(
-                f"{', '.join(unknown)}: not a member of the cluster "
-                f"({', '.join(addresses)}) as {control} knows it")
-        staying = [n for n in addresses if n not in wanted]
+    wanted = None if names is None else [x.strip() for x in names.split(",")
+                                         if x.strip()]
     try:
-        answer = trio.run(lambda: shrink_hosts(addresses, secret, staying, count,
+        answer = trio.run(lambda: shrink_hosts(addresses, secret, wanted, count,
                                                echo=click.echo))
     except (ShrinkFailed, MoveFailed) as e:
         again = getattr(e, "again", True)

@@ -126,7 +126,8 @@ class HostLiveGrow:
                                  f"member restarts with its own command line"}
             new, old = members, members[:i]
         else:
-            used = {a: n for n, v in config.addresses.items() for a in v.values()}
+            used = {a: n for n, v in config.addresses.items() if n in members
+                    for a in v.values()}
             for a in (control, data):
                 if a in used:
                     return {"error": f"{a} is worker {used[a]}'s address"}
@@ -168,9 +169,16 @@ class HostLiveGrow:
         c = Coordinator(self.control_addresses(old), self.rs.config.secret,
                         timeout=ADD_WAIT)
         await c.finish_under_way()
-        leaving = [n for n, st in (await c.statuses()).items() if st.get("leaving")]
+        statuses = await c.statuses()
+        leaving = [n for n, st in statuses.items() if st.get("leaving")]
         if leaving:  # a member appended now would be dropped with them
             raise MoveFailed(f"{', '.join(leaving)} is leaving the cluster")
+        differ = {n: st["members"] for n, st in statuses.items()
+                  if st.get("members") not in (old, new)}
+        if differ:  # a shrink half done (some dropped a member, some not)
+            raise MoveFailed("the members disagree on who is in the cluster ("
+                             + "; ".join(f"{n}: {', '.join(m)}"
+                                         for n, m in differ.items()) + ")")
         body = {"members": new, "addresses": addresses}
         answers = {}
         for m in old:  # this one (the first) first: its refusal changes nothing
@@ -178,7 +186,8 @@ class HostLiveGrow:
         mine = answers[me]
 
         def seen(a: dict) -> tuple:  # (owners differ while a move runs)
-            return a["members"], a.get("addresses")
+            return a["members"], {n: v for n, v in (a.get("addresses") or {}).items()
+                                  if n in a["members"]}
         differ = [m for m, a in answers.items() if seen(a) != seen(mine)]
         if differ:
             raise StepRefused(f"{', '.join(differ)} saved another membership "

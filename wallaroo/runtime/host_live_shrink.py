@@ -126,6 +126,7 @@ class Leaving:
                 rs.worker.request_stop()
             return {"ok": True}
         names = [str(n) for n in request.get("members", ())]
+        leaving = request.get("leaving")
         if rs.current is not None or rs.draining is not None:
             return {"error": f"worker {me!r} takes part in a rescale now"}
         p = rs.worker.core.placement
@@ -133,6 +134,11 @@ class Leaving:
             if me in names:
                 raise LiveMoveError(f"worker {me!r} is not one of those leaving")
             live_members.may_leave(p.members, names, p.rule_workers)
+            if leaving is not None and p.members[len(names):] != list(leaving):
+                raise LiveMoveError(
+                    f"the members after {', '.join(names)} are "
+                    f"{', '.join(p.members[len(names):])}, not {', '.join(leaving)} "
+                    f"(did one join meanwhile?)")
         except LiveMoveError as e:
             return {"error": f"worker {me!r}: {e}"}
         if body is None:
@@ -165,15 +171,19 @@ class Leaving:
                 answers = {n: await ask_verb(addresses[n], rs.config.secret,
                                              "LIVE_STATUS", {"membership": True},
                                              me=rs.me, timeout=10) for n in names}
-                if all(a.get("members") == names and a.get("members_landed", True)
-                       for a in answers.values()) and not self._holding():
+                keeping = [n for n, a in answers.items()
+                           if rs.me in a.get("members", ())
+                           or not a.get("members_landed", True)]
+                holding = self._holding()
+                if not keeping and not holding:
                     break
-            except ASK_ERRORS:
-                pass
+                why = (f"{', '.join(keeping)} to drop {rs.me}" if keeping else
+                       f"its own: {'; '.join(holding)}")
+            except ASK_ERRORS as e:
+                why = f"an answer ({e or type(e).__name__})"
             if trio.current_time() - noted > 30:
                 noted = trio.current_time()
-                rs.log.info("leaving: waiting for %s to drop %s", ", ".join(names),
-                            rs.me)
+                rs.log.info("leaving: waiting for %s", why)
             await trio.sleep(WATCH_POLL)
         _write_leaving(rs.directory, rs.me, {"members": names,
                                              "membership": answers[names[0]]["membership"]})
@@ -224,49 +234,63 @@ class ShrinkFailed(Exception):
 
 
 async def shrink_hosts(addresses: dict[str, tuple[str, int]], secret: bytes,
-                       names: list[str] | None, count: int | None,
+                       wanted: list[str] | None, count: int | None,
                        echo=print) -> dict:
     """Shrink the cluster whose members' control ``addresses`` are given
-    (as the worker asked knows them) to ``names``, or by its last
-    ``count`` members.  Returns the outcome for the command's last line."""
+    (as the worker asked knows them): the members ``wanted`` leave, or its
+    last ``count``.  Returns the outcome for the command's last line."""
     t0 = trio.current_time()
     c = Coordinator(dict(addresses), secret, timeout=WAIT)
     statuses = {n: await c.ask(n, "LIVE_STATUS", {"membership": True})
                 for n in addresses}
     lists = {tuple(st["members"]) for st in statuses.values()}
+    if len({len(m) for m in lists}) < len(lists):
+        raise ShrinkFailed("the members disagree on who is in the cluster: "
+                           + "; ".join(f"{n}: {', '.join(st['members'])}"
+                                       for n, st in statuses.items()), False)
     members = list(max(lists, key=len))
     c.members = [n for n in members if n in addresses]
     if len(lists) > 1:  # stopped at step 4 before: some dropped them already
-        short = list(min(lists, key=len))
-        if names is not None and names != short or count is not None \
-                and len(members) - count != len(short):
-            echo(f"a shrink to {', '.join(short)} was under way: finishing it "
+        names = list(min(lists, key=len))
+        gone = [n for n in members if n not in names]
+        if (wanted is not None and sorted(wanted) != sorted(gone)) or \
+                (count is not None and count != len(gone)):
+            echo(f"a shrink to {', '.join(names)} was under way: finishing it "
                  f"first; run the command again for another")
-        names, reports = short, []
+        reports = []
         echo(f"finishing the shrink to {', '.join(names)}: some members dropped "
-             f"{', '.join(n for n in members if n not in names)} already")
+             f"{', '.join(gone)} already")
     else:
-        if names is None:
-            if count >= len(members):
-                raise ShrinkFailed(f"--count must be 1 to {len(members) - 1}: "
-                                   f"the first member ({members[0]}) stays", False)
+        if wanted is not None:
+            unknown = [n for n in wanted if n not in members]
+            if unknown:
+                raise ShrinkFailed(f"{', '.join(unknown)}: not a member of the "
+                                   f"cluster ({', '.join(members)})", False)
+            names = [n for n in members if n not in wanted]
+        elif count >= len(members):
+            raise ShrinkFailed(f"--count must be 1 to {len(members) - 1}: the "
+                               f"first member ({members[0]}) stays", False)
+        else:
             names = members[:-count]
         rule = statuses[members[0]]["membership"].get("rule_workers", len(members))
         try:
             live_members.may_leave(members, names, rule)
         except LiveMoveError as e:
             raise ShrinkFailed(f"{e}; nothing changed", False) from None
-        busy = [n for n, st in statuses.items() if st.get("leaving") and n in names]
-        if busy:
-            raise ShrinkFailed(f"{', '.join(busy)} is leaving (another shrink); "
-                               f"nothing changed", False)
+        other = {n: st["leaving"] for n, st in statuses.items()
+                 if st.get("leaving") and st["leaving"] != names}
+        if other:
+            n, stay = next(iter(other.items()))
+            raise ShrinkFailed(f"{n} is leaving already, in a shrink to "
+                               f"{', '.join(stay)}: run that shrink again to "
+                               f"finish it; nothing changed", False)
         leaving = [n for n in members if n not in names]
         reports = await give_away(c, members, names)
         moved = sum(len(r.groups) for r in reports)
         echo(f"{moved} key groups of {', '.join(leaving)} moved live in "
              f"{len(reports)} moves; draining them")
         for n in leaving:
-            await c.ask(n, "LIVE_LEAVE", {"members": names})
+            await c.ask(n, "LIVE_LEAVE", {"members": names, "leaving": leaving})
         why = await _drain(c, members, leaving)
         if why is not None:
             c.deadline = time.monotonic() + WAIT

@@ -240,7 +240,11 @@ class RunningSide:
             return {"error": f"{name!r} is a member of the cluster already "
                              f"({', '.join(members)}): a member restarts with "
                              f"its own command line"}
-        used = {a: n for n, v in self.config.addresses.items() for a in v.values()}
+        refused = await self._leaving()
+        if refused:
+            return refused
+        used = {a: n for n, v in self.config.addresses.items() if n in members
+                for a in v.values()}
         for a in (control, data):
             if a in used:
                 return {"error": f"{a} is worker {used[a]}'s address"}
@@ -266,6 +270,9 @@ class RunningSide:
             new = shrunk_names(members, body.get("names"), body.get("count"))
         except Refused as e:
             return {"error": str(e)}
+        refused = await self._leaving()
+        if refused:
+            return refused
         return self._begin(new, dict(self.config.addresses))
 
     def _begin(self, new: list[str], addresses: dict) -> dict:
@@ -286,6 +293,24 @@ class RunningSide:
                       len(members), ", ".join(members), len(new), ", ".join(new))
         self.nursery.start_soon(self._drain_and_stop, plan)
         return self._accepted(plan)
+
+    async def _leaving(self) -> dict | None:
+        """Refused (asked before a plan is accepted): a member leaving live
+        (``shrink --control ... --live`` under way) would be moved back."""
+        from .live_coordinator import Coordinator, MoveFailed
+        members = self.config.members
+        c = Coordinator({m: split(self.config.addresses[m]["control"])
+                         for m in members}, self.config.secret, timeout=3)
+        try:
+            leaving = [n for n, st in (await c.statuses()).items()
+                       if st.get("leaving")]
+        except MoveFailed:
+            return None  # a member down: the plan's own checks wait for it
+        if leaving:
+            return {"error": f"{', '.join(leaving)} is leaving the cluster while "
+                             f"it runs (`wallaroo cluster shrink --control ... "
+                             f"--live`): run that shrink again to finish it first"}
+        return None
 
     def _accepted(self, plan: moves.Plan) -> dict:
         c = self.side.control_address
@@ -330,15 +355,6 @@ class RunningSide:
         from .live_coordinator import Coordinator, MoveFailed
         c = Coordinator({m: split(plan.addresses[m]["control"]) for m in plan.old},
                         self.config.secret, timeout=GIVE_UP)  # as the orders
-        try:
-            leaving = [n for n, st in (await c.statuses()).items()
-                       if st.get("leaving")]
-        except MoveFailed as e:
-            raise RescaleRefused(str(e)) from None
-        if leaving:
-            raise RescaleRefused(f"{', '.join(leaving)} is leaving the cluster "
-                                 f"(`wallaroo cluster shrink --live`): finish that "
-                                 f"first")
         try:
             r = await c.finish_under_way()
         except MoveFailed as e:

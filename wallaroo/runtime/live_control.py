@@ -86,7 +86,8 @@ class LiveControl:
             st["membership"] = w.core.membership
         rescaler = w.cluster.rescaler if w.cluster is not None else None
         if rescaler is not None and rescaler.leaving.staying is not None:
-            st["leaving"] = True  # several hosts: this worker leaves live
+            # several hosts: this worker leaves live; the members that stay
+            st["leaving"] = list(rescaler.leaving.staying)
         return st
 
     async def _switch(self, request: dict) -> dict:

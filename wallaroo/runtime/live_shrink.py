@@ -246,6 +246,9 @@ def held_by_leaving(answers: dict[str, dict], leaving, count_sinks: bool) -> lis
                 held.append(f"{name}'s inbox: {a['inbox']['messages']} messages")
             if a.get("in_hand", 1):  # a batch computed, not yet released
                 held.append(f"{name}: {a.get('in_hand')} batches being committed")
+            if a.get("acks_pending"):  # saved by its next (idle) commit
+                held.append(f"{name}: {a['acks_pending']} delivery positions "
+                            f"not yet committed")
             outputs = sum(s.get("outputs", 0) for s in a.get("sinks", ()))
             if outputs and count_sinks:
                 held.append(f"{name}'s sinks: {outputs} outputs")

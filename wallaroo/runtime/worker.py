@@ -648,6 +648,8 @@ class Worker(CommitPath):
             "outputs": core.stats.outputs, "failures": core.stats.failures,
             "inbox": {"messages": self.inbox.messages, "bytes": self.inbox.bytes},
             "in_hand": self.in_hand,  # batches being committed, not released
+            # acknowledgements noted, their delivery positions not committed
+            "acks_pending": len(core._delivered_pending),
             "sinks": [{"sink": s.spec.label, "outputs": s.queued_outputs,
                        "bytes": s.queued_bytes} for s in self.sinks],
             "channels": [{"peer": c.peer, "batches": c.queued_outputs,
