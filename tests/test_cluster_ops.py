@@ -417,6 +417,12 @@ def test_cluster_move_moves_groups_live_and_finishes_one_left_half_done(
     sup.terminate()
 
 
+def _worker_pid(fields: dict, name: str) -> int:
+    """A worker's pid, from the cluster file its supervisor writes."""
+    body = json.load(open(fields["cluster_file"]))
+    return next(w["pid"] for w in body["workers"] if w["name"] == name)
+
+
 def test_a_stop_while_a_worker_waits_for_its_restart_is_clean(procs, tmp_path):
     """SIGTERM to the supervisor while a SIGKILLed worker waits out its
     --restart-delay: the stop does not wait for the delay, the worker is
@@ -427,8 +433,7 @@ def test_a_stop_while_a_worker_waits_for_its_restart_is_clean(procs, tmp_path):
     state = str(tmp_path / "state")
     sup, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
                               "--restart-delay", "60", resilience_dir=state)
-    body = json.load(open(fields["cluster_file"]))
-    pid = next(w["pid"] for w in body["workers"] if w["name"] == "worker-1")
+    pid = _worker_pid(fields, "worker-1")
     os.kill(pid, signal.SIGKILL)
     sup.wait_line("worker worker-1 exited (killed by SIGKILL); restarting it in 60.0s")
     t0 = time.monotonic()
@@ -442,8 +447,7 @@ def test_a_stop_while_a_worker_waits_for_its_restart_is_clean(procs, tmp_path):
     # a worker that died during the stop itself is still an error: exit 1
     sup2, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
                                resilience_dir=state)
-    body = json.load(open(fields["cluster_file"]))
-    pid = next(w["pid"] for w in body["workers"] if w["name"] == "worker-1")
+    pid = _worker_pid(fields, "worker-1")
     os.kill(pid, signal.SIGSTOP)  # it cannot drain; the grace period ends it
     try:
         sup2.signal(signal.SIGTERM)
@@ -466,8 +470,7 @@ def test_a_stop_that_reaches_a_worker_while_it_restarts_is_clean(procs, tmp_path
     state = str(tmp_path / "state")
     sup, fields = run_cluster(procs, ALPHABET, 2, "--out", "127.0.0.1:9",
                               "--restart-delay", "0", resilience_dir=state)
-    body = json.load(open(fields["cluster_file"]))
-    pid = next(w["pid"] for w in body["workers"] if w["name"] == "worker-1")
+    pid = _worker_pid(fields, "worker-1")
     os.kill(pid, signal.SIGKILL)
     sup.wait_line("worker worker-1 exited (killed by SIGKILL); restarting it in 0.0s")
     time.sleep(0.05)  # started again, its interpreter still loading

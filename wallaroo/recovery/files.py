@@ -182,6 +182,20 @@ def atomic_write(path: str, data: bytes) -> None:
         os.close(dfd)
 
 
+def remove_synced(path: str) -> None:
+    """Remove ``path`` (nothing if it is gone) and sync its directory: the
+    removal survives a power loss, as ``atomic_write``'s writes do."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
 def check_database_file(db_path: str, manifest: Manifest | None) -> None:
     """Before anything opens the database: a directory that has held this
     worker's state must still hold its database."""

@@ -42,8 +42,8 @@ import os
 
 import trio
 
-from ..recovery import moves, ownership
-from ..recovery.files import atomic_write
+from ..recovery import ownership
+from ..recovery.files import atomic_write, remove_synced
 from ..recovery.sink_identities import peer_identity
 from .host_rescale import split
 from .live_coordinator import Coordinator, MoveFailed, StepRefused
@@ -71,12 +71,8 @@ def write_shares(directory: str, name: str, joiners: list[str]) -> None:
     path = shares_file(directory, name)
     if joiners:
         atomic_write(path, (json.dumps({"joiners": joiners}) + "\n").encode())
-        return
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return
-    moves._fsync_dir(directory)
+    else:
+        remove_synced(path)
 
 
 class HostLiveGrow:

@@ -50,7 +50,7 @@ import time
 import trio
 
 from ..recovery import moves
-from ..recovery.files import atomic_write
+from ..recovery.files import atomic_write, remove_synced
 from . import live_members
 from .control import ASK_ERRORS, ask, ask_verb
 from .host_rescale import split
@@ -89,11 +89,7 @@ def _write_leaving(directory: str, name: str, body: dict) -> None:
 
 
 def _remove_leaving(directory: str, name: str) -> None:
-    try:
-        os.unlink(leaving_file(directory, name))
-    except FileNotFoundError:
-        return
-    moves._fsync_dir(directory)
+    remove_synced(leaving_file(directory, name))
 
 
 class Leaving:

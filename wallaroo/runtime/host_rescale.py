@@ -57,6 +57,7 @@ import time
 import trio
 
 from ..recovery import moves
+from ..recovery.files import remove_synced
 from .control import ASK_ERRORS, ask, ask_verb
 from .rescale import quiet_counts
 
@@ -115,11 +116,7 @@ def read_plan_file(directory: str | None, name: str) -> dict | None:
 
 
 def remove_plan_file(directory: str, name: str) -> None:
-    try:
-        os.unlink(plan_file(directory, name))
-    except FileNotFoundError:
-        return
-    moves._fsync_dir(directory)
+    remove_synced(plan_file(directory, name))
 
 
 def split(text: str) -> tuple[str, int]:
